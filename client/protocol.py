@@ -1,0 +1,186 @@
+"""The rokv wire protocol, defined once; PROTOCOL.md is its description for people.
+
+A client sends one frame holding a msgpack map; the broker's ROUTER prepends the
+client's routing id, so a worker receives ``[routing_id, body]`` and answers
+``[routing_id, reply_body]``. Everything here is plain functions over bytes so
+the broker, the workers and both clients share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+# Operations
+OP_GET = "get"
+OP_MGET = "mget"
+OP_PING = "ping"
+OPERATIONS = (OP_GET, OP_MGET, OP_PING)
+
+# Error codes carried in a reply's "error" field
+NOT_FOUND = "not_found"
+INVALID_KEY = "invalid_key"
+BAD_REQUEST = "bad_request"
+UNSUPPORTED_VERSION = "unsupported_version"
+INTERNAL = "internal"
+ERROR_CODES = (NOT_FOUND, INVALID_KEY, BAD_REQUEST, UNSUPPORTED_VERSION, INTERNAL)
+
+# Request and reply map fields
+F_VERSION = "v"
+F_ID = "id"
+F_OP = "op"
+F_KEY = "key"
+F_KEYS = "keys"
+F_VALUE = "value"
+F_VALUES = "values"
+F_WORKER = "worker"
+F_ERROR = "error"
+F_MESSAGE = "message"
+F_INDEX = "index"
+
+#: Where the broker listens unless told otherwise: loopback only.
+DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
+DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+
+#: Largest request a broker accepts by default (ZMQ_MAXMSGSIZE on its frontend).
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+#: Most keys a worker takes in one mget; clients split longer lists.
+MAX_MGET_KEYS = 10_000
+#: Request ids are unsigned 64-bit integers.
+MAX_REQUEST_ID = (1 << 64) - 1
+
+_pack = msgpack.Packer().pack
+
+
+class ProtocolViolation(Exception):
+    """A request that cannot be served as sent.
+
+    ``request_id`` is the request's id when it could be read, so the error reply
+    can still reach the caller that is waiting for it.
+    """
+
+    def __init__(self, code: str, message: str, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+# ---------------------------------------------------------------- requests
+
+
+def encode_request(request_id: int, op: str, arg: Any = None) -> bytes:
+    """Pack a request. ``arg`` is the key for get, the key list for mget,
+    unused for ping."""
+    req: dict[str, Any] = {F_VERSION: PROTOCOL_VERSION, F_ID: request_id, F_OP: op}
+    if op == OP_GET:
+        req[F_KEY] = arg
+    elif op == OP_MGET:
+        req[F_KEYS] = arg
+    return _pack(req)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded, shape-checked request. Keys are not validated here: that is
+    the worker's job, since only it knows which are in the dataset."""
+
+    request_id: int
+    op: str
+    key: Any = None
+    keys: list[Any] | None = None
+
+
+def _is_request_id(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_REQUEST_ID  # noqa: E721 - bool is not an id
+
+
+def decode_request(body: bytes) -> Request:
+    """Unpack and check one request body.
+
+    Raises:
+        ProtocolViolation: the body is not msgpack, not a map of the expected
+            shape, names an unknown operation, or speaks another protocol
+            version. Its ``request_id`` is set when the id could be read.
+    """
+    try:
+        req = msgpack.unpackb(body, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolViolation(BAD_REQUEST, f"request is not valid msgpack ({type(exc).__name__})") from None
+    if type(req) is not dict:  # noqa: E721
+        raise ProtocolViolation(BAD_REQUEST, f"request must be a msgpack map, not {_kind(req)}")
+    request_id = req.get(F_ID)
+    if not _is_request_id(request_id):
+        raise ProtocolViolation(BAD_REQUEST, "request id must be an unsigned 64-bit integer")
+    version = req.get(F_VERSION)
+    if version != PROTOCOL_VERSION or type(version) is not int:  # noqa: E721
+        raise ProtocolViolation(
+            UNSUPPORTED_VERSION,
+            f"protocol version {version!r} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            request_id,
+        )
+    op = req.get(F_OP)
+    if op == OP_GET:
+        if F_KEY not in req:
+            raise ProtocolViolation(BAD_REQUEST, "get needs a 'key'", request_id)
+        return Request(request_id, OP_GET, key=req[F_KEY])
+    if op == OP_MGET:
+        keys = req.get(F_KEYS)
+        if type(keys) is not list:  # noqa: E721
+            raise ProtocolViolation(BAD_REQUEST, f"mget needs 'keys' as an array, not {_kind(keys)}", request_id)
+        if len(keys) > MAX_MGET_KEYS:
+            raise ProtocolViolation(
+                BAD_REQUEST, f"mget of {len(keys)} keys is over the limit of {MAX_MGET_KEYS}", request_id
+            )
+        return Request(request_id, OP_MGET, keys=keys)
+    if op == OP_PING:
+        return Request(request_id, OP_PING)
+    shown = repr(op) if len(repr(op)) < 40 else repr(op)[:37] + "..."
+    raise ProtocolViolation(BAD_REQUEST, f"unknown operation {shown}; expected one of {', '.join(OPERATIONS)}", request_id)
+
+
+def _kind(value: object) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+# ---------------------------------------------------------------- replies
+
+
+def encode_value(request_id: int, value: str) -> bytes:
+    return _pack({F_ID: request_id, F_VALUE: value})
+
+
+def encode_values(request_id: int, values: list[str | None]) -> bytes:
+    return _pack({F_ID: request_id, F_VALUES: values})
+
+
+def encode_worker(request_id: int, info: dict[str, Any]) -> bytes:
+    return _pack({F_ID: request_id, F_WORKER: info})
+
+
+def encode_error(request_id: int | None, code: str, message: str, index: int | None = None) -> bytes:
+    """An error reply; ``index`` points into an mget's key list."""
+    reply: dict[str, Any] = {F_ID: request_id, F_ERROR: code, F_MESSAGE: message}
+    if index is not None:
+        reply[F_INDEX] = index
+    return _pack(reply)
+
+
+def decode_reply(body: bytes) -> dict[str, Any]:
+    """Unpack a reply map.
+
+    Raises:
+        ProtocolViolation: the reply is not a msgpack map (a server bug or a
+            stranger on the socket).
+    """
+    try:
+        reply = msgpack.unpackb(body, raw=False)
+    except Exception as exc:
+        raise ProtocolViolation(BAD_REQUEST, f"reply is not valid msgpack ({type(exc).__name__})") from None
+    if type(reply) is not dict:  # noqa: E721
+        raise ProtocolViolation(BAD_REQUEST, f"reply must be a msgpack map, not {_kind(reply)}")
+    return reply
