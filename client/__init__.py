@@ -1,0 +1,13 @@
+"""rokv client library: look UUIDv4 keys up in a rokv service.
+
+>>> from client import Client
+>>> with Client("tcp://127.0.0.1:5555") as kv:
+...     kv.get("8a35eb59-62b3-481c-8875-1f248df4c952")
+
+Needs only pyzmq and msgpack.
+"""
+
+from client.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
+from client.sync import Client
+
+__all__ = ["Client", "RokvError", "KeyNotFound", "InvalidKey", "ServiceUnavailable", "ProtocolError"]

@@ -1,0 +1,65 @@
+"""Turning reply maps into results or exceptions, shared by every client
+transport so that they cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from client import protocol as p
+from client.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError
+
+
+def error_from_reply(reply: dict[str, Any], key: object = None) -> RokvError:
+    """The exception an error reply stands for; ``key`` is the key it concerns."""
+    code = reply.get(p.F_ERROR)
+    message = reply.get(p.F_MESSAGE)
+    if not isinstance(message, str):
+        message = f"server answered error {code!r} without a message"
+    if code == p.NOT_FOUND:
+        return KeyNotFound(message, key if isinstance(key, str) else None)
+    if code == p.INVALID_KEY:
+        return InvalidKey(message, key)
+    return ProtocolError(message, code if isinstance(code, str) else None)
+
+
+def value_from_reply(reply: dict[str, Any], key: str) -> str:
+    """The value of a get reply. Raises the error the reply carries."""
+    value = reply.get(p.F_VALUE)
+    if type(value) is str:  # noqa: E721
+        return value
+    if p.F_ERROR in reply:
+        raise error_from_reply(reply, key)
+    raise ProtocolError(f"malformed get reply: {sorted(map(str, reply))}")
+
+
+def values_from_reply(reply: dict[str, Any], keys: Sequence[str]) -> list[str | None]:
+    """The values of an mget reply for ``keys``, aligned with them.
+
+    Raises:
+        InvalidKey: naming the invalid key the worker pointed at.
+        ProtocolError: the reply does not fit the request.
+    """
+    values = reply.get(p.F_VALUES)
+    if type(values) is list and len(values) == len(keys):  # noqa: E721
+        return values
+    if p.F_ERROR in reply:
+        index = reply.get(p.F_INDEX)
+        key = keys[index] if type(index) is int and 0 <= index < len(keys) else None  # noqa: E721
+        raise error_from_reply(reply, key)
+    raise ProtocolError(f"malformed mget reply for {len(keys)} keys")
+
+
+def worker_from_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """The worker description of a ping reply."""
+    info = reply.get(p.F_WORKER)
+    if type(info) is dict:  # noqa: E721
+        return info
+    if p.F_ERROR in reply:
+        raise error_from_reply(reply)
+    raise ProtocolError("malformed ping reply")
+
+
+def check_key_type(key: object, where: str = "key") -> None:
+    """Refuse a non-string key before it travels: the answer is known."""
+    if not isinstance(key, str):
+        raise InvalidKey(f"{where} must be a string, not {type(key).__name__}", key)
