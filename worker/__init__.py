@@ -1,0 +1,1 @@
+"""rokv worker: holds the dataset and answers lookups."""

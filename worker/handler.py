@@ -1,0 +1,121 @@
+"""Answering one request: pure logic over frames, no sockets, so it can be
+tested (and fuzzed) without processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from client import protocol as p
+from client.errors import InvalidKey
+from client.keys import normalize_key
+
+log = logging.getLogger("rokv.worker")
+
+
+class RateLimitedLog:
+    """Logs at most one line per ``interval`` seconds and counts the rest, so a
+    barrage of garbage cannot flood the log or slow the worker down."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 1.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def warning(self, message: str) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" ({self._suppressed} similar lines suppressed)"
+            self._suppressed = 0
+        self._next = now + self._interval
+        self._logger.warning(message)
+
+
+class Handler:
+    """Answers get, mget and ping over an in-memory dataset.
+
+    ``data`` maps canonical lowercase keys to values; since only valid keys are
+    in it, a hit needs no validation, and keys are validated (and normalised)
+    only on a miss.
+    """
+
+    def __init__(self, data: dict[str, str], *, worker_id: str, dataset: str) -> None:
+        self.data = data
+        self._started = time.monotonic()
+        self._info: dict[str, Any] = {
+            "id": worker_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "keys": len(data),
+            "dataset": dataset,
+            "protocol": p.PROTOCOL_VERSION,
+        }
+        self._drop_log = RateLimitedLog(log)
+
+    def handle(self, frames: list[bytes]) -> list[bytes] | None:
+        """The reply frames for one message from the broker, or ``None`` when
+        it cannot be addressed. Never raises."""
+        if len(frames) < 2:
+            self._drop_log.warning(f"dropped a message of {len(frames)} frame(s): no routing id and body")
+            return None
+        route = frames[0]
+        if len(frames) != 2:
+            self._drop_log.warning(f"refused a request of {len(frames) - 1} frames")
+            return [route, p.encode_error(None, p.BAD_REQUEST, f"a request is one frame, not {len(frames) - 1}")]
+        try:
+            return [route, self.answer(frames[1])]
+        except Exception:  # a bug must cost one reply, never the worker
+            log.exception("internal error while answering a request")
+            return [route, p.encode_error(None, p.INTERNAL, "internal error; see the worker's log")]
+
+    def answer(self, body: bytes) -> bytes:
+        """The reply body for one request body."""
+        try:
+            req = p.decode_request(body)
+        except p.ProtocolViolation as exc:
+            self._drop_log.warning(f"refused a request: {exc.code}: {exc.message}")
+            return p.encode_error(exc.request_id, exc.code, exc.message)
+        if req.op == p.OP_GET:
+            return self._get(req.request_id, req.key)
+        if req.op == p.OP_MGET:
+            return self._mget(req.request_id, req.keys or [])
+        return p.encode_worker(req.request_id, {**self._info, "uptime": time.monotonic() - self._started})
+
+    def _get(self, rid: int, key: Any) -> bytes:
+        value = self.data.get(key) if type(key) is str else None  # noqa: E721
+        if value is not None:
+            return p.encode_value(rid, value)
+        try:
+            canonical = normalize_key(key)
+        except InvalidKey as exc:
+            return p.encode_error(rid, p.INVALID_KEY, exc.message)
+        if canonical != key:
+            value = self.data.get(canonical)
+            if value is not None:
+                return p.encode_value(rid, value)
+        return p.encode_error(rid, p.NOT_FOUND, f"key {canonical} not found")
+
+    def _mget(self, rid: int, keys: list[Any]) -> bytes:
+        get = self.data.get
+        try:
+            values = list(map(get, keys))  # the all-hits case stays in C
+        except TypeError:  # an unhashable key: take the slow path below
+            values = [None] * len(keys)
+        if None in values:
+            for index, value in enumerate(values):
+                if value is not None:
+                    continue
+                key = keys[index]
+                try:
+                    canonical = normalize_key(key)
+                except InvalidKey as exc:
+                    return p.encode_error(rid, p.INVALID_KEY, f"keys[{index}]: {exc.message}", index=index)
+                values[index] = get(canonical)
+        return p.encode_values(rid, values)

@@ -1,0 +1,149 @@
+"""``rokv-worker``: load the dataset, connect to the broker's backend, answer
+until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+import zmq
+
+from client import protocol as p
+from worker.dataset import DatasetError, load_dataset
+from worker.handler import Handler
+
+log = logging.getLogger("rokv.worker")
+
+DEFAULT_DATA = "data/example.json"
+#: Messages handled per poll: amortises the poll under load, bounded so a
+#: stop request is noticed promptly.
+BURST = 256
+#: How long a stopping worker keeps trying to hand its last replies over.
+CLOSE_LINGER_MS = 1000
+SEND_TIMEOUT_MS = 1000
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="rokv-worker",
+        description="Serve a rokv dataset to the broker's backend. Exits 0 on SIGTERM/SIGINT, "
+        "non-zero (without serving anything) when the dataset cannot be loaded.",
+    )
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("ROKV_DATA") or DEFAULT_DATA,
+        help="dataset file, .json or .jsonl (env ROKV_DATA; default %(default)s)",
+    )
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND,
+        help="broker backend endpoint to connect to (env ROKV_BACKEND; default %(default)s)",
+    )
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("SUPERVISOR_PROCESS_NAME") or f"{socket.gethostname()}:{os.getpid()}",
+        help="worker id reported by ping (default: supervisor's process name, else host:pid)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s rokv-worker[{os.getpid()}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    # Stop requests arrive as a byte on this socket pair, which the poll loop
+    # watches next to the zmq socket: Python's own handlers do not run while
+    # libzmq blocks in poll.
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+
+    started = time.monotonic()
+    try:
+        data = load_dataset(args.data)
+    except DatasetError as exc:
+        print(f"rokv-worker: {exc}", file=sys.stderr)
+        return 1
+    load_seconds = time.monotonic() - started
+    if _readable(wake_r):
+        return 0  # stopped while loading
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = CLOSE_LINGER_MS
+    sock.sndtimeo = SEND_TIMEOUT_MS
+    if "[" in args.backend:
+        sock.ipv6 = True
+    try:
+        sock.connect(args.backend)
+    except zmq.ZMQError as exc:
+        print(f"rokv-worker: cannot connect to {args.backend!r}: {exc}", file=sys.stderr)
+        return 1
+    handler = Handler(data, worker_id=args.name, dataset=args.data)
+    log.info(
+        "serving %s: %d keys loaded in %.2f s; connected to %s as %s",
+        args.data, len(data), load_seconds, args.backend, args.name,
+    )
+    try:
+        serve(sock, handler, wake_r)
+    finally:
+        sock.close()  # waits up to CLOSE_LINGER_MS for replies still queued
+        ctx.term()
+    log.info("stopped")
+    return 0
+
+
+def _readable(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(64, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+
+
+def serve(sock: zmq.Socket, handler: Handler, wake: socket.socket) -> None:
+    """Answer requests until ``wake`` becomes readable, then answer what has
+    already arrived and return."""
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(wake, zmq.POLLIN)
+    while True:
+        ready = dict(poller.poll())
+        if sock in ready:
+            _answer_burst(sock, handler, BURST)
+        if wake.fileno() in ready:  # pyzmq reports plain sockets by fd
+            break
+    # Whatever libzmq already delivered to this process is answered, not lost.
+    answered = _answer_burst(sock, handler, 100_000)
+    log.info("stopping: answered %d queued requests", answered)
+
+
+def _answer_burst(sock: zmq.Socket, handler: Handler, limit: int) -> int:
+    count = 0
+    while count < limit:
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        count += 1
+        reply = handler.handle(frames)
+        if reply is not None:
+            try:
+                sock.send_multipart(reply)
+            except zmq.Again:
+                log.warning("dropped a reply: the broker did not take it within %d ms", SEND_TIMEOUT_MS)
+    return count
+
+
+if __name__ == "__main__":
+    sys.exit(main())
