@@ -1,0 +1,1 @@
+"""rokv broker: ROUTER/DEALER forwarding between clients and workers."""

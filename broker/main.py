@@ -1,0 +1,149 @@
+"""``rokv-broker``: a ROUTER frontend for clients and a DEALER backend for
+workers, joined by ``zmq.proxy_steerable`` so that forwarding runs in libzmq."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+import zmq
+
+from client import protocol as p
+
+log = logging.getLogger("rokv.broker")
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+CONTROL_ENDPOINT = "inproc://rokv-broker-control"
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        sys.exit(f"rokv-broker: {name}={raw!r} is not an integer")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="rokv-broker",
+        description="Forward client requests to workers. Exits 0 on SIGTERM/SIGINT.",
+    )
+    parser.add_argument(
+        "--frontend",
+        default=os.environ.get("ROKV_FRONTEND") or p.DEFAULT_FRONTEND,
+        help="endpoint clients connect to (env ROKV_FRONTEND; default %(default)s)",
+    )
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND,
+        help="endpoint workers connect to (env ROKV_BACKEND; default %(default)s)",
+    )
+    parser.add_argument(
+        "--io-threads",
+        type=int,
+        default=_int_env("ROKV_IO_THREADS", 1),
+        help="libzmq I/O threads (env ROKV_IO_THREADS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-message-size",
+        type=int,
+        default=_int_env("ROKV_MAX_MESSAGE_SIZE", p.DEFAULT_MAX_MESSAGE_SIZE),
+        help="largest request in bytes; a client sending more is disconnected "
+        "(env ROKV_MAX_MESSAGE_SIZE; default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.io_threads < 1:
+        parser.error("--io-threads must be at least 1")
+    if args.max_message_size < 1024:
+        parser.error("--max-message-size must be at least 1024 bytes")
+    return args
+
+
+def _bind(sock: zmq.Socket, endpoint: str, role: str) -> None:
+    if "[" in endpoint:
+        sock.ipv6 = True
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise SystemExit(f"rokv-broker: cannot bind {role} {endpoint!r}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s rokv-broker[{os.getpid()}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    # Block the stop signals before any thread exists, so that libzmq's and the
+    # proxy's threads inherit the mask and the main thread alone takes them,
+    # with sigtimedwait: a Python handler would never run while the proxy
+    # blocks inside libzmq.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    ctx = zmq.Context(io_threads=args.io_threads)
+    frontend = ctx.socket(zmq.ROUTER)
+    backend = ctx.socket(zmq.DEALER)
+    control = ctx.socket(zmq.PAIR)
+    proxy_control = ctx.socket(zmq.PAIR)
+    sockets = (frontend, backend, control, proxy_control)
+    for sock in sockets:
+        sock.linger = 0
+    frontend.maxmsgsize = args.max_message_size
+    try:
+        _bind(frontend, args.frontend, "frontend")
+        _bind(backend, args.backend, "backend")
+        control.bind(CONTROL_ENDPOINT)
+        proxy_control.connect(CONTROL_ENDPOINT)
+    except SystemExit:
+        for sock in sockets:
+            sock.close()
+        ctx.term()
+        raise
+
+    failure: list[BaseException] = []
+
+    def run_proxy() -> None:
+        try:
+            zmq.proxy_steerable(frontend, backend, None, proxy_control)
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+
+    proxy = threading.Thread(target=run_proxy, name="rokv-proxy", daemon=True)
+    proxy.start()
+    log.info(
+        "forwarding %s (clients) <-> %s (workers); io_threads=%d max_message_size=%d",
+        args.frontend, args.backend, args.io_threads, args.max_message_size,
+    )
+
+    received = None
+    while proxy.is_alive() and received is None:
+        received = signal.sigtimedwait(STOP_SIGNALS, 0.5)
+    if received is not None:
+        log.info("received %s: stopping", signal.Signals(received.si_signo).name)
+        control.send(b"TERMINATE")
+        proxy.join(timeout=3)
+        if proxy.is_alive():
+            # Never seen; but closing sockets under a running proxy is unsafe
+            # and ctx.term() would then hang, so leave without cleaning up.
+            log.error("proxy did not stop within 3 s; exiting without cleanup")
+            os._exit(0)
+    for sock in sockets:
+        sock.close(linger=0)
+    ctx.term()
+    if failure:
+        log.error("proxy failed: %s", failure[0])
+        return 1
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
