@@ -1,0 +1,124 @@
+"""``rokv``: look keys up from the shell.
+
+Exit codes: 0 found, 1 not found, 2 invalid key or bad usage, 3 service
+unavailable, 4 the server refused the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from client.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
+from client.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_INVALID = 2
+EXIT_UNAVAILABLE = 3
+EXIT_REFUSED = 4
+
+# json.dumps leaves these unescaped with ensure_ascii=False, yet some line
+# readers (Python's str.splitlines among them) break lines on them.
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _json_line(value: str | None) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    for char, escape in _LINE_BREAKS.items():
+        text = text.replace(char, escape)
+    return text
+
+
+def _out(text: str) -> None:
+    # Bytes, so a value prints exactly whatever the locale's encoding is.
+    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(f"rokv: {text}\n")
+
+
+def cmd_get(client: Client, args: argparse.Namespace) -> int:
+    _out(client.get(args.key))
+    return EXIT_OK
+
+
+def cmd_get_many(client: Client, args: argparse.Namespace) -> int:
+    values = client.get_many(args.keys)
+    sys.stdout.buffer.write("".join(_json_line(v) + "\n" for v in values).encode("utf-8"))
+    return EXIT_NOT_FOUND if None in values else EXIT_OK
+
+
+def cmd_ping(client: Client, args: argparse.Namespace) -> int:
+    _out(json.dumps(client.ping(), sort_keys=True))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--endpoint", default=None, help="broker frontend (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)"
+    )
+    common.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for each try (default %(default)s)"
+    )
+    common.add_argument(
+        "--retries", type=int, default=DEFAULT_RETRIES, help="extra tries after a timeout (default %(default)s)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="rokv",
+        description="Look up values by UUIDv4 key in a rokv service.",
+        epilog="exit codes: 0 found, 1 not found, 2 invalid key, 3 service unavailable, 4 request refused",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_get = sub.add_parser(
+        "get", parents=[common], help="print the value of one key",
+        description="Print the value of KEY exactly as stored. Exit 1 if not found, 2 if invalid, 3 if unavailable.",
+    )
+    p_get.add_argument("key", metavar="KEY")
+    p_get.set_defaults(run=cmd_get)
+    p_many = sub.add_parser(
+        "get-many", parents=[common], help="print the values of several keys, one JSON string (or null) a line",
+        description="Print one line per KEY, in order: its value as a JSON string, or null when not found. "
+        "Exit 0 if all were found, 1 if any was not, 2 if any key is invalid (then nothing is printed).",
+    )
+    p_many.add_argument("keys", metavar="KEY", nargs="+")
+    p_many.set_defaults(run=cmd_get_many)
+    p_ping = sub.add_parser(
+        "ping", parents=[common], help="describe the worker that answers, as JSON",
+        description="Print, as JSON, the id, pid, host and key count of the worker that answered.",
+    )
+    p_ping.set_defaults(run=cmd_ping)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[Client, argparse.Namespace], int] = args.run
+    try:
+        client = Client(args.endpoint, timeout=args.timeout, retries=args.retries)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        with client:
+            return run(client, args)
+    except KeyNotFound as exc:
+        _err(str(exc))
+        return EXIT_NOT_FOUND
+    except InvalidKey as exc:
+        _err(str(exc))
+        return EXIT_INVALID
+    except ServiceUnavailable as exc:
+        _err(str(exc))
+        return EXIT_UNAVAILABLE
+    except ProtocolError as exc:
+        _err(f"request refused: {exc}")
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

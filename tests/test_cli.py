@@ -1,0 +1,114 @@
+"""The ``rokv`` command: output and exit codes as a shell script sees them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from procs import REPO, Stack, child_env, free_port, scaled
+
+MISSING = "11111111-2222-4333-8444-555555555555"
+
+
+def rokv_command() -> list[str]:
+    """The installed console script next to this Python, else the module."""
+    script = Path(sys.executable).parent / "rokv"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "client"]
+
+
+def rokv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*rokv_command(), *args], cwd=REPO, env=env or child_env(), capture_output=True, timeout=scaled(30)
+    )
+
+
+def test_get_prints_the_value_and_exits_0(stack: Stack, example: dict[str, str]) -> None:
+    key = next(iter(example))
+    result = rokv("get", key, "--endpoint", stack.frontend, "--timeout", "2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == example[key] + "\n"
+
+
+def test_the_endpoint_comes_from_rokv_endpoint(stack: Stack, example: dict[str, str]) -> None:
+    key = next(iter(example))
+    result = rokv("get", key, env=child_env(ROKV_ENDPOINT=stack.frontend))
+    assert (result.returncode, result.stdout.decode()) == (0, example[key] + "\n")
+
+
+def test_get_of_a_missing_key_exits_1_with_a_message(stack: Stack) -> None:
+    result = rokv("get", MISSING, "--endpoint", stack.frontend)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert b"not found" in result.stderr
+
+
+def test_get_of_an_invalid_key_exits_2_with_the_reason(stack: Stack) -> None:
+    result = rokv("get", "not-a-uuid", "--endpoint", stack.frontend)
+    assert result.returncode == 2
+    assert b"is not a UUID" in result.stderr
+
+
+def test_an_unreachable_service_exits_3() -> None:
+    result = rokv("get", MISSING, "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.2", "--retries", "0")
+    assert result.returncode == 3
+    assert b"no reply" in result.stderr
+
+
+def test_get_many_prints_one_json_line_per_key(stack: Stack, example: dict[str, str]) -> None:
+    k1, k2 = list(example)[:2]
+    result = rokv("get-many", k1, MISSING, k2, "--endpoint", stack.frontend)
+    assert result.returncode == 1  # one was missing
+    lines = result.stdout.decode().splitlines()
+    assert [json.loads(line) for line in lines] == [example[k1], None, example[k2]]
+    found = rokv("get-many", k2, k1, "--endpoint", stack.frontend)
+    assert found.returncode == 0
+    assert [json.loads(line) for line in found.stdout.decode().splitlines()] == [example[k2], example[k1]]
+
+
+def test_get_many_with_an_invalid_key_exits_2(stack: Stack, example: dict[str, str]) -> None:
+    result = rokv("get-many", next(iter(example)), "bogus", "--endpoint", stack.frontend)
+    assert result.returncode == 2
+    assert b"bogus" in result.stderr
+
+
+def test_values_with_line_breaks_stay_on_one_line(make_stack, tmp_path: Path) -> None:
+    key = "8a35eb59-62b3-481c-8875-1f248df4c952"
+    value = "a\nb\u2028c\u2029d\x85e\x00f \u00e9\U0001f600 "
+    data = tmp_path / "odd.json"
+    data.write_text(json.dumps({key: value}), encoding="utf-8")
+    stack = make_stack(workers=1, data=data).wait_ready()
+    many = rokv("get-many", key, "--endpoint", stack.frontend)
+    assert many.returncode == 0
+    assert many.stdout.count(b"\n") == 1
+    assert json.loads(many.stdout.decode()) == value
+    one = rokv("get", key, "--endpoint", stack.frontend)
+    assert one.stdout == (value + "\n").encode()
+
+
+def test_ping_prints_the_worker_as_json(stack: Stack) -> None:
+    result = rokv("ping", "--endpoint", stack.frontend)
+    assert result.returncode == 0
+    info = json.loads(result.stdout)
+    assert info["keys"] == 10_000 and info["pid"] in {w.pid for w in stack.workers}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["get", "--help"], ["get-many", "--help"], ["ping", "--help"]])
+def test_help_explains_the_options(args: list[str]) -> None:
+    result = rokv(*args)
+    assert result.returncode == 0
+    text = result.stdout.decode()
+    assert "usage: rokv" in text
+    if args[0] != "--help":
+        assert "--endpoint" in text and "--timeout" in text and "ROKV_ENDPOINT" in text
+
+
+def test_bad_usage_exits_2() -> None:
+    assert rokv().returncode == 2
+    assert rokv("get").returncode == 2
+    assert rokv("get", MISSING, "--timeout", "soon").returncode == 2
+    assert rokv("get", MISSING, "--timeout", "0").returncode == 2
