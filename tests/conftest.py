@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from procs import EXAMPLE, Stack
+
+
+@pytest.fixture(scope="session")
+def example() -> dict[str, str]:
+    """The bundled dataset, read independently of the worker's loader."""
+    return json.loads(EXAMPLE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A broker and two workers on the bundled dataset, shared by a module."""
+    s = Stack(tmp_path_factory.mktemp("stack"))
+    try:
+        yield s.wait_ready()
+    finally:
+        s.stop()
+
+
+@pytest.fixture()
+def make_stack(tmp_path: Path) -> Iterator:
+    """Build stacks of one's own (other datasets, worker counts); all stopped after."""
+    made: list[Stack] = []
+
+    def make(**kwargs) -> Stack:
+        s = Stack(tmp_path, **kwargs)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()

@@ -1,0 +1,135 @@
+"""Starting and stopping real rokv processes for tests, by PID, with bounded waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from client import Client, ServiceUnavailable
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "data" / "example.json"
+#: One knob to stretch every wait on a slow machine.
+WAIT_SCALE = float(os.environ.get("ROKV_TEST_WAIT_SCALE", "1"))
+
+T = TypeVar("T")
+
+
+def scaled(seconds: float) -> float:
+    return seconds * WAIT_SCALE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {scaled(timeout):.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROKV_") or k == "ROKV_TEST_WAIT_SCALE"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """One child process with its output captured to a file."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            args, cwd=REPO, env=env or child_env(), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.pid, signum)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL if it outlives ``timeout``; returns the exit status."""
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(scaled(timeout))
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(5)
+        finally:
+            self._log.close()
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(scaled(timeout))
+
+
+def start_broker(log_dir: Path, frontend: str, backend: str, *extra: str, name: str = "broker") -> Proc:
+    return Proc(name, [sys.executable, "-m", "broker", "--frontend", frontend, "--backend", backend, *extra], log_dir)
+
+
+def start_worker(log_dir: Path, backend: str, data: Path | str = EXAMPLE, name: str = "worker") -> Proc:
+    return Proc(name, [sys.executable, "-m", "worker", "--backend", backend, "--data", str(data), "--name", name],
+                log_dir)
+
+
+def seen_workers(endpoint: str, count: int, timeout: float = 15.0) -> set[str]:
+    """Ping until ``count`` distinct workers have answered; their ids."""
+    seen: set[str] = set()
+    with Client(endpoint, timeout=0.5, retries=0) as client:
+        def enough() -> bool:
+            try:
+                seen.add(client.ping()["id"])
+            except ServiceUnavailable:
+                pass
+            return len(seen) >= count
+        wait_for(enough, timeout, f"{count} workers to answer ping at {endpoint}", interval=0.01)
+    return seen
+
+
+class Stack:
+    """A broker and workers on free loopback ports."""
+
+    def __init__(self, log_dir: Path, workers: int = 2, data: Path | str = EXAMPLE) -> None:
+        self.log_dir = log_dir
+        self.frontend = f"tcp://127.0.0.1:{free_port()}"
+        self.backend = f"tcp://127.0.0.1:{free_port()}"
+        self.broker = start_broker(log_dir, self.frontend, self.backend)
+        self.workers = [start_worker(log_dir, self.backend, data, name=f"worker{i}") for i in range(workers)]
+
+    def wait_ready(self) -> Stack:
+        seen_workers(self.frontend, len(self.workers))
+        return self
+
+    def client(self, **kwargs: float) -> Client:
+        return Client(self.frontend, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.broker]:
+            proc.stop()

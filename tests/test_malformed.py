@@ -1,0 +1,90 @@
+"""Raw frames straight at the broker's frontend: errors or silence, never harm."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+import zmq
+
+from client import protocol as p
+from procs import Stack, scaled
+
+K = "11111111-2222-4333-8444-555555555555"
+
+
+def raw_socket(endpoint: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint)
+    return sock
+
+
+def reply_or_none(sock: zmq.Socket, wait_ms: float = 1000) -> dict | None:
+    if not sock.poll(scaled(wait_ms)):
+        return None
+    return msgpack.unpackb(sock.recv())
+
+
+def assert_still_serving(stack: Stack, example: dict[str, str]) -> None:
+    keys = list(example)[:50]
+    with stack.client(timeout=2.0, retries=1) as client:
+        assert client.get_many(keys) == [example[k] for k in keys]
+        assert client.get(keys[0]) == example[keys[0]]
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([b""], p.BAD_REQUEST),
+        ([b"\xff\xfe garbage \x00"], p.BAD_REQUEST),
+        ([msgpack.packb({"v": 1, "id": 1, "op": "get", "key": K})[:-3]], p.BAD_REQUEST),  # truncated
+        ([b"a", b"b", b"c", b"d", b"e"], p.BAD_REQUEST),  # many frames
+        ([msgpack.packb([1, 1, "get", K])], p.BAD_REQUEST),  # an array, not a map
+        ([msgpack.packb({"v": 1, "id": 1, "op": "get", "key": {"nested": [1, 2]}})], p.INVALID_KEY),
+        ([msgpack.packb({"v": 1, "id": 1, "op": "mget", "keys": {"a": 1}})], p.BAD_REQUEST),
+        ([msgpack.packb({"v": 1, "id": 1, "op": "delete", "key": K})], p.BAD_REQUEST),
+        ([msgpack.packb({"v": 1, "id": "x", "op": "get", "key": K})], p.BAD_REQUEST),
+        ([b"\x91" * 100_000 + b"\xc0"], p.BAD_REQUEST),  # deep nesting
+        ([b"\xdf\xff\xff\xff\xff"], p.BAD_REQUEST),  # a map header claiming 4G entries
+    ],
+    ids=["empty", "garbage", "truncated", "many-frames", "array", "nested-key", "keys-map", "unknown-op",
+         "string-id", "deep-nesting", "huge-map-header"],
+)
+def test_malformed_requests_get_an_error_and_the_service_keeps_serving(
+    stack: Stack, example: dict[str, str], frames: list[bytes], code: str
+) -> None:
+    sock = raw_socket(stack.frontend)
+    try:
+        sock.send_multipart(frames)
+        reply = reply_or_none(sock, 3000)
+    finally:
+        sock.close()
+    assert reply is not None, "no reply to a malformed request"
+    assert reply["error"] == code
+    assert isinstance(reply["message"], str) and reply["message"]
+    assert_still_serving(stack, example)
+
+
+def test_a_10_mb_frame_gets_nothing_and_harms_nothing(stack: Stack, example: dict[str, str]) -> None:
+    sock = raw_socket(stack.frontend)
+    try:
+        sock.send(b"\x00" * (10 * 1024 * 1024))
+        # Over the broker's maximum message size: libzmq drops the connection.
+        assert reply_or_none(sock, 1000) is None
+    finally:
+        sock.close()
+    assert_still_serving(stack, example)
+
+
+def test_garbage_from_many_sockets_at_once_leaves_valid_requests_answered(
+    stack: Stack, example: dict[str, str]
+) -> None:
+    socks = [raw_socket(stack.frontend) for _ in range(5)]
+    try:
+        for round_ in range(20):
+            for i, sock in enumerate(socks):
+                sock.send_multipart([bytes([round_, i]) * 50, b"x"] if i % 2 else [b"\xc1" * (i + 1)])
+        assert_still_serving(stack, example)
+    finally:
+        for sock in socks:
+            sock.close()

@@ -1,0 +1,124 @@
+"""How the broker and workers start and stop: exit codes, timing, messages."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from client import Client
+from client import protocol as p
+from procs import Proc, free_port, scaled, start_broker, start_worker, wait_for
+
+
+def endpoints() -> tuple[str, str]:
+    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_broker_exits_0_promptly_even_with_a_request_queued_and_no_worker(tmp_path: Path, signum: int) -> None:
+    frontend, backend = endpoints()
+    broker = start_broker(tmp_path, frontend, backend)
+    wait_for(lambda: "forwarding" in broker.log(), 10, "the broker to start")
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(frontend)
+    sock.send(p.encode_request(1, p.OP_PING))  # queued: no worker will ever take it
+    time.sleep(0.2)
+    started = time.monotonic()
+    broker.signal(signum)
+    status = broker.wait(5)
+    sock.close()
+    assert status == 0
+    assert time.monotonic() - started < 5
+    assert "Traceback" not in broker.log()
+
+
+def test_broker_refuses_an_endpoint_it_cannot_bind(tmp_path: Path) -> None:
+    frontend, backend = endpoints()
+    first = start_broker(tmp_path, frontend, backend, name="first")
+    try:
+        wait_for(lambda: "forwarding" in first.log(), 10, "the first broker to start")
+        second = start_broker(tmp_path, frontend, f"tcp://127.0.0.1:{free_port()}", name="second")
+        assert second.wait(10) != 0
+        assert "cannot bind frontend" in second.log()
+        assert "Traceback" not in second.log()
+    finally:
+        first.stop()
+
+
+def test_worker_logs_one_line_at_start_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    frontend, backend = endpoints()
+    broker = start_broker(tmp_path, frontend, backend)
+    worker = start_worker(tmp_path, backend)
+    try:
+        with Client(frontend, timeout=1, retries=5) as client:
+            assert client.ping()["keys"] == 10_000
+        line = wait_for(lambda: [l for l in worker.log().splitlines() if "serving" in l], 5, "the start line")[0]
+        assert "data/example.json" in line and "10000 keys" in line and backend in line and " s;" in line
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(5) == 0
+        assert "Traceback" not in worker.log()
+    finally:
+        worker.stop()
+        broker.stop()
+
+
+def test_worker_exits_0_on_sigterm_when_its_broker_is_unresponsive(tmp_path: Path) -> None:
+    frontend, backend = endpoints()
+    broker = start_broker(tmp_path, frontend, backend)
+    worker = start_worker(tmp_path, backend)
+    try:
+        with Client(frontend, timeout=1, retries=5) as client:
+            client.ping()
+        broker.signal(signal.SIGSTOP)
+        started = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(5) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        broker.signal(signal.SIGCONT)
+        worker.stop()
+        broker.stop()
+
+
+def test_worker_exits_0_on_sigterm_with_no_broker_at_all(tmp_path: Path) -> None:
+    worker = start_worker(tmp_path, f"tcp://127.0.0.1:{free_port()}")
+    try:
+        wait_for(lambda: "serving" in worker.log(), 10, "the worker to start")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(5) == 0
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ('{"8a35eb59-62b3-481c-8875-1f248df4c952": 5}', "8a35eb59-62b3-481c-8875-1f248df4c952"),
+        ('{"not-a-key": "v"}', "not-a-key"),
+        ('{"8a35eb59-62b3-481c-8875-1f248df4c952": "v",', "line 1"),
+        ('["a"]', "object"),
+    ],
+)
+def test_worker_with_a_broken_dataset_exits_nonzero_with_one_clear_message(
+    tmp_path: Path, content: str, says: str
+) -> None:
+    data = tmp_path / "broken.json"
+    data.write_text(content)
+    worker = start_worker(tmp_path, f"tcp://127.0.0.1:{free_port()}", data)
+    status = worker.wait(10)
+    log = worker.log()
+    assert status != 0
+    assert str(data) in log and says in log
+    assert "Traceback" not in log
+
+
+def test_worker_with_a_missing_dataset_exits_nonzero(tmp_path: Path) -> None:
+    worker = start_worker(tmp_path, f"tcp://127.0.0.1:{free_port()}", tmp_path / "nope.json")
+    assert worker.wait(10) != 0
+    assert "nope.json" in worker.log() and "Traceback" not in worker.log()
