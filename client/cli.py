@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print, as JSON, the id, pid, host and key count of the worker that answered.",
     )
     p_ping.set_defaults(run=cmd_ping)
+    # Subcommands kept in modules of their own register below, one line each.
     return parser
 
 
