@@ -41,19 +41,31 @@ def _err(text: str) -> None:
     sys.stderr.write(f"rokv: {text}\n")
 
 
-def cmd_get(client: Client, args: argparse.Namespace) -> int:
-    _out(client.get(args.key))
+def connect(args: argparse.Namespace) -> Client:
+    """A Client from the common options; bad values are a usage error (exit 2)."""
+    try:
+        return Client(args.endpoint, timeout=args.timeout, retries=args.retries)
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        raise SystemExit(EXIT_INVALID) from None
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        _out(client.get(args.key))
     return EXIT_OK
 
 
-def cmd_get_many(client: Client, args: argparse.Namespace) -> int:
-    values = client.get_many(args.keys)
+def cmd_get_many(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        values = client.get_many(args.keys)
     sys.stdout.buffer.write("".join(_json_line(v) + "\n" for v in values).encode("utf-8"))
     return EXIT_NOT_FOUND if None in values else EXIT_OK
 
 
-def cmd_ping(client: Client, args: argparse.Namespace) -> int:
-    _out(json.dumps(client.ping(), sort_keys=True))
+def cmd_ping(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        _out(json.dumps(client.ping(), sort_keys=True))
     return EXIT_OK
 
 
@@ -97,16 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    run: Callable[[Client, argparse.Namespace], int] = args.run
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        client = Client(args.endpoint, timeout=args.timeout, retries=args.retries)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        with client:
-            return run(client, args)
+        return run(args)
     except KeyNotFound as exc:
         _err(str(exc))
         return EXIT_NOT_FOUND
