@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     for sock in sockets:
         sock.linger = 0
     frontend.maxmsgsize = args.max_message_size
+    # Drop workers (and clients) that stop answering ZMTP PINGs: the DEALER
+    # would otherwise keep handing a stopped worker its round-robin share.
+    for sock in (frontend, backend):
+        sock.heartbeat_ivl = p.HEARTBEAT_IVL_MS
+        sock.heartbeat_timeout = p.HEARTBEAT_TIMEOUT_MS
     try:
         _bind(frontend, args.frontend, "frontend")
         _bind(backend, args.backend, "backend")

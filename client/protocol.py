@@ -46,6 +46,13 @@ F_INDEX = "index"
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
 
+#: ZMTP heartbeats between broker and workers: a peer that stops answering
+#: PINGs (a stopped or vanished process, a dead host) is disconnected after
+#: HEARTBEAT_TIMEOUT_MS, so the broker stops routing to it. libzmq's I/O
+#: thread answers them, so a worker whose Python loop hangs is not detected.
+HEARTBEAT_IVL_MS = 500
+HEARTBEAT_TIMEOUT_MS = 1500
+
 #: Largest request a broker accepts by default (ZMQ_MAXMSGSIZE on its frontend).
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 #: Most keys a worker takes in one mget; clients split longer lists.

@@ -11,7 +11,7 @@ import zmq
 
 from client import Client, InvalidKey, KeyNotFound, ServiceUnavailable
 from client import protocol as p
-from procs import Stack, free_port, scaled
+from procs import Stack, free_port, scaled, seen_workers
 
 MISSING = "11111111-2222-4333-8444-555555555555"
 
@@ -146,3 +146,21 @@ def test_no_service_means_service_unavailable_within_the_timeouts() -> None:
         with pytest.raises(ServiceUnavailable, match="3 tries"):
             client.get(MISSING)
         assert time.monotonic() - started < scaled(2)
+
+
+def test_the_broker_stops_routing_to_a_stopped_worker(make_stack, example: dict[str, str]) -> None:
+    stack: Stack = make_stack(workers=2).wait_ready()
+    keys = list(example)[:40]
+    stack.workers[0].signal(signal.SIGSTOP)
+    try:
+        # ZMTP heartbeats drop the stopped worker within HEARTBEAT_TIMEOUT_MS;
+        # from then on no request is routed to it, so no try times out.
+        time.sleep((p.HEARTBEAT_IVL_MS + p.HEARTBEAT_TIMEOUT_MS) / 1000 + scaled(1))
+        with Client(stack.frontend, timeout=scaled(1.0), retries=0) as client:
+            answers = [client.get(k) for k in keys]
+            assert {client.ping()["id"] for _ in range(10)} == {"worker1"}
+        assert answers == [example[k] for k in keys]
+    finally:
+        stack.workers[0].signal(signal.SIGCONT)
+    # Once resumed, it reconnects and takes its share again.
+    assert len(seen_workers(stack.frontend, 2)) == 2

@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     sock = ctx.socket(zmq.DEALER)
     sock.linger = CLOSE_LINGER_MS
     sock.sndtimeo = SEND_TIMEOUT_MS
+    # Notice a broker that vanished without closing the connection, and
+    # reconnect, rather than wait on a dead link.
+    sock.heartbeat_ivl = p.HEARTBEAT_IVL_MS
+    sock.heartbeat_timeout = p.HEARTBEAT_TIMEOUT_MS
     if "[" in args.backend:
         sock.ipv6 = True
     try:
