@@ -6,7 +6,8 @@ from typing import Iterator
 
 import pytest
 
-from procs import EXAMPLE, Stack
+from procs import EXAMPLE, Stack, child_env
+from supervision import Supervisor
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,18 @@ def make_stack(tmp_path: Path) -> Iterator:
     yield make
     for s in made:
         s.stop()
+
+
+@pytest.fixture()
+def supervisor_factory(tmp_path: Path) -> Iterator:
+    """Start supervisord -n on supervisord.conf with given ROKV_* variables; shut down after."""
+    started: list[Supervisor] = []
+
+    def start(**env: str) -> Supervisor:
+        sup = Supervisor(tmp_path, child_env(**env))
+        started.append(sup)
+        return sup
+
+    yield start
+    for sup in started:
+        sup.shutdown()

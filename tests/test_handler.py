@@ -6,7 +6,6 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from client import protocol as p
 from worker.handler import Handler
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import zmq
 
 from client import Client
 from client import protocol as p
-from procs import Proc, free_port, scaled, start_broker, start_worker, wait_for
+from procs import free_port, start_broker, start_worker, wait_for
 
 
 def endpoints() -> tuple[str, str]:
