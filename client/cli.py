@@ -69,6 +69,18 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from client.security import make_key_pair
+
+    try:
+        public, secret = make_key_pair(args.dir, args.name)
+    except (FileExistsError, OSError) as exc:
+        _err(str(exc))
+        return EXIT_INVALID
+    _out(f"public key: {public}\nsecret key: {secret}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -104,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print, as JSON, the id, pid, host and key count of the worker that answered.",
     )
     p_ping.set_defaults(run=cmd_ping)
+    p_keygen = sub.add_parser(
+        "keygen", help="make a CurveZMQ key pair for the broker, a client or a worker",
+        description="Write NAME.key (public: copy it into the broker's allow-list folder, or give it to "
+        "clients and workers as ROKV_BROKER_KEY) and NAME.key_secret (private) into --dir.",
+    )
+    p_keygen.add_argument("name", metavar="NAME")
+    p_keygen.add_argument("--dir", default="keys", help="folder to write into (default %(default)s)")
+    p_keygen.set_defaults(run=cmd_keygen)
     # Subcommands kept in modules of their own register below, one line each.
     return parser
 

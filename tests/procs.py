@@ -94,9 +94,11 @@ def start_broker(log_dir: Path, frontend: str, backend: str, *extra: str, name: 
     return Proc(name, [sys.executable, "-m", "broker", "--frontend", frontend, "--backend", backend, *extra], log_dir)
 
 
-def start_worker(log_dir: Path, backend: str, data: Path | str = EXAMPLE, name: str = "worker") -> Proc:
-    return Proc(name, [sys.executable, "-m", "worker", "--backend", backend, "--data", str(data), "--name", name],
-                log_dir)
+def start_worker(log_dir: Path, backend: str, data: Path | str = EXAMPLE, *extra: str, name: str = "worker") -> Proc:
+    return Proc(
+        name, [sys.executable, "-m", "worker", "--backend", backend, "--data", str(data), "--name", name, *extra],
+        log_dir,
+    )
 
 
 def seen_workers(endpoint: str, count: int, timeout: float = 15.0) -> set[str]:

@@ -14,6 +14,7 @@ import time
 import zmq
 
 from client import protocol as p
+from client.security import CurvePeer, KeyFileError
 from worker.dataset import DatasetError, load_dataset
 from worker.handler import Handler
 
@@ -49,7 +50,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("SUPERVISOR_PROCESS_NAME") or f"{socket.gethostname()}:{os.getpid()}",
         help="worker id reported by ping (default: supervisor's process name, else host:pid)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--curve-secret",
+        default=os.environ.get("ROKV_WORKER_SECRET") or None,
+        help="this worker's CurveZMQ .key_secret file, when the broker uses CURVE (env ROKV_WORKER_SECRET)",
+    )
+    parser.add_argument(
+        "--broker-key",
+        default=os.environ.get("ROKV_BROKER_KEY") or None,
+        help="the broker's public .key file, with --curve-secret (env ROKV_BROKER_KEY)",
+    )
+    args = parser.parse_args(argv)
+    if bool(args.curve_secret) != bool(args.broker_key):
+        parser.error("--curve-secret and --broker-key go together")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     if "[" in args.backend:
         sock.ipv6 = True
     try:
+        if args.curve_secret:
+            CurvePeer(args.curve_secret, args.broker_key).apply(sock)
         sock.connect(args.backend)
+    except KeyFileError as exc:
+        print(f"rokv-worker: {exc}", file=sys.stderr)
+        return 1
     except zmq.ZMQError as exc:
         print(f"rokv-worker: cannot connect to {args.backend!r}: {exc}", file=sys.stderr)
         return 1
