@@ -8,6 +8,8 @@ Needs only pyzmq and msgpack.
 """
 
 from client.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
+from client.aio import AsyncClient
+from client.core import RetryPolicy
 from client.sync import Client
 
-__all__ = ["Client", "RokvError", "KeyNotFound", "InvalidKey", "ServiceUnavailable", "ProtocolError"]
+__all__ = ["Client", "AsyncClient", "RetryPolicy", "RokvError", "KeyNotFound", "InvalidKey", "ServiceUnavailable", "ProtocolError"]

@@ -1,29 +1,35 @@
-"""The blocking client: one DEALER socket, request ids, a deadline per try."""
+"""The blocking client: one DEALER socket, request ids, a deadline per try.
+
+What is sent and what a reply means is decided in :mod:`client.core`, shared
+with :class:`client.AsyncClient`; this module is only the blocking transport.
+"""
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import zmq
 
+from client import core
 from client import protocol as p
-from client.errors import RokvError, ServiceUnavailable
-from client.replies import check_key_type, value_from_reply, values_from_reply, worker_from_reply
+from client.core import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_ENDPOINT,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    RetryPolicy,
+    resolve_endpoint,
+)
+from client.errors import RokvError
+from client.replies import check_key_type, value_from_reply, worker_from_reply
 
-DEFAULT_ENDPOINT = p.DEFAULT_FRONTEND
-DEFAULT_TIMEOUT = 1.0
-DEFAULT_RETRIES = 2
-#: Keys per mget message; longer get_many lists travel as several, pipelined.
-DEFAULT_BATCH_SIZE = 1000
-
-
-def resolve_endpoint(endpoint: str | None) -> str:
-    """``endpoint``, else ``$ROKV_ENDPOINT``, else the loopback default."""
-    return endpoint or os.environ.get("ROKV_ENDPOINT") or DEFAULT_ENDPOINT
+__all__ = [
+    "Client", "RetryPolicy", "resolve_endpoint",
+    "DEFAULT_ENDPOINT", "DEFAULT_TIMEOUT", "DEFAULT_RETRIES", "DEFAULT_BATCH_SIZE",
+]
 
 
 class Client:
@@ -32,17 +38,19 @@ class Client:
     Args:
         endpoint: the broker's frontend, e.g. ``tcp://127.0.0.1:5555`` or
             ``ipc:///path``; default ``$ROKV_ENDPOINT``, else that address.
-        timeout: seconds to wait for the reply to each try (> 0).
+        timeout: seconds to wait for the reply to each try (> 0; default 1).
         retries: extra tries after the first when no reply came in time
-            (lookups are idempotent, so a retry is always safe).
+            (default 2; lookups are idempotent, so a retry is always safe).
+        retry: a :class:`RetryPolicy` instead of ``timeout`` and ``retries``
+            (it can also lengthen each further try); not both.
         batch_size: keys per message in :meth:`get_many` (1 to 10,000).
         context: a ``zmq.Context`` to use; default the process-wide instance.
 
     Every call either returns the exact answer or raises a ``RokvError``:
     ``KeyNotFound``, ``InvalidKey``, ``ServiceUnavailable`` after
     ``1 + retries`` tries without reply, ``ProtocolError`` when the server
-    refuses the request. A call blocks for at most about
-    ``timeout * (1 + retries)`` seconds.
+    refuses the request. A call blocks for at most about ``retry.total``
+    seconds (``timeout * (1 + retries)``).
 
     Threads: calls from several threads are safe; they are serialised on one
     socket, so give each busy thread its own ``Client`` (or use one
@@ -57,38 +65,31 @@ class Client:
         self,
         endpoint: str | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        retries: int = DEFAULT_RETRIES,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry: RetryPolicy | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         context: zmq.Context | None = None,
     ) -> None:
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
-        if not (isinstance(retries, int) and retries >= 0):
-            raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
-        if not (isinstance(batch_size, int) and 1 <= batch_size <= p.MAX_MGET_KEYS):
-            raise ValueError(f"batch_size must be an integer from 1 to {p.MAX_MGET_KEYS}, not {batch_size!r}")
+        self.retry = core.make_policy(retry, timeout, retries)
+        self.batch_size = core.check_batch_size(batch_size)
         self.endpoint = resolve_endpoint(endpoint)
-        self.timeout = float(timeout)
-        self.retries = retries
-        self.batch_size = batch_size
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        ctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket | None = ctx.socket(zmq.DEALER)
-        # Unsent requests must never hold up close() or interpreter exit.
-        self._sock.linger = 0
-        if "[" in self.endpoint:
-            self._sock.ipv6 = True
-        try:
-            self._sock.connect(self.endpoint)
-        except zmq.ZMQError as exc:
-            self._sock.close()
-            self._sock = None
-            raise ValueError(f"bad endpoint {self.endpoint!r}: {exc}") from None
+        self._ids = core.request_ids()
+        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for the reply to the first try."""
+        return self.retry.timeout
+
+    @property
+    def retries(self) -> int:
+        """Extra tries after the first."""
+        return self.retry.retries
 
     # ------------------------------------------------------------ public API
 
@@ -113,26 +114,23 @@ class Client:
 
         Raises:
             InvalidKey: some key is not a string or not a UUIDv4 (the first
-                one found is named); nothing is returned then.
+                one found is named, with its index in ``keys``); nothing is
+                returned then.
             ServiceUnavailable: no reply after every try.
         """
         keys = list(keys)
-        for index, key in enumerate(keys):
-            check_key_type(key, f"keys[{index}]")
+        core.check_key_types(keys)
         if not keys:
             return []
-        chunks: dict[int, Sequence[str]] = {}
+        chunks = core.split_keys(keys, self.batch_size)
         bodies: dict[int, bytes] = {}
-        for start in range(0, len(keys), self.batch_size):
+        rids: list[int] = []
+        for _, chunk in chunks:
             rid = next(self._ids)
-            chunk = keys[start : start + self.batch_size]
-            chunks[rid] = chunk
+            rids.append(rid)
             bodies[rid] = p.encode_request(rid, p.OP_MGET, chunk)
         replies = self._exchange(bodies)
-        values: list[str | None] = []
-        for rid, chunk in chunks.items():
-            values.extend(values_from_reply(replies[rid], chunk))
-        return values
+        return core.join_batches([(offset, chunk, replies[rid]) for (offset, chunk), rid in zip(chunks, rids)])
 
     def ping(self) -> dict[str, Any]:
         """Describe the worker that answered: at least ``id``, ``pid``,
@@ -165,8 +163,8 @@ class Client:
 
     def _exchange(self, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
         """Send every request and wait for a reply to each, resending those
-        still unanswered after each timeout. Replies whose id is not awaited
-        (late answers to abandoned calls) are dropped."""
+        still unanswered after each try's timeout. Replies whose id is not
+        awaited (late answers to abandoned calls) are dropped."""
         with self._lock:
             sock = self._sock
             if sock is None:
@@ -175,14 +173,13 @@ class Client:
                 raise RokvError("this Client was created in another process; create one after fork()")
             replies: dict[int, dict[str, Any]] = {}
             pending = dict(bodies)
-            tries = 1 + self.retries
-            for _ in range(tries):
+            for attempt in range(self.retry.tries):
                 for body in pending.values():
                     try:
                         sock.send(body, zmq.NOBLOCK)
                     except zmq.Again:
                         break  # queue full: the broker is away; wait out this try
-                deadline = time.monotonic() + self.timeout
+                deadline = time.monotonic() + self.retry.try_timeout(attempt)
                 while pending:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not self._poller.poll(remaining * 1000):
@@ -190,10 +187,7 @@ class Client:
                     self._drain(sock, pending, replies)
                 if not pending:
                     return replies
-            raise ServiceUnavailable(
-                f"no reply from {self.endpoint} within {self.timeout:g} s on {tries} "
-                f"{'try' if tries == 1 else 'tries'}"
-            )
+            raise self.retry.unavailable(self.endpoint)
 
     @staticmethod
     def _drain(sock: zmq.Socket, pending: dict[int, bytes], replies: dict[int, dict[str, Any]]) -> None:
@@ -202,13 +196,7 @@ class Client:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 1:
-                continue
-            try:
-                reply = p.decode_reply(frames[0])
-            except p.ProtocolViolation:
-                continue
-            rid = reply.get(p.F_ID)
-            if type(rid) is int and rid in pending:  # noqa: E721
-                del pending[rid]
-                replies[rid] = reply
+            got = core.read_reply(frames)
+            if got is not None and got[0] in pending:
+                del pending[got[0]]
+                replies[got[0]] = got[1]

@@ -1,0 +1,426 @@
+"""The asyncio client: one DEALER socket shared by every coroutine, any number
+of requests in flight, and concurrent ``get`` calls coalesced into one mget.
+
+What is sent and what a reply means is decided in :mod:`client.core`, shared
+with the blocking :class:`client.Client`; this module is only the transport.
+
+Transport: the socket is watched with ``loop.add_reader`` on its ZMQ_FD, the
+mechanism ``zmq.asyncio`` itself uses, but every readiness wake-up drains all
+queued replies with non-blocking receives and completes plain futures, instead
+of one ``zmq.asyncio`` future per message: per-message Python cost is what
+limits single-key throughput. Needs an event loop with ``add_reader`` (every
+loop on Linux and macOS; on Windows, a selector loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from typing import Any, Iterable
+
+import zmq
+
+from client import core
+from client import protocol as p
+from client.core import DEFAULT_BATCH_SIZE, RetryPolicy, resolve_endpoint
+from client.errors import ProtocolError, RokvError
+from client.replies import check_key_type, value_from_reply, worker_from_reply
+
+__all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
+
+#: Most ``get`` calls that travel together in one coalesced mget.
+DEFAULT_MAX_BATCH = 256
+#: Longest a ``get`` waits for company before its mget leaves (seconds). 0
+#: sends what the current event-loop turn gathered, adding no delay.
+DEFAULT_MAX_DELAY = 0.0
+
+
+class _Request:
+    """One message on the wire, waiting for its reply (or its last timeout)."""
+
+    __slots__ = ("rid", "body", "attempt", "done")
+
+    def __init__(self, rid: int, body: bytes) -> None:
+        self.rid = rid
+        self.body = body
+        self.attempt = 0
+        self.done = False
+
+    def abandoned(self) -> bool:
+        """True when nobody waits for the answer any more (all cancelled)."""
+        raise NotImplementedError
+
+    def deliver(self, reply: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def fail(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+
+class _Single(_Request):
+    """A request answered to one future with the reply map itself."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, rid: int, body: bytes, future: asyncio.Future) -> None:
+        super().__init__(rid, body)
+        self.future = future
+
+    def abandoned(self) -> bool:
+        return self.future.done()
+
+    def deliver(self, reply: dict[str, Any]) -> None:
+        if not self.future.done():
+            self.future.set_result(reply)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _Coalesced(_Request):
+    """One mget carrying several callers' ``get``: each future gets its own
+    value or ``KeyNotFound``; a failure of the whole goes to every caller."""
+
+    __slots__ = ("keys", "canonicals", "futures")
+
+    def __init__(self, rid: int, body: bytes, keys: list[str], canonicals: list[str],
+                 futures: list[asyncio.Future]) -> None:
+        super().__init__(rid, body)
+        self.keys = keys
+        self.canonicals = canonicals
+        self.futures = futures
+
+    def abandoned(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def deliver(self, reply: dict[str, Any]) -> None:
+        values = reply.get(p.F_VALUES)
+        if type(values) is not list or len(values) != len(self.futures):  # noqa: E721
+            self.fail(core.batch_error(reply) if p.F_ERROR in reply else
+                      ProtocolError(f"malformed mget reply for {len(self.futures)} keys"))
+            return
+        for future, value, index in zip(self.futures, values, range(len(values))):
+            if future.done():
+                continue  # its caller was cancelled
+            if type(value) is str:  # noqa: E721
+                future.set_result(value)
+            else:
+                future.set_exception(core.not_found(self.canonicals[index], self.keys[index]))
+
+    def fail(self, exc: BaseException) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(exc)
+
+
+class AsyncClient:
+    """Looks keys up in a rokv service from asyncio code.
+
+    Args:
+        endpoint: the broker's frontend, e.g. ``tcp://127.0.0.1:5555`` or
+            ``ipc:///path``; default ``$ROKV_ENDPOINT``, else that address.
+        timeout: seconds to wait for the reply to each try (> 0; default 1).
+        retries: extra tries after the first when no reply came in time
+            (default 2; lookups are idempotent, so a retry is always safe).
+        retry: a :class:`~client.core.RetryPolicy` instead of ``timeout`` and
+            ``retries``; not both.
+        batch_size: keys per message in :meth:`get_many` (1 to 10,000).
+        coalesce: send concurrent :meth:`get` calls together as one mget
+            (default on). Each caller still gets exactly its own value or
+            error; keys are validated locally first, so an invalid key fails
+            alone with the server's message instead of failing the mget.
+        max_batch: most ``get`` calls in one coalesced mget (1 to 10,000).
+        max_delay: seconds a ``get`` may wait for others to join its mget
+            (default 0: whatever the current event-loop turn gathered).
+        context: a ``zmq.Context`` (a ``zmq.asyncio.Context`` works too);
+            default the process-wide instance.
+
+    Methods and errors are those of :class:`client.Client`: ``get`` raises
+    ``KeyNotFound`` or ``InvalidKey``; every call raises ``ServiceUnavailable``
+    after ``1 + retries`` tries without reply and ``ProtocolError`` when the
+    server refuses a request. A reply to any try answers the call; late
+    replies to abandoned requests are dropped.
+
+    Concurrency: any number of coroutines of one event loop may call one
+    client at once; they share the socket, so thousands of requests can be in
+    flight. Cancelling an awaiting call (``asyncio.wait_for``, task cancel)
+    abandons only that call. The client binds to the event loop of its first
+    call; it is not thread-safe and must not cross ``fork()``. Close it with
+    ``await client.close()`` or ``async with``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        coalesce: bool = True,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_delay: float = DEFAULT_MAX_DELAY,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.retry = core.make_policy(retry, timeout, retries)
+        self.batch_size = core.check_batch_size(batch_size)
+        if not (type(max_batch) is int and 1 <= max_batch <= p.MAX_MGET_KEYS):  # noqa: E721
+            raise ValueError(f"max_batch must be an integer from 1 to {p.MAX_MGET_KEYS}, not {max_batch!r}")
+        if not (isinstance(max_delay, (int, float)) and 0 <= max_delay <= 1):
+            raise ValueError(f"max_delay must be from 0 to 1 second, not {max_delay!r}")
+        self.coalesce = bool(coalesce)
+        self.max_batch = max_batch
+        self.max_delay = float(max_delay)
+        self.endpoint = resolve_endpoint(endpoint)
+        self._pid = os.getpid()
+        self._ids = core.request_ids()
+        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint)
+        # Thousands in flight: the default high-water marks (1000) would drop
+        # sends and, at the broker, replies; what is queued is bounded by the
+        # callers' own concurrency anyway.
+        self._sock.sndhwm = 0
+        self._sock.rcvhwm = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, _Request] = {}
+        # One FIFO of (deadline, request) per try number: every try of the same
+        # number waits equally long, so each queue is in deadline order and
+        # one timer at the earliest head serves them all.
+        self._deadlines: list[deque[tuple[float, _Request]]] = [deque() for _ in range(self.retry.tries)]
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._drain_scheduled = False
+        # Coalescing: the gets gathered for the next mget.
+        self._batch_keys: list[str] = []
+        self._batch_canonicals: list[str] = []
+        self._batch_futures: list[asyncio.Future] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for the reply to the first try."""
+        return self.retry.timeout
+
+    @property
+    def retries(self) -> int:
+        """Extra tries after the first."""
+        return self.retry.retries
+
+    # ------------------------------------------------------------ public API
+
+    async def get(self, key: str) -> str:
+        """The value stored under ``key``.
+
+        Raises:
+            KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
+            InvalidKey: ``key`` is not a string or not a UUIDv4.
+            ServiceUnavailable: no reply after every try.
+        """
+        loop = self._attach()
+        if self.coalesce:
+            canonical = core.canonical_or_invalid(key)
+            future = loop.create_future()
+            self._batch_keys.append(key)
+            self._batch_canonicals.append(canonical)
+            self._batch_futures.append(future)
+            if len(self._batch_futures) >= self.max_batch:
+                self._flush()
+            elif self._flush_handle is None:
+                self._flush_handle = (loop.call_soon(self._flush) if self.max_delay == 0
+                                      else loop.call_later(self.max_delay, self._flush))
+            return await future
+        check_key_type(key)
+        rid = next(self._ids)
+        reply = await self._call(loop, rid, p.encode_request(rid, p.OP_GET, key))
+        return value_from_reply(reply, key)
+
+    async def get_many(self, keys: Iterable[str]) -> list[str | None]:
+        """The values of ``keys``, in order, ``None`` where a key is not found.
+
+        Long lists travel as several messages of ``batch_size`` keys, sent
+        together, so the wait is about one round trip either way.
+
+        Raises:
+            InvalidKey: some key is not a string or not a UUIDv4 (the first
+                one found is named, with its index in ``keys``); nothing is
+                returned then.
+            ServiceUnavailable: no reply after every try.
+        """
+        loop = self._attach()
+        keys = list(keys)
+        core.check_key_types(keys)
+        if not keys:
+            return []
+        chunks = core.split_keys(keys, self.batch_size)
+        calls = []
+        for _, chunk in chunks:
+            rid = next(self._ids)
+            calls.append(self._call(loop, rid, p.encode_request(rid, p.OP_MGET, chunk)))
+        replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
+        return core.join_batches([(offset, chunk, reply) for (offset, chunk), reply in zip(chunks, replies)])
+
+    async def ping(self) -> dict[str, Any]:
+        """Describe the worker that answered: at least ``id``, ``pid``,
+        ``keys`` (how many it holds) and ``host``.
+
+        Raises:
+            ServiceUnavailable: no reply after every try.
+        """
+        loop = self._attach()
+        rid = next(self._ids)
+        return worker_from_reply(await self._call(loop, rid, p.encode_request(rid, p.OP_PING)))
+
+    async def close(self) -> None:
+        """Release the socket; calls still waiting raise ``RokvError``.
+        Idempotent; later calls raise ``RokvError``."""
+        self._close()
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else f"open, {len(self._pending)} in flight"
+        return (f"<rokv.AsyncClient {self.endpoint} timeout={self.timeout} retries={self.retries} "
+                f"coalesce={self.coalesce} {state}>")
+
+    # ------------------------------------------------------------ transport
+
+    def _attach(self) -> asyncio.AbstractEventLoop:
+        """The running loop, watching the socket from the first call on."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._sock is not None:
+            return loop
+        if self._sock is None:
+            raise RokvError("this AsyncClient is closed")
+        if os.getpid() != self._pid:
+            raise RokvError("this AsyncClient was created in another process; create one after fork()")
+        if self._loop is not None:
+            raise RokvError("this AsyncClient is bound to another event loop; create one per loop")
+        self._loop = loop
+        loop.add_reader(self._sock.getsockopt(zmq.FD), self._drain)
+        return loop
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, rid: int, body: bytes) -> dict[str, Any]:
+        future = loop.create_future()
+        self._start(_Single(rid, body, future))
+        return await future
+
+    def _flush(self) -> None:
+        """Send the gathered gets as one mget."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        keys, canonicals, futures = self._batch_keys, self._batch_canonicals, self._batch_futures
+        if not futures:
+            return
+        self._batch_keys, self._batch_canonicals, self._batch_futures = [], [], []
+        rid = next(self._ids)
+        self._start(_Coalesced(rid, p.encode_request(rid, p.OP_MGET, canonicals), keys, canonicals, futures))
+
+    def _start(self, request: _Request) -> None:
+        if self._sock is None:
+            request.fail(RokvError("this AsyncClient is closed"))
+            return
+        self._pending[request.rid] = request
+        self._send(request)
+
+    def _send(self, request: _Request) -> None:
+        assert self._sock is not None and self._loop is not None
+        try:
+            self._sock.send(request.body, zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # cannot queue now; this try times out and the next resends
+        deadline = time.monotonic() + self.retry.try_timeout(request.attempt)
+        self._deadlines[request.attempt].append((deadline, request))
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(deadline)
+        # Any zmq call may consume the edge of ZMQ_FD, so a reply that came in
+        # meanwhile would go unnoticed: look once per event-loop turn.
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Hand every queued reply to its request; drop unawaited ones."""
+        self._drain_scheduled = False
+        sock = self._sock
+        if sock is None:
+            return
+        pending = self._pending
+        recv = sock.recv_multipart
+        while True:
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            got = core.read_reply(frames)
+            if got is None:
+                continue
+            request = pending.pop(got[0], None)
+            if request is not None:
+                request.done = True
+                request.deliver(got[1])
+
+    def _arm(self, when: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        # loop.time() is monotonic too, but need not share time.monotonic()'s origin.
+        self._timer = self._loop.call_later(max(0.0, when - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        """Resend what waited out its try; fail what waited out its last."""
+        self._timer = None
+        now = time.monotonic()
+        last = len(self._deadlines) - 1
+        for attempt, queue in enumerate(self._deadlines):
+            while queue and queue[0][0] <= now:
+                _, request = queue.popleft()
+                if request.done:
+                    continue
+                if request.abandoned():
+                    self._pending.pop(request.rid, None)
+                    request.done = True
+                elif attempt < last:
+                    request.attempt = attempt + 1
+                    self._send(request)
+                else:
+                    self._pending.pop(request.rid, None)
+                    request.done = True
+                    request.fail(self.retry.unavailable(self.endpoint))
+        if self._sock is None:
+            return
+        heads = [queue[0][0] for queue in self._deadlines if queue]
+        if heads and self._timer is None:
+            self._arm(min(heads))
+
+    def _close(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(sock.getsockopt(zmq.FD))
+        for handle in (self._timer, self._flush_handle):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._flush_handle = None
+        self._sock = None
+        sock.close(linger=0)
+        closed = RokvError("this AsyncClient is closed")
+        waiting: list[_Request] = list(self._pending.values())
+        if self._batch_futures:
+            waiting.append(_Coalesced(0, b"", self._batch_keys, self._batch_canonicals, self._batch_futures))
+        self._pending.clear()
+        self._batch_keys, self._batch_canonicals, self._batch_futures = [], [], []
+        for queue in self._deadlines:
+            queue.clear()
+        for request in waiting:
+            request.fail(closed)

@@ -1,0 +1,223 @@
+"""What both clients share: the retry policy, request ids and bodies, reading
+replies, splitting long key lists and putting their answers back together.
+
+Only the transport differs between :class:`client.Client` (blocking) and
+:class:`client.AsyncClient` (asyncio); everything that decides what is sent and
+what a reply means lives here or in :mod:`client.replies`, so the two cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import zmq
+
+from client import protocol as p
+from client.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
+from client.keys import normalize_key
+from client.replies import check_key_type, error_from_reply, values_from_reply
+
+DEFAULT_ENDPOINT = p.DEFAULT_FRONTEND
+DEFAULT_TIMEOUT = 1.0
+DEFAULT_RETRIES = 2
+#: Keys per mget message; longer get_many lists travel as several, pipelined.
+DEFAULT_BATCH_SIZE = 1000
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    """``endpoint``, else ``$ROKV_ENDPOINT``, else the loopback default."""
+    return endpoint or os.environ.get("ROKV_ENDPOINT") or DEFAULT_ENDPOINT
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long a client waits for a reply, and how often it asks again.
+
+    Args:
+        timeout: seconds to wait for the reply to the first try (> 0).
+        retries: extra tries after the first when no reply came in time
+            (lookups are idempotent, so a retry is always safe).
+        backoff: each further try waits ``backoff`` times longer than the one
+            before (>= 1; 1 keeps every try at ``timeout``).
+        max_timeout: no single try waits longer than this (>= ``timeout``).
+
+    A call that got no reply after ``1 + retries`` tries raises
+    :class:`~client.errors.ServiceUnavailable`, at the latest about
+    :attr:`total` seconds after it started. A reply to any try answers the
+    call. Immutable, so one policy may be shared by any number of clients.
+    """
+
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    backoff: float = 1.0
+    max_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ValueError(f"timeout must be > 0 seconds, not {self.timeout!r}")
+        if not (type(self.retries) is int and self.retries >= 0):  # noqa: E721 - bool is not a count
+            raise ValueError(f"retries must be an integer >= 0, not {self.retries!r}")
+        if not (isinstance(self.backoff, (int, float)) and self.backoff >= 1):
+            raise ValueError(f"backoff must be a number >= 1, not {self.backoff!r}")
+        if not (isinstance(self.max_timeout, (int, float)) and self.max_timeout >= self.timeout):
+            raise ValueError(f"max_timeout must be >= timeout ({self.timeout!r}), not {self.max_timeout!r}")
+
+    @property
+    def tries(self) -> int:
+        """How many times a request is sent at most: ``1 + retries``."""
+        return 1 + self.retries
+
+    def try_timeout(self, attempt: int) -> float:
+        """Seconds to wait for a reply to try number ``attempt`` (0-based)."""
+        return min(self.timeout * self.backoff**attempt, self.max_timeout)
+
+    @property
+    def total(self) -> float:
+        """The longest a call waits before it gives up, in seconds."""
+        return sum(self.try_timeout(i) for i in range(self.tries))
+
+    def unavailable(self, endpoint: str) -> ServiceUnavailable:
+        """The error of a call that ran out of tries."""
+        tries = self.tries
+        first, last = self.try_timeout(0), self.try_timeout(tries - 1)
+        wait = f"{first:g} s" if first == last else f"{first:g} to {last:g} s"
+        return ServiceUnavailable(
+            f"no reply from {endpoint} within {wait} on {tries} {'try' if tries == 1 else 'tries'}"
+        )
+
+
+def make_policy(retry: RetryPolicy | None, timeout: float | None, retries: int | None) -> RetryPolicy:
+    """The policy a client was asked for: ``retry``, or the loose ``timeout``
+    and ``retries`` keywords (the two ways cannot be mixed)."""
+    if retry is not None:
+        if timeout is not None or retries is not None:
+            raise ValueError("give either retry=RetryPolicy(...) or timeout=/retries=, not both")
+        if not isinstance(retry, RetryPolicy):
+            raise ValueError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
+        return retry
+    return RetryPolicy(
+        timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        retries=DEFAULT_RETRIES if retries is None else retries,
+    )
+
+
+def check_batch_size(batch_size: int) -> int:
+    if not (type(batch_size) is int and 1 <= batch_size <= p.MAX_MGET_KEYS):  # noqa: E721
+        raise ValueError(f"batch_size must be an integer from 1 to {p.MAX_MGET_KEYS}, not {batch_size!r}")
+    return batch_size
+
+
+def request_ids() -> Iterator[int]:
+    """Fresh request ids for one socket. 2**64 of them outlast any process."""
+    return itertools.count(1)
+
+
+def open_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A DEALER connected to ``endpoint`` with linger 0.
+
+    Raises:
+        ValueError: the endpoint is malformed.
+    """
+    sock: zmq.Socket = zmq.Socket(ctx, zmq.DEALER)  # the plain class even from a zmq.asyncio.Context
+    # Unsent requests must never hold up close() or interpreter exit.
+    sock.linger = 0
+    if "[" in endpoint:
+        sock.ipv6 = True
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise ValueError(f"bad endpoint {endpoint!r}: {exc}") from None
+    return sock
+
+
+def read_reply(frames: list[bytes]) -> tuple[int, dict[str, Any]] | None:
+    """The id and map of a reply message, or ``None`` for anything a client
+    must drop: several frames, not msgpack, no integer id."""
+    if len(frames) != 1:
+        return None
+    try:
+        reply = p.decode_reply(frames[0])
+    except p.ProtocolViolation:
+        return None
+    rid = reply.get(p.F_ID)
+    if type(rid) is not int:  # noqa: E721
+        return None
+    return rid, reply
+
+
+def check_key_types(keys: Sequence[object]) -> None:
+    """Refuse a non-string key of a key list before anything travels."""
+    for index, key in enumerate(keys):
+        check_key_type(key, f"keys[{index}]")
+
+
+def split_keys(keys: list[str], batch_size: int) -> list[tuple[int, list[str]]]:
+    """``keys`` as (offset, chunk) pairs of at most ``batch_size`` keys."""
+    if len(keys) <= batch_size:
+        return [(0, keys)]
+    return [(start, keys[start : start + batch_size]) for start in range(0, len(keys), batch_size)]
+
+
+def join_batches(parts: Sequence[tuple[int, list[str], dict[str, Any]]]) -> list[str | None]:
+    """The values of a get_many from its (offset, chunk, reply) parts, in
+    offset order.
+
+    Raises:
+        InvalidKey: naming the first invalid key of the whole list, with its
+            index in the whole list (a worker only knows its chunk).
+        ProtocolError: a reply does not fit its request.
+    """
+    if len(parts) == 1:
+        return values_from_reply(parts[0][2], parts[0][1])
+    values: list[str | None] = []
+    failure: RokvError | None = None
+    for offset, chunk, reply in parts:
+        try:
+            values.extend(values_from_reply(reply, chunk))
+        except InvalidKey as exc:
+            if failure is None or not isinstance(failure, InvalidKey):
+                failure = _shift_index(exc, offset, reply)
+        except RokvError as exc:
+            failure = failure or exc
+        if failure is not None and isinstance(failure, InvalidKey):
+            break  # chunks are in order: this is the first invalid key
+    if failure is not None:
+        raise failure
+    return values
+
+
+def _shift_index(exc: InvalidKey, offset: int, reply: dict[str, Any]) -> InvalidKey:
+    index = reply.get(p.F_INDEX)
+    if offset == 0 or type(index) is not int:  # noqa: E721
+        return exc
+    prefix = f"keys[{index}]: "
+    message = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
+    return InvalidKey(f"keys[{offset + index}]: {message}", exc.key)
+
+
+# ------------------------------------------------------------ coalescing
+
+
+def canonical_or_invalid(key: object) -> str:
+    """``key`` normalised, for a get that travels inside a shared mget.
+
+    Raises:
+        InvalidKey: with the message the server would send for a get of
+            ``key``, since one invalid key would fail the whole mget.
+    """
+    return normalize_key(key)
+
+
+def not_found(canonical: str, key: str) -> KeyNotFound:
+    """The error a get of a missing key gets, worded as the server words it."""
+    return KeyNotFound(f"key {canonical} not found", key)
+
+
+def batch_error(reply: dict[str, Any]) -> RokvError:
+    """The error of a failed coalesced mget, for each caller in it."""
+    return error_from_reply(reply)
