@@ -10,6 +10,7 @@ Needs only pyzmq and msgpack.
 from client.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
 from client.aio import AsyncClient
 from client.core import RetryPolicy
+from client.security import CurvePeer
 from client.sync import Client
 
-__all__ = ["Client", "AsyncClient", "RetryPolicy", "RokvError", "KeyNotFound", "InvalidKey", "ServiceUnavailable", "ProtocolError"]
+__all__ = ["Client", "AsyncClient", "RetryPolicy", "CurvePeer", "RokvError", "KeyNotFound", "InvalidKey", "ServiceUnavailable", "ProtocolError"]

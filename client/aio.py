@@ -24,6 +24,7 @@ import zmq
 
 from client import core
 from client import protocol as p
+from client.security import CurvePeer
 from client.core import DEFAULT_BATCH_SIZE, RetryPolicy, resolve_endpoint
 from client.errors import ProtocolError, RokvError
 from client.replies import check_key_type, value_from_reply, worker_from_reply
@@ -137,6 +138,7 @@ class AsyncClient:
             (default 0: whatever the current event-loop turn gathered).
         context: a ``zmq.Context`` (a ``zmq.asyncio.Context`` works too);
             default the process-wide instance.
+        curve: CurveZMQ keys, as for :class:`client.Client`.
 
     Methods and errors are those of :class:`client.Client`: ``get`` raises
     ``KeyNotFound`` or ``InvalidKey``; every call raises ``ServiceUnavailable``
@@ -164,6 +166,7 @@ class AsyncClient:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_delay: float = DEFAULT_MAX_DELAY,
         context: zmq.Context | None = None,
+        curve: CurvePeer | None = None,
     ) -> None:
         self.retry = core.make_policy(retry, timeout, retries)
         self.batch_size = core.check_batch_size(batch_size)
@@ -177,7 +180,9 @@ class AsyncClient:
         self.endpoint = resolve_endpoint(endpoint)
         self._pid = os.getpid()
         self._ids = core.request_ids()
-        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint)
+        self._sock: zmq.Socket | None = core.open_dealer(
+            context or zmq.Context.instance(), self.endpoint, core.resolve_curve(curve)
+        )
         # Thousands in flight: the default high-water marks (1000) would drop
         # sends and, at the broker, replies; what is queued is bounded by the
         # callers' own concurrency anyway.

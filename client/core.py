@@ -19,6 +19,7 @@ import zmq
 from client import protocol as p
 from client.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
 from client.keys import normalize_key
+from client.security import CurvePeer, KeyFileError, peer_from_env
 from client.replies import check_key_type, error_from_reply, values_from_reply
 
 DEFAULT_ENDPOINT = p.DEFAULT_FRONTEND
@@ -116,11 +117,13 @@ def request_ids() -> Iterator[int]:
     return itertools.count(1)
 
 
-def open_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """A DEALER connected to ``endpoint`` with linger 0.
+def open_dealer(ctx: zmq.Context, endpoint: str, curve: CurvePeer | None = None) -> zmq.Socket:
+    """A DEALER connected to ``endpoint`` with linger 0, a CURVE client of
+    the broker when ``curve`` is given.
 
     Raises:
-        ValueError: the endpoint is malformed.
+        ValueError: the endpoint is malformed, or a key file is bad
+            (``KeyFileError``).
     """
     sock: zmq.Socket = zmq.Socket(ctx, zmq.DEALER)  # the plain class even from a zmq.asyncio.Context
     # Unsent requests must never hold up close() or interpreter exit.
@@ -128,11 +131,21 @@ def open_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     if "[" in endpoint:
         sock.ipv6 = True
     try:
+        if curve is not None:
+            curve.apply(sock)
         sock.connect(endpoint)
+    except KeyFileError:
+        sock.close()
+        raise
     except zmq.ZMQError as exc:
         sock.close()
         raise ValueError(f"bad endpoint {endpoint!r}: {exc}") from None
     return sock
+
+
+def resolve_curve(curve: CurvePeer | None) -> CurvePeer | None:
+    """``curve``, else the keys in ``$ROKV_CLIENT_SECRET`` and ``$ROKV_BROKER_KEY``."""
+    return curve if curve is not None else peer_from_env("ROKV_CLIENT_SECRET")
 
 
 def read_reply(frames: list[bytes]) -> tuple[int, dict[str, Any]] | None:

@@ -15,6 +15,7 @@ import zmq
 
 from client import core
 from client import protocol as p
+from client.security import CurvePeer
 from client.core import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENDPOINT,
@@ -45,6 +46,10 @@ class Client:
             (it can also lengthen each further try); not both.
         batch_size: keys per message in :meth:`get_many` (1 to 10,000).
         context: a ``zmq.Context`` to use; default the process-wide instance.
+        curve: CurveZMQ keys (own secret, broker's public) when the broker
+            requires them; default from ``$ROKV_CLIENT_SECRET`` and
+            ``$ROKV_BROKER_KEY``, else none. A key the broker does not allow
+            gets no connection: calls raise ``ServiceUnavailable``.
 
     Every call either returns the exact answer or raises a ``RokvError``:
     ``KeyNotFound``, ``InvalidKey``, ``ServiceUnavailable`` after
@@ -70,6 +75,7 @@ class Client:
         retry: RetryPolicy | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         context: zmq.Context | None = None,
+        curve: CurvePeer | None = None,
     ) -> None:
         self.retry = core.make_policy(retry, timeout, retries)
         self.batch_size = core.check_batch_size(batch_size)
@@ -77,7 +83,9 @@ class Client:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._ids = core.request_ids()
-        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint)
+        self._sock: zmq.Socket | None = core.open_dealer(
+            context or zmq.Context.instance(), self.endpoint, core.resolve_curve(curve)
+        )
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
 
