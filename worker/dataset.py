@@ -19,10 +19,13 @@ import itertools
 import json
 import os
 import re
-from typing import Iterator, NoReturn
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Union
 
 from client.errors import InvalidKey
 from client.keys import is_canonical, normalize_key, show_key
+
+if TYPE_CHECKING:
+    from worker.store import Store
 
 _BOM = "\ufeff"
 _JSON_WS = " \t\r\n"
@@ -83,6 +86,24 @@ def load_dataset(path: str | os.PathLike[str]) -> dict[str, str]:
         return _load_jsonl(name)
     what = f"{suffix!r}" if suffix else "(no suffix)"
     raise _error(name, f"unsupported dataset format {what}: use .json or .jsonl")
+
+
+def open_dataset(path: str | os.PathLike[str]) -> Union[dict[str, str], "Store"]:
+    """The dataset at ``path`` ready to serve: a compiled ``.rokv`` file is
+    memory-mapped (see :func:`worker.store.open_store`: opening costs the same
+    whatever its size); ``.json`` and ``.jsonl`` are read by
+    :func:`load_dataset`. Both results have ``get(key)`` (canonical keys) and
+    ``len()``.
+
+    Raises:
+        DatasetError: the file cannot be served (a :class:`worker.store.StoreError`
+            for a ``.rokv`` that is truncated, of another format or version).
+    """
+    if os.path.splitext(os.fsdecode(path))[1].lower() == ".rokv":
+        from worker.store import open_store  # numpy is only needed here
+
+        return open_store(path)
+    return load_dataset(path)
 
 
 # --- .json -----------------------------------------------------------------
@@ -196,19 +217,50 @@ def _member_offsets(text: str) -> Iterator[int]:
 
 def _load_jsonl(path: str) -> dict[str, str]:
     dataset: dict[str, str] = {}
-    for line, key, value in _jsonl_records(path):
-        canonical = key if type(key) is str and is_canonical(key) else _normalize_or_none(key)
-        if canonical is None or type(value) is not str or _SURROGATE.search(value):
-            raise _member_error(path, key, value, line)
+    for line, canonical, value in iter_jsonl_pairs(path):
         if canonical in dataset:
-            first_line, first_key = _jsonl_first(path, canonical)
-            raise _member_error(path, key, value, line, first_key, first_line)
+            raise duplicate_error(path, line)
         dataset[canonical] = value
     return dataset
 
 
-def _jsonl_records(path: str) -> Iterator[tuple[int, object, object]]:
-    """Yield (line number, key, value) for each record line of the file."""
+def iter_jsonl_pairs(
+    path: str | os.PathLike[str], progress: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, str, str]]:
+    """Yield (line, canonical key, value) for each record of the JSON Lines
+    file at ``path``, checked exactly as :func:`load_dataset` checks them,
+    except for duplicates, which the caller must detect (and report with
+    :func:`duplicate_error`). Holds one record at a time.
+
+    ``progress``, if given, is called now and then with the bytes read so far.
+
+    Raises:
+        DatasetError: as :func:`load_dataset`, with the same messages.
+    """
+    name = os.fsdecode(path)
+    for line, key, value in _jsonl_records(name, progress):
+        canonical = key if type(key) is str and is_canonical(key) else _normalize_or_none(key)
+        if canonical is None or type(value) is not str or _SURROGATE.search(value):
+            raise _member_error(name, key, value, line)
+        yield line, canonical, value
+
+
+def duplicate_error(path: str | os.PathLike[str], line: int) -> DatasetError:
+    """The error :func:`load_dataset` raises when the record at ``line`` of a
+    JSON Lines file repeats an earlier record's key. Re-reads the file."""
+    name = os.fsdecode(path)
+    for at, key, value in _jsonl_records(name):
+        if at == line:
+            first_line, first_key = _jsonl_first(name, normalize_key(key))
+            return _member_error(name, key, value, line, first_key, first_line)
+    return _error(name, f"line {line}: duplicate key", line)  # the file changed meanwhile
+
+
+def _jsonl_records(
+    path: str, progress: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, object, object]]:
+    """Yield (line number, key, value) for each record line of the file;
+    ``progress`` gets the bytes read every 65536 lines."""
     try:
         f = open(path, "rb")
     except OSError as exc:
@@ -218,6 +270,8 @@ def _jsonl_records(path: str) -> Iterator[tuple[int, object, object]]:
             # Split on b"\n" only: str.splitlines would also split at U+2028,
             # form feeds and the like, which may sit raw inside JSON strings.
             for line, raw in enumerate(f, 1):
+                if progress is not None and not line & 0xFFFF:
+                    progress(f.tell())
                 record = _parse_jsonl_line(path, line, raw)
                 if record is not None:
                     yield (line, *record)

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Callable, Mapping, Protocol
 
 from client import protocol as p
 from client.errors import InvalidKey
@@ -38,16 +38,30 @@ class RateLimitedLog:
         self._logger.warning(message)
 
 
+class Lookup(Protocol):
+    """What Handler needs of a dataset: a dict, or a mapped .rokv Store
+    (which also has ``get_many``, used for mget when present)."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def __len__(self) -> int: ...
+
+
 class Handler:
-    """Answers get, mget and ping over an in-memory dataset.
+    """Answers get, mget and ping over a dataset.
 
     ``data`` maps canonical lowercase keys to values; since only valid keys are
     in it, a hit needs no validation, and keys are validated (and normalised)
-    only on a miss.
+    only on a miss. ``extra_info`` is added to the ping reply (for a .rokv
+    dataset: its digest).
     """
 
-    def __init__(self, data: dict[str, str], *, worker_id: str, dataset: str) -> None:
+    def __init__(
+        self, data: Lookup, *, worker_id: str, dataset: str, extra_info: Mapping[str, Any] | None = None
+    ) -> None:
         self.data = data
+        get_many = getattr(data, "get_many", None)
+        self._get_many: Callable[[list[Any]], list[str | None]] = get_many or (lambda keys: list(map(data.get, keys)))
         self._started = time.monotonic()
         self._info: dict[str, Any] = {
             "id": worker_id,
@@ -56,6 +70,7 @@ class Handler:
             "keys": len(data),
             "dataset": dataset,
             "protocol": p.PROTOCOL_VERSION,
+            **(extra_info or {}),
         }
         self._drop_log = RateLimitedLog(log)
 
@@ -105,7 +120,7 @@ class Handler:
     def _mget(self, rid: int, keys: list[Any]) -> bytes:
         get = self.data.get
         try:
-            values = list(map(get, keys))  # the all-hits case stays in C
+            values = self._get_many(keys)  # for a dict, the all-hits case stays in C
         except TypeError:  # an unhashable key: take the slow path below
             values = [None] * len(keys)
         if None in values:

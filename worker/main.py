@@ -15,7 +15,7 @@ import zmq
 
 from client import protocol as p
 from client.security import CurvePeer, KeyFileError
-from worker.dataset import DatasetError, load_dataset
+from worker.dataset import DatasetError, open_dataset
 from worker.handler import Handler
 
 log = logging.getLogger("rokv.worker")
@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--data",
         default=os.environ.get("ROKV_DATA") or DEFAULT_DATA,
-        help="dataset file, .json or .jsonl (env ROKV_DATA; default %(default)s)",
+        help="dataset file: .rokv (built by `rokv build`, memory-mapped), .json or .jsonl "
+        "(env ROKV_DATA; default %(default)s)",
     )
     parser.add_argument(
         "--backend",
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        data = load_dataset(args.data)
+        data = open_dataset(args.data)
     except DatasetError as exc:
         print(f"rokv-worker: {exc}", file=sys.stderr)
         return 1
@@ -113,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     except zmq.ZMQError as exc:
         print(f"rokv-worker: cannot connect to {args.backend!r}: {exc}", file=sys.stderr)
         return 1
-    handler = Handler(data, worker_id=args.name, dataset=args.data)
+    # A .rokv file names its content: ping and the log say which version is served.
+    digest = getattr(data, "digest", None)
+    extra = {"digest": digest} if digest else {}
+    handler = Handler(data, worker_id=args.name, dataset=args.data, extra_info=extra)
     log.info(
-        "serving %s: %d keys loaded in %.2f s; connected to %s as %s",
-        args.data, len(data), load_seconds, args.backend, args.name,
+        "serving %s: %d keys %s in %.2f s%s; connected to %s as %s",
+        args.data, len(data), "mapped" if digest else "loaded", load_seconds,
+        f" (digest {digest})" if digest else "", args.backend, args.name,
     )
     try:
         serve(sock, handler, wake_r)

@@ -1,0 +1,264 @@
+"""Compiling a dataset into a ``.rokv`` file, and the ``rokv build``,
+``rokv inspect`` and ``rokv verify`` commands.
+
+A ``.jsonl`` source is streamed: each record is checked by the loader's own
+code (:func:`worker.dataset.iter_jsonl_pairs`, same rules, same messages) and
+packed into flat buffers (16 bytes of key, the value's UTF-8 bytes in an
+unlinked temporary file, its size and line number in arrays), so memory holds
+no Python object per pair: about 32 bytes a key plus the sort's index. The
+keys are then sorted with numpy, repeats found next to each other, and the
+values copied out in key order. A ``.json`` source is one JSON object, which
+the loader reads whole anyway; it takes the loader's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from array import array
+from typing import Callable, Iterator
+
+from typing import TYPE_CHECKING
+
+from worker.dataset import DatasetError, duplicate_error, iter_jsonl_pairs, load_dataset
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from worker.store import Header
+
+# numpy and worker.store (which needs numpy) are imported where used: the
+# rokv CLI registers these commands on every run, and `rokv get` should not
+# pay for importing numpy.
+SUFFIX = ".rokv"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+#: Keys whose values are copied in one numpy gather while writing.
+_CHUNK_KEYS = 1 << 16
+_FLUSH_BYTES = 1 << 24
+
+Progress = Callable[[str, float], None]
+
+
+def build(src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Progress | None = None) -> Header:
+    """Compile the dataset at ``src`` (``.json`` or ``.jsonl``) into the
+    ``.rokv`` file ``out``, atomically (see :func:`worker.store.write_store`).
+
+    ``progress(phase, fraction)`` is called now and then, if given.
+
+    Raises:
+        DatasetError: ``src`` would be refused by the loader; the message is
+            the loader's.
+        OSError: ``out`` cannot be written.
+    """
+    import numpy as np
+
+    from worker.store import SEPARATOR
+
+    src_name = os.fsdecode(src)
+    out_name = os.fsdecode(out)
+    started = time.time_ns()
+    folder = os.path.dirname(os.path.abspath(out_name))
+    if os.path.splitext(src_name)[1].lower() == ".jsonl":
+        with tempfile.TemporaryFile(dir=folder, prefix=".rokv-build-") as spill:
+            keys, sizes, lines, values = _read_jsonl(src_name, spill, progress)
+            return _write(src_name, out_name, keys, sizes, lines, values, started, progress)
+    data = load_dataset(src_name)  # .json, or the loader's own refusal
+    if progress:
+        progress("reading", 1.0)
+    keys = np.frombuffer(bytes.fromhex("".join(data).replace("-", "")), "V16")
+    encoded = [v.encode("utf-8") for v in data.values()]
+    sizes = np.fromiter(map(len, encoded), np.uint64, len(encoded)) + np.uint64(1)
+    encoded.append(b"")
+    values = np.frombuffer(SEPARATOR.join(encoded), np.uint8)
+    del data, encoded
+    return _write(src_name, out_name, keys, sizes, None, values, started, progress)
+
+
+def _read_jsonl(
+    src: str, spill: "tempfile._TemporaryFileWrapper[bytes]", progress: Progress | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keys (V16), value sizes (with separator), line numbers, and the values
+    end to end (mapped from ``spill``), in file order."""
+    import numpy as np
+
+    from worker.store import SEPARATOR
+
+    total = max(os.path.getsize(src), 1)
+    keys = bytearray()
+    sizes = array("Q")
+    lines = array("Q")
+    buffer = bytearray()
+    fromhex = bytes.fromhex
+    report = None if progress is None else (lambda done: progress("reading", done / total))
+    for line, key, value in iter_jsonl_pairs(src, report):
+        keys += fromhex(key.replace("-", ""))
+        encoded = value.encode("utf-8")
+        buffer += encoded
+        buffer += SEPARATOR
+        sizes.append(len(encoded) + 1)
+        lines.append(line)
+        if len(buffer) >= _FLUSH_BYTES:
+            spill.write(buffer)
+            buffer.clear()
+    spill.write(buffer)
+    spill.flush()
+    if progress:
+        progress("reading", 1.0)
+    size = spill.tell()
+    values = np.memmap(spill, np.uint8, "r", shape=(size,)) if size else np.zeros(0, np.uint8)
+    return (np.frombuffer(keys, "V16"), np.frombuffer(sizes, np.uint64), np.frombuffer(lines, np.uint64), values)
+
+
+def _write(
+    src: str, out: str, keys: np.ndarray, sizes: np.ndarray, lines: np.ndarray | None, values: np.ndarray,
+    started: int, progress: Progress | None,
+) -> Header:
+    import numpy as np
+
+    from worker.store import write_store
+
+    if progress:
+        progress("sorting", 0.0)
+    words = keys.view(">u8")
+    order = np.lexsort((words[1::2], words[0::2]))  # by the key's bytes
+    sorted_keys = keys[order]
+    repeats = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+    if len(repeats):
+        assert lines is not None  # the loader refuses repeats in a .json
+        raise duplicate_error(src, _first_repeat(sorted_keys, order, lines, repeats))
+    starts = np.cumsum(sizes) - sizes  # where each value sits in ``values``
+    count = len(keys)
+
+    def ordered_values() -> Iterator[bytes]:
+        for at in range(0, count, _CHUNK_KEYS):
+            index = order[at : at + _CHUNK_KEYS]
+            size = sizes[index].astype(np.intp)
+            shift = starts[index].astype(np.intp) - (np.cumsum(size) - size)
+            yield values[np.repeat(shift, size) + np.arange(int(size.sum()))].tobytes()
+            if progress:
+                progress("writing", min(1.0, (at + _CHUNK_KEYS) / count))
+
+    return write_store(out, sorted_keys, sizes[order], ordered_values(), started)
+
+
+def _first_repeat(sorted_keys: np.ndarray, order: np.ndarray, lines: np.ndarray, repeats: np.ndarray) -> int:
+    """The line the loader stops at: the earliest second occurrence of a key."""
+    import numpy as np
+
+    best = None
+    for key in np.unique(sorted_keys[repeats]):
+        group = np.sort(lines[order[np.flatnonzero(sorted_keys == key)]])
+        if best is None or group[1] < best:
+            best = int(group[1])
+    assert best is not None
+    return best
+
+
+# ------------------------------------------------------------------ commands
+
+
+class _Bar:
+    """A one-line progress bar on stderr, redrawn at most 5 times a second."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._started = time.monotonic()
+
+    def __call__(self, phase: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now < self._next and fraction < 1.0:
+            return
+        self._next = now + 0.2
+        filled = int(30 * min(max(fraction, 0.0), 1.0))
+        sys.stderr.write(f"\r{phase:<8} [{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {now - self._started:6.1f} s")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    if not args.output.lower().endswith(SUFFIX):
+        sys.stderr.write(f"rokv: error: the output must end in {SUFFIX} (workers pick the format by suffix)\n")
+        return EXIT_USAGE
+    bar = _Bar() if sys.stderr.isatty() and not args.quiet else None
+    started = time.monotonic()
+    try:
+        header = build(args.src, args.output, bar)
+    except DatasetError as exc:
+        if bar:
+            bar.done()
+        sys.stderr.write(f"rokv: {exc}\n")
+        return EXIT_FAILED
+    except OSError as exc:
+        if bar:
+            bar.done()
+        sys.stderr.write(f"rokv: cannot write {args.output}: {exc.strerror or exc}\n")
+        return EXIT_FAILED
+    if bar:
+        bar.done()
+    print(
+        f"built {args.output}: {header.count} keys, {header.file_size} bytes, "
+        f"digest blake2b-256:{header.digest_hex}, in {time.monotonic() - started:.1f} s"
+    )
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from worker.store import StoreError, read_header
+
+    try:
+        header = read_header(args.file)
+    except StoreError as exc:
+        sys.stderr.write(f"rokv: {exc}\n")
+        return EXIT_FAILED
+    print(json.dumps(header.as_dict(), indent=2))
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from worker.store import StoreError, verify_store
+
+    try:
+        header = verify_store(args.file)
+    except StoreError as exc:
+        sys.stderr.write(f"rokv: {exc}\n")
+        return EXIT_FAILED
+    print(f"{args.file}: ok: {header.count} keys, digest blake2b-256:{header.digest_hex}")
+    return EXIT_OK
+
+
+def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register ``build``, ``inspect`` and ``verify`` on the ``rokv`` parser."""
+    p = sub.add_parser(
+        "build", help="compile a .json/.jsonl dataset into a .rokv file",
+        description="Compile SRC (.json or .jsonl) into one immutable .rokv file that workers memory-map. "
+        "SRC is checked exactly as a worker checks it. The output appears atomically. "
+        "Exit 0 on success, 1 if SRC is refused or OUT cannot be written, 2 on bad usage.",
+    )
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("-o", "--output", metavar="OUT.rokv", required=True)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_build)
+    p = sub.add_parser(
+        "inspect", help="print a .rokv file's header as JSON",
+        description="Print the header of a .rokv file (format version, key count, build time, digest). "
+        "Exit 1 if the file is not a readable .rokv file.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(run=cmd_inspect)
+    p = sub.add_parser(
+        "verify", help="check a .rokv file's digest",
+        description="Read the whole .rokv file and check its structure and content digest. "
+        "Exit 0 if intact, 1 if not.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(run=cmd_verify)

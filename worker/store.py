@@ -1,0 +1,493 @@
+"""The ``.rokv`` file: a compiled, immutable dataset that workers memory-map.
+
+:func:`open_store` maps a file and checks its header (cost independent of the
+file's size; the pages are read on demand and shared through the page cache
+by every process that maps the file); :class:`Store` looks keys up in it;
+:func:`write_store` writes one atomically; :func:`verify_store` re-reads it all
+and checks its digest. The layout is described in FORMAT.md; the constants
+below are the reference.
+
+A ``Store`` is read-only and thread-safe; it must not cross ``fork()`` while
+open (map the file again in the child).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from worker.dataset import DatasetError
+
+MAGIC = b"ROKV\r\n\x1a\n"
+FORMAT_VERSION = 1
+SUFFIX = ".rokv"
+#: magic, version, header size, key count, build time (ns), bucket bits,
+#: flags, 6 offsets/sizes, digest, header CRC, reserved. Little-endian.
+_HEADER = struct.Struct("<8sIIQQII6Q32sII")
+HEADER_SIZE = _HEADER.size  # 128
+_CRC_AT = HEADER_SIZE - 8
+#: Bucket table entries are uint32 indexes into the sorted keys.
+MAX_KEYS = (1 << 32) - 1
+#: Ends every stored value. 0xFF never occurs in UTF-8, so a run of values
+#: decodes in one call (with surrogateescape) and splits on U+DCFF.
+SEPARATOR = b"\xff"
+_SPLIT = "\udcff"
+#: How many keys of a bucket get_many compares at once; a key further into
+#: its bucket (rare: buckets hold 0.5 to 1 key on average) takes the slow path.
+_PROBE = 4
+_ALIGN = 8
+_DIGEST_SIZE = 32
+
+
+class StoreError(DatasetError):
+    """A ``.rokv`` file that cannot be served: missing, truncated, of another
+    format or version, or (from :func:`verify_store`) corrupt."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """A ``.rokv`` file's header, checked for consistency with the file size."""
+
+    version: int
+    count: int
+    build_time_ns: int
+    bucket_bits: int
+    table_offset: int
+    keys_offset: int
+    offsets_offset: int
+    values_offset: int
+    values_size: int
+    file_size: int
+    digest: bytes
+
+    @property
+    def digest_hex(self) -> str:
+        return self.digest.hex()
+
+    def as_dict(self) -> dict[str, object]:
+        """The header as JSON-friendly values (what ``rokv inspect`` prints)."""
+        return {
+            "format": "rokv",
+            "version": self.version,
+            "keys": self.count,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.build_time_ns / 1e9)),
+            "digest": f"blake2b-256:{self.digest_hex}",
+            "file_size": self.file_size,
+            "values_size": self.values_size,
+            "bucket_bits": self.bucket_bits,
+        }
+
+
+def bucket_bits_for(count: int) -> int:
+    """Bits of the key that pick its bucket: 2**bits buckets, 0.5 to 1 key each."""
+    return min(32, max(0, (count - 1).bit_length()))
+
+
+def _layout(count: int, bucket_bits: int, values_size: int) -> tuple[int, int, int, int, int]:
+    """Offsets of the table, keys, value offsets and values, and the file size."""
+    table = HEADER_SIZE
+    keys = _align(table + 4 * ((1 << bucket_bits) + 1))
+    offsets = _align(keys + 16 * count)
+    values = _align(offsets + 8 * (count + 1))
+    return table, keys, offsets, values, values + values_size
+
+
+def _align(offset: int) -> int:
+    return -(-offset // _ALIGN) * _ALIGN
+
+
+# ------------------------------------------------------------------ reading
+
+
+def read_header(path: str | os.PathLike[str], data: bytes | None = None, size: int | None = None) -> Header:
+    """Parse and check the header of the file at ``path`` (or of ``data``, its
+    first bytes, when given with the file's ``size``).
+
+    Raises:
+        StoreError: missing or unreadable file; wrong magic (not a .rokv
+            file); unknown format version; header checksum mismatch; section
+            sizes that do not add up to the file's size (truncated or extended).
+    """
+    name = os.fsdecode(path)
+    if data is None:
+        try:
+            with open(name, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(HEADER_SIZE)
+        except FileNotFoundError:
+            raise StoreError(f"{name}: no such file", path=name) from None
+        except IsADirectoryError:
+            raise StoreError(f"{name}: is a directory, not a dataset file", path=name) from None
+        except OSError as exc:
+            raise StoreError(f"{name}: cannot read: {exc.strerror or exc}", path=name) from None
+    assert size is not None
+    if not data.startswith(MAGIC):
+        if len(data) < len(MAGIC) and MAGIC.startswith(data):
+            raise StoreError(f"{name}: truncated: {size} bytes, shorter than the header", path=name)
+        raise StoreError(f"{name}: not a .rokv file (wrong magic number)", path=name)
+    if len(data) < 12:
+        raise StoreError(f"{name}: truncated: {size} bytes, shorter than the header", path=name)
+    version = struct.unpack_from("<I", data, 8)[0]
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            f"{name}: unknown .rokv format version {version} (this rokv reads version {FORMAT_VERSION}); "
+            "rebuild the file with this rokv's `rokv build`",
+            path=name,
+        )
+    if len(data) < HEADER_SIZE:
+        raise StoreError(f"{name}: truncated: {size} bytes, shorter than the {HEADER_SIZE}-byte header", path=name)
+    fields = _HEADER.unpack_from(data)
+    (_, _, header_size, count, built, bits, _flags, table, keys, offsets, values, values_size, file_size,
+     digest, crc, _) = fields
+    if crc != zlib.crc32(data[:_CRC_AT]):
+        raise StoreError(f"{name}: corrupt header (checksum mismatch)", path=name)
+    if (
+        header_size != HEADER_SIZE or count > MAX_KEYS or bits != bucket_bits_for(count)
+        or (table, keys, offsets, values, file_size) != _layout(count, bits, values_size)
+        or values_size < count
+    ):
+        raise StoreError(f"{name}: corrupt header (inconsistent section sizes)", path=name)
+    if size != file_size:
+        what = "truncated" if size < file_size else "has trailing data"
+        raise StoreError(f"{name}: {what}: {size} bytes, the header says {file_size}", path=name)
+    return Header(version, count, built, bits, table, keys, offsets, values, values_size, file_size, digest)
+
+
+def open_store(path: str | os.PathLike[str]) -> Store:
+    """Map the ``.rokv`` file at ``path``. Reads the header and a few words;
+    the rest is paged in on demand, so opening takes the same time whatever
+    the file's size. The file must not be modified while mapped: deploy a new
+    version under a new name (or rename over the old one; a mapping keeps the
+    old inode).
+
+    Raises:
+        StoreError: see :func:`read_header`; also a bucket table or offsets
+            whose end points disagree with the header.
+    """
+    return Store(path)
+
+
+class Store:
+    """Canonical key -> value lookups in a mapped ``.rokv`` file.
+
+    ``get`` and ``get_many`` take keys as strings; a key is found only when
+    spelled ``8-4-4-4-12`` (hex digits in either case, which name the same
+    UUID), so a hit needs no further validation and anything else (other
+    spellings, non-strings) is simply not found: callers normalise on a miss.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fsdecode(path)
+        try:
+            f = open(self.path, "rb")
+        except OSError:
+            read_header(self.path)  # raises the right StoreError
+            raise
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            header = read_header(self.path, f.read(HEADER_SIZE), size)
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.header = header
+        h, mm, n = header, self._mm, header.count
+        self._n = n
+        self._shift = 32 - h.bucket_bits
+        self._keys_at = h.keys_offset
+        self._values_at = h.values_offset
+        buckets = (1 << h.bucket_bits) + 1
+        # Views for the per-key path (memoryview indexing is the cheapest
+        # from Python) and numpy views for batches; none copies the file.
+        view = memoryview(mm)
+        self._table = view[h.table_offset : h.table_offset + 4 * buckets].cast("I")
+        self._offsets = view[h.offsets_offset : h.offsets_offset + 8 * (n + 1)].cast("Q")
+        self._np_table = np.frombuffer(mm, "<u4", buckets, h.table_offset)
+        self._np_keys = np.frombuffer(mm, "V16", n, h.keys_offset)
+        self._np_offsets = np.frombuffer(mm, "<u8", n + 1, h.offsets_offset)
+        self._np_values = np.frombuffer(mm, np.uint8, h.values_size, h.values_offset)
+        if self._table[0] != 0 or self._table[buckets - 1] != n or self._offsets[0] != 0 \
+                or self._offsets[n] != h.values_size:
+            self.close()
+            raise StoreError(f"{self.path}: corrupt index (bucket table or value offsets)", path=self.path)
+        self._find = mm.find
+
+    # The digest identifies the content: two builds of the same pairs have
+    # the same digest whatever their build time.
+    @property
+    def digest(self) -> str:
+        return self.header.digest_hex
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def get(self, key: str, default: None = None) -> str | None:
+        """The value of ``key`` (``8-4-4-4-12``, either case), else None."""
+        try:
+            # Exactly four hyphens, where the canonical form has them, and
+            # 32 hex digits (fromhex skips whitespace: the length check
+            # catches it).
+            if key[8:24:5] != "----" or len(key) != 36:
+                return None
+            kb = bytes.fromhex(key.replace("-", ""))
+        except (TypeError, ValueError):
+            return None
+        if len(kb) != 16:
+            return None
+        bucket = int.from_bytes(kb[:4], "big") >> self._shift
+        start = self._keys_at + 16 * self._table[bucket]
+        pos = self._find(kb, start, self._keys_at + 16 * self._table[bucket + 1])
+        while pos >= 0:
+            index, misaligned = divmod(pos - self._keys_at, 16)
+            if not misaligned:
+                offsets = self._offsets
+                # The value, without its separator.
+                return self._mm[self._values_at + offsets[index] : self._values_at + offsets[index + 1] - 1].decode()
+            pos = self._find(kb, pos + 1, self._keys_at + 16 * self._table[bucket + 1])
+        return None
+
+    def get_many(self, keys: list[str]) -> list[str | None]:
+        """The values of ``keys`` in order, None where :meth:`get` gives None.
+
+        Batches in numpy: a handful of array operations for the whole list,
+        instead of a dozen Python operations per key.
+        """
+        m = len(keys)
+        try:
+            raw = "".join(keys).encode("ascii")
+        except (TypeError, UnicodeEncodeError):
+            return list(map(self.get, keys))
+        dashes = b"-" * m
+        if (
+            m < 2 or len(raw) != 36 * m or max(map(len, keys)) != 36 or raw.count(b"-") != 4 * m
+            or raw[8::36] != dashes or raw[13::36] != dashes or raw[18::36] != dashes or raw[23::36] != dashes
+        ):
+            return list(map(self.get, keys))
+        # Every key is 36 characters with its four hyphens in place: 32 hex
+        # digits each (fromhex checks), so the bytes split back key by key.
+        try:
+            packed = bytes.fromhex(raw.replace(b"-", b"").decode("ascii"))
+        except ValueError:
+            return list(map(self.get, keys))
+        if len(packed) != 16 * m:
+            return list(map(self.get, keys))
+        wanted = np.frombuffer(packed, "V16")
+        buckets = (np.frombuffer(packed, ">u4")[::4] >> self._shift).astype(np.intp)
+        start = self._np_table[buckets].astype(np.intp)
+        end = self._np_table[buckets + 1].astype(np.intp)
+        candidates = start[:, None] + _PROBES
+        np.minimum(candidates, max(self._n - 1, 0), out=candidates)
+        hits = (self._np_keys[candidates] == wanted[:, None]) & (candidates < end[:, None])
+        found = hits.any(1)
+        index = candidates[_rows(m), hits.argmax(1)]
+        if not found.all():
+            return self._some_found(keys, found, index, end - start)
+        return self._values(index)
+
+    def _some_found(self, keys: list[str], found: np.ndarray, index: np.ndarray, sizes: np.ndarray) -> list:
+        values: list[str | None] = [None] * len(keys)
+        hit = np.flatnonzero(found)
+        for i, value in zip(hit.tolist(), self._values(index[hit])):
+            values[i] = value
+        # Keys beyond the probed part of a big bucket: look them up one by one.
+        for i in np.flatnonzero(~found & (sizes > _PROBE)).tolist():
+            values[i] = self.get(keys[i])
+        return values
+
+    def _values(self, index: np.ndarray) -> list[str | None]:
+        """The values at sorted positions ``index``: one gather, one decode."""
+        if not len(index):
+            return []
+        starts = self._np_offsets[index].astype(np.intp)
+        sizes = self._np_offsets[index + 1].astype(np.intp) - starts
+        total = int(sizes.sum())
+        # Byte positions of each value (separator included), end to end.
+        shift = starts - (np.cumsum(sizes) - sizes)
+        run = self._np_values[np.repeat(shift, sizes) + np.arange(total)].tobytes()
+        values: list[str | None] = run.decode("utf-8", "surrogateescape").split(_SPLIT)
+        values.pop()
+        return values
+
+    def keys(self) -> Iterator[str]:
+        """All keys, canonical, in sorted (binary) order."""
+        mm, at = self._mm, self._keys_at
+        for i in range(self._n):
+            h = mm[at + 16 * i : at + 16 * i + 16].hex()
+            yield f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        offsets = self._offsets
+        for i, key in enumerate(self.keys()):
+            yield key, self._mm[self._values_at + offsets[i] : self._values_at + offsets[i + 1] - 1].decode()
+
+    __iter__ = keys
+
+    def close(self) -> None:
+        """Unmap the file; lookups afterwards raise ValueError. Idempotent."""
+        for name in ("_table", "_offsets"):
+            view = self.__dict__.pop(name, None)
+            if view is not None:
+                view.release()
+        for name in ("_np_table", "_np_keys", "_np_offsets", "_np_values", "_find"):
+            self.__dict__.pop(name, None)
+        try:
+            self._mm.close()
+        except BufferError:  # a caller still holds a view; the GC unmaps later
+            pass
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_PROBES = np.arange(_PROBE, dtype=np.intp)
+_ROWS: dict[int, np.ndarray] = {}
+
+
+def _rows(m: int) -> np.ndarray:
+    rows = _ROWS.get(m)
+    if rows is None:
+        rows = _ROWS[m] = np.arange(m, dtype=np.intp)
+        if len(_ROWS) > 256:
+            _ROWS.clear()
+    return rows
+
+
+def verify_store(path: str | os.PathLike[str], chunk: int = 1 << 22) -> Header:
+    """Check the file's header and structure, then recompute the digest of
+    everything after the header and compare. Reads the whole file.
+
+    Raises:
+        StoreError: as :func:`open_store`, or the digest does not match
+            (the file was corrupted after it was built).
+    """
+    with open_store(path) as store:
+        header = store.header
+    name = os.fsdecode(path)
+    digest = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    with open(name, "rb") as f:
+        f.seek(HEADER_SIZE)
+        while block := f.read(chunk):
+            digest.update(block)
+    if digest.digest() != header.digest:
+        raise StoreError(
+            f"{name}: corrupt: content digest {digest.hexdigest()} does not match the header's {header.digest_hex}",
+            path=name,
+        )
+    return header
+
+
+# ------------------------------------------------------------------ writing
+
+
+def bucket_table(keys: np.ndarray, bits: int) -> np.ndarray:
+    """The bucket table of sorted 16-byte ``keys`` (a ``V16`` or ``S16``
+    array): entry b is the index of the first key whose top ``bits`` bits are
+    >= b; one more entry holds the key count."""
+    top = np.ascontiguousarray(keys).view(">u4")[::4]
+    buckets = (top >> (32 - bits)).astype(np.int64) if bits else np.zeros(len(top), np.int64)
+    table = np.zeros((1 << bits) + 1, "<u4")
+    np.cumsum(np.bincount(buckets, minlength=1 << bits), out=table[1:])
+    return table
+
+
+def write_store(
+    path: str | os.PathLike[str],
+    keys: np.ndarray,
+    value_sizes: np.ndarray,
+    values: Iterable[bytes],
+    build_time_ns: int | None = None,
+) -> Header:
+    """Write a ``.rokv`` file atomically: to a temporary name in the same
+    folder, fsync'd, then renamed over ``path``, so a reader sees the old file
+    or the whole new one, and a killed writer leaves nothing at ``path``.
+
+    ``keys`` are the 16-byte binary keys (``V16``), sorted, no repeats;
+    ``value_sizes[i]`` is the size of key i's UTF-8 value plus one (its
+    separator); ``values`` yields the values' bytes in key order, each followed
+    by :data:`SEPARATOR`, in chunks of any size.
+
+    Raises:
+        OSError: the folder is not writable, the disk is full, ...
+        ValueError: more than :data:`MAX_KEYS` keys or the values' bytes do
+            not add up to ``value_sizes``.
+    """
+    name = os.fsdecode(path)
+    count = len(keys)
+    if count > MAX_KEYS:
+        raise ValueError(f"{count} keys: a .rokv file holds at most {MAX_KEYS}")
+    bits = bucket_bits_for(count)
+    offsets = np.zeros(count + 1, "<u8")
+    np.cumsum(value_sizes, out=offsets[1:])
+    values_size = int(offsets[-1])
+    table_at, keys_at, offsets_at, values_at, file_size = _layout(count, bits, values_size)
+    built = time.time_ns() if build_time_ns is None else build_time_ns
+
+    folder = os.path.dirname(os.path.abspath(name))
+    tmp = os.path.join(folder, f".{os.path.basename(name)}.{os.getpid()}.tmp")
+    digest = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(bytes(HEADER_SIZE))
+
+            def put(data: bytes | memoryview, at: int | None = None) -> None:
+                if at is not None and at != f.tell():
+                    pad = bytes(at - f.tell())
+                    digest.update(pad)
+                    f.write(pad)
+                digest.update(data)
+                f.write(data)
+
+            put(bucket_table(keys, bits).data, table_at)
+            put(np.ascontiguousarray(keys).data, keys_at)
+            put(offsets.data, offsets_at)
+            put(b"", values_at)
+            written = 0
+            for block in values:
+                written += len(block)
+                put(block)
+            if written != values_size:
+                raise ValueError(f"values: {written} bytes written, {values_size} expected")
+            assert f.tell() == file_size
+            header = _HEADER.pack(
+                MAGIC, FORMAT_VERSION, HEADER_SIZE, count, built, bits, 0, table_at, keys_at, offsets_at, values_at,
+                values_size, file_size, digest.digest(), 0, 0,
+            )
+            header = header[:_CRC_AT] + struct.pack("<II", zlib.crc32(header[:_CRC_AT]), 0)
+            f.seek(0)
+            f.write(header)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return read_header(name)
+
+
+def _fsync_dir(folder: str) -> None:
+    # The rename itself is durable only once the folder is synced.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
