@@ -267,7 +267,7 @@ class Store:
             return list(map(self.get, keys))
         dashes = b"-" * m
         if (
-            m < 2 or len(raw) != 36 * m or max(map(len, keys)) != 36 or raw.count(b"-") != 4 * m
+            m < 2 or not self._n or len(raw) != 36 * m or max(map(len, keys)) != 36 or raw.count(b"-") != 4 * m
             or raw[8::36] != dashes or raw[13::36] != dashes or raw[18::36] != dashes or raw[23::36] != dashes
         ):
             return list(map(self.get, keys))
