@@ -90,7 +90,10 @@ def _read_jsonl(
 
     from worker.store import SEPARATOR
 
-    total = max(os.path.getsize(src), 1)
+    try:
+        total = max(os.path.getsize(src), 1)
+    except OSError:
+        total = 1  # reading it fails next, with the loader's message
     keys = bytearray()
     sizes = array("Q")
     lines = array("Q")
