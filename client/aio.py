@@ -123,11 +123,12 @@ class AsyncClient:
     Args:
         endpoint: the broker's frontend, e.g. ``tcp://127.0.0.1:5555`` or
             ``ipc:///path``; default ``$ROKV_ENDPOINT``, else that address.
-        timeout: seconds to wait for the reply to each try (> 0; default 1).
+        timeout: seconds to wait for the reply to each try (> 0).
         retries: extra tries after the first when no reply came in time
-            (default 2; lookups are idempotent, so a retry is always safe).
+            (lookups are idempotent, so a retry is always safe).
         retry: a :class:`~client.core.RetryPolicy` instead of ``timeout`` and
-            ``retries``; not both.
+            ``retries``; not both. Given none of the three: ``DEFAULT_POLICY``,
+            as for :class:`client.Client`.
         batch_size: keys per message in :meth:`get_many` (1 to 10,000).
         coalesce: send concurrent :meth:`get` calls together as one mget
             (default on). Each caller still gets exactly its own value or

@@ -87,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--endpoint", default=None, help="broker frontend (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)"
     )
     common.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for each try (default %(default)s)"
+        "--timeout", type=float, default=None,
+        help=f"seconds to wait for each try (default: {DEFAULT_TIMEOUT} s, doubling on each retry)"
     )
     common.add_argument(
-        "--retries", type=int, default=DEFAULT_RETRIES, help="extra tries after a timeout (default %(default)s)"
+        "--retries", type=int, default=None, help=f"extra tries after a timeout (default {DEFAULT_RETRIES})"
     )
     parser = argparse.ArgumentParser(
         prog="rokv",

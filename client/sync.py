@@ -39,11 +39,13 @@ class Client:
     Args:
         endpoint: the broker's frontend, e.g. ``tcp://127.0.0.1:5555`` or
             ``ipc:///path``; default ``$ROKV_ENDPOINT``, else that address.
-        timeout: seconds to wait for the reply to each try (> 0; default 1).
+        timeout: seconds to wait for the reply to each try (> 0).
         retries: extra tries after the first when no reply came in time
-            (default 2; lookups are idempotent, so a retry is always safe).
+            (lookups are idempotent, so a retry is always safe).
         retry: a :class:`RetryPolicy` instead of ``timeout`` and ``retries``
-            (it can also lengthen each further try); not both.
+            (it can also lengthen each further try); not both. Given none of
+            the three, the client uses ``DEFAULT_POLICY``: tries of 0.25, 0.5,
+            1 and 2 s, then ``ServiceUnavailable`` after 3.75 s.
         batch_size: keys per message in :meth:`get_many` (1 to 10,000).
         context: a ``zmq.Context`` to use; default the process-wide instance.
         curve: CurveZMQ keys (own secret, broker's public) when the broker
@@ -55,7 +57,7 @@ class Client:
     ``KeyNotFound``, ``InvalidKey``, ``ServiceUnavailable`` after
     ``1 + retries`` tries without reply, ``ProtocolError`` when the server
     refuses the request. A call blocks for at most about ``retry.total``
-    seconds (``timeout * (1 + retries)``).
+    seconds (``timeout * (1 + retries)`` for a constant ``timeout``).
 
     Threads: calls from several threads are safe; they are serialised on one
     socket, so give each busy thread its own ``Client`` (or use one

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client import Client, InvalidKey, KeyNotFound, ServiceUnavailable  # noqa: E402
+from client import Client, InvalidKey, KeyNotFound, RetryPolicy, ServiceUnavailable, core  # noqa: E402
 
 INVALID = ["not-a-key", "8a35eb59-62b3-181c-8875-1f248df4c952", "", "{8a35eb59-62b3-481c-8875-1f248df4c952"]
 
@@ -44,8 +44,9 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-lookups", type=int, default=2_000_000)
-    parser.add_argument("--timeout", type=float, default=1.0)
-    parser.add_argument("--retries", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=core.DEFAULT_TIMEOUT)
+    parser.add_argument("--retries", type=int, default=core.DEFAULT_RETRIES)
+    parser.add_argument("--backoff", type=float, default=core.DEFAULT_BACKOFF)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch", type=int, default=10)
     args = parser.parse_args()
@@ -64,7 +65,8 @@ def main() -> int:
             errors.append(message)
 
     deadline = time.monotonic() + args.seconds
-    with Client(args.endpoint, timeout=args.timeout, retries=args.retries) as client:
+    policy = RetryPolicy(timeout=args.timeout, retries=args.retries, backoff=args.backoff)
+    with Client(args.endpoint, retry=policy) as client:
         while time.monotonic() < deadline and counts["lookups"] < args.max_lookups:
             roll = rng.random()
             started = time.monotonic()

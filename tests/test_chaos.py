@@ -25,6 +25,14 @@ from supervision import Supervisor
 SCENARIO_SECONDS = float(os.environ.get("ROKV_CHAOS_SECONDS", "12"))
 DRIVERS = 2
 MIN_LOOKUPS = 50_000
+#: The drivers' retry policy; the client's defaults unless overridden, so other
+#: policies can be compared under the same faults.
+POLICY = [
+    f"--{name}={os.environ[var]}"
+    for name, var in (("timeout", "ROKV_CHAOS_TIMEOUT"), ("retries", "ROKV_CHAOS_RETRIES"),
+                      ("backoff", "ROKV_CHAOS_BACKOFF"))
+    if var in os.environ
+]
 
 
 def start_stack(supervisor_factory) -> tuple[Supervisor, str]:
@@ -39,7 +47,7 @@ def start_drivers(endpoint: str) -> list[subprocess.Popen[str]]:
     return [
         subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "loaddriver.py"), "--endpoint", endpoint, "--data", str(EXAMPLE),
-             "--seconds", str(SCENARIO_SECONDS), "--seed", str(seed)],
+             "--seconds", str(SCENARIO_SECONDS), "--seed", str(seed), *POLICY],
             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for seed in range(DRIVERS)
