@@ -1,0 +1,312 @@
+"""Dict-backed against ``.rokv``-backed workers, at several dataset sizes.
+
+For each size: the time ``rokv build`` takes; then two stacks on loopback (a
+broker and ``--workers`` workers each), one serving the ``.jsonl`` (each worker
+parses it into a dict) and one serving the ``.rokv`` file (each worker maps
+it); for each: a worker's start time (process start to its first answer, the
+worker started alone), lookup throughput under the standard load (``rokv
+bench``: 64 concurrent gets from one AsyncClient process, coalescing on; and
+get_many of 100 keys with 16 in flight), runs of the two stacks interleaved,
+and each worker's RSS and PSS (``/proc/PID/smaps_rollup``) after the load.
+
+Writes a markdown section between ``<!-- scale:begin -->`` and
+``<!-- scale:end -->`` in BENCHMARKS.md (creating the file or the markers if
+absent; everything else in the file is kept) and prints it.
+
+    python benchmarks/scale.py                          # 10k, 1M and 10M keys
+    python benchmarks/scale.py --sizes 10000 --duration 2 --repeats 1 --no-write
+
+Datasets are generated with data/generate.py under ``--tmp`` and deleted at
+the end unless ``--keep``. 10M keys need about 12 GB of memory for the four
+dict-backed workers and take several minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from client import Client, ServiceUnavailable  # noqa: E402
+
+BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+SCENARIOS = {
+    "get ×64": ["-c", "64", "-k", "1"],
+    "get_many 100 ×16": ["-c", "16", "-k", "100"],
+}
+SAMPLE = 20_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("ROKV_")}
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+class Stack:
+    """A broker and workers serving one dataset file."""
+
+    def __init__(self, data: Path, workers: int, log_dir: Path, name: str) -> None:
+        self.data, self.name, self.log_dir = data, name, log_dir
+        self.frontend = f"tcp://127.0.0.1:{free_port()}"
+        self.backend = f"tcp://127.0.0.1:{free_port()}"
+        self.procs: list[subprocess.Popen] = []
+        self.broker = self._spawn("broker", [sys.executable, "-m", "broker", "--frontend", self.frontend,
+                                             "--backend", self.backend])
+        self.workers: list[subprocess.Popen] = []
+        # The first worker alone, so its start time is its own.
+        started = time.monotonic()
+        self.workers.append(self._worker(0))
+        self.first_answer_pid = self._wait_pid(self.workers[0].pid, timeout=600)
+        self.start_seconds = time.monotonic() - started
+        self.workers += [self._worker(i) for i in range(1, workers)]
+        for w in self.workers[1:]:
+            self._wait_pid(w.pid, timeout=900)
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{self.name}-{name}.log", "wb")
+        proc = subprocess.Popen(args, cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def _worker(self, i: int) -> subprocess.Popen:
+        return self._spawn(f"worker{i}", [sys.executable, "-m", "worker", "--backend", self.backend,
+                                          "--data", str(self.data), "--name", f"{self.name}-{i}"])
+
+    def _wait_pid(self, pid: int, timeout: float) -> int:
+        """Ping until the worker with ``pid`` answers."""
+        deadline = time.monotonic() + timeout
+        with Client(self.frontend, timeout=0.05, retries=0) as client:
+            while time.monotonic() < deadline:
+                try:
+                    if client.ping()["pid"] == pid:
+                        return pid
+                except ServiceUnavailable:
+                    pass
+                for p in self.workers:
+                    if p.poll() is not None:
+                        raise RuntimeError(f"{self.name}: a worker exited with {p.returncode}")
+        raise RuntimeError(f"{self.name}: worker {pid} did not answer within {timeout} s")
+
+    def memory(self) -> list[dict[str, int]]:
+        """Rss and Pss in kB of each worker, from smaps_rollup."""
+        out = []
+        for w in self.workers:
+            fields = {}
+            for line in Path(f"/proc/{w.pid}/smaps_rollup").read_text().splitlines():
+                parts = line.split()
+                if parts and parts[0] in ("Rss:", "Pss:"):
+                    fields[parts[0][:-1].lower()] = int(parts[1])
+            out.append(fields)
+        return out
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+
+def bench(stack: Stack, sample: Path, scenario: list[str], duration: float) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "client", "bench", "--endpoint", stack.frontend, "--data", str(sample),
+         "-p", "1", "-d", str(duration), "--json", *scenario],
+        cwd=REPO, env=env(), capture_output=True, text=True, timeout=duration + 300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"rokv bench failed ({result.returncode}): {result.stderr or result.stdout}")
+    return json.loads(result.stdout)
+
+
+def sample_pairs(src: Path, out: Path, count: int, seed: int = 1) -> None:
+    """A uniform sample of ``count`` records of ``src`` (reservoir), for the
+    load generator's key draw and answer checks."""
+    rng = random.Random(seed)
+    kept: list[bytes] = []
+    with open(src, "rb") as f:
+        for i, line in enumerate(f):
+            if i < count:
+                kept.append(line)
+            else:
+                j = rng.randrange(i + 1)
+                if j < count:
+                    kept[j] = line
+    out.write_bytes(b"".join(kept))
+
+
+def measure_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    src = tmp / f"scale-{n}.jsonl"
+    if not src.exists():
+        print(f"[{n:,}] generating {src}", flush=True)
+        subprocess.run([sys.executable, "data/generate.py", "--count", str(n), "-o", str(src)], cwd=REPO,
+                       check=True, stdout=subprocess.DEVNULL)
+    out = tmp / f"scale-{n}.rokv"
+    builds = []
+    for _ in range(args.builds):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "client", "build", str(src), "-o", str(out), "-q"], cwd=REPO,
+                       env=env(), check=True, stdout=subprocess.DEVNULL)
+        builds.append(time.monotonic() - started)
+    print(f"[{n:,}] built in {statistics.median(builds):.1f} s", flush=True)
+    sample = tmp / f"scale-{n}-sample.jsonl"
+    sample_pairs(src, sample, min(SAMPLE, n))
+
+    row: dict[str, Any] = {"keys": n, "jsonl_bytes": src.stat().st_size, "rokv_bytes": out.stat().st_size,
+                           "build_s": builds}
+    stacks: dict[str, Stack] = {}
+    try:
+        for kind, data in (("rokv", out), ("dict", src)):
+            print(f"[{n:,}] starting {args.workers} {kind} workers", flush=True)
+            stacks[kind] = Stack(data, args.workers, tmp, f"{kind}-{n}")
+            row[f"{kind}_start_s"] = stacks[kind].start_seconds
+        runs: dict[str, dict[str, list[float]]] = {k: {s: [] for s in SCENARIOS} for k in stacks}
+        for rep in range(args.repeats):
+            order = ["dict", "rokv"] if rep % 2 == 0 else ["rokv", "dict"]
+            for name, scenario in SCENARIOS.items():
+                for kind in order:
+                    report = bench(stacks[kind], sample, scenario, args.duration)
+                    if report["wrong"] or report["errors"]:
+                        raise RuntimeError(f"{kind} {name}: wrong {report['wrong']}, errors {report['errors']}")
+                    runs[kind][name].append(report["keys_per_s"])
+                    print(f"[{n:,}] {kind:<4} {name:<18} {report['keys_per_s']:>12,.0f} keys/s", flush=True)
+        row["throughput"] = runs
+        for kind, stack in stacks.items():
+            row[f"{kind}_memory"] = stack.memory()
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+    if not args.keep:
+        for path in (src, out, sample):
+            path.unlink(missing_ok=True)
+    return row
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import numpy
+    import zmq
+    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, pyzmq {zmq.__version__} "
+            f"(libzmq {zmq.zmq_version()}), numpy {numpy.__version__}")
+
+
+def mb(kb: float) -> str:
+    return f"{kb / 1024:,.0f}"
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        "## Scale: dict-backed against .rokv-backed workers",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {machine()}, with "
+        f"`python benchmarks/scale.py --sizes {','.join(str(r['keys']) for r in rows)} --workers {args.workers} "
+        f"--duration {args.duration:g} --repeats {args.repeats}`. Datasets from data/generate.py (values of a few "
+        "random words). Each stack is a broker and "
+        f"{args.workers} workers on loopback; the standard load is `rokv bench`, one client process: 64 "
+        "concurrent gets (AsyncClient, coalescing on) and get_many of 100 keys with 16 in flight; medians of "
+        f"{args.repeats} runs of {args.duration:g} s, dict and .rokv runs interleaved. Start: process start to "
+        "first answer, worker started alone. PSS from /proc/PID/smaps_rollup after the load.",
+        "",
+        "| keys | .jsonl MB | .rokv MB | build s | start s dict / rokv | RSS MB per worker dict / rokv "
+        "| PSS MB, all workers dict / rokv | PSS / file size | "
+        + " | ".join(f"{name} keys/s dict / rokv (ratio)" for name in SCENARIOS) + " |",
+        "|" + "---|" * (8 + len(SCENARIOS)),
+    ]
+    for r in rows:
+        rss = {k: statistics.mean(m["rss"] for m in r[f"{k}_memory"]) for k in ("dict", "rokv")}
+        pss = {k: sum(m["pss"] for m in r[f"{k}_memory"]) for k in ("dict", "rokv")}
+        cells = [
+            f"{r['keys']:,}", f"{r['jsonl_bytes'] / 2**20:,.0f}", f"{r['rokv_bytes'] / 2**20:,.1f}",
+            f"{statistics.median(r['build_s']):.1f}", f"{r['dict_start_s']:.2f} / {r['rokv_start_s']:.2f}",
+            f"{mb(rss['dict'])} / {mb(rss['rokv'])}", f"{mb(pss['dict'])} / {mb(pss['rokv'])}",
+            f"{pss['rokv'] * 1024 / r['rokv_bytes']:.2f}",
+        ]
+        for name in SCENARIOS:
+            d = statistics.median(r["throughput"]["dict"][name])
+            k = statistics.median(r["throughput"]["rokv"][name])
+            cells.append(f"{d:,.0f} / {k:,.0f} ({k / d:.2f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Raw runs (keys/s):", ""]
+    for r in rows:
+        for name in SCENARIOS:
+            lines.append(f"- {r['keys']:,} keys, {name}: dict "
+                         + ", ".join(f"{x:,.0f}" for x in r["throughput"]["dict"][name]) + "; rokv "
+                         + ", ".join(f"{x:,.0f}" for x in r["throughput"]["rokv"][name]))
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace what lies between the markers in ``path`` (appending the
+    markers if absent), keeping every other byte of the file."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{section}{END}"
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,1000000,10000000", help="comma-separated key counts")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--builds", type=int, default=1, help="builds timed per size (median)")
+    parser.add_argument("--tmp", default="/tmp/rokv-scale", help="folder for datasets and logs")
+    parser.add_argument("--keep", action="store_true", help="keep the generated datasets")
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    parser.add_argument("--json", help="also write the raw results to this file")
+    args = parser.parse_args()
+    tmp = Path(args.tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        rows.append(measure_size(n, args, tmp))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    section = report(rows, args)
+    print(section)
+    if not args.no_write:
+        write_section(REPO / "BENCHMARKS.md", section)
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
