@@ -118,6 +118,7 @@ def test_a_raw_barrage_from_many_sockets_harms_nothing(hostile_stack: Stack, exa
         assert client.get_many(keys) == [example[k] for k in keys]
     after = {proc.name: rss_mb(proc.pid) for proc in procs}
     growth = {name: after[name] - before[name] for name in before}
+    print(f"barrage: {checker.done} checked lookups during it; RSS growth MB {growth}")
     assert all(g < 64 for g in growth.values()), growth
 
 
@@ -136,6 +137,7 @@ def test_a_client_that_never_reads_replies_costs_bounded_memory(hostile_stack: S
         with Client(stack.frontend, timeout=scaled(2.0)) as client:  # others are still served meanwhile
             assert client.get(next(iter(example))) == example[next(iter(example))]
         wait_for(lambda: rss_mb(broker) < baseline_rss + 64, 20, "broker memory to stay bounded")
+        print(f"unread replies: broker RSS {baseline_rss:.1f} -> {rss_mb(broker):.1f} MB with 20,000 unread")
         sock.close()
     finally:
         ctx.destroy(linger=0)
@@ -157,6 +159,7 @@ def test_a_thousand_connections_opened_and_closed_leave_no_trace(hostile_stack: 
     finally:
         ctx.term()
     wait_for(lambda: fd_count(broker) <= baseline_fds, 15, f"broker fds back to {baseline_fds}")
+    print(f"1,000 connections: broker fds {baseline_fds} -> {fd_count(broker)}")
 
 
 def test_a_million_lookups_leave_rss_flat(hostile_stack: Stack, example: dict[str, str]) -> None:
