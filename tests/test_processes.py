@@ -6,6 +6,7 @@ import signal
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 import zmq
 
@@ -121,3 +122,33 @@ def test_worker_with_a_missing_dataset_exits_nonzero(tmp_path: Path) -> None:
     worker = start_worker(tmp_path, f"tcp://127.0.0.1:{free_port()}", tmp_path / "nope.json")
     assert worker.wait(10) != 0
     assert "nope.json" in worker.log() and "Traceback" not in worker.log()
+
+
+def test_a_stopping_worker_answers_what_it_already_received(tmp_path: Path) -> None:
+    frontend, backend = endpoints()
+    broker = start_broker(tmp_path, frontend, backend)
+    worker = start_worker(tmp_path, backend)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        key = "11111111-2222-4333-8444-555555555555"  # any answer will do: each carries its id
+        with Client(frontend, timeout=1, retries=5) as client:
+            client.ping()
+        sock.connect(frontend)
+        # Requests reach the worker's host while it is stopped (briefly: under
+        # the heartbeat timeout); the stop signal then arrives with them.
+        worker.signal(signal.SIGSTOP)
+        for rid in range(1, 51):
+            sock.send(p.encode_request(rid, p.OP_GET, key))
+        time.sleep(0.3)
+        worker.signal(signal.SIGTERM)
+        worker.signal(signal.SIGCONT)
+        answered = set()
+        while len(answered) < 50 and sock.poll(3000):
+            answered.add(msgpack.unpackb(sock.recv())["id"])
+        assert answered == set(range(1, 51))
+        assert worker.wait(5) == 0
+    finally:
+        sock.close()
+        worker.stop()
+        broker.stop()

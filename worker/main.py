@@ -27,6 +27,10 @@ BURST = 256
 #: How long a stopping worker keeps trying to hand its last replies over.
 CLOSE_LINGER_MS = 1000
 SEND_TIMEOUT_MS = 1000
+#: On stop: answer until no request came for DRAIN_QUIET_MS, for at most
+#: DRAIN_MAX_SECONDS.
+DRAIN_QUIET_MS = 50
+DRAIN_MAX_SECONDS = 1.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -151,9 +155,16 @@ def serve(sock: zmq.Socket, handler: Handler, wake: socket.socket) -> None:
             _answer_burst(sock, handler, BURST)
         if wake.fileno() in ready:  # pyzmq reports plain sockets by fd
             break
-    # Whatever libzmq already delivered to this process is answered, not lost.
-    answered = _answer_burst(sock, handler, 100_000)
-    log.info("stopping: answered %d queued requests", answered)
+    # Answer what has reached this host, not just this socket: libzmq's I/O
+    # thread may still be moving requests in from the kernel, so stop after a
+    # short quiet spell (bounded, so a busy broker cannot hold the exit up).
+    answered = 0
+    deadline = time.monotonic() + DRAIN_MAX_SECONDS
+    while True:
+        answered += _answer_burst(sock, handler, BURST)
+        if time.monotonic() > deadline or not sock.poll(DRAIN_QUIET_MS):
+            break
+    log.info("stopping: answered %d requests that arrived before or just after the stop signal", answered)
 
 
 def _answer_burst(sock: zmq.Socket, handler: Handler, limit: int) -> int:
