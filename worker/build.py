@@ -4,8 +4,8 @@
 A ``.jsonl`` source is streamed: each record is checked by the loader's own
 code (:func:`worker.dataset.iter_jsonl_pairs`, same rules, same messages) and
 packed into flat buffers (16 bytes of key, the value's UTF-8 bytes in an
-unlinked temporary file, its size and line number in arrays), so memory holds
-no Python object per pair: about 32 bytes a key plus the sort's index. The
+unlinked temporary file, its size in an array), so memory holds no Python
+object per pair: 24 bytes a key plus the sort's arrays. The
 keys are then sorted with numpy, repeats found next to each other, and the
 values copied out in key order. A ``.json`` source is one JSON object, which
 the loader reads whole anyway; it takes the loader's path.
@@ -67,8 +67,8 @@ def build(src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Pr
     folder = os.path.dirname(os.path.abspath(out_name))
     if os.path.splitext(src_name)[1].lower() == ".jsonl":
         with tempfile.TemporaryFile(dir=folder, prefix=".rokv-build-") as spill:
-            keys, sizes, lines, values = _read_jsonl(src_name, spill, progress)
-            return _write(src_name, out_name, keys, sizes, lines, values, started, progress)
+            keys, sizes, values = _read_jsonl(src_name, spill, progress)
+            return _write(src_name, out_name, keys, sizes, values, started, progress)
     data = load_dataset(src_name)  # .json, or the loader's own refusal
     if progress:
         progress("reading", 1.0)
@@ -78,13 +78,13 @@ def build(src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Pr
     encoded.append(b"")
     values = np.frombuffer(SEPARATOR.join(encoded), np.uint8)
     del data, encoded
-    return _write(src_name, out_name, keys, sizes, None, values, started, progress)
+    return _write(src_name, out_name, keys, sizes, values, started, progress)
 
 
 def _read_jsonl(
     src: str, spill: "tempfile._TemporaryFileWrapper[bytes]", progress: Progress | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Keys (V16), value sizes (with separator), line numbers, and the values
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keys (V16), value sizes (with separator), and the values
     end to end (mapped from ``spill``), in file order."""
     import numpy as np
 
@@ -96,17 +96,15 @@ def _read_jsonl(
         total = 1  # reading it fails next, with the loader's message
     keys = bytearray()
     sizes = array("Q")
-    lines = array("Q")
     buffer = bytearray()
     fromhex = bytes.fromhex
     report = None if progress is None else (lambda done: progress("reading", done / total))
-    for line, key, value in iter_jsonl_pairs(src, report):
+    for _, key, value in iter_jsonl_pairs(src, report):
         keys += fromhex(key.replace("-", ""))
         encoded = value.encode("utf-8")
         buffer += encoded
         buffer += SEPARATOR
         sizes.append(len(encoded) + 1)
-        lines.append(line)
         if len(buffer) >= _FLUSH_BYTES:
             spill.write(buffer)
             buffer.clear()
@@ -116,11 +114,11 @@ def _read_jsonl(
         progress("reading", 1.0)
     size = spill.tell()
     values = np.memmap(spill, np.uint8, "r", shape=(size,)) if size else np.zeros(0, np.uint8)
-    return (np.frombuffer(keys, "V16"), np.frombuffer(sizes, np.uint64), np.frombuffer(lines, np.uint64), values)
+    return np.frombuffer(keys, "V16"), np.frombuffer(sizes, np.uint64), values
 
 
 def _write(
-    src: str, out: str, keys: np.ndarray, sizes: np.ndarray, lines: np.ndarray | None, values: np.ndarray,
+    src: str, out: str, keys: np.ndarray, sizes: np.ndarray, values: np.ndarray,
     started: int, progress: Progress | None,
 ) -> Header:
     import numpy as np
@@ -134,8 +132,7 @@ def _write(
     sorted_keys = keys[order]
     repeats = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
     if len(repeats):
-        assert lines is not None  # the loader refuses repeats in a .json
-        raise duplicate_error(src, _first_repeat(sorted_keys, order, lines, repeats))
+        raise duplicate_error(src, _first_repeat(src, sorted_keys[repeats]))
     starts = np.cumsum(sizes) - sizes  # where each value sits in ``values``
     count = len(keys)
 
@@ -151,17 +148,19 @@ def _write(
     return write_store(out, sorted_keys, sizes[order], ordered_values(), started)
 
 
-def _first_repeat(sorted_keys: np.ndarray, order: np.ndarray, lines: np.ndarray, repeats: np.ndarray) -> int:
-    """The line the loader stops at: the earliest second occurrence of a key."""
-    import numpy as np
-
-    best = None
-    for key in np.unique(sorted_keys[repeats]):
-        group = np.sort(lines[order[np.flatnonzero(sorted_keys == key)]])
-        if best is None or group[1] < best:
-            best = int(group[1])
-    assert best is not None
-    return best
+def _first_repeat(src: str, repeated: np.ndarray) -> int:
+    """The line the loader stops at: the earliest second occurrence of any of
+    the ``repeated`` keys. Re-reads the file: only on this error path, so the
+    build keeps no line number per record."""
+    wanted = {key.tobytes().hex() for key in repeated}
+    seen: set[str] = set()
+    for line, key, _ in iter_jsonl_pairs(src):
+        digits = key.replace("-", "")
+        if digits in wanted:
+            if digits in seen:
+                return line
+            seen.add(digits)
+    raise AssertionError(f"{src}: changed while being built")
 
 
 # ------------------------------------------------------------------ commands
