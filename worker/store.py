@@ -20,11 +20,15 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from worker.dataset import DatasetError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported where used (batches of keys, writing): a worker that
+# opens a file starts without paying for it (0.1 to 0.2 s here).
 
 MAGIC = b"ROKV\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -212,9 +216,7 @@ class Store:
         view = memoryview(mm)
         self._table = view[h.table_offset : h.table_offset + 4 * buckets].cast("I")
         self._offsets = view[h.offsets_offset : h.offsets_offset + 8 * (n + 1)].cast("Q")
-        self._np_table = np.frombuffer(mm, "<u4", buckets, h.table_offset)
-        self._np_keys = np.frombuffer(mm, "V16", n, h.keys_offset)
-        self._np_offsets = np.frombuffer(mm, "<u8", n + 1, h.offsets_offset)
+        self._np_keys: np.ndarray | None = None  # numpy views, made by the first batch
         if self._table[0] != 0 or self._table[buckets - 1] != n or self._offsets[0] != 0 \
                 or self._offsets[n] != h.values_size:
             self.close()
@@ -302,9 +304,13 @@ class Store:
             return list(map(self._get, keys))
         if len(packed) != 16 * m:
             return list(map(self._get, keys))
+        if self._np_keys is None:
+            self._map_arrays()
+        import numpy as np
+
         buckets = np.frombuffer(packed, ">u4")[::4] >> self._shift
         start = self._np_table[buckets].astype(np.intp)
-        candidates = start[:, None] + _PROBES
+        candidates = start[:, None] + self._probes
         np.minimum(candidates, self._n - 1, out=candidates)
         # Keys are unique, so an equal key is the one wanted wherever it sits:
         # no need to check the bucket's end.
@@ -315,7 +321,18 @@ class Store:
             return self._some_found(keys, found, index, buckets)
         return self._values(index)
 
+    def _map_arrays(self) -> None:
+        import numpy as np
+
+        h, mm, n = self.header, self._mm, self._n
+        self._np_table = np.frombuffer(mm, "<u4", (1 << h.bucket_bits) + 1, h.table_offset)
+        self._np_offsets = np.frombuffer(mm, "<u8", n + 1, h.offsets_offset)
+        self._probes = np.arange(_PROBE, dtype=np.intp)
+        self._np_keys = np.frombuffer(mm, "V16", n, h.keys_offset)
+
     def _some_found(self, keys: list[str], found: np.ndarray, index: np.ndarray, buckets: np.ndarray) -> list:
+        import numpy as np
+
         values: list[str | None] = [None] * len(keys)
         hit = np.flatnonzero(found)
         for i, value in zip(hit.tolist(), self._values(index[hit])):
@@ -355,8 +372,10 @@ class Store:
             view = self.__dict__.pop(name, None)
             if view is not None:
                 view.release()
-        for name in ("_np_table", "_np_keys", "_np_offsets", "_get"):
+        # The lookup closure keeps the released views: it raises ValueError.
+        for name in ("_np_table", "_np_offsets", "_probes"):
             self.__dict__.pop(name, None)
+        self._np_keys = None
         try:
             self._mm.close()
         except BufferError:  # a caller still holds a view; the GC unmaps later
@@ -369,7 +388,6 @@ class Store:
         self.close()
 
 
-_PROBES = np.arange(_PROBE, dtype=np.intp)
 
 
 def verify_store(path: str | os.PathLike[str], chunk: int = 1 << 22) -> Header:
@@ -403,6 +421,8 @@ def bucket_table(keys: np.ndarray, bits: int) -> np.ndarray:
     """The bucket table of sorted 16-byte ``keys`` (a ``V16`` or ``S16``
     array): entry b is the index of the first key whose top ``bits`` bits are
     >= b; one more entry holds the key count."""
+    import numpy as np
+
     top = np.ascontiguousarray(keys).view(">u4")[::4]
     buckets = (top >> (32 - bits)).astype(np.int64) if bits else np.zeros(len(top), np.int64)
     table = np.zeros((1 << bits) + 1, "<u4")
@@ -431,6 +451,8 @@ def write_store(
         ValueError: more than :data:`MAX_KEYS` keys or the values' bytes do
             not add up to ``value_sizes``.
     """
+    import numpy as np
+
     name = os.fsdecode(path)
     count = len(keys)
     if count > MAX_KEYS:
