@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
+from client.core import make_policy
 from client.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
 from client.keys import normalize_key
 
@@ -68,8 +69,8 @@ class Config:
     coalesce: bool = True
     max_batch: int | None = None
     max_delay: float | None = None
-    timeout: float = 1.0
-    retries: int = 2
+    timeout: float | None = None  # None: the clients' default retry policy
+    retries: int | None = None
     seed: int = 1
 
 
@@ -412,7 +413,7 @@ def run_bench(cfg: Config, *, live: bool = False) -> Tally:
         started = time.monotonic()
         start.set()
         tallies: list[Tally] = []
-        hard_stop = started + cfg.duration + cfg.timeout * (1 + cfg.retries) + 30
+        hard_stop = started + cfg.duration + make_policy(None, cfg.timeout, cfg.retries).total + 30
         while len(tallies) < len(procs):
             tallies.extend(_collect(results, procs, hard_stop, at_most=0.5))
             if live:
