@@ -1,0 +1,186 @@
+"""The transport ceiling: rokv's topology doing the least possible work.
+
+Same shape as rokv (a ``zmq.proxy`` between a ROUTER for clients and a DEALER
+for workers, the same number of worker processes, client processes with the
+same number of requests in flight), but the worker only decodes msgpack, looks
+the key(s) up in a dict and encodes the reply, and the client only packs a
+request, sends it, receives and unpacks the reply: no validation, no retries,
+no answer checks. What rokv does over that is its overhead, measured as a
+ratio in the same run by ``benchmarks/run.py``.
+
+    python benchmarks/ceiling.py broker --frontend tcp://127.0.0.1:7001 --backend tcp://127.0.0.1:7002
+    python benchmarks/ceiling.py worker --backend tcp://127.0.0.1:7002 --data data/example.json
+    python benchmarks/ceiling.py client --endpoint tcp://127.0.0.1:7001 --data data/example.json \\
+        --processes 1 --concurrency 64 --keys 1 --duration 3
+
+Broker and worker run until killed (SIGTERM). The client prints one JSON line
+shaped like ``rokv bench --json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from client.bench import Tally, load_expected, summary, Config  # noqa: E402  (same statistics as rokv bench)
+
+
+def run_broker(frontend: str, backend: str, io_threads: int) -> None:
+    ctx = zmq.Context(io_threads=io_threads)
+    front, back = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    front.bind(frontend)
+    back.bind(backend)
+    zmq.proxy(front, back)
+
+
+def run_worker(backend: str, data: str) -> None:
+    table = load_expected(data)
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(backend)
+    pack, unpackb, get = msgpack.Packer().pack, msgpack.unpackb, table.get
+    recv, send = sock.recv_multipart, sock.send_multipart
+    info = {"id": f"ceiling:{os.getpid()}", "pid": os.getpid(), "keys": len(table)}
+    while True:
+        route, body = recv()
+        req = unpackb(body)
+        op = req["op"]
+        if op == "get":
+            reply = {"id": req["id"], "value": get(req["key"])}
+        elif op == "mget":
+            reply = {"id": req["id"], "values": list(map(get, req["keys"]))}
+        else:
+            reply = {"id": req["id"], "worker": info}
+        send([route, pack(reply)])
+
+
+def client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float,
+                quota: int | None, seed: int) -> Tally:
+    """Keep ``concurrency`` requests in flight for ``duration`` seconds (or
+    ``quota`` requests); a request is a get, or an mget of ``per_request`` keys."""
+    rng = random.Random(seed)
+    pool = [[keys[int(rng.random() * len(keys))] for _ in range(per_request)] for _ in range(4096)]
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.rcvtimeo = 5000  # a lost reply ends the run instead of hanging it
+    sock.sndhwm = sock.rcvhwm = 0
+    sock.connect(endpoint)
+    pack, unpackb = msgpack.Packer().pack, msgpack.unpackb
+    clock = time.perf_counter
+    tally = Tally()
+    sent_at: dict[int, float] = {}
+    rid = 0
+    mget = per_request > 1
+
+    def send_one() -> None:
+        nonlocal rid
+        rid += 1
+        chosen = pool[rid & 4095]
+        body = pack({"v": 1, "id": rid, "op": "mget", "keys": chosen} if mget else
+                    {"v": 1, "id": rid, "op": "get", "key": chosen[0]})
+        sent_at[rid] = clock()
+        sock.send(body)
+
+    cpu0, t0 = time.process_time(), clock()
+    deadline = t0 + duration
+    limit = quota if quota is not None else 1 << 62
+    for _ in range(min(concurrency, limit)):
+        send_one()
+    try:
+        while sent_at:
+            reply = unpackb(sock.recv())
+            now = clock()
+            tally.record(now - sent_at.pop(reply["id"]))
+            tally.requests += 1
+            if rid < limit and now < deadline:
+                send_one()
+    except zmq.Again:
+        tally.errors["unavailable"] += len(sent_at)
+    tally.elapsed = clock() - t0
+    tally.cpu = time.process_time() - cpu0
+    tally.keys = tally.requests * per_request
+    tally.answers["value"] = tally.requests
+    sock.close()
+    return tally
+
+
+def run_forked(target: Any, arglists: list[tuple], timeout: float) -> Tally:
+    """Run ``target(*args)`` in one forked process per ``args``, started
+    together; the sum of the tallies they return."""
+    ctx = mp.get_context("fork")
+    start, results = ctx.Event(), ctx.Queue()
+
+    def child(args: tuple) -> None:
+        start.wait(60)
+        results.put(target(*args))
+
+    procs = [ctx.Process(target=child, args=(a,), daemon=True) for a in arglists]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.2)  # let every child reach its start line
+    start.set()
+    total = Tally()
+    try:
+        for _ in procs:
+            total.add(results.get(timeout=timeout))
+    finally:
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+    return total
+
+
+def run_clients(args: argparse.Namespace) -> dict[str, Any]:
+    keys = list(load_expected(args.data))
+    quota = None if args.requests is None else args.requests // args.processes
+    arglists = [(args.endpoint, keys, args.concurrency, args.keys, args.duration, quota, args.seed * 1000 + i)
+                for i in range(args.processes)]
+    total = run_forked(client_loop, arglists, args.duration + 60)
+    cfg = Config(endpoint=args.endpoint, data=args.data, processes=args.processes, concurrency=args.concurrency,
+                 keys_per_request=args.keys, duration=args.duration, requests=args.requests, client="ceiling")
+    return summary(cfg, total)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="role", required=True)
+    b = sub.add_parser("broker")
+    b.add_argument("--frontend", required=True)
+    b.add_argument("--backend", required=True)
+    b.add_argument("--io-threads", type=int, default=1)
+    w = sub.add_parser("worker")
+    w.add_argument("--backend", required=True)
+    w.add_argument("--data", required=True)
+    c = sub.add_parser("client")
+    c.add_argument("--endpoint", required=True)
+    c.add_argument("--data", required=True)
+    c.add_argument("--processes", type=int, default=1)
+    c.add_argument("--concurrency", type=int, default=1)
+    c.add_argument("--keys", type=int, default=1)
+    c.add_argument("--duration", type=float, default=3.0)
+    c.add_argument("--requests", type=int, default=None)
+    c.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.role == "broker":
+        run_broker(args.frontend, args.backend, args.io_threads)
+    elif args.role == "worker":
+        run_worker(args.backend, args.data)
+    else:
+        print(json.dumps(run_clients(args), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
