@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import zmq
 
 from client import Client
 from client import protocol as p
-from procs import free_port, start_broker, start_worker, wait_for
+from procs import REPO, free_port, start_broker, start_worker, wait_for
 
 
 def endpoints() -> tuple[str, str]:
@@ -152,3 +154,27 @@ def test_a_stopping_worker_answers_what_it_already_received(tmp_path: Path) -> N
         sock.close()
         worker.stop()
         broker.stop()
+
+
+def test_ipc_endpoints_work_too(tmp_path: Path, example: dict[str, str]) -> None:
+    frontend, backend = f"ipc://{tmp_path}/front.sock", f"ipc://{tmp_path}/back.sock"
+    broker = start_broker(tmp_path, frontend, backend)
+    worker = start_worker(tmp_path, backend)
+    try:
+        key = next(iter(example))
+        with Client(frontend, timeout=1, retries=5) as client:
+            assert client.get(key) == example[key]
+    finally:
+        worker.stop()
+        broker.stop()
+
+
+def test_the_client_library_needs_neither_broker_nor_worker_modules() -> None:
+    code = (
+        "import sys, client, client.cli\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('broker', 'worker', 'supervisor'))\n"
+        "assert not loaded, loaded\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert result.stdout.strip() == "ok", result.stderr
