@@ -57,6 +57,8 @@ HEARTBEAT_TIMEOUT_MS = 1500
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 #: Most keys a worker takes in one mget; clients split longer lists.
 MAX_MGET_KEYS = 10_000
+#: No request needs a bigger map; msgpack refuses larger ones before building them.
+MAX_REQUEST_MAP_LEN = 32
 #: Request ids are unsigned 64-bit integers.
 MAX_REQUEST_ID = (1 << 64) - 1
 
@@ -115,7 +117,12 @@ def decode_request(body: bytes) -> Request:
             version. Its ``request_id`` is set when the id could be read.
     """
     try:
-        req = msgpack.unpackb(body, raw=False)
+        req = msgpack.unpackb(body, raw=False, max_array_len=MAX_MGET_KEYS, max_map_len=MAX_REQUEST_MAP_LEN)
+    except ValueError as exc:
+        if "exceeds max_" in str(exc):  # refused before building the objects
+            raise ProtocolViolation(BAD_REQUEST, f"request is over the limit of {MAX_MGET_KEYS} array elements "
+                                    f"or {MAX_REQUEST_MAP_LEN} map entries") from None
+        raise ProtocolViolation(BAD_REQUEST, f"request is not valid msgpack ({type(exc).__name__})") from None
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolViolation(BAD_REQUEST, f"request is not valid msgpack ({type(exc).__name__})") from None
     if type(req) is not dict:  # noqa: E721
