@@ -110,6 +110,9 @@ def test_a_crowded_bucket_is_searched_past_the_probe(tmp_path: Path) -> None:
     rng = random.Random(3)
     pairs = {"abcdef01" + uuid4(rng)[8:]: f"crowd {i}" for i in range(12)}
     pairs.update({uuid4(rng): f"v{i}" for i in range(20)})
+    # Keys sharing their first 8 bytes: the build's sort must look further.
+    pairs.update({f"abcdef01-2345-4678-{tail}": tail for tail in ("b000-000000000001", "8fff-ffffffffffff",
+                                                                   "a000-000000000000", "8000-000000000000")})
     out = tmp_path / "c.rokv"
     build(write_jsonl(tmp_path / "c.jsonl", pairs), out)
     with open_store(out) as store:
@@ -117,6 +120,7 @@ def test_a_crowded_bucket_is_searched_past_the_probe(tmp_path: Path) -> None:
         assert store.get_many(keys) == list(pairs.values())
         assert [store.get(k) for k in keys] == list(pairs.values())
         assert store.get_many(keys + ["abcdef01" + MISSING[8:]]) == list(pairs.values()) + [None]
+        assert list(store) == sorted(pairs)
 
 
 @pytest.mark.parametrize("content", ["{}", ""])
