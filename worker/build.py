@@ -25,16 +25,13 @@ from typing import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from worker.dataset import DatasetError, duplicate_error, iter_jsonl_pairs, load_dataset
+from worker.store import SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from worker.store import Header
-
-# numpy and worker.store (which needs numpy) are imported where used: the
-# rokv CLI registers these commands on every run, and `rokv get` should not
-# pay for importing numpy.
-SUFFIX = ".rokv"
+# numpy is imported where used: the rokv CLI registers these commands on
+# every run, and `rokv get` should not pay for importing numpy.
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -58,8 +55,6 @@ def build(src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Pr
         OSError: ``out`` cannot be written.
     """
     import numpy as np
-
-    from worker.store import SEPARATOR
 
     src_name = os.fsdecode(src)
     out_name = os.fsdecode(out)
@@ -87,8 +82,6 @@ def _read_jsonl(
     """Keys (V16), value sizes (with separator), and the values
     end to end (mapped from ``spill``), in file order."""
     import numpy as np
-
-    from worker.store import SEPARATOR
 
     try:
         total = max(os.path.getsize(src), 1)
@@ -122,8 +115,6 @@ def _write(
     started: int, progress: Progress | None,
 ) -> Header:
     import numpy as np
-
-    from worker.store import write_store
 
     if progress:
         progress("sorting", 0.0)
@@ -223,8 +214,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from worker.store import StoreError, read_header
-
     try:
         header = read_header(args.file)
     except StoreError as exc:
@@ -235,8 +224,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from worker.store import StoreError, verify_store
-
     try:
         header = verify_store(args.file)
     except StoreError as exc:

@@ -7,8 +7,7 @@ by every process that maps the file); :class:`Store` looks keys up in it;
 and checks its digest. The layout is described in FORMAT.md; the constants
 below are the reference.
 
-A ``Store`` is read-only and thread-safe; it must not cross ``fork()`` while
-open (map the file again in the child).
+A ``Store`` is read-only and may be shared by threads.
 """
 
 from __future__ import annotations
