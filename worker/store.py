@@ -221,6 +221,8 @@ class Store:
             self.close()
             raise StoreError(f"{self.path}: corrupt index (bucket table or value offsets)", path=self.path)
         self._get = self._make_get()
+        # Callers (the handler) get the closure itself: no method call between.
+        self.get = self._get  # type: ignore[method-assign]
 
     # The digest identifies the content: two builds of the same pairs have
     # the same digest whatever their build time.
