@@ -90,7 +90,7 @@ SCENARIOS = {
 CEILING_OF = {"2b": "2a", "2d": "2c", "4b": "4a", "4d": "4c", "5c": "2c", "5d": "2c"}
 
 
-def matrix(smoke: bool, io_threads_group: bool) -> list[Group]:
+def matrix(smoke: bool, io_threads_group: bool, only_two_workers: bool = False) -> list[Group]:
     ceiling64 = ("--concurrency", "64")
     two = Group(2, 1, [
         Run("1", "rokv", ("--client", "sync", "-c", "1")), Run("1", "ceiling", ("--concurrency", "1")),
@@ -109,6 +109,8 @@ def matrix(smoke: bool, io_threads_group: bool) -> list[Group]:
         two.runs = [r for r in two.runs if r.scenario in keep]
         return [two]
     groups = [two]
+    if only_two_workers:
+        return groups
     for workers, on, off in ((1, "4a", "4b"), (4, "4c", "4d")):
         groups.append(Group(workers, 1, [
             Run(on, "rokv", ("-c", "64")), Run(off, "rokv", ("-c", "64", "--no-coalesce")),
@@ -252,22 +254,35 @@ def write_sample(data: str, out: Path, count: int) -> str:
     return str(out)
 
 
-def dataset_path(name: str, cache: Path) -> str:
-    if name == "10k":
-        return str(REPO / "data" / "example.json")
-    count = {"1m": 1_000_000, "100k": 100_000}.get(name.lower())
-    if count is None:
-        raise SystemExit(f"unknown dataset {name!r}; use 10k, 100k or 1m")
-    path = cache / f"{name.lower()}.jsonl"
-    if not path.exists():
-        print(f"generating {path} ...", file=sys.stderr)
-        subprocess.run([sys.executable, str(REPO / "data" / "generate.py"), "--count", str(count), "-o", str(path)],
-                       check=True, cwd=REPO)
-    return str(path)
+def dataset_path(name: str, cache: Path) -> tuple[str, str]:
+    """(what rokv workers serve, the same pairs as JSON for everyone else).
+    A name ending in ``.rokv`` (``1m.rokv``) has rokv serve the compiled,
+    memory-mapped form built by ``rokv build``."""
+    base, compiled = (name[:-5], True) if name.lower().endswith(".rokv") else (name, False)
+    if base == "10k":
+        source = str(REPO / "data" / "example.json")
+    else:
+        count = {"1m": 1_000_000, "100k": 100_000}.get(base.lower())
+        if count is None:
+            raise SystemExit(f"unknown dataset {name!r}; use 10k, 100k or 1m, optionally with .rokv")
+        path = cache / f"{base.lower()}.jsonl"
+        if not path.exists():
+            print(f"generating {path} ...", file=sys.stderr)
+            subprocess.run([sys.executable, str(REPO / "data" / "generate.py"), "--count", str(count), "-o",
+                            str(path)], check=True, cwd=REPO)
+        source = str(path)
+    if not compiled:
+        return source, source
+    built = cache / f"{base.lower()}.rokv"
+    if not built.exists():
+        print(f"building {built} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "client", "build", "-q", "-o", str(built), source], check=True,
+                       cwd=REPO)
+    return str(built), source
 
 
 def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path) -> dict[str, Any]:
-    data = dataset_path(name, cache)
+    served, data = dataset_path(name, cache)
     sample = write_sample(data, cache / f"{name}-sample.jsonl", SAMPLE_KEYS)
     results: dict[tuple[str, str], list[dict]] = {}
     memory: dict[str, Any] = {}
@@ -280,10 +295,12 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
         redis.load(load_expected(data))
         memory["redis_rss"] = redis.rss()
     try:
-        for group in matrix(args.smoke, io_threads_group=(name == "10k" and not args.no_io_threads)):
+        for group in matrix(args.smoke, io_threads_group=(name == "10k" and not args.no_io_threads),
+                            only_two_workers=args.two_workers_only):
             runs = [r for r in group.runs if r.system != "redis" or redis is not None]
             needs = {r.system for r in runs} - {"redis"}
-            stacks = {kind: Stack(kind, group.workers, data, group.io_threads, log_dir) for kind in sorted(needs)}
+            stacks = {kind: Stack(kind, group.workers, served if kind == "rokv" else data, group.io_threads, log_dir)
+                      for kind in sorted(needs)}
             try:
                 for stack in stacks.values():
                     stack.wait_ready(args.start_timeout)
@@ -305,7 +322,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
     finally:
         if redis is not None:
             redis.stop()
-    return {"dataset": name, "path": data, "keys": count_keys(data), "results": results,
+    return {"dataset": name, "path": served, "keys": count_keys(data), "results": results,
             "memory": memory, "redis": why_no_redis}
 
 
@@ -351,7 +368,8 @@ def fmt_ratio(value: float | None, suffix: str = "") -> str:
 
 def dataset_section(ds: dict[str, Any], reps: int) -> list[str]:
     res = ds["results"]
-    lines = [f"### {ds['keys']:,} keys", "",
+    form = "compiled .rokv file, memory-mapped" if ds["path"].endswith(".rokv") else "JSON loaded into a dict"
+    lines = [f"### {ds['keys']:,} keys (rokv workers serve the {form})", "",
              "| # | scenario | rokv | ceiling (raw pyzmq) | rokv ÷ ceiling (rate; p50) | Redis (redis-py + hiredis) "
              "| rokv ÷ Redis | CPU µs per request: rokv client / server; ceiling client / server |",
              "|---|---|---|---|---|---|---|---|"]
@@ -482,7 +500,8 @@ def write_section(path: Path, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="10k,1m", help="comma-separated: 10k, 100k, 1m (default %(default)s)")
+    parser.add_argument("--datasets", default="10k,1m", help="comma-separated: 10k, 100k, 1m, each optionally "
+                        "with .rokv to serve the compiled form (default %(default)s)")
     parser.add_argument("--reps", type=int, default=3, help="runs of each scenario (default %(default)s)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run (default %(default)s)")
     parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="markdown file to update")
@@ -491,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where generated datasets are kept (default %(default)s)")
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis comparison")
     parser.add_argument("--no-io-threads", action="store_true", help="skip the broker io-threads 2 runs")
+    parser.add_argument("--two-workers-only", action="store_true", help="skip the 1- and 4-worker runs")
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds for stacks to come up")
     parser.add_argument("--smoke", action="store_true",
                         help="10k keys, 1 run of 0.3 s, a few scenarios: checks that everything runs")
