@@ -134,6 +134,15 @@ def test_empty_dataset(tmp_path: Path, content: str) -> None:
     assert verify_store(out).count == 0
 
 
+def test_one_key_has_no_bucket_bits(tmp_path: Path) -> None:
+    out = tmp_path / "one.rokv"
+    build(write_jsonl(tmp_path / "one.jsonl", {K1: "one"}), out)
+    with open_store(out) as store:
+        assert store.header.bucket_bits == 0
+        assert store.get_many([K1, MISSING] * 10) == ["one", None] * 10  # the batch path shifts by 32
+        assert store.get(K1) == "one" and store.get(MISSING) is None
+
+
 def test_json_source_same_as_the_loader(tmp_path: Path) -> None:
     src = REPO / "data" / "example.json"
     out = tmp_path / "ex.rokv"
