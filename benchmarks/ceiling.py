@@ -6,7 +6,8 @@ same number of requests in flight), but the worker only decodes msgpack, looks
 the key(s) up in a dict and encodes the reply, and the client only packs a
 request, sends it, receives and unpacks the reply: no validation, no retries,
 no answer checks. What rokv does over that is its overhead, measured as a
-ratio in the same run by ``benchmarks/run.py``.
+ratio in the same run by ``benchmarks/run.py``. With ``--asyncio`` the client
+is plain ``zmq.asyncio`` coroutines instead, the floor for an asyncio client.
 
     python benchmarks/ceiling.py broker --frontend tcp://127.0.0.1:7001 --backend tcp://127.0.0.1:7002
     python benchmarks/ceiling.py worker --backend tcp://127.0.0.1:7002 --data data/example.json
@@ -114,6 +115,70 @@ def client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: i
     return tally
 
 
+def async_client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float,
+                      quota: int | None, seed: int) -> Tally:
+    """The same load through plain ``zmq.asyncio``: ``concurrency`` coroutines,
+    each sending a request and awaiting its reply, which one reader coroutine
+    hands over by id. The least an asyncio client can do."""
+    import asyncio
+
+    import zmq.asyncio
+
+    rng = random.Random(seed)
+    pool = [[keys[int(rng.random() * len(keys))] for _ in range(per_request)] for _ in range(4096)]
+    pack, unpackb = msgpack.Packer().pack, msgpack.unpackb
+    clock = time.perf_counter
+    tally = Tally()
+    mget = per_request > 1
+    limit = quota if quota is not None else 1 << 62
+
+    async def main() -> None:
+        sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = 0
+        sock.connect(endpoint)
+        waiting: dict[int, asyncio.Future] = {}
+        loop = asyncio.get_running_loop()
+        ids = iter(range(1, 1 << 62))
+        deadline = clock() + duration
+
+        async def reader() -> None:
+            while True:
+                reply = unpackb(await sock.recv())
+                future = waiting.pop(reply["id"], None)
+                if future is not None:
+                    future.set_result(reply)
+
+        async def caller() -> None:
+            while tally.requests < limit and clock() < deadline:
+                rid = next(ids)
+                chosen = pool[rid & 4095]
+                future = loop.create_future()
+                waiting[rid] = future
+                started = clock()
+                await sock.send(pack({"v": 1, "id": rid, "op": "mget", "keys": chosen} if mget else
+                                     {"v": 1, "id": rid, "op": "get", "key": chosen[0]}))
+                await future
+                tally.record(clock() - started)
+                tally.requests += 1
+
+        task = asyncio.ensure_future(reader())
+        try:  # a lost reply ends the run instead of hanging it
+            await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(concurrency))), duration + 10)
+        except asyncio.TimeoutError:
+            tally.errors["unavailable"] += len(waiting)
+        task.cancel()
+        sock.close()
+
+    cpu0, t0 = time.process_time(), clock()
+    asyncio.run(main())
+    tally.elapsed = clock() - t0
+    tally.cpu = time.process_time() - cpu0
+    tally.keys = tally.requests * per_request
+    tally.answers["value"] = tally.requests
+    return tally
+
+
 def run_forked(target: Any, arglists: list[tuple], timeout: float) -> Tally:
     """Run ``target(*args)`` in one forked process per ``args``, started
     together; the sum of the tallies they return."""
@@ -147,9 +212,10 @@ def run_clients(args: argparse.Namespace) -> dict[str, Any]:
     quota = None if args.requests is None else args.requests // args.processes
     arglists = [(args.endpoint, keys, args.concurrency, args.keys, args.duration, quota, args.seed * 1000 + i)
                 for i in range(args.processes)]
-    total = run_forked(client_loop, arglists, args.duration + 60)
+    total = run_forked(async_client_loop if args.asyncio else client_loop, arglists, args.duration + 60)
     cfg = Config(endpoint=args.endpoint, data=args.data, processes=args.processes, concurrency=args.concurrency,
-                 keys_per_request=args.keys, duration=args.duration, requests=args.requests, client="ceiling")
+                 keys_per_request=args.keys, duration=args.duration, requests=args.requests,
+                 client="ceiling-asyncio" if args.asyncio else "ceiling")
     return summary(cfg, total)
 
 
@@ -172,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--duration", type=float, default=3.0)
     c.add_argument("--requests", type=int, default=None)
     c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--asyncio", action="store_true", help="plain zmq.asyncio coroutines instead of a blocking loop")
     args = parser.parse_args(argv)
     if args.role == "broker":
         run_broker(args.frontend, args.backend, args.io_threads)

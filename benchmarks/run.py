@@ -96,12 +96,16 @@ def matrix(smoke: bool, io_threads_group: bool, only_two_workers: bool = False) 
         Run("1", "rokv", ("--client", "sync", "-c", "1")), Run("1", "ceiling", ("--concurrency", "1")),
         Run("1", "redis"),
         Run("2a", "rokv", ("-c", "64")), Run("2b", "rokv", ("-c", "64", "--no-coalesce")),
-        Run("2a", "ceiling", ceiling64), Run("2a", "redis", pipeline=64),
+        Run("2a", "ceiling", ceiling64), Run("2a", "ceiling-asyncio", (*ceiling64, "--asyncio")),
+        Run("2a", "redis", pipeline=64),
         Run("2c", "rokv", ("-c", "64", "-p", "2")), Run("2d", "rokv", ("-c", "64", "-p", "2", "--no-coalesce")),
-        Run("2c", "ceiling", (*ceiling64, "--processes", "2")), Run("2c", "redis", processes=2, pipeline=64),
+        Run("2c", "ceiling", (*ceiling64, "--processes", "2")),
+        Run("2c", "ceiling-asyncio", (*ceiling64, "--processes", "2", "--asyncio")),
+        Run("2c", "redis", processes=2, pipeline=64),
         Run("3a", "rokv", ("--client", "sync", "-c", "1", "-k", "100")),
         Run("3a", "ceiling", ("--concurrency", "1", "--keys", "100")), Run("3a", "redis", keys=100),
         Run("3b", "rokv", ("-c", "16", "-k", "100")), Run("3b", "ceiling", ("--concurrency", "16", "--keys", "100")),
+        Run("3b", "ceiling-asyncio", ("--concurrency", "16", "--keys", "100", "--asyncio")),
         Run("3b", "redis", pipeline=16, keys=100),
     ])
     if smoke:
@@ -211,7 +215,7 @@ def measure(run: Run, stacks: dict[str, Stack], redis: Any, sample: str, duratio
     if run.system == "redis":
         pids = [redis.proc.pid]
     else:
-        pids = [p.pid for p in stacks[run.system].procs]
+        pids = [p.pid for p in stacks[run.system.split("-")[0]].procs]
     before = cpu_seconds(pids)
     report = _measure(run, stacks, redis.port if redis else None, sample, duration)
     spent = cpu_seconds(pids) - before
@@ -223,7 +227,7 @@ def _measure(run: Run, stacks: dict[str, Stack], redis_port: int | None, sample:
     if run.system == "rokv":
         cmd = [sys.executable, "-m", "client", "bench", "--endpoint", stacks["rokv"].frontend, "--data", sample,
                "-d", str(duration), "--json", *run.args]
-    elif run.system == "ceiling":
+    elif run.system.startswith("ceiling"):
         cmd = [sys.executable, str(REPO / "benchmarks" / "ceiling.py"), "client", "--endpoint",
                stacks["ceiling"].frontend, "--data", sample, "--duration", str(duration), *run.args]
     else:
@@ -298,7 +302,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
         for group in matrix(args.smoke, io_threads_group=(name == "10k" and not args.no_io_threads),
                             only_two_workers=args.two_workers_only):
             runs = [r for r in group.runs if r.system != "redis" or redis is not None]
-            needs = {r.system for r in runs} - {"redis"}
+            needs = {r.system.split("-")[0] for r in runs} - {"redis"}
             stacks = {kind: Stack(kind, group.workers, served if kind == "rokv" else data, group.io_threads, log_dir)
                       for kind in sorted(needs)}
             try:
@@ -370,9 +374,10 @@ def dataset_section(ds: dict[str, Any], reps: int) -> list[str]:
     res = ds["results"]
     form = "compiled .rokv file, memory-mapped" if ds["path"].endswith(".rokv") else "JSON loaded into a dict"
     lines = [f"### {ds['keys']:,} keys (rokv workers serve the {form})", "",
-             "| # | scenario | rokv | ceiling (raw pyzmq) | rokv ÷ ceiling (rate; p50) | Redis (redis-py + hiredis) "
-             "| rokv ÷ Redis | CPU µs per request: rokv client / server; ceiling client / server |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| # | scenario | rokv | ceiling (raw pyzmq) | rokv ÷ ceiling (rate; p50) | ceiling, zmq.asyncio client "
+             "| Redis (redis-py + hiredis) | rokv ÷ Redis | CPU µs per request: rokv client / server; "
+             "ceiling client / server |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for sid, title in SCENARIOS.items():
         rokv = res.get((sid, "rokv"))
         if not rokv:
@@ -391,8 +396,11 @@ def dataset_section(ds: dict[str, Any], reps: int) -> list[str]:
         if ceiling:
             cpu += (f"; {median(ceiling, 'client_cpu_us_per_request'):.0f} / "
                     f"{median(ceiling, 'server_cpu_us_per_request'):.0f}")
+        aio = res.get((ceiling_sid, "ceiling-asyncio"))
+        aio_cell = "n/a" if not aio else f"{cell(aio, batched)} (rokv ×{ratio(rokv, aio, key):.2f})"
         lines.append(f"| {sid} | {title} | {cell(rokv, batched)} | {cell(ceiling, batched) if ceiling else 'n/a'} | "
-                     f"{vs_ceiling} | {cell(redis, batched)} | {fmt_ratio(ratio(rokv, redis, key))} | {cpu} |")
+                     f"{vs_ceiling} | {aio_cell} | {cell(redis, batched)} | {fmt_ratio(ratio(rokv, redis, key))} "
+                     f"| {cpu} |")
     lines += ["", *targets(res), ""]
     memory = ds["memory"]
     if memory.get("rokv_worker_rss"):
@@ -475,7 +483,9 @@ def render(datasets: list[dict], args: argparse.Namespace, command: str) -> str:
              "rokv's load comes from `rokv bench`, which checked every answer (none was wrong); the ceiling "
              "(`benchmarks/ceiling.py`) is the same topology doing only msgpack decode, one dict lookup and "
              "msgpack encode, with a client that only packs, sends, receives and unpacks; it has no coalescing, "
-             "so coalesced scenarios are compared with its uncoalesced run. Redis runs use a pipeline of 64 GETs "
+             "so coalesced scenarios are compared with its uncoalesced run. The zmq.asyncio ceiling is the same least work "
+             "from plain `zmq.asyncio` coroutines (one reader coroutine hands replies over by id), the floor for an "
+             "asyncio client. Redis runs use a pipeline of 64 GETs "
              "for 64 in flight and a pipeline of 16 MGETs for 16 in flight.", ""]
     if args.smoke:
         lines += ["**Smoke run: durations too short to mean anything; correctness check only.**", ""]
