@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from array import array
 import json
 import math
 import multiprocessing as mp
@@ -189,18 +190,22 @@ class Probe:
     or ``INVALID`` with ``invalid_key`` the key the error must name.
     """
 
-    __slots__ = ("keys", "expect", "invalid_key")
+    __slots__ = ("keys", "expect", "invalid_key", "plain")
 
     def __init__(self, expected: dict[str, str], keys: list[str]) -> None:
         self.keys = keys
         self.invalid_key: str | None = None
         states = [_key_state(expected, k) for k in keys]
         first_invalid = next((i for i, (s, _) in enumerate(states) if s == "invalid"), None)
+        #: The answer is a value (or list), so equality alone says it is right.
+        self.plain = True
         if first_invalid is not None:
             self.expect: object = INVALID
             self.invalid_key = keys[first_invalid]
+            self.plain = False
         elif len(keys) == 1:
             self.expect = states[0][1] if states[0][0] == "hit" else NOT_FOUND
+            self.plain = states[0][0] == "hit"
         else:
             self.expect = [v for _, v in states]
 
@@ -268,7 +273,10 @@ def _count_error(tally: Tally, exc: object) -> None:
 
 
 class _Run:
-    """The shared state of one process's load loop."""
+    """One process's load loop: which probe is next, when to stop, and what
+    came back. The per-request path is kept lean (a latency appended to an
+    array, one comparison for a right answer) so that the generator stays
+    cheaper than what it measures; the histogram is built after the run."""
 
     def __init__(self, cfg: Config, index: int, probes: list[Probe], progress: Any, quota: int | None,
                  deadline: float) -> None:
@@ -278,37 +286,42 @@ class _Run:
         self.tally = Tally()
         self.progress = progress
         self.slot = index * 3
-        self.quota = quota
-        self.issued = 0
-        self.deadline = deadline
+        self.remaining = quota if quota is not None else 1 << 62
+        self.deadline = deadline  # time.perf_counter() based
+        self.latencies = array("d")
+        self.count = 0
+        self.right = 0  # answers that were the expected value or list
 
-    def more(self) -> bool:
-        if self.quota is not None and self.issued >= self.quota:
-            return False
-        if time.monotonic() >= self.deadline:
-            return False
-        self.issued += 1
-        return True
-
-    def probe(self) -> Probe:
-        index = self.next_probe
-        self.next_probe = index + 1 if index + 1 < len(self.probes) else 0
-        return self.probes[index]
-
-    def done(self, probe: Probe, result: object, seconds: float) -> None:
-        tally = self.tally
-        tally.requests += 1
-        tally.keys += len(probe.keys)
-        tally.record(seconds)
-        check(tally, probe, result)
-        if tally.requests & 63 == 0:
+    def settle(self, probe: Probe, result: object, seconds: float) -> None:
+        self.latencies.append(seconds)
+        if probe.plain and result == probe.expect:
+            self.right += 1
+        else:
+            check(self.tally, probe, result)
+        self.count += 1
+        if self.count & 63 == 0:
             self.report()
 
     def report(self) -> None:
         if self.progress is not None:
-            self.progress[self.slot] = self.tally.requests
-            self.progress[self.slot + 1] = self.tally.keys
-            self.progress[self.slot + 2] = self.tally.wrong + sum(self.tally.errors.values())
+            tally = self.tally
+            self.progress[self.slot] = self.count
+            self.progress[self.slot + 1] = self.count * self.cfg.keys_per_request
+            self.progress[self.slot + 2] = tally.wrong + sum(tally.errors.values())
+
+    def finish(self, elapsed: float, cpu: float) -> Tally:
+        tally = self.tally
+        tally.requests = self.count
+        tally.keys = self.count * self.cfg.keys_per_request
+        tally.answers["value"] += self.right
+        if not tally.answers["value"]:
+            del tally.answers["value"]
+        for seconds in self.latencies:
+            tally.record(seconds)
+        tally.elapsed = elapsed
+        tally.cpu = cpu
+        self.report()
+        return tally
 
 
 async def _run_async(run: _Run) -> None:
@@ -322,17 +335,24 @@ async def _run_async(run: _Run) -> None:
         options["max_delay"] = cfg.max_delay
     many = cfg.keys_per_request > 1
     clock = time.perf_counter
+    probes = run.probes
+    count = len(probes)
+    settle = run.settle
     async with AsyncClient(cfg.endpoint, **options) as client:
+        get, get_many = client.get, client.get_many
 
         async def one_caller() -> None:
-            while run.more():
-                probe = run.probe()
+            while run.remaining > 0 and clock() < run.deadline:
+                run.remaining -= 1
+                index = run.next_probe
+                run.next_probe = index + 1 if index + 1 < count else 0
+                probe = probes[index]
                 started = clock()
                 try:
-                    result: object = await (client.get_many(probe.keys) if many else client.get(probe.keys[0]))
+                    result: object = await (get_many(probe.keys) if many else get(probe.keys[0]))
                 except RokvError as exc:
                     result = exc
-                run.done(probe, result, clock() - started)
+                settle(probe, result, clock() - started)
 
         await asyncio.gather(*(one_caller() for _ in range(cfg.concurrency)))
 
@@ -343,15 +363,18 @@ def _run_sync(run: _Run) -> None:
     cfg = run.cfg
     many = cfg.keys_per_request > 1
     clock = time.perf_counter
+    probes = run.probes
     with Client(cfg.endpoint, timeout=cfg.timeout, retries=cfg.retries) as client:
-        while run.more():
-            probe = run.probe()
+        while run.remaining > 0 and clock() < run.deadline:
+            run.remaining -= 1
+            probe = probes[run.next_probe]
+            run.next_probe = (run.next_probe + 1) % len(probes)
             started = clock()
             try:
                 result: object = client.get_many(probe.keys) if many else client.get(probe.keys[0])
             except RokvError as exc:
                 result = exc
-            run.done(probe, result, clock() - started)
+            run.settle(probe, result, clock() - started)
 
 
 def _child(cfg: Config, index: int, expected: dict[str, str], progress: Any, ready: Any, start: Any,
@@ -372,17 +395,15 @@ def _child(cfg: Config, index: int, expected: dict[str, str], progress: Any, rea
     quota = None
     if cfg.requests is not None:
         quota = cfg.requests // cfg.processes + (1 if index < cfg.requests % cfg.processes else 0)
-    run = _Run(cfg, index, probes, progress, quota, time.monotonic() + cfg.duration)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
+    run = _Run(cfg, index, probes, progress, quota, t0 + cfg.duration)
     if cfg.client == "sync":
         _run_sync(run)
     else:
         asyncio.run(_run_async(run))
-    run.tally.elapsed = time.perf_counter() - t0
-    run.tally.cpu = time.process_time() - cpu0
-    run.report()
-    results.put(run.tally)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    results.put(run.finish(elapsed, cpu))
 
 
 # ---------------------------------------------------------------- the parent
