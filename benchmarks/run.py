@@ -300,7 +300,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
         memory["redis_rss"] = redis.rss()
     try:
         for group in matrix(args.smoke, io_threads_group=(name == "10k" and not args.no_io_threads),
-                            only_two_workers=args.two_workers_only):
+                            only_two_workers=args.two_workers_only or name.lower().endswith(".rokv")):
             runs = [r for r in group.runs if r.system != "redis" or redis is not None]
             needs = {r.system.split("-")[0] for r in runs} - {"redis"}
             stacks = {kind: Stack(kind, group.workers, served if kind == "rokv" else data, group.io_threads, log_dir)
@@ -520,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where generated datasets are kept (default %(default)s)")
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis comparison")
     parser.add_argument("--no-io-threads", action="store_true", help="skip the broker io-threads 2 runs")
-    parser.add_argument("--two-workers-only", action="store_true", help="skip the 1- and 4-worker runs")
+    parser.add_argument("--two-workers-only", action="store_true",
+                        help="skip the 1- and 4-worker runs (always skipped for .rokv datasets)")
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds for stacks to come up")
     parser.add_argument("--smoke", action="store_true",
                         help="10k keys, 1 run of 0.3 s, a few scenarios: checks that everything runs")
