@@ -308,8 +308,6 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
             try:
                 for stack in stacks.values():
                     stack.wait_ready(args.start_timeout)
-                if group.workers == 2 and group.io_threads == 1:
-                    memory.update({f"{k}_worker_rss": s.worker_rss() for k, s in stacks.items()})
                 for rep in range(args.reps):
                     for run in runs:
                         label = f"{name} {SCENARIOS[run.scenario][:48]:48} {run.system:8} run {rep + 1}"
@@ -320,6 +318,9 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
                               f"p50 {report['latency_ms']['p50']:.3f} ms  CPU µs/req client "
                               f"{report['client_cpu_us_per_request'] or 0:.0f} server "
                               f"{report['server_cpu_us_per_request'] or 0:.0f}", file=sys.stderr, flush=True)
+                # After the load: a memory-mapped dataset is only resident once touched.
+                if group.workers == 2 and group.io_threads == 1:
+                    memory.update({f"{k}_worker_rss": s.worker_rss() for k, s in stacks.items()})
             finally:
                 for stack in stacks.values():
                     stack.stop()
@@ -406,7 +407,7 @@ def dataset_section(ds: dict[str, Any], reps: int) -> list[str]:
     if memory.get("rokv_worker_rss"):
         rokv_rss = statistics.median(memory["rokv_worker_rss"])
         ceil_rss = statistics.median(memory.get("ceiling_worker_rss") or [0])
-        line = (f"Memory: rokv worker RSS {rokv_rss / 2**20:.0f} MiB ({rokv_rss / ds['keys']:.0f} bytes a key, "
+        line = (f"Memory, after the load: rokv worker RSS {rokv_rss / 2**20:.0f} MiB ({rokv_rss / ds['keys']:.0f} bytes a key, "
                 f"interpreter included); ceiling worker (plain dict of str) {ceil_rss / 2**20:.0f} MiB "
                 f"({ceil_rss / ds['keys']:.0f} bytes a key)")
         if memory.get("redis_rss"):
