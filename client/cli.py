@@ -125,9 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_keygen.add_argument("name", metavar="NAME")
     p_keygen.add_argument("--dir", default="keys", help="folder to write into (default %(default)s)")
     p_keygen.set_defaults(run=cmd_keygen)
-    # Subcommands kept in modules of their own register below, one line each.
-    from client.bench import add_command as add_bench; add_bench(sub, common)  # noqa: E702
-    from worker.build import add_commands; add_commands(sub)  # noqa: E702 - offline: build, inspect, verify
+    # Subcommands kept in modules of their own, imported only when the CLI runs.
+    from client.bench import add_command as add_bench_command
+    from worker.build import add_commands as add_dataset_commands  # offline: build, inspect, verify
+
+    add_bench_command(sub, common)
+    add_dataset_commands(sub)
     return parser
 
 
