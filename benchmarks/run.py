@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import random
-import re
 import signal
 import socket
 import statistics

@@ -15,9 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 
 from procs import EXAMPLE, REPO, child_env, free_port, scaled, seen_workers, wait_for
 from supervision import Supervisor

@@ -16,7 +16,7 @@ import pytest
 from procs import REPO, Stack, child_env, scaled, seen_workers
 from worker.build import build
 from worker.dataset import DatasetError, load_dataset, open_dataset
-from worker.store import FORMAT_VERSION, HEADER_SIZE, MAGIC, StoreError, open_store, verify_store
+from worker.store import FORMAT_VERSION, HEADER_SIZE, StoreError, open_store, verify_store
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 MISSING = "11111111-2222-4333-8444-555555555555"
