@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from array import array
 import json
 import math
 import multiprocessing as mp
@@ -26,13 +25,20 @@ import os
 import random
 import sys
 import time
+from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 from client.core import make_policy
-from client.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
-from client.keys import normalize_key
+from client.errors import (
+    InvalidKey,
+    KeyNotFound,
+    ProtocolError,
+    RokvError,
+    ServiceUnavailable,
+)
+from client.keys import normalize_key, random_key
 
 EXIT_OK = 0
 EXIT_WRONG = 1
@@ -168,9 +174,7 @@ class KeyMaker:
             return self.rng.choice(INVALID_KEYS)
         if r < self.invalid + self.missing:
             while True:
-                n = self.rng.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62) | (0x4 << 76) | (0x2 << 62)
-                h = f"{n:032x}"
-                key = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+                key = random_key(self.rng)
                 if key not in self.expected:
                     return key
         return self.keys[int(self.rng.random() * len(self.keys))]

@@ -13,6 +13,7 @@ Everything else is refused, including what ``uuid.UUID`` happens to tolerate
 
 from __future__ import annotations
 
+import random
 import re
 
 from client.errors import InvalidKey
@@ -79,3 +80,15 @@ def normalize_key(key: object) -> str:
 def is_canonical(key: str) -> bool:
     """True when ``key`` is already a valid key in canonical lowercase form."""
     return _CANONICAL.fullmatch(key) is not None
+
+
+_VERSION_BITS = 0xF << 76
+_VARIANT_BITS = 0x3 << 62
+
+
+def random_key(rng: random.Random) -> str:
+    """A canonical UUIDv4 drawn from ``rng``: reproducible from a seed, which
+    ``uuid.uuid4`` is not (load generators and tests use it)."""
+    bits = rng.getrandbits(128) & ~_VERSION_BITS & ~_VARIANT_BITS | (0x4 << 76) | (0x2 << 62)
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -20,16 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client import Client, InvalidKey, KeyNotFound, RetryPolicy, ServiceUnavailable, core  # noqa: E402
+from client import (  # noqa: E402
+    Client,
+    InvalidKey,
+    KeyNotFound,
+    RetryPolicy,
+    ServiceUnavailable,
+    core,
+)
+from client.keys import random_key  # noqa: E402
 
 INVALID = ["not-a-key", "8a35eb59-62b3-181c-8875-1f248df4c952", "", "{8a35eb59-62b3-481c-8875-1f248df4c952"]
-
-
-def missing_key(rng: random.Random) -> str:
-    bits = rng.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)
-    bits = bits & ~(0xC << 60) | (0x8 << 60)
-    h = f"{bits:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -82,7 +83,7 @@ def main() -> int:
             started = time.monotonic()
             try:
                 if roll < 0.25:  # get_many of known and missing keys
-                    batch = [rng.choice(keys) if rng.random() < 0.9 else missing_key(rng) for _ in range(args.batch)]
+                    batch = [rng.choice(keys) if rng.random() < 0.9 else random_key(rng) for _ in range(args.batch)]
                     values = client.get_many(batch)
                     counts["lookups"] += len(batch)
                     expected = [data.get(k) for k in batch]
@@ -98,7 +99,7 @@ def main() -> int:
                         wrong(f"get {key}: {value!r} != {data[key]!r}")
                     counts["found"] += 1
                 elif roll < 0.95:  # get of a missing key
-                    key = missing_key(rng)
+                    key = random_key(rng)
                     counts["lookups"] += 1
                     try:
                         client.get(key)

@@ -10,9 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-from client import Client, ServiceUnavailable
 from procs import free_port, scaled, seen_workers, wait_for
 from supervision import Supervisor
+
+from client import Client, ServiceUnavailable
+from client.keys import random_key
 from worker.build import build
 from worker.store import open_store
 
@@ -20,12 +22,7 @@ KEYS = 3000
 
 
 def keys(rng: random.Random) -> list[str]:
-    out = []
-    for _ in range(KEYS):
-        h = f"{rng.getrandbits(128):032x}"
-        h = h[:12] + "4" + h[13:16] + "a" + h[17:]
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return out
+    return [random_key(rng) for _ in range(KEYS)]
 
 
 def version(folder: Path, name: str, tag: str, all_keys: list[str]) -> tuple[Path, str]:

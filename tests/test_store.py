@@ -12,20 +12,24 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from procs import REPO, Stack, child_env, scaled, seen_workers
+
+from client.keys import random_key
 from worker.build import build
 from worker.dataset import DatasetError, load_dataset, open_dataset
-from worker.store import FORMAT_VERSION, HEADER_SIZE, StoreError, open_store, verify_store
+from worker.store import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    StoreError,
+    open_store,
+    verify_store,
+)
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 MISSING = "11111111-2222-4333-8444-555555555555"
 
 
-def uuid4(rng: random.Random) -> str:
-    h = f"{rng.getrandbits(128):032x}"
-    h = h[:12] + "4" + h[13:16] + "89ab"[rng.getrandbits(2)] + h[17:]
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+uuid4 = random_key
 
 
 def tricky_pairs() -> dict[str, str]:
