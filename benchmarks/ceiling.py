@@ -6,13 +6,20 @@ same number of requests in flight), but the worker only decodes msgpack, looks
 the key(s) up in a dict and encodes the reply, and the client only packs a
 request, sends it, receives and unpacks the reply: no validation, no retries,
 no answer checks. What rokv does over that is its overhead, measured as a
-ratio in the same run by ``benchmarks/run.py``. With ``--asyncio`` the client
-is plain ``zmq.asyncio`` coroutines instead, the floor for an asyncio client.
+ratio in the same run by ``benchmarks/run.py``.
+
+Three clients do that least work: a blocking loop (the default), and two for
+asyncio, to which rokv's ``AsyncClient`` compares: ``--asyncio zmq``, plain
+``zmq.asyncio`` coroutines (one future per received message), and
+``--asyncio drain``, the transport ``AsyncClient`` uses (the socket's ZMQ_FD
+watched with ``loop.add_reader``, every wake-up draining all replies with
+non-blocking receives, sends gathered into one burst per loop turn) without
+any of rokv's validation, timers or retries: the floor for an asyncio client.
 
     python benchmarks/ceiling.py broker --frontend tcp://127.0.0.1:7001 --backend tcp://127.0.0.1:7002
     python benchmarks/ceiling.py worker --backend tcp://127.0.0.1:7002 --data data/example.json
     python benchmarks/ceiling.py client --endpoint tcp://127.0.0.1:7001 --data data/example.json \\
-        --processes 1 --concurrency 64 --keys 1 --duration 3
+        --processes 1 --concurrency 64 --keys 1 --duration 3 [--asyncio drain]
 
 Broker and worker run until killed (SIGTERM). The client prints one JSON line
 shaped like ``rokv bench --json``.
@@ -119,7 +126,7 @@ def async_client_loop(endpoint: str, keys: list[str], concurrency: int, per_requ
                       quota: int | None, seed: int) -> Tally:
     """The same load through plain ``zmq.asyncio``: ``concurrency`` coroutines,
     each sending a request and awaiting its reply, which one reader coroutine
-    hands over by id. The least an asyncio client can do."""
+    hands over by id."""
     import asyncio
 
     import zmq.asyncio
@@ -179,6 +186,87 @@ def async_client_loop(endpoint: str, keys: list[str], concurrency: int, per_requ
     return tally
 
 
+def drain_client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float,
+                      quota: int | None, seed: int) -> Tally:
+    """The same load from ``concurrency`` asyncio coroutines over the
+    transport of rokv's ``AsyncClient``: plain futures completed by a reader
+    callback that drains the socket whenever ZMQ_FD wakes the loop, and the
+    requests of one loop turn sent together. No timers, retries or checks."""
+    import asyncio
+
+    rng = random.Random(seed)
+    pool = [[keys[int(rng.random() * len(keys))] for _ in range(per_request)] for _ in range(4096)]
+    pack, unpackb = msgpack.Packer().pack, msgpack.unpackb
+    clock = time.perf_counter
+    tally = Tally()
+    mget = per_request > 1
+    limit = quota if quota is not None else 1 << 62
+    noblock = int(zmq.NOBLOCK)
+
+    async def main() -> None:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = 0
+        sock.connect(endpoint)
+        loop = asyncio.get_running_loop()
+        waiting: dict[int, asyncio.Future] = {}
+        outbox: list[bytes] = []
+        pump_due = False
+        ids = iter(range(1, 1 << 62))
+        deadline = clock() + duration
+
+        def drain() -> None:
+            while True:
+                try:
+                    reply = unpackb(sock.recv(noblock))
+                except zmq.Again:
+                    return
+                future = waiting.pop(reply["id"], None)
+                if future is not None:
+                    future.set_result(reply)
+
+        def pump() -> None:
+            nonlocal pump_due, outbox
+            pump_due = False
+            bodies, outbox = outbox, []
+            for body in bodies:
+                sock.send(body, noblock)
+            drain()  # a zmq call may have consumed ZMQ_FD's edge
+
+        async def caller() -> None:
+            nonlocal pump_due
+            while tally.requests < limit and clock() < deadline:
+                rid = next(ids)
+                chosen = pool[rid & 4095]
+                future = loop.create_future()
+                waiting[rid] = future
+                outbox.append(pack({"v": 1, "id": rid, "op": "mget", "keys": chosen} if mget else
+                                   {"v": 1, "id": rid, "op": "get", "key": chosen[0]}))
+                if not pump_due:
+                    pump_due = True
+                    loop.call_soon(pump)
+                started = clock()
+                await future
+                tally.record(clock() - started)
+                tally.requests += 1
+
+        loop.add_reader(sock.getsockopt(zmq.FD), drain)
+        try:  # a lost reply ends the run instead of hanging it
+            await asyncio.wait_for(asyncio.gather(*(caller() for _ in range(concurrency))), duration + 10)
+        except asyncio.TimeoutError:
+            tally.errors["unavailable"] += len(waiting)
+        loop.remove_reader(sock.getsockopt(zmq.FD))
+        sock.close()
+
+    cpu0, t0 = time.process_time(), clock()
+    asyncio.run(main())
+    tally.elapsed = clock() - t0
+    tally.cpu = time.process_time() - cpu0
+    tally.keys = tally.requests * per_request
+    tally.answers["value"] = tally.requests
+    return tally
+
+
 def run_forked(target: Any, arglists: list[tuple], timeout: float) -> Tally:
     """Run ``target(*args)`` in one forked process per ``args``, started
     together; the sum of the tallies they return."""
@@ -212,10 +300,11 @@ def run_clients(args: argparse.Namespace) -> dict[str, Any]:
     quota = None if args.requests is None else args.requests // args.processes
     arglists = [(args.endpoint, keys, args.concurrency, args.keys, args.duration, quota, args.seed * 1000 + i)
                 for i in range(args.processes)]
-    total = run_forked(async_client_loop if args.asyncio else client_loop, arglists, args.duration + 60)
+    loops = {None: client_loop, "zmq": async_client_loop, "drain": drain_client_loop}
+    total = run_forked(loops[args.asyncio], arglists, args.duration + 60)
     cfg = Config(endpoint=args.endpoint, data=args.data, processes=args.processes, concurrency=args.concurrency,
                  keys_per_request=args.keys, duration=args.duration, requests=args.requests,
-                 client="ceiling-asyncio" if args.asyncio else "ceiling")
+                 client=f"ceiling-asyncio-{args.asyncio}" if args.asyncio else "ceiling")
     return summary(cfg, total)
 
 
@@ -238,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--duration", type=float, default=3.0)
     c.add_argument("--requests", type=int, default=None)
     c.add_argument("--seed", type=int, default=1)
-    c.add_argument("--asyncio", action="store_true", help="plain zmq.asyncio coroutines instead of a blocking loop")
+    c.add_argument("--asyncio", choices=("zmq", "drain"), default=None,
+                   help="asyncio coroutines instead of a blocking loop: over plain zmq.asyncio, or over "
+                        "AsyncClient's transport")
     args = parser.parse_args(argv)
     if args.role == "broker":
         run_broker(args.frontend, args.backend, args.io_threads)
