@@ -163,10 +163,14 @@ def resolve_curve(curve: CurvePeer | None) -> CurvePeer | None:
 def read_reply(frames: list[bytes]) -> tuple[int, dict[str, Any]] | None:
     """The id and map of a reply message, or ``None`` for anything a client
     must drop: several frames, not msgpack, no integer id."""
-    if len(frames) != 1:
-        return None
+    return reply_of(frames[0]) if len(frames) == 1 else None
+
+
+def reply_of(body: bytes) -> tuple[int, dict[str, Any]] | None:
+    """The id and map of a one-frame reply, or ``None`` when it is not
+    msgpack or has no integer id."""
     try:
-        reply = p.decode_reply(frames[0])
+        reply = p.decode_reply(body)
     except p.ProtocolViolation:
         return None
     rid = reply.get(p.F_ID)

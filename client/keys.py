@@ -82,6 +82,11 @@ def is_canonical(key: str) -> bool:
     return _CANONICAL.fullmatch(key) is not None
 
 
+#: ``match_canonical(key)`` is truthy exactly when ``is_canonical(key)``: the
+#: bound regex method itself, for per-call paths where a Python call counts.
+match_canonical = _CANONICAL.fullmatch
+
+
 _VERSION_BITS = 0xF << 76
 _VARIANT_BITS = 0x3 << 62
 
