@@ -93,7 +93,7 @@ def encode_request(request_id: int, op: str, arg: Any = None) -> bytes:
     return _pack(req)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that triples the cost of building one (0.64 against 0.23 us)
 class Request:
     """A decoded, shape-checked request. Keys are not validated here: that is
     the worker's job, since only it knows which are in the dataset."""

@@ -167,18 +167,31 @@ def serve(sock: zmq.Socket, handler: Handler, wake: socket.socket) -> None:
     log.info("stopping: answered %d requests that arrived before or just after the stop signal", answered)
 
 
+# Plain ints: pyzmq turns enum flags into enum arithmetic, and its
+# recv_multipart/send_multipart ask ZMQ_RCVMORE through an enum conversion
+# (0.7 us) after every frame; this loop asks once per message.
+_NOBLOCK, _SNDMORE, _RCVMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.RCVMORE)
+
+
 def _answer_burst(sock: zmq.Socket, handler: Handler, limit: int) -> int:
+    recv, send, more = sock.recv, sock.send, sock.get
     count = 0
     while count < limit:
         try:
-            frames = sock.recv_multipart(zmq.NOBLOCK)
+            route = recv(_NOBLOCK)
         except zmq.Again:
             break
         count += 1
+        # The broker's ROUTER puts the client's routing id before the client's
+        # frames, and a message has at least one frame: a body follows.
+        frames = [route, recv(_NOBLOCK)]
+        while more(_RCVMORE):  # a client sent several frames: refused below
+            frames.append(recv(_NOBLOCK))
         reply = handler.handle(frames)
         if reply is not None:
             try:
-                sock.send_multipart(reply)
+                send(reply[0], _SNDMORE)
+                send(reply[1])
             except zmq.Again:
                 log.warning("dropped a reply: the broker did not take it within %d ms", SEND_TIMEOUT_MS)
     return count
