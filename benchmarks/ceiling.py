@@ -57,11 +57,13 @@ def run_worker(backend: str, data: str) -> None:
     sock = zmq.Context().socket(zmq.DEALER)
     sock.connect(backend)
     pack, unpackb, get = msgpack.Packer().pack, msgpack.unpackb, table.get
-    recv, send = sock.recv_multipart, sock.send_multipart
+    # Frame by frame with int flags: pyzmq's recv_multipart/send_multipart
+    # ask ZMQ_RCVMORE through an enum conversion after every frame.
+    recv, send, sndmore = sock.recv, sock.send, int(zmq.SNDMORE)
     info = {"id": f"ceiling:{os.getpid()}", "pid": os.getpid(), "keys": len(table)}
     while True:
-        route, body = recv()
-        req = unpackb(body)
+        route = recv()
+        req = unpackb(recv())
         op = req["op"]
         if op == "get":
             reply = {"id": req["id"], "value": get(req["key"])}
@@ -69,7 +71,8 @@ def run_worker(backend: str, data: str) -> None:
             reply = {"id": req["id"], "values": list(map(get, req["keys"]))}
         else:
             reply = {"id": req["id"], "worker": info}
-        send([route, pack(reply)])
+        send(route, sndmore)
+        send(pack(reply))
 
 
 def client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float,
