@@ -160,12 +160,6 @@ def resolve_curve(curve: CurvePeer | None) -> CurvePeer | None:
     return curve if curve is not None else peer_from_env("ROKV_CLIENT_SECRET")
 
 
-def read_reply(frames: list[bytes]) -> tuple[int, dict[str, Any]] | None:
-    """The id and map of a reply message, or ``None`` for anything a client
-    must drop: several frames, not msgpack, no integer id."""
-    return reply_of(frames[0]) if len(frames) == 1 else None
-
-
 def reply_of(body: bytes) -> tuple[int, dict[str, Any]] | None:
     """The id and map of a one-frame reply, or ``None`` when it is not
     msgpack or has no integer id."""

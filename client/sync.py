@@ -33,6 +33,9 @@ __all__ = [
     "DEFAULT_ENDPOINT", "DEFAULT_TIMEOUT", "DEFAULT_RETRIES", "DEFAULT_BATCH_SIZE",
 ]
 
+# A plain int: pyzmq's enum flags cost a Python-level operation per use.
+_NOBLOCK = int(zmq.NOBLOCK)
+
 
 class Client:
     """Looks keys up in a rokv service.
@@ -186,7 +189,7 @@ class Client:
             for attempt in range(self.retry.tries):
                 for body in pending.values():
                     try:
-                        sock.send(body, zmq.NOBLOCK)
+                        sock.send(body, _NOBLOCK)
                     except zmq.Again:
                         break  # queue full: the broker is away; wait out this try
                 deadline = time.monotonic() + self.retry.try_timeout(attempt)
@@ -202,10 +205,13 @@ class Client:
                         sock.setsockopt(zmq.RCVTIMEO, wait_ms)
                         self._rcvtimeo = wait_ms
                     try:
-                        frames = sock.recv_multipart()
+                        # Each frame is read as a message: a reply is one
+                        # frame, and asking ZMQ_RCVMORE (as recv_multipart
+                        # does) costs more than the receive.
+                        body = sock.recv()
                     except zmq.Again:
                         break
-                    got = core.read_reply(frames)
+                    got = core.reply_of(body)
                     if got is not None and got[0] in pending:
                         del pending[got[0]]
                         replies[got[0]] = got[1]
