@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Callable
 
 import zmq
 
@@ -21,9 +22,9 @@ from worker.handler import Handler
 log = logging.getLogger("rokv.worker")
 
 DEFAULT_DATA = "data/example.json"
-#: Messages handled per poll: amortises the poll under load, bounded so a
-#: stop request is noticed promptly.
-BURST = 256
+#: Longest a worker waits on an idle socket before it looks at the stop flag
+#: again: the most a stop request waits when no request comes.
+STOP_CHECK_MS = 100
 #: How long a stopping worker keeps trying to hand its last replies over.
 CLOSE_LINGER_MS = 1000
 SEND_TIMEOUT_MS = 1000
@@ -78,15 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s rokv-worker[{os.getpid()}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    # Stop requests arrive as a byte on this socket pair, which the poll loop
-    # watches next to the zmq socket: Python's own handlers do not run while
-    # libzmq blocks in poll.
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    # A stop request only raises a flag: the receive loop looks at it between
+    # messages, so no request is ever dropped halfway through its answer.
+    stop = _StopFlag()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
+        signal.signal(signum, stop.raise_flag)
 
     started = time.monotonic()
     try:
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rokv-worker: {exc}", file=sys.stderr)
         return 1
     load_seconds = time.monotonic() - started
-    if _readable(wake_r):
+    if stop.raised:
         return 0  # stopped while loading
 
     ctx = zmq.Context()
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         f" (digest {digest})" if digest else "", args.backend, args.name,
     )
     try:
-        serve(sock, handler, wake_r)
+        serve(sock, handler, stop)
     finally:
         sock.close()  # waits up to CLOSE_LINGER_MS for replies still queued
         ctx.term()
@@ -136,57 +133,59 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _readable(sock: socket.socket) -> bool:
-    try:
-        return bool(sock.recv(64, socket.MSG_PEEK))
-    except BlockingIOError:
-        return False
+class _StopFlag:
+    """Set by SIGTERM/SIGINT."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def raise_flag(self, *_: object) -> None:
+        self.raised = True
 
 
-def serve(sock: zmq.Socket, handler: Handler, wake: socket.socket) -> None:
-    """Answer requests until ``wake`` becomes readable, then answer what has
-    already arrived and return."""
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    poller.register(wake, zmq.POLLIN)
-    while True:
-        ready = dict(poller.poll())
-        if sock in ready:
-            _answer_burst(sock, handler, BURST)
-        if wake.fileno() in ready:  # pyzmq reports plain sockets by fd
-            break
+def serve(sock: zmq.Socket, handler: Handler, stop: _StopFlag) -> None:
+    """Answer requests until ``stop`` is raised, then answer what has already
+    arrived and return."""
+    # A blocking receive with a timeout, not poll then receive: per message
+    # that saves the poll and, at the end of every burst, the zmq.Again
+    # exception of a receive that finds nothing. A signal still reaches the
+    # flag at once (pyzmq runs handlers when libzmq returns EINTR) or, when
+    # another thread took it, by the next timeout.
+    sock.rcvtimeo = STOP_CHECK_MS
+    _answer(sock, handler, lambda: stop.raised, stop_when_idle=False)
     # Answer what has reached this host, not just this socket: libzmq's I/O
     # thread may still be moving requests in from the kernel, so stop after a
     # short quiet spell (bounded, so a busy broker cannot hold the exit up).
-    answered = 0
+    sock.rcvtimeo = DRAIN_QUIET_MS
     deadline = time.monotonic() + DRAIN_MAX_SECONDS
-    while True:
-        answered += _answer_burst(sock, handler, BURST)
-        if time.monotonic() > deadline or not sock.poll(DRAIN_QUIET_MS):
-            break
+    answered = _answer(sock, handler, lambda: time.monotonic() > deadline, stop_when_idle=True)
     log.info("stopping: answered %d requests that arrived before or just after the stop signal", answered)
 
 
 # Plain ints: pyzmq turns enum flags into enum arithmetic, and its
 # recv_multipart/send_multipart ask ZMQ_RCVMORE through an enum conversion
 # (0.7 us) after every frame; this loop asks once per message.
-_NOBLOCK, _SNDMORE, _RCVMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.RCVMORE)
+_SNDMORE, _RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
 
 
-def _answer_burst(sock: zmq.Socket, handler: Handler, limit: int) -> int:
+def _answer(sock: zmq.Socket, handler: Handler, done: Callable[[], bool], stop_when_idle: bool) -> int:
+    """Answer one message after another until ``done()``, or until a wait
+    for the next one times out when ``stop_when_idle``; the count answered."""
     recv, send, more = sock.recv, sock.send, sock.get
     count = 0
-    while count < limit:
+    while not done():
         try:
-            route = recv(_NOBLOCK)
-        except zmq.Again:
-            break
+            route = recv()
+        except zmq.Again:  # the receive timeout: nothing came
+            if stop_when_idle:
+                break
+            continue
         count += 1
         # The broker's ROUTER puts the client's routing id before the client's
         # frames, and a message has at least one frame: a body follows.
-        frames = [route, recv(_NOBLOCK)]
+        frames = [route, recv()]
         while more(_RCVMORE):  # a client sent several frames: refused below
-            frames.append(recv(_NOBLOCK))
+            frames.append(recv())
         reply = handler.handle(frames)
         if reply is not None:
             try:
