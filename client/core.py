@@ -175,10 +175,13 @@ def reply_of(body: bytes) -> tuple[int, dict[str, Any]] | None:
 
 def check_key_types(keys: Sequence[object]) -> None:
     """Refuse a non-string key of a key list before anything travels."""
-    # The all-str case stays in C: a Python call per key was the largest client
-    # cost of a 100-key get_many.
-    if keys and type(keys[0]) is str and len(set(map(type, keys))) == 1:  # noqa: E721
+    # The all-str case stays in C: str.join refuses anything but strings, and
+    # costs 0.5 us for 100 keys where a set of their types costs 2 us.
+    try:
+        "".join(keys)  # type: ignore[arg-type]
         return
+    except TypeError:
+        pass
     for index, key in enumerate(keys):
         check_key_type(key, f"keys[{index}]")
 
