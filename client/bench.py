@@ -141,6 +141,10 @@ def load_expected(path: str) -> dict[str, str]:
     Raises:
         ValueError: the file cannot be read or is not a rokv dataset.
     """
+    if path.lower().endswith(".rokv"):
+        # Read independently of the worker on purpose: the answers are checked
+        # against the source, not against the reader under test.
+        raise ValueError(f"{path!r} is a compiled .rokv file; give the .json or .jsonl it was built from")
     try:
         with open(path, encoding="utf-8-sig") as f:
             if path.lower().endswith(".jsonl"):
@@ -561,8 +565,9 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
         "Exit 0 when every answer was right, 1 when any was wrong, 3 when requests failed.",
     )
     bench.add_argument("--data", default=os.environ.get("ROKV_DATA") or DEFAULT_DATA,
-                       help="the dataset the service serves, for keys and expected values "
-                       "(env ROKV_DATA; default %(default)s)")
+                       help="the dataset the service serves, for keys and expected values: .json or "
+                       ".jsonl (for a .rokv file, the source it was built from; env ROKV_DATA; "
+                       "default %(default)s)")
     bench.add_argument("-p", "--processes", type=_positive_int, default=1, help="client processes (default 1)")
     bench.add_argument("-c", "--concurrency", type=_positive_int, default=64,
                        help="requests in flight per process (default %(default)s)")

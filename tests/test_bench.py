@@ -104,6 +104,8 @@ def test_no_service_and_bad_usage_fail_fast() -> None:
     assert code == 2 and "must not exceed 1" in err
     code, _, err = bench("--endpoint", endpoint, "--data", "/nonexistent.json")
     assert code == 2 and "cannot read dataset" in err
+    code, _, err = bench("--endpoint", endpoint, "--data", "/srv/data.rokv")
+    assert code == 2 and "give the .json or .jsonl it was built from" in err
 
 
 def test_check_tells_right_from_wrong_and_counts_each_kind(example: dict[str, str]) -> None:
