@@ -307,6 +307,22 @@ def test_a_retry_resends_the_same_request_id(fake, example: dict[str, str]) -> N
     assert len({r["request_id"] for r in server.requests}) == 1
 
 
+def test_of_one_burst_only_the_unanswered_requests_are_resent(fake, example: dict[str, str]) -> None:
+    # The ten gets leave in one burst and share one deadline; the server
+    # ignores the first three, so exactly those three go again, once.
+    server = fake(drop_first=3)
+    keys = list(example)[:10]
+
+    async def main() -> list[str]:
+        async with AsyncClient(server.endpoint, retry=RetryPolicy(timeout=0.2, retries=2), coalesce=False) as client:
+            return list(await asyncio.gather(*(client.get(k) for k in keys)))
+
+    assert run(main) == [example[k] for k in keys]
+    first, resent = server.requests[:10], server.requests[10:]
+    assert len(first) == 10 and len(resent) == 3
+    assert [r["request_id"] for r in resent] == [r["request_id"] for r in first[:3]]
+
+
 def test_retry_policy_is_validated_and_shared_by_both_clients() -> None:
     policy = RetryPolicy(timeout=0.5, retries=3, backoff=2, max_timeout=1.5)
     assert [policy.try_timeout(i) for i in range(policy.tries)] == [0.5, 1.0, 1.5, 1.5]

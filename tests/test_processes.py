@@ -14,7 +14,7 @@ import zmq
 
 from client import Client
 from client import protocol as p
-from procs import REPO, free_port, start_broker, start_worker, wait_for
+from procs import REPO, free_port, scaled, start_broker, start_worker, wait_for
 
 
 def endpoints() -> tuple[str, str]:
@@ -62,8 +62,12 @@ def test_worker_logs_one_line_at_start_and_exits_0_on_sigterm(tmp_path: Path) ->
             assert client.ping()["keys"] == 10_000
         line = wait_for(lambda: [l for l in worker.log().splitlines() if "serving" in l], 5, "the start line")[0]
         assert "data/example.json" in line and "10000 keys" in line and backend in line and " s;" in line
+        started = time.monotonic()
         worker.signal(signal.SIGTERM)
         assert worker.wait(5) == 0
+        # An idle worker blocks in a receive that wakes every 100 ms for the
+        # stop flag, then waits 50 ms for stragglers: well under a second.
+        assert time.monotonic() - started < scaled(1.5)
         assert "Traceback" not in worker.log()
     finally:
         worker.stop()
