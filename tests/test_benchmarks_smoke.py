@@ -55,3 +55,15 @@ def test_a_missing_file_gets_the_markers(tmp_path: Path) -> None:
     write_section(out, "<!-- perf:begin -->\nB\n<!-- perf:end -->")
     text = out.read_text()
     assert "B" in text and "\nA\n" not in text and text.count("<!-- perf:begin -->") == 1
+
+
+def test_the_one_hop_comparison_runs_and_prints_each_path() -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/onehop.py", "--reps", "1", "--duration", "0.3"],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=scaled(120),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for in_flight in (" 1 in flight", "16 in flight"):
+        for path in ("one hop (direct)", "two hops (broker)"):
+            line = next(l for l in result.stdout.splitlines() if l.startswith(in_flight) and path in l)
+            assert int(line.split(path)[1].split("keys/s")[0].replace(",", "")) > 0
