@@ -75,12 +75,27 @@ def run_worker(backend: str, data: str) -> None:
         send(pack(reply))
 
 
+def request_pool(keys: list[str], per_request: int, seed: int) -> list[list[str]]:
+    """4,096 requests' keys drawn from ``keys``, cycled through by a client."""
+    rng = random.Random(seed)
+    return [[keys[int(rng.random() * len(keys))] for _ in range(per_request)] for _ in range(4096)]
+
+
+def finish(tally: Tally, per_request: int, cpu0: float, t0: float) -> Tally:
+    """``tally`` completed with the run's time, CPU and counts (every answer
+    of the ceiling counts as a value: it checks nothing)."""
+    tally.elapsed = time.perf_counter() - t0
+    tally.cpu = time.process_time() - cpu0
+    tally.keys = tally.requests * per_request
+    tally.answers["value"] = tally.requests
+    return tally
+
+
 def client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float,
                 quota: int | None, seed: int) -> Tally:
     """Keep ``concurrency`` requests in flight for ``duration`` seconds (or
     ``quota`` requests); a request is a get, or an mget of ``per_request`` keys."""
-    rng = random.Random(seed)
-    pool = [[keys[int(rng.random() * len(keys))] for _ in range(per_request)] for _ in range(4096)]
+    pool = request_pool(keys, per_request, seed)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
     sock.rcvtimeo = 5000  # a lost reply ends the run instead of hanging it
@@ -117,10 +132,7 @@ def client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: i
                 send_one()
     except zmq.Again:
         tally.errors["unavailable"] += len(sent_at)
-    tally.elapsed = clock() - t0
-    tally.cpu = time.process_time() - cpu0
-    tally.keys = tally.requests * per_request
-    tally.answers["value"] = tally.requests
+    finish(tally, per_request, cpu0, t0)
     sock.close()
     return tally
 
@@ -134,8 +146,7 @@ def async_client_loop(endpoint: str, keys: list[str], concurrency: int, per_requ
 
     import zmq.asyncio
 
-    rng = random.Random(seed)
-    pool = [[keys[int(rng.random() * len(keys))] for _ in range(per_request)] for _ in range(4096)]
+    pool = request_pool(keys, per_request, seed)
     pack, unpackb = msgpack.Packer().pack, msgpack.unpackb
     clock = time.perf_counter
     tally = Tally()
@@ -182,11 +193,7 @@ def async_client_loop(endpoint: str, keys: list[str], concurrency: int, per_requ
 
     cpu0, t0 = time.process_time(), clock()
     asyncio.run(main())
-    tally.elapsed = clock() - t0
-    tally.cpu = time.process_time() - cpu0
-    tally.keys = tally.requests * per_request
-    tally.answers["value"] = tally.requests
-    return tally
+    return finish(tally, per_request, cpu0, t0)
 
 
 def drain_client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float,
@@ -197,8 +204,7 @@ def drain_client_loop(endpoint: str, keys: list[str], concurrency: int, per_requ
     requests of one loop turn sent together. No timers, retries or checks."""
     import asyncio
 
-    rng = random.Random(seed)
-    pool = [[keys[int(rng.random() * len(keys))] for _ in range(per_request)] for _ in range(4096)]
+    pool = request_pool(keys, per_request, seed)
     pack, unpackb = msgpack.Packer().pack, msgpack.unpackb
     clock = time.perf_counter
     tally = Tally()
@@ -263,11 +269,7 @@ def drain_client_loop(endpoint: str, keys: list[str], concurrency: int, per_requ
 
     cpu0, t0 = time.process_time(), clock()
     asyncio.run(main())
-    tally.elapsed = clock() - t0
-    tally.cpu = time.process_time() - cpu0
-    tally.keys = tally.requests * per_request
-    tally.answers["value"] = tally.requests
-    return tally
+    return finish(tally, per_request, cpu0, t0)
 
 
 def run_forked(target: Any, arglists: list[tuple], timeout: float) -> Tally:
