@@ -52,10 +52,16 @@ def run_broker(frontend: str, backend: str, io_threads: int) -> None:
     zmq.proxy(front, back)
 
 
-def run_worker(backend: str, data: str) -> None:
+def run_worker(backend: str, data: str, bind: bool = False) -> None:
+    """Serve ``data`` to a broker at ``backend`` or, with ``bind``, to
+    clients connecting to a ROUTER bound there (one hop, no broker)."""
     table = load_expected(data)
-    sock = zmq.Context().socket(zmq.DEALER)
-    sock.connect(backend)
+    if bind:
+        sock = zmq.Context().socket(zmq.ROUTER)
+        sock.bind(backend)
+    else:
+        sock = zmq.Context().socket(zmq.DEALER)
+        sock.connect(backend)
     pack, unpackb, get = msgpack.Packer().pack, msgpack.unpackb, table.get
     # Frame by frame with int flags: pyzmq's recv_multipart/send_multipart
     # ask ZMQ_RCVMORE through an enum conversion after every frame.
@@ -323,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("worker")
     w.add_argument("--backend", required=True)
     w.add_argument("--data", required=True)
+    w.add_argument("--bind", action="store_true", help="bind a ROUTER at --backend for clients to connect to "
+                   "directly, instead of connecting to a broker")
     c = sub.add_parser("client")
     c.add_argument("--endpoint", required=True)
     c.add_argument("--data", required=True)
@@ -339,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "broker":
         run_broker(args.frontend, args.backend, args.io_threads)
     elif args.role == "worker":
-        run_worker(args.backend, args.data)
+        run_worker(args.backend, args.data, args.bind)
     else:
         print(json.dumps(run_clients(args), sort_keys=True))
     return 0

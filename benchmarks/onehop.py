@@ -32,27 +32,6 @@ from client.bench import load_expected  # noqa: E402
 DATA = str(REPO / "data" / "example.json")
 CEILING = str(REPO / "benchmarks" / "ceiling.py")
 
-# The ceiling's worker, bound on a ROUTER instead of connected to a broker.
-DIRECT_WORKER = r"""
-import json, sys
-import msgpack, zmq
-table = json.load(open(sys.argv[2], encoding="utf-8"))
-sock = zmq.Context().socket(zmq.ROUTER)
-sock.bind(sys.argv[1])
-pack, unpackb, get = msgpack.Packer().pack, msgpack.unpackb, table.get
-recv, send, sndmore = sock.recv, sock.send, int(zmq.SNDMORE)
-while True:
-    route = recv()
-    req = unpackb(recv())
-    if req["op"] == "get":
-        reply = {"id": req["id"], "value": get(req["key"])}
-    else:
-        reply = {"id": req["id"], "values": list(map(get, req["keys"]))}
-    send(route, sndmore)
-    send(pack(reply))
-"""
-
-
 def free_endpoint() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,7 +46,7 @@ def main() -> int:
     keys = list(load_expected(DATA))
     direct, front, back = free_endpoint(), free_endpoint(), free_endpoint()
     procs = [
-        subprocess.Popen([sys.executable, "-c", DIRECT_WORKER, direct, DATA]),
+        subprocess.Popen([sys.executable, CEILING, "worker", "--bind", "--backend", direct, "--data", DATA]),
         subprocess.Popen([sys.executable, CEILING, "broker", "--frontend", front, "--backend", back]),
         *(subprocess.Popen([sys.executable, CEILING, "worker", "--backend", back, "--data", DATA]) for _ in range(2)),
     ]
