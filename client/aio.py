@@ -325,6 +325,9 @@ class AsyncClient:
         self._pending[rid] = waiter
         self._out_ids.append(rid)
         self._out_bodies.append(body)
+        self._schedule_pump()
+
+    def _schedule_pump(self) -> None:
         if not self._pump_scheduled:
             self._pump_scheduled = True
             assert self._loop is not None
@@ -443,10 +446,8 @@ class AsyncClient:
                         _fail(waiter, self.retry.unavailable(self.endpoint))
         if self._sock is None:
             return
-        if self._out_resends and not self._pump_scheduled:
-            self._pump_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._pump)
+        if self._out_resends:
+            self._schedule_pump()
         heads = [queue[0][0] for queue in self._deadlines if queue]
         if heads and self._timer is None:
             self._arm(min(heads))
