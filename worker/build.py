@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from worker.dataset import DatasetError, duplicate_error, iter_jsonl_pairs, load_dataset
-from worker.store import SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
+from worker.store import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -208,7 +208,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         bar.done()
     print(
         f"built {args.output}: {header.count} keys, {header.file_size} bytes, "
-        f"digest blake2b-256:{header.digest_hex}, in {time.monotonic() - started:.1f} s"
+        f"digest {DIGEST_ALGORITHM}:{header.digest_hex}, in {time.monotonic() - started:.1f} s"
     )
     return EXIT_OK
 
@@ -229,7 +229,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except StoreError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
         return EXIT_FAILED
-    print(f"{args.file}: ok: {header.count} keys, digest blake2b-256:{header.digest_hex}")
+    print(f"{args.file}: ok: {header.count} keys, digest {DIGEST_ALGORITHM}:{header.digest_hex}")
     return EXIT_OK
 
 

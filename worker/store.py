@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 MAGIC = b"ROKV\r\n\x1a\n"
 FORMAT_VERSION = 1
 SUFFIX = ".rokv"
+#: How a digest is named wherever it is shown: "blake2b-256:<64 hex digits>".
+DIGEST_ALGORITHM = "blake2b-256"
 #: magic, version, header size, key count, build time (ns), bucket bits,
 #: flags, 6 offsets/sizes, digest, header CRC, reserved. Little-endian.
 _HEADER = struct.Struct("<8sIIQQII6Q32sII")
@@ -87,7 +89,7 @@ class Header:
             "version": self.version,
             "keys": self.count,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.build_time_ns / 1e9)),
-            "digest": f"blake2b-256:{self.digest_hex}",
+            "digest": f"{DIGEST_ALGORITHM}:{self.digest_hex}",
             "file_size": self.file_size,
             "values_size": self.values_size,
             "bucket_bits": self.bucket_bits,
@@ -228,7 +230,9 @@ class Store:
     # the same digest whatever their build time.
     @property
     def digest(self) -> str:
-        return self.header.digest_hex
+        """The content digest as ``blake2b-256:<hex>``: the one form that
+        ``ping``, ``build``, ``inspect`` and ``verify`` all print."""
+        return f"{DIGEST_ALGORITHM}:{self.header.digest_hex}"
 
     def __len__(self) -> int:
         return self._n
