@@ -61,6 +61,20 @@ MAX_MGET_KEYS = 10_000
 MAX_REQUEST_MAP_LEN = 32
 #: Request ids are unsigned 64-bit integers.
 MAX_REQUEST_ID = (1 << 64) - 1
+#: Most requests a client may have unanswered on one connection. The broker
+#: queues replies for a client that reads slowly up to a point and then drops
+#: them (a ROUTER cannot wait); the Python clients hold further requests back
+#: until replies come, so they never reach that point.
+MAX_IN_FLIGHT = 1000
+#: The broker's send high-water mark towards each client connection. libzmq
+#: learns what the reader consumed only every (hwm - 1024) messages for a hwm
+#: over 2048, so a hwm of 4096 guarantees room for 1,025 queued replies: more
+#: than MAX_IN_FLIGHT.
+BROKER_CLIENT_SNDHWM = 4096
+#: The longest string any accepted key form can be (``urn:uuid:`` and 36
+#: characters); clients refuse longer ones locally, so that with at most
+#: MAX_MGET_KEYS keys no request they send can exceed the 1 MiB default size.
+MAX_KEY_LENGTH = 45
 
 _pack = msgpack.Packer().pack
 
