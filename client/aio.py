@@ -157,9 +157,9 @@ class AsyncClient:
         self.endpoint = resolve_endpoint(endpoint)
         self._pid = os.getpid()
         self._ids = core.request_ids()
-        self._sock: zmq.Socket | None = core.open_dealer(
-            context or zmq.Context.instance(), self.endpoint, core.resolve_curve(curve)
-        )
+        curve = core.resolve_curve(curve)
+        self._curve = curve is not None
+        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint, curve)
         # Thousands in flight: the default high-water marks (1000) would drop
         # sends and, at the broker, replies; what is queued is bounded by the
         # callers' own concurrency anyway.
@@ -443,7 +443,7 @@ class AsyncClient:
                         self._out_resends.append((rid, body, attempt + 1))
                     else:
                         del pending[rid]
-                        _fail(waiter, self.retry.unavailable(self.endpoint))
+                        _fail(waiter, self.retry.unavailable(self.endpoint, curve=self._curve))
         if self._sock is None:
             return
         if self._out_resends:

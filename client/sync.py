@@ -89,9 +89,9 @@ class Client:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._ids = core.request_ids()
-        self._sock: zmq.Socket | None = core.open_dealer(
-            context or zmq.Context.instance(), self.endpoint, core.resolve_curve(curve)
-        )
+        curve = core.resolve_curve(curve)
+        self._curve = curve is not None
+        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint, curve)
         self._rcvtimeo = -1
 
     @property
@@ -217,4 +217,4 @@ class Client:
                         replies[got[0]] = got[1]
                 if not pending:
                     return replies
-            raise self.retry.unavailable(self.endpoint)
+            raise self.retry.unavailable(self.endpoint, curve=self._curve)
