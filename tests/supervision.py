@@ -19,8 +19,11 @@ class Supervisor:
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.conf = root / "supervisord.conf"
         shutil.copy(REPO / "supervisord.conf", self.conf)
-        (root / "run").mkdir()
-        (root / "data").symlink_to(REPO / "data")
+        # A second supervisord in the same folder finds the first one's run/,
+        # as an operator restarting it would.
+        (root / "run").mkdir(exist_ok=True)
+        if not (root / "data").exists():
+            (root / "data").symlink_to(REPO / "data")
         # supervisord execs rokv-broker and friends from PATH: the ones
         # installed next to this interpreter.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -46,6 +49,11 @@ class Supervisor:
                 pid = int(parts[3].rstrip(",")) if len(parts) > 3 and parts[2] == "pid" else None
                 states[parts[0]] = (parts[1], pid)
         return states
+
+    def status_code(self) -> int:
+        """What ``supervisorctl status`` exits with: 0 exactly when every
+        program is RUNNING (or starting)."""
+        return self.ctl("status").returncode
 
     def running(self) -> dict[str, int]:
         return {name: pid for name, (state, pid) in self.status().items() if state == "RUNNING" and pid}

@@ -182,3 +182,28 @@ def test_the_client_library_needs_neither_broker_nor_worker_modules() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_refused_dataset_is_refused_at_once_until_the_file_changes(tmp_path: Path) -> None:
+    data = tmp_path / "broken.jsonl"
+    key = "8a35eb59-62b3-481c-8875-1f248df4c952"
+    data.write_text(f'{{"key": "{key}", "value": "a"}}\n{{"key": "{key}", "value": "b"}}\n', encoding="utf-8")
+    frontend, backend = endpoints()
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "worker", "--data", str(data), "--backend", backend],
+                              cwd=REPO, capture_output=True, text=True, timeout=scaled(30))
+
+    first, second = run(), run()
+    assert first.returncode == second.returncode == 1
+    assert "line 2: duplicate key" in first.stderr and "found by the start" not in first.stderr
+    assert "line 2: duplicate key" in second.stderr and "found by the start at" in second.stderr
+    data.write_text(f'{{"key": "{key}", "value": "a"}}\n', encoding="utf-8")  # fixed: loaded afresh
+    broker = start_broker(tmp_path, frontend, backend)
+    worker = start_worker(tmp_path, backend, data)
+    try:
+        with Client(frontend, timeout=1, retries=5) as client:
+            assert client.get(key) == "a"
+    finally:
+        worker.stop()
+        broker.stop()

@@ -82,6 +82,13 @@ def test_ping_says_which_worker_answered(stack: Stack) -> None:
     assert info["pid"] in {w.pid for w in stack.workers}
 
 
+def test_ping_reports_the_limits_a_client_must_respect(stack: Stack) -> None:
+    with stack.client() as client:
+        limits = client.ping()["limits"]
+    assert limits == {"max_message_size": 1 << 20, "max_in_flight": 1000, "max_mget_keys": 10_000,
+                      "max_key_length": 45}
+
+
 def test_the_client_is_a_context_manager_and_close_is_idempotent(stack: Stack) -> None:
     client = stack.client()
     with client:

@@ -15,13 +15,19 @@ from typing import Callable
 import zmq
 
 from client import protocol as p
+from client.monitor import ConnectionWatcher
 from client.security import CurvePeer, KeyFileError
+from worker import refusal
 from worker.dataset import DatasetError, open_dataset
 from worker.handler import Handler
 
 log = logging.getLogger("rokv.worker")
 
+#: Relative to the working folder: supervisord.conf runs workers in its own
+#: folder, so in a checkout this is the bundled example dataset.
 DEFAULT_DATA = "data/example.json"
+#: Exit status of a worker that refuses its dataset (and serves nothing).
+EXIT_DATASET_REFUSED = 1
 #: Longest a worker waits on an idle socket before it looks at the stop flag
 #: again: the most a stop request waits when no request comes.
 STOP_CHECK_MS = 100
@@ -86,16 +92,28 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, stop.raise_flag)
 
     started = time.monotonic()
+    rules = _rules()
+    remembered = refusal.recall(args.data, rules)
+    if remembered is not None:
+        print(f"rokv-worker: {remembered}", file=sys.stderr)
+        return EXIT_DATASET_REFUSED
     try:
         data = open_dataset(args.data)
     except DatasetError as exc:
-        print(f"rokv-worker: {exc}", file=sys.stderr)
-        return 1
+        reason = str(exc)
+        if args.data == DEFAULT_DATA and not os.path.exists(DEFAULT_DATA):
+            reason += (f" (the default {DEFAULT_DATA} exists only in a checkout of rokv, where supervisord.conf "
+                       "runs workers; give a dataset with ROKV_DATA or --data)")
+        print(f"rokv-worker: {reason}", file=sys.stderr)
+        refusal.remember(args.data, rules, reason)
+        return EXIT_DATASET_REFUSED
+    refusal.forget(args.data, rules)
     load_seconds = time.monotonic() - started
     if stop.raised:
         return 0  # stopped while loading
 
     ctx = zmq.Context()
+    watcher = ConnectionWatcher(log)
     sock = ctx.socket(zmq.DEALER)
     sock.linger = CLOSE_LINGER_MS
     sock.sndtimeo = SEND_TIMEOUT_MS
@@ -108,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.curve_secret:
             CurvePeer(args.curve_secret, args.broker_key).apply(sock)
+        # Logs when the broker admits this worker, refuses it (a CURVE key
+        # not on its allow-list, a wrong broker key) or is lost.
+        watcher.watch(sock, f"broker {args.backend}", server=False)
         sock.connect(args.backend)
     except KeyFileError as exc:
         print(f"rokv-worker: {exc}", file=sys.stderr)
@@ -117,20 +138,51 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # A .rokv file names its content: ping and the log say which version is served.
     digest = getattr(data, "digest", None)
-    extra = {"digest": digest} if digest else {}
+    extra: dict[str, object] = {"limits": _limits()}
+    if digest:
+        extra["digest"] = digest
     handler = Handler(data, worker_id=args.name, dataset=args.data, extra_info=extra)
     log.info(
-        "serving %s: %d keys %s in %.2f s%s; connected to %s as %s",
+        "serving %s: %d keys %s in %.2f s%s; connecting to %s as %s",
         args.data, len(data), "mapped" if digest else "loaded", load_seconds,
         f" (digest {digest})" if digest else "", args.backend, args.name,
     )
     try:
         serve(sock, handler, stop)
     finally:
+        ConnectionWatcher.unwatch(sock)
         sock.close()  # waits up to CLOSE_LINGER_MS for replies still queued
+        watcher.stop()
         ctx.term()
     log.info("stopped")
     return 0
+
+
+def _rules() -> str:
+    """What decides whether a dataset is accepted: a refusal remembered under
+    other rules (another rokv version) is not trusted."""
+    try:
+        from importlib.metadata import version
+
+        return f"rokv {version('rokv')}"
+    except Exception:  # not installed (run from a checkout): judge afresh
+        return f"rokv unknown {time.time()}"
+
+
+def _limits() -> dict[str, int]:
+    """The limits a client must respect (PROTOCOL.md, "Limits"), as ping
+    reports them. The message size is the broker's setting: a worker reads the
+    same variable, since pools are configured through one environment."""
+    try:
+        max_message_size = int(os.environ.get("ROKV_MAX_MESSAGE_SIZE") or p.DEFAULT_MAX_MESSAGE_SIZE)
+    except ValueError:
+        max_message_size = p.DEFAULT_MAX_MESSAGE_SIZE
+    return {
+        "max_message_size": max_message_size,
+        "max_in_flight": p.MAX_IN_FLIGHT,
+        "max_mget_keys": p.MAX_MGET_KEYS,
+        "max_key_length": p.MAX_KEY_LENGTH,
+    }
 
 
 class _StopFlag:
