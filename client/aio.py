@@ -34,6 +34,7 @@ __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
 
 # Plain ints: pyzmq's enum members cost a Python-level call in every operation.
 _NOBLOCK = int(zmq.NOBLOCK)
+_MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
 
 #: Most ``get`` calls that travel together in one coalesced mget.
 DEFAULT_MAX_BATCH = 256
@@ -364,9 +365,19 @@ class AsyncClient:
         if self._batch_futures and not self.max_delay:
             self._flush()
         if self._out_ids:
-            ids, bodies = self._out_ids, self._out_bodies
-            self._out_ids, self._out_bodies = [], []
-            self._transmit(sock, 0, ids, bodies)
+            # At most MAX_IN_FLIGHT requests unanswered on the socket (PROTOCOL.md,
+            # "Limits"): beyond that the broker may drop replies. Queued
+            # requests wait here, their clock not yet started, and go out as
+            # replies make room (_drain schedules this pump again).
+            room = _MAX_IN_FLIGHT - (len(self._pending) - len(self._out_ids))
+            if room >= len(self._out_ids):
+                ids, bodies = self._out_ids, self._out_bodies
+                self._out_ids, self._out_bodies = [], []
+                self._transmit(sock, 0, ids, bodies)
+            elif room > 0:
+                ids, bodies = self._out_ids[:room], self._out_bodies[:room]
+                del self._out_ids[:room], self._out_bodies[:room]
+                self._transmit(sock, 0, ids, bodies)
         if self._out_resends:
             resends, self._out_resends = self._out_resends, []
             for attempt in sorted({a for _, _, a in resends}):
@@ -398,6 +409,9 @@ class AsyncClient:
             try:
                 body = recv(_NOBLOCK)
             except zmq.Again:  # one exception per drain beats a ZMQ_EVENTS call per reply
+                if (self._out_ids and not self._pump_scheduled
+                        and len(pending) - len(self._out_ids) < _MAX_IN_FLIGHT):
+                    self._schedule_pump()  # replies made room for requests held back
                 return
             # A rokv reply is one frame, and each frame is read as a message
             # of its own: asking ZMQ_RCVMORE costs 0.7 us a reply (more than
@@ -446,7 +460,7 @@ class AsyncClient:
                         _fail(waiter, self.retry.unavailable(self.endpoint, curve=self._curve))
         if self._sock is None:
             return
-        if self._out_resends:
+        if self._out_resends or self._out_ids:  # resends, or room made for held requests
             self._schedule_pump()
         heads = [queue[0][0] for queue in self._deadlines if queue]
         if heads and self._timer is None:

@@ -35,6 +35,7 @@ __all__ = [
 
 # A plain int: pyzmq's enum flags cost a Python-level operation per use.
 _NOBLOCK = int(zmq.NOBLOCK)
+_MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
 
 
 class Client:
@@ -177,44 +178,55 @@ class Client:
     def _exchange(self, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
         """Send every request and wait for a reply to each, resending those
         still unanswered after each try's timeout. Replies whose id is not
-        awaited (late answers to abandoned calls) are dropped."""
+        awaited (late answers to abandoned calls) are dropped. At most
+        MAX_IN_FLIGHT requests travel at once (PROTOCOL.md, "Limits")."""
         with self._lock:
             sock = self._sock
             if sock is None:
                 raise RokvError("this Client is closed")
             if os.getpid() != self._pid:
                 raise RokvError("this Client was created in another process; create one after fork()")
+            if len(bodies) <= _MAX_IN_FLIGHT:
+                return self._exchange_window(sock, bodies)
             replies: dict[int, dict[str, Any]] = {}
-            pending = dict(bodies)
-            for attempt in range(self.retry.tries):
-                for body in pending.values():
-                    try:
-                        sock.send(body, _NOBLOCK)
-                    except zmq.Again:
-                        break  # queue full: the broker is away; wait out this try
-                deadline = time.monotonic() + self.retry.try_timeout(attempt)
-                while pending:
-                    wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
-                    if wait_ms <= 0:
-                        break
-                    # A blocking receive with a timeout is one call where poll
-                    # then receive is two (plus a failed receive): it is most of
-                    # the client's cost of a sequential get. The option is set
-                    # only when the wait changes, so once per try at most.
-                    if wait_ms != self._rcvtimeo:
-                        sock.setsockopt(zmq.RCVTIMEO, wait_ms)
-                        self._rcvtimeo = wait_ms
-                    try:
-                        # Each frame is read as a message: a reply is one
-                        # frame, and asking ZMQ_RCVMORE (as recv_multipart
-                        # does) costs more than the receive.
-                        body = sock.recv()
-                    except zmq.Again:
-                        break
-                    got = core.reply_of(body)
-                    if got is not None and got[0] in pending:
-                        del pending[got[0]]
-                        replies[got[0]] = got[1]
-                if not pending:
-                    return replies
-            raise self.retry.unavailable(self.endpoint, curve=self._curve)
+            items = list(bodies.items())
+            for start in range(0, len(items), _MAX_IN_FLIGHT):
+                replies.update(self._exchange_window(sock, dict(items[start : start + _MAX_IN_FLIGHT])))
+            return replies
+
+    def _exchange_window(self, sock: zmq.Socket, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
+        """:meth:`_exchange` for at most MAX_IN_FLIGHT requests."""
+        replies: dict[int, dict[str, Any]] = {}
+        pending = dict(bodies)
+        for attempt in range(self.retry.tries):
+            for body in pending.values():
+                try:
+                    sock.send(body, _NOBLOCK)
+                except zmq.Again:
+                    break  # queue full: the broker is away; wait out this try
+            deadline = time.monotonic() + self.retry.try_timeout(attempt)
+            while pending:
+                wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+                if wait_ms <= 0:
+                    break
+                # A blocking receive with a timeout is one call where poll
+                # then receive is two (plus a failed receive): it is most of
+                # the client's cost of a sequential get. The option is set
+                # only when the wait changes, so once per try at most.
+                if wait_ms != self._rcvtimeo:
+                    sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+                    self._rcvtimeo = wait_ms
+                try:
+                    # Each frame is read as a message: a reply is one
+                    # frame, and asking ZMQ_RCVMORE (as recv_multipart
+                    # does) costs more than the receive.
+                    body = sock.recv()
+                except zmq.Again:
+                    break
+                got = core.reply_of(body)
+                if got is not None and got[0] in pending:
+                    del pending[got[0]]
+                    replies[got[0]] = got[1]
+            if not pending:
+                return replies
+        raise self.retry.unavailable(self.endpoint, curve=self._curve)
