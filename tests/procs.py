@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from client import Client, ServiceUnavailable
+from client.security import CurvePeer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example.json"
@@ -101,10 +102,10 @@ def start_worker(log_dir: Path, backend: str, data: Path | str = EXAMPLE, *extra
     )
 
 
-def seen_workers(endpoint: str, count: int, timeout: float = 15.0) -> set[str]:
+def seen_workers(endpoint: str, count: int, timeout: float = 15.0, curve: CurvePeer | None = None) -> set[str]:
     """Ping until ``count`` distinct workers have answered; their ids."""
     seen: set[str] = set()
-    with Client(endpoint, timeout=0.5, retries=0) as client:
+    with Client(endpoint, timeout=0.5, retries=0, curve=curve) as client:
         def enough() -> bool:
             try:
                 seen.add(client.ping()["id"])
