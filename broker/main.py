@@ -4,11 +4,13 @@ workers, joined by ``zmq.proxy_steerable`` so that forwarding runs in libzmq."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 
 import zmq
 
@@ -96,13 +98,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _bind(sock: zmq.Socket, endpoint: str, role: str) -> None:
+def _bind(sock: zmq.Socket, endpoint: str, role: str, patience: float = 0.0) -> None:
+    """Bind, retrying for ``patience`` seconds while the address is in use
+    (libzmq closes a replaced socket's listener in its I/O thread, a moment
+    after close() returns)."""
     if "[" in endpoint:
         sock.ipv6 = True
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        raise SystemExit(f"rokv-broker: cannot bind {role} {endpoint!r}: {exc}") from None
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            raise SystemExit(f"rokv-broker: cannot bind {role} {endpoint!r}: {exc}") from None
 
 
 class Broker:
@@ -147,9 +158,9 @@ class Broker:
             self.close()
             raise
 
-    def _open(self, side: str) -> zmq.Socket:
+    def _open(self, side: str, patience: float = 0.0) -> zmq.Socket:
         """A new, bound socket for ``side`` (clients: the ROUTER frontend;
-        workers: the DEALER backend)."""
+        workers: the DEALER backend); ``patience`` as for :func:`_bind`."""
         clients = side == CLIENTS_DOMAIN
         sock = self.ctx.socket(zmq.ROUTER if clients else zmq.DEALER)
         sock.linger = 0
@@ -170,7 +181,7 @@ class Broker:
         endpoint = self.args.frontend if clients else self.args.backend
         self.watcher.watch(sock, f"{side} side {endpoint}", server=True)
         try:
-            _bind(sock, endpoint, "frontend" if clients else "backend")
+            _bind(sock, endpoint, "frontend" if clients else "backend", patience)
         except SystemExit:
             ConnectionWatcher.unwatch(sock)
             sock.close(linger=0)
@@ -233,7 +244,7 @@ class Broker:
             ConnectionWatcher.unwatch(old)
             old.close(linger=0)
             try:
-                new = self._open(side)
+                new = self._open(side, patience=5.0)
             except SystemExit as exc:  # the endpoint was taken meanwhile: cannot serve that side
                 log.error("%s", exc)
                 self.failure.append(exc)
