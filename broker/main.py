@@ -14,10 +14,10 @@ import time
 
 import zmq
 
-from broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
-from client import protocol as p
-from client.monitor import ConnectionWatcher
-from client.security import KeyFileError, load_secret
+from rokv.broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
+from rokv import protocol as p
+from rokv.monitor import ConnectionWatcher
+from rokv.security import KeyFileError, load_secret
 
 log = logging.getLogger("rokv.broker")
 

@@ -1,8 +1,8 @@
 """The asyncio client: one DEALER socket shared by every coroutine, any number
 of requests in flight, and concurrent ``get`` calls coalesced into one mget.
 
-What is sent and what a reply means is decided in :mod:`client.core`, shared
-with the blocking :class:`client.Client`; this module is only the transport.
+What is sent and what a reply means is decided in :mod:`rokv.core`, shared
+with the blocking :class:`rokv.Client`; this module is only the transport.
 
 Transport: the socket is watched with ``loop.add_reader`` on its ZMQ_FD, the
 mechanism ``zmq.asyncio`` itself uses, but every readiness wake-up drains all
@@ -22,13 +22,13 @@ from typing import Any, Iterable, Union
 
 import zmq
 
-from client import core
-from client import protocol as p
-from client.security import CurvePeer
-from client.core import DEFAULT_BATCH_SIZE, RetryPolicy, resolve_endpoint
-from client.errors import ProtocolError, RokvError
-from client.keys import match_canonical
-from client.replies import check_key_type, value_from_reply, worker_from_reply
+from rokv import core
+from rokv import protocol as p
+from rokv.security import CurvePeer
+from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy, resolve_endpoint
+from rokv.errors import ProtocolError, RokvError
+from rokv.keys import match_canonical
+from rokv.replies import check_key_type, value_from_reply, worker_from_reply
 
 __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
 
@@ -103,9 +103,9 @@ class AsyncClient:
         timeout: seconds to wait for the reply to each try (> 0).
         retries: extra tries after the first when no reply came in time
             (lookups are idempotent, so a retry is always safe).
-        retry: a :class:`~client.core.RetryPolicy` instead of ``timeout`` and
+        retry: a :class:`~rokv.core.RetryPolicy` instead of ``timeout`` and
             ``retries``; not both. Given none of the three: ``DEFAULT_POLICY``,
-            as for :class:`client.Client`.
+            as for :class:`rokv.Client`.
         batch_size: keys per message in :meth:`get_many` (1 to 10,000).
         coalesce: send concurrent :meth:`get` calls together as one mget
             (default on). Each caller still gets exactly its own value or
@@ -116,9 +116,9 @@ class AsyncClient:
             (default 0: whatever the current event-loop turn gathered).
         context: a ``zmq.Context`` (a ``zmq.asyncio.Context`` works too);
             default the process-wide instance.
-        curve: CurveZMQ keys, as for :class:`client.Client`.
+        curve: CurveZMQ keys, as for :class:`rokv.Client`.
 
-    Methods and errors are those of :class:`client.Client`: ``get`` raises
+    Methods and errors are those of :class:`rokv.Client`: ``get`` raises
     ``KeyNotFound`` or ``InvalidKey``; every call raises ``ServiceUnavailable``
     after ``1 + retries`` tries without reply and ``ProtocolError`` when the
     server refuses a request. A reply to any try answers the call; late

@@ -1,8 +1,8 @@
 """``rokv bench``: a load generator against a running rokv service.
 
 Each client process loads the dataset, keeps ``--concurrency`` requests in
-flight through one :class:`client.AsyncClient` (or sends one at a time through
-a :class:`client.Client`), checks every answer against the dataset, and
+flight through one :class:`rokv.AsyncClient` (or sends one at a time through
+a :class:`rokv.Client`), checks every answer against the dataset, and
 reports counts and a latency histogram; the parent shows a live progress line
 on a terminal and prints the totals, or JSON with ``--json``.
 
@@ -30,15 +30,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from client.core import make_policy
-from client.errors import (
+from rokv.core import make_policy
+from rokv.errors import (
     InvalidKey,
     KeyNotFound,
     ProtocolError,
     RokvError,
     ServiceUnavailable,
 )
-from client.keys import normalize_key, random_key
+from rokv.keys import normalize_key, random_key
 
 EXIT_OK = 0
 EXIT_WRONG = 1
@@ -333,7 +333,7 @@ class _Run:
 
 
 async def _run_async(run: _Run) -> None:
-    from client.aio import AsyncClient
+    from rokv.aio import AsyncClient
 
     cfg = run.cfg
     options: dict[str, Any] = {"timeout": cfg.timeout, "retries": cfg.retries, "coalesce": cfg.coalesce}
@@ -366,7 +366,7 @@ async def _run_async(run: _Run) -> None:
 
 
 def _run_sync(run: _Run) -> None:
-    from client.sync import Client
+    from rokv.sync import Client
 
     cfg = run.cfg
     many = cfg.keys_per_request > 1
@@ -389,7 +389,7 @@ def _child(cfg: Config, index: int, expected: dict[str, str], progress: Any, rea
            results: Any) -> None:
     """One client process: reach the service, wait for the start, run, report."""
     try:
-        from client.sync import Client
+        from rokv.sync import Client
 
         with Client(cfg.endpoint, timeout=cfg.timeout, retries=cfg.retries) as client:
             client.ping()

@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Callable
 
-from client.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
-from client.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
+from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
+from rokv.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -70,7 +70,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from client.security import make_key_pair
+    from rokv.security import make_key_pair
 
     try:
         public, secret = make_key_pair(args.dir, args.name)
@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_keygen.add_argument("--dir", default="keys", help="folder to write into (default %(default)s)")
     p_keygen.set_defaults(run=cmd_keygen)
     # Subcommands kept in modules of their own, imported only when the CLI runs.
-    from client.bench import add_command as add_bench_command
-    from worker.build import add_commands as add_dataset_commands  # offline: build, inspect, verify
+    from rokv.bench import add_command as add_bench_command
+    from rokv.worker.build import add_commands as add_dataset_commands  # offline: build, inspect, verify
 
     add_bench_command(sub, common)
     add_dataset_commands(sub)

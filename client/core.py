@@ -1,9 +1,9 @@
 """What both clients share: the retry policy, request ids and bodies, reading
 replies, splitting long key lists and putting their answers back together.
 
-Only the transport differs between :class:`client.Client` (blocking) and
-:class:`client.AsyncClient` (asyncio); everything that decides what is sent and
-what a reply means lives here or in :mod:`client.replies`, so the two cannot
+Only the transport differs between :class:`rokv.Client` (blocking) and
+:class:`rokv.AsyncClient` (asyncio); everything that decides what is sent and
+what a reply means lives here or in :mod:`rokv.replies`, so the two cannot
 drift apart.
 """
 
@@ -16,11 +16,11 @@ from typing import Any, Iterator, Sequence
 
 import zmq
 
-from client import protocol as p
-from client.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
-from client.keys import normalize_key
-from client.security import CurvePeer, KeyFileError, peer_from_env
-from client.replies import check_key_type, error_from_reply, values_from_reply
+from rokv import protocol as p
+from rokv.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
+from rokv.keys import normalize_key
+from rokv.security import CurvePeer, KeyFileError, peer_from_env
+from rokv.replies import check_key_type, error_from_reply, values_from_reply
 
 DEFAULT_ENDPOINT = p.DEFAULT_FRONTEND
 # Chosen under faults (RELIABILITY.md): with tries of 0.25, 0.5, 1 and 2 s a
@@ -52,7 +52,7 @@ class RetryPolicy:
         max_timeout: no single try waits longer than this (>= ``timeout``).
 
     A call that got no reply after ``1 + retries`` tries raises
-    :class:`~client.errors.ServiceUnavailable`, at the latest about
+    :class:`~rokv.errors.ServiceUnavailable`, at the latest about
     :attr:`total` seconds after it started. A reply to any try answers the
     call. Immutable, so one policy may be shared by any number of clients.
     """

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import re
 
-from client.errors import InvalidKey
+from rokv.errors import InvalidKey
 
 # Regex classes spelled out with ASCII ranges: \d or str.isdigit() would let
 # fullwidth and other Unicode digits in.

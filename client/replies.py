@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from client import protocol as p
-from client.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError
+from rokv import protocol as p
+from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError
 
 
 def error_from_reply(reply: dict[str, Any], key: object = None) -> RokvError:

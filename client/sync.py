@@ -1,7 +1,7 @@
 """The blocking client: one DEALER socket, request ids, a deadline per try.
 
-What is sent and what a reply means is decided in :mod:`client.core`, shared
-with :class:`client.AsyncClient`; this module is only the blocking transport.
+What is sent and what a reply means is decided in :mod:`rokv.core`, shared
+with :class:`rokv.AsyncClient`; this module is only the blocking transport.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any, Iterable
 
 import zmq
 
-from client import core
-from client import protocol as p
-from client.security import CurvePeer
-from client.core import (
+from rokv import core
+from rokv import protocol as p
+from rokv.security import CurvePeer
+from rokv.core import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENDPOINT,
     DEFAULT_RETRIES,
@@ -25,8 +25,8 @@ from client.core import (
     RetryPolicy,
     resolve_endpoint,
 )
-from client.errors import RokvError
-from client.replies import check_key_type, value_from_reply, worker_from_reply
+from rokv.errors import RokvError
+from rokv.replies import check_key_type, value_from_reply, worker_from_reply
 
 __all__ = [
     "Client", "RetryPolicy", "resolve_endpoint",

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from client import Client, ServiceUnavailable
-from client.security import CurvePeer
+from rokv import Client, ServiceUnavailable
+from rokv.security import CurvePeer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example.json"
@@ -92,12 +92,12 @@ class Proc:
 
 
 def start_broker(log_dir: Path, frontend: str, backend: str, *extra: str, name: str = "broker") -> Proc:
-    return Proc(name, [sys.executable, "-m", "broker", "--frontend", frontend, "--backend", backend, *extra], log_dir)
+    return Proc(name, [sys.executable, "-m", "rokv.broker", "--frontend", frontend, "--backend", backend, *extra], log_dir)
 
 
 def start_worker(log_dir: Path, backend: str, data: Path | str = EXAMPLE, *extra: str, name: str = "worker") -> Proc:
     return Proc(
-        name, [sys.executable, "-m", "worker", "--backend", backend, "--data", str(data), "--name", name, *extra],
+        name, [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(data), "--name", name, *extra],
         log_dir,
     )
 

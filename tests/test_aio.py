@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterator
 import pytest
 import zmq
 
-from client import AsyncClient, Client, InvalidKey, KeyNotFound, RetryPolicy, RokvError, ServiceUnavailable
-from client import protocol as p
+from rokv import AsyncClient, Client, InvalidKey, KeyNotFound, RetryPolicy, RokvError, ServiceUnavailable
+from rokv import protocol as p
 from procs import Stack, free_port, scaled
-from worker.handler import Handler
+from rokv.worker.handler import Handler
 
 MISSING = "11111111-2222-4333-8444-555555555555"
 

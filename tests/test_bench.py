@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from client import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
-from client.bench import INVALID, NOT_FOUND, Probe, Tally, check, make_probes
+from rokv import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
+from rokv.bench import INVALID, NOT_FOUND, Probe, Tally, check, make_probes
 from procs import REPO, Stack, child_env, free_port, scaled
 
 MISSING = "11111111-2222-4333-8444-555555555555"
@@ -21,7 +21,7 @@ MISSING = "11111111-2222-4333-8444-555555555555"
 
 def bench(*args: str, timeout: float = 60) -> tuple[int, dict | str, str]:
     result = subprocess.run(
-        [sys.executable, "-m", "client", "bench", *args], cwd=REPO, env=child_env(), capture_output=True,
+        [sys.executable, "-m", "rokv", "bench", *args], cwd=REPO, env=child_env(), capture_output=True,
         text=True, timeout=scaled(timeout),
     )
     out: dict | str = result.stdout

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from procs import REPO, child_env, scaled, wait_for
-from worker.build import build
-from worker.dataset import DatasetError, load_dataset
-from worker.store import open_store
+from rokv.worker.build import build
+from rokv.worker.dataset import DatasetError, load_dataset
+from rokv.worker.store import open_store
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 K2 = "0b7e1f3a-9c4d-4e2f-a1b2-c3d4e5f60718"
@@ -24,7 +24,7 @@ K3 = "f0e1d2c3-b4a5-4968-b7a6-958473625140"
 
 def rokv(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client", *args], cwd=REPO, env=child_env(), capture_output=True, text=True,
+        [sys.executable, "-m", "rokv", *args], cwd=REPO, env=child_env(), capture_output=True, text=True,
         timeout=scaled(60),
     )
 
@@ -120,7 +120,7 @@ def test_a_killed_build_leaves_no_file_at_the_target(tmp_path: Path) -> None:
             f.write(line(f"{i:08x}-0000-4000-8000-{i * 7919 % 10**12:012d}", "v" * 200))
     out = tmp_path / "out.rokv"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client", "build", str(src), "-o", str(out), "--quiet"], cwd=REPO, env=child_env(),
+        [sys.executable, "-m", "rokv", "build", str(src), "-o", str(out), "--quiet"], cwd=REPO, env=child_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

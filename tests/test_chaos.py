@@ -24,7 +24,7 @@ import pytest
 from procs import EXAMPLE, REPO, child_env, free_port, scaled, seen_workers, wait_for
 from supervision import Supervisor
 
-from client.security import CurvePeer, make_key_pair
+from rokv.security import CurvePeer, make_key_pair
 
 SCENARIO_SECONDS = float(os.environ.get("ROKV_CHAOS_SECONDS", "12"))
 DRIVERS = 2

@@ -17,7 +17,7 @@ MISSING = "11111111-2222-4333-8444-555555555555"
 def rokv_command() -> list[str]:
     """The installed console script next to this Python, else the module."""
     script = Path(sys.executable).parent / "rokv"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "client"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rokv"]
 
 
 def rokv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.dataset import DatasetError, load_dataset
+from rokv.worker.dataset import DatasetError, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example.json"

@@ -13,10 +13,10 @@ from pathlib import Path
 from procs import free_port, scaled, seen_workers, wait_for
 from supervision import Supervisor
 
-from client import Client, ServiceUnavailable
-from client.keys import random_key
-from worker.build import build
-from worker.store import open_store
+from rokv import Client, ServiceUnavailable
+from rokv.keys import random_key
+from rokv.worker.build import build
+from rokv.worker.store import open_store
 
 KEYS = 3000
 

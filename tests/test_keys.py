@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from client.errors import InvalidKey
-from client.keys import normalize_key
+from rokv.errors import InvalidKey
+from rokv.keys import normalize_key
 
 CANON = "8a35eb59-62b3-481c-8875-1f248df4c952"
 HEX = CANON.replace("-", "")

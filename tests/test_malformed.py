@@ -6,7 +6,7 @@ import msgpack
 import pytest
 import zmq
 
-from client import protocol as p
+from rokv import protocol as p
 from procs import Stack, scaled
 
 K = "11111111-2222-4333-8444-555555555555"

@@ -12,8 +12,8 @@ import msgpack
 import pytest
 import zmq
 
-from client import Client
-from client import protocol as p
+from rokv import Client
+from rokv import protocol as p
 from procs import REPO, free_port, scaled, start_broker, start_worker, wait_for
 
 
@@ -175,8 +175,9 @@ def test_ipc_endpoints_work_too(tmp_path: Path, example: dict[str, str]) -> None
 
 def test_the_client_library_needs_neither_broker_nor_worker_modules() -> None:
     code = (
-        "import sys, client, client.cli\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('broker', 'worker', 'supervisor'))\n"
+        "import sys, rokv, rokv.cli\n"
+        "rokv.cli.build_parser()\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('rokv.broker', 'rokv.worker', 'supervisor', 'numpy')))\n"
         "assert not loaded, loaded\n"
         "print('ok')\n"
     )
@@ -191,7 +192,7 @@ def test_a_refused_dataset_is_refused_at_once_until_the_file_changes(tmp_path: P
     frontend, backend = endpoints()
 
     def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "worker", "--data", str(data), "--backend", backend],
+        return subprocess.run([sys.executable, "-m", "rokv.worker", "--data", str(data), "--backend", backend],
                               cwd=REPO, capture_output=True, text=True, timeout=scaled(30))
 
     first, second = run(), run()

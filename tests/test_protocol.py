@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from client import protocol as p
+from rokv import protocol as p
 
 
 def test_requests_round_trip() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from zmq.utils import z85
 
-from client import Client, ServiceUnavailable
-from client.security import CurvePeer, load_public, make_key_pair
+from rokv import Client, ServiceUnavailable
+from rokv.security import CurvePeer, load_public, make_key_pair
 from procs import EXAMPLE, Proc, free_port, start_broker, start_worker, wait_for
 
 

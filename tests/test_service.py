@@ -9,8 +9,8 @@ import msgpack
 import pytest
 import zmq
 
-from client import Client, InvalidKey, KeyNotFound, ServiceUnavailable
-from client import protocol as p
+from rokv import Client, InvalidKey, KeyNotFound, ServiceUnavailable
+from rokv import protocol as p
 from procs import Stack, free_port, scaled, seen_workers
 
 MISSING = "11111111-2222-4333-8444-555555555555"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from client import Client, ServiceUnavailable
+from rokv import Client, ServiceUnavailable
 from procs import REPO, free_port, scaled, seen_workers, wait_for
 from supervision import alive, ports_free
 

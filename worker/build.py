@@ -24,8 +24,8 @@ from typing import Callable, Iterator
 
 from typing import TYPE_CHECKING
 
-from worker.dataset import DatasetError, duplicate_error, iter_jsonl_pairs, load_dataset
-from worker.store import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
+from rokv.worker.dataset import DatasetError, duplicate_error, iter_jsonl_pairs, load_dataset
+from rokv.worker.store import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
 
 if TYPE_CHECKING:
     import numpy as np

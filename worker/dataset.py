@@ -6,7 +6,7 @@ Two formats, chosen by the file's suffix (any letter case):
 - ``.jsonl``: JSON Lines, one ``{"key": ..., "value": ...}`` object per line;
   lines holding only JSON whitespace are skipped.
 
-Keys must be valid per :func:`client.keys.normalize_key` and are stored in
+Keys must be valid per :func:`rokv.keys.normalize_key` and are stored in
 canonical lowercase form; two spellings of one UUID are a duplicate. Values
 must be strings that UTF-8 can encode (no lone surrogates) and are kept exactly
 as decoded. A leading UTF-8 byte order mark is ignored. Everything else is
@@ -21,11 +21,11 @@ import os
 import re
 from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Union
 
-from client.errors import InvalidKey
-from client.keys import is_canonical, normalize_key, show_key
+from rokv.errors import InvalidKey
+from rokv.keys import is_canonical, normalize_key, show_key
 
 if TYPE_CHECKING:
-    from worker.store import Store
+    from rokv.worker.store import Store
 
 _BOM = "\ufeff"
 _JSON_WS = " \t\r\n"
@@ -100,7 +100,7 @@ def open_dataset(path: str | os.PathLike[str]) -> Union[dict[str, str], "Store"]
             for a ``.rokv`` that is truncated, of another format or version).
     """
     if os.path.splitext(os.fsdecode(path))[1].lower() == ".rokv":
-        from worker.store import open_store  # numpy is only needed here
+        from rokv.worker.store import open_store  # numpy is only needed here
 
         return open_store(path)
     return load_dataset(path)

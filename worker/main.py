@@ -14,12 +14,12 @@ from typing import Callable
 
 import zmq
 
-from client import protocol as p
-from client.monitor import ConnectionWatcher
-from client.security import CurvePeer, KeyFileError
-from worker import refusal
-from worker.dataset import DatasetError, open_dataset
-from worker.handler import Handler
+from rokv import protocol as p
+from rokv.monitor import ConnectionWatcher
+from rokv.security import CurvePeer, KeyFileError
+from rokv.worker import refusal
+from rokv.worker.dataset import DatasetError, open_dataset
+from rokv.worker.handler import Handler
 
 log = logging.getLogger("rokv.worker")
 
