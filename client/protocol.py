@@ -143,7 +143,9 @@ def decode_request(body: bytes) -> Request:
     if not _is_request_id(request_id):
         if request_id is None and F_ID not in req:
             raise ProtocolViolation(BAD_REQUEST, "request id is missing")
-        raise ProtocolViolation(BAD_REQUEST, f"request id must be an unsigned 64-bit integer, not {describe(request_id)}")
+        raise ProtocolViolation(
+            BAD_REQUEST, f"request id must be an unsigned 64-bit integer, not {describe(request_id)}"
+        )
     version = req.get(F_VERSION)
     if version != PROTOCOL_VERSION or type(version) is not int:  # noqa: E721
         raise ProtocolViolation(UNSUPPORTED_VERSION, _version_problem(req), request_id)

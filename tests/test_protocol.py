@@ -67,7 +67,8 @@ MALFORMED = [
     (raw({"v": 1, "id": True, "op": "ping"}), p.BAD_REQUEST, None, "not a boolean true"),
     (raw({"v": 1, "id": "5", "op": "ping"}), p.BAD_REQUEST, None, 'not a string "5"'),
     (raw({"v": 1, "id": 5.0, "op": "ping"}), p.BAD_REQUEST, None, "not a float 5.0"),
-    (raw({"v": 2, "id": None, "op": "ping"}), p.BAD_REQUEST, None, "request id must be an unsigned 64-bit integer, not nil"),
+    (raw({"v": 2, "id": None, "op": "ping"}), p.BAD_REQUEST, None,
+     "request id must be an unsigned 64-bit integer, not nil"),
     # v, with the id echoed from here on.
     (raw({"v": 2, "id": 5, "op": "pang"}), p.UNSUPPORTED_VERSION, 5, "protocol version 2 is not supported; "
      "this server speaks version 1"),
@@ -83,7 +84,8 @@ MALFORMED = [
     (raw({"v": 1, "id": 5, "op": "x" * 100}), p.BAD_REQUEST, 5, 'unknown operation "' + "x" * 32 + '..."'),
     # The operation's fields.
     (raw({"v": 1, "id": 5, "op": "get"}), p.BAD_REQUEST, 5, 'get needs a "key" field'),
-    (raw({"v": 1, "id": 5, "op": "mget", "keys": "abc"}), p.BAD_REQUEST, 5, 'mget needs "keys" as an array, not a string "abc"'),
+    (raw({"v": 1, "id": 5, "op": "mget", "keys": "abc"}), p.BAD_REQUEST, 5,
+     'mget needs "keys" as an array, not a string "abc"'),
     (raw({"v": 1, "id": 5, "op": "mget", "keys": {"a": 1}}), p.BAD_REQUEST, 5, "not a map of 1 entry"),
     (raw({"v": 1, "id": 5, "op": "mget"}), p.BAD_REQUEST, 5, 'mget needs a "keys" field'),
 ]
@@ -116,7 +118,8 @@ def test_refusals_speak_msgpack_not_python(body: bytes) -> None:
 def test_values_are_described_with_msgpack_type_names() -> None:
     assert [p.kind(v) for v in (None, True, 3, 1.5, "s", b"b", [1], {}, msgpack.ExtType(1, b""))] == [
         "nil", "boolean", "integer", "float", "string", "binary", "array", "map", "extension"]
-    assert [p.describe(v) for v in (None, False, -1, 2.5, "pang", b"ab", [1, 2], {"a": 1}, msgpack.ExtType(1, b""))] == [
+    values = (None, False, -1, 2.5, "pang", b"ab", [1, 2], {"a": 1}, msgpack.ExtType(1, b""))
+    assert [p.describe(v) for v in values] == [
         "nil", "a boolean false", "an integer -1", "a float 2.5", 'a string "pang"', "binary data of 2 bytes",
         "an array of 2 items", "a map of 1 entry", "an extension value"]
     assert p.describe([1]) == "an array of 1 item" and p.describe(b"a" * 2000) == "binary data of 2,000 bytes"

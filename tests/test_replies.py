@@ -96,7 +96,8 @@ def test_a_reply_with_an_error_is_an_error_whatever_else_it_holds(serve) -> None
 
     server = serve(answer)
     for call, arg in (("get", K1), ("get_many", [K1, K2]), ("ping", None)):
-        assert both_clients(server.endpoint, call, arg) == [("ProtocolError", "internal error; see the worker's log")] * 2
+        outcome = ("ProtocolError", "internal error; see the worker's log")
+        assert both_clients(server.endpoint, call, arg) == [outcome] * 2
 
 
 def test_an_error_reply_without_a_message_is_described_in_plain_words(serve) -> None:
