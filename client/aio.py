@@ -59,9 +59,11 @@ class _Coalesced:
 
     def deliver(self, reply: dict[str, Any]) -> None:
         values = reply.get(p.F_VALUES)
+        if p.F_ERROR in reply:  # an error whatever else the reply holds
+            self.fail(core.batch_error(reply))
+            return
         if type(values) is not list or len(values) != len(self.futures):  # noqa: E721
-            self.fail(core.batch_error(reply) if p.F_ERROR in reply else
-                      ProtocolError(f"malformed mget reply for {len(self.futures)} keys"))
+            self.fail(ProtocolError(f"malformed mget reply for {len(self.futures)} keys"))
             return
         for future, value, index in zip(self.futures, values, range(len(values))):
             if future.done():

@@ -70,11 +70,12 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from rokv.security import make_key_pair
+    from rokv.security import default_key_dir, make_key_pair
 
+    folder = args.dir if args.dir is not None else default_key_dir()
     try:
-        public, secret = make_key_pair(args.dir, args.name)
-    except (FileExistsError, OSError) as exc:
+        public, secret = make_key_pair(folder, args.name)
+    except (ValueError, OSError) as exc:  # a bad name (KeyNameError), a key that exists, an unwritable folder
         _err(str(exc))
         return EXIT_INVALID
     _out(f"public key: {public}\nsecret key: {secret}")
@@ -120,10 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_keygen = sub.add_parser(
         "keygen", help="make a CurveZMQ key pair for the broker, a client or a worker",
         description="Write NAME.key (public: copy it into the broker's allow-list folder, or give it to "
-        "clients and workers as ROKV_BROKER_KEY) and NAME.key_secret (private) into --dir.",
+        "clients and workers as ROKV_BROKER_KEY) and NAME.key_secret (private, mode 0600) into --dir. "
+        "NAME must not be empty, start with '.', or contain '/', '\\' or '..'. Keep keys out of source "
+        "checkouts: the default folder is in your configuration directory.",
     )
     p_keygen.add_argument("name", metavar="NAME")
-    p_keygen.add_argument("--dir", default="keys", help="folder to write into (default %(default)s)")
+    p_keygen.add_argument(
+        "--dir", default=None,
+        help="folder to write into, created with mode 0700 if missing "
+        "(default: $XDG_CONFIG_HOME/rokv/keys, else ~/.config/rokv/keys)",
+    )
     p_keygen.set_defaults(run=cmd_keygen)
     # Subcommands kept in modules of their own, imported only when the CLI runs.
     from rokv.bench import add_command as add_bench_command

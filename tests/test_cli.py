@@ -111,3 +111,44 @@ def test_bad_usage_exits_2() -> None:
     assert rokv("get").returncode == 2
     assert rokv("get", MISSING, "--timeout", "soon").returncode == 2
     assert rokv("get", MISSING, "--timeout", "0").returncode == 2
+
+
+def keygen_env(tmp_path: Path, xdg: bool) -> dict[str, str]:
+    env = child_env(HOME=str(tmp_path / "home"))
+    env.pop("XDG_CONFIG_HOME", None)
+    if xdg:
+        env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    return env
+
+
+@pytest.mark.parametrize("xdg", [True, False], ids=["xdg-config-home", "home"])
+def test_keygen_writes_outside_the_checkout_by_default(tmp_path: Path, xdg: bool) -> None:
+    in_checkout = sorted(REPO.glob("keys/billing.key*"))
+    result = rokv("keygen", "billing", env=keygen_env(tmp_path, xdg))
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / ("xdg" if xdg else "home/.config") / "rokv" / "keys"
+    assert sorted(folder.iterdir()) == [folder / "billing.key", folder / "billing.key_secret"]
+    assert str(folder / "billing.key_secret") in result.stdout.decode()
+    assert sorted(REPO.glob("keys/billing.key*")) == in_checkout, "keygen wrote into the checkout"
+
+
+def test_keygen_writes_into_dir_when_given(tmp_path: Path) -> None:
+    result = rokv("keygen", "broker", "--dir", str(tmp_path / "k"), env=keygen_env(tmp_path, True))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "k" / "broker.key_secret").exists() and not (tmp_path / "xdg").exists()
+
+
+@pytest.mark.parametrize("name", ["", "../broker", "a/b", "a\\b", "..", ".hidden"])
+def test_keygen_refuses_names_that_leave_the_folder_or_hide(tmp_path: Path, name: str) -> None:
+    result = rokv("keygen", name, "--dir", str(tmp_path / "k"), env=keygen_env(tmp_path, True))
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert err.startswith("rokv: ") and "key name" in err and "Traceback" not in err
+    assert not (tmp_path / "k").exists() and not (tmp_path / "broker.key_secret").exists()
+
+
+def test_keygen_refuses_to_overwrite_a_key(tmp_path: Path) -> None:
+    env = keygen_env(tmp_path, True)
+    assert rokv("keygen", "w", "--dir", str(tmp_path)).returncode == 0
+    result = rokv("keygen", "w", "--dir", str(tmp_path), env=env)
+    assert result.returncode == 2 and b"exists already" in result.stderr

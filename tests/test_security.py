@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import signal
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+import zmq.auth
 from zmq.utils import z85
 
 from rokv import Client, ServiceUnavailable
-from rokv.security import CurvePeer, load_public, make_key_pair
+from rokv.security import CurvePeer, KeyNameError, load_public, load_secret, make_key_pair
 from procs import EXAMPLE, Proc, free_port, start_broker, start_worker, wait_for
 
 
@@ -198,3 +201,47 @@ def test_a_revoked_client_loses_its_connection_at_the_next_sighup(
         assert allowed.get(key) == example[key]
     # Workers were not disturbed: the workers' side stayed open.
     assert "closed every worker connection" not in secure.broker.log()
+
+
+# ---------------------------------------------------------------- key files
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_key_pairs_are_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    folder = tmp_path / "config" / "rokv" / "keys"
+    old = os.umask(umask)
+    try:
+        public, secret = make_key_pair(folder, "billing")
+    finally:
+        os.umask(old)
+    assert (public, secret) == (folder / "billing.key", folder / "billing.key_secret")
+    assert mode(folder) == 0o700, "a new key folder must not be readable by others"
+    assert mode(secret) == 0o600
+    assert mode(public) & 0o600 == 0o600 and not mode(public) & 0o022
+    # The files are ZeroMQ certificates: what the broker's allow-list and the peers read.
+    assert load_secret(secret)[0] == load_public(public)
+    assert list(zmq.auth.load_certificates(folder)) == [load_public(public)]
+
+
+def test_an_existing_folder_keeps_its_mode_and_a_key_is_never_overwritten(tmp_path: Path) -> None:
+    tmp_path.chmod(0o750)
+    make_key_pair(tmp_path, "worker")
+    before = (tmp_path / "worker.key_secret").read_bytes()
+    with pytest.raises(FileExistsError, match="exists already"):
+        make_key_pair(tmp_path, "worker")
+    assert (tmp_path / "worker.key_secret").read_bytes() == before
+    assert mode(tmp_path) == 0o750
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "../broker", "..", "a\\b", "a..b", ".hidden", "ABSOLUTE"])
+def test_key_names_that_leave_the_folder_or_hide_are_refused(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "keys"
+    if name == "ABSOLUTE":  # an absolute name would replace the folder in a path join
+        name = str(tmp_path / "elsewhere")
+    with pytest.raises(KeyNameError):
+        make_key_pair(folder, name)
+    assert list(tmp_path.iterdir()) == [], "nothing may be written for a refused name"
