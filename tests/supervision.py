@@ -16,7 +16,9 @@ from procs import REPO, scaled
 class Supervisor:
     """supervisord -n on a copy of the checkout's supervisord.conf in a temp folder."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, env: dict[str, str], fresh: bool = False) -> None:
+        if fresh:
+            root.mkdir(parents=True)
         self.conf = root / "supervisord.conf"
         shutil.copy(REPO / "supervisord.conf", self.conf)
         # A second supervisord in the same folder finds the first one's run/,
