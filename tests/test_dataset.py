@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.dataset import DatasetError, load_dataset
+from worker.dataset import DatasetError, load_dataset, open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example.json"
@@ -129,8 +129,14 @@ def test_surrogate_pair_escape_is_one_character(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "name, content", [("d.json", "{}"), ("d.json", " \n{ \n}\n "), ("d.jsonl", ""), ("d.jsonl", "\n \n\t\n")]
 )
-def test_empty_dataset_is_allowed(tmp_path: Path, name: str, content: str) -> None:
-    assert load_dataset(write(tmp_path, name, content)) == {}
+def test_empty_dataset_is_refused_unless_allowed(tmp_path: Path, name: str, content: str) -> None:
+    path = write(tmp_path, name, content)
+    error = refused(path, "holds no keys", "--allow-empty", "ROKV_ALLOW_EMPTY=1")
+    assert error.path == str(path)
+    assert load_dataset(path, allow_empty=True) == {}
+    with pytest.raises(DatasetError, match="holds no keys"):
+        open_dataset(path)
+    assert open_dataset(path, allow_empty=True) == {}
 
 
 def test_leading_byte_order_mark_is_ignored(tmp_path: Path) -> None:

@@ -66,7 +66,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("ROKV_BROKER_KEY") or None,
         help="the broker's public .key file, with --curve-secret (env ROKV_BROKER_KEY)",
     )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=os.environ.get("ROKV_ALLOW_EMPTY") == "1",
+        help="serve a dataset of no keys, which is refused by default (env ROKV_ALLOW_EMPTY=1)",
+    )
     args = parser.parse_args(argv)
+    if os.environ.get("ROKV_ALLOW_EMPTY", "") not in ("", "0", "1"):
+        parser.error(f"ROKV_ALLOW_EMPTY={os.environ['ROKV_ALLOW_EMPTY']!r}: expected 1 (allow) or 0")
     if bool(args.curve_secret) != bool(args.broker_key):
         parser.error("--curve-secret and --broker-key go together")
     return args
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        data = open_dataset(args.data)
+        data = open_dataset(args.data, allow_empty=args.allow_empty)
     except DatasetError as exc:
         print(f"rokv-worker: {exc}", file=sys.stderr)
         return 1
