@@ -159,6 +159,11 @@ def test_committed_example_dataset() -> None:
 def test_unsupported_suffix(tmp_path: Path, name: str) -> None:
     path = write(tmp_path, name, json.dumps({K1: "v"}))
     refused(path, "unsupported dataset format", "use .json or .jsonl")
+    # What a worker opens may also be compiled: its message names all three.
+    with pytest.raises(DatasetError) as info:
+        open_dataset(path)
+    assert str(info.value).startswith(f"{path}: unsupported dataset format ")
+    assert str(info.value).endswith(": use .rokv, .json or .jsonl")
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -91,18 +91,15 @@ def load_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> 
     elif suffix == ".jsonl":
         dataset = _load_jsonl(name)
     else:
-        raise unsupported_error(name)
+        raise _unsupported(name, suffix, ".json or .jsonl")
     if not dataset and not allow_empty:
         raise empty_error(name)
     return dataset
 
 
-def unsupported_error(path: str | os.PathLike[str]) -> DatasetError:
-    """The error for a file whose suffix names no dataset format."""
-    name = os.fsdecode(path)
-    suffix = os.path.splitext(name)[1].lower()
+def _unsupported(path: str, suffix: str, accepted: str) -> DatasetError:
     what = f"{suffix!r}" if suffix else "(no suffix)"
-    return _error(name, f"unsupported dataset format {what}: use .json or .jsonl")
+    return _error(path, f"unsupported dataset format {what}: use {accepted}")
 
 
 def empty_error(path: str | os.PathLike[str]) -> DatasetError:
@@ -122,11 +119,14 @@ def open_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> 
     ``len()``. A dataset of no keys is refused unless ``allow_empty``.
 
     Raises:
-        DatasetError: the file cannot be served (a :class:`worker.store.StoreError`
+        DatasetError: the suffix is none of ``.rokv``, ``.json`` and
+            ``.jsonl``; the file cannot be served (a :class:`worker.store.StoreError`
             for a ``.rokv`` that is truncated, of another format or version),
             or holds no keys and ``allow_empty`` is false.
     """
-    if os.path.splitext(os.fsdecode(path))[1].lower() == ".rokv":
+    name = os.fsdecode(path)
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix == ".rokv":
         from worker.store import open_store  # numpy is only needed here
 
         store = open_store(path)
@@ -134,6 +134,9 @@ def open_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> 
             store.close()
             raise empty_error(path)
         return store
+    if suffix not in (".json", ".jsonl"):
+        # load_dataset's own message names only its formats: it reads sources.
+        raise _unsupported(name, suffix, ".rokv, .json or .jsonl")
     return load_dataset(path, allow_empty=allow_empty)
 
 
