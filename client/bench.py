@@ -30,7 +30,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from client.core import make_policy
+from client.core import make_policy, resolve_endpoint
+from client.endpoints import PROCESS_TRANSPORTS, check_endpoint
 from client.errors import (
     InvalidKey,
     KeyNotFound,
@@ -603,6 +604,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not 0 < args.duration <= 24 * 3600:
         sys.stderr.write("rokv: --duration must be from 0 to 86400 seconds\n")
+        return EXIT_USAGE
+    try:
+        check_endpoint(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)  # $ROKV_ENDPOINT too
+    except ValueError as exc:
+        sys.stderr.write(f"rokv: error: {exc}\n")
         return EXIT_USAGE
     cfg = Config(
         endpoint=args.endpoint, data=args.data, processes=args.processes, concurrency=args.concurrency,

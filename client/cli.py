@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Callable
 
+from client.core import resolve_endpoint
+from client.endpoints import PROCESS_TRANSPORTS, check_endpoint, endpoint_argument
 from client.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
 from client.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 
@@ -44,7 +46,9 @@ def _err(text: str) -> None:
 def connect(args: argparse.Namespace) -> Client:
     """A Client from the common options; bad values are a usage error (exit 2)."""
     try:
-        return Client(args.endpoint, timeout=args.timeout, retries=args.retries)
+        # $ROKV_ENDPOINT too must name another process (the option is checked by argparse).
+        endpoint = check_endpoint(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)
+        return Client(endpoint, timeout=args.timeout, retries=args.retries)
     except ValueError as exc:
         _err(f"error: {exc}")
         raise SystemExit(EXIT_INVALID) from None
@@ -84,7 +88,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--endpoint", default=None, help="broker frontend (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)"
+        "--endpoint", default=None, type=endpoint_argument(), help="broker frontend (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)"
     )
     common.add_argument(
         "--timeout", type=float, default=None,

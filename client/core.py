@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import zmq
 
 from client import protocol as p
+from client.endpoints import check_endpoint
 from client.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
 from client.keys import normalize_key
 from client.security import CurvePeer, KeyFileError, peer_from_env
@@ -134,9 +135,11 @@ def open_dealer(ctx: zmq.Context, endpoint: str, curve: CurvePeer | None = None)
     the broker when ``curve`` is given.
 
     Raises:
-        ValueError: the endpoint is malformed, or a key file is bad
+        ValueError: the endpoint is malformed (see
+            :func:`client.endpoints.check_endpoint`), or a key file is bad
             (``KeyFileError``).
     """
+    check_endpoint(endpoint)
     sock: zmq.Socket = zmq.Socket(ctx, zmq.DEALER)  # the plain class even from a zmq.asyncio.Context
     # Unsent requests must never hold up close() or interpreter exit.
     sock.linger = 0

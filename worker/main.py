@@ -35,6 +35,8 @@ DRAIN_MAX_SECONDS = 1.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from client.endpoints import endpoint_argument
+
     parser = argparse.ArgumentParser(
         prog="rokv-worker",
         description="Serve a rokv dataset to the broker's backend. Exits 0 on SIGTERM/SIGINT, "
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default=os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND,
+        type=endpoint_argument(),
         help="broker backend endpoint to connect to (env ROKV_BACKEND; default %(default)s)",
     )
     parser.add_argument(
