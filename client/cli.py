@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from client.core import resolve_endpoint
 from client.endpoints import PROCESS_TRANSPORTS, check_endpoint, endpoint_argument
@@ -60,9 +61,41 @@ def cmd_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def read_keys(stream: BinaryIO) -> tuple[list[str], list[int]]:
+    """The keys in ``stream``, one a line, with surrounding white space
+    stripped and blank lines skipped; and the line number of each key."""
+    keys: list[str] = []
+    lines: list[int] = []
+    # Bytes decoded leniently: a stray byte makes an invalid key, named in
+    # the error, rather than a UnicodeDecodeError.
+    for number, raw in enumerate(stream, 1):
+        key = raw.decode("utf-8", "surrogateescape").strip()
+        if key:
+            keys.append(key)
+            lines.append(number)
+    return keys, lines
+
+
+_KEY_INDEX = re.compile(r"keys\[(\d+)\]: ")
+
+
 def cmd_get_many(args: argparse.Namespace) -> int:
+    lines: list[int] | None = None
+    keys = args.keys
+    if "-" in keys:
+        if len(keys) != 1:
+            _err("error: give keys as arguments or - for standard input, not both")
+            return EXIT_INVALID
+        keys, lines = read_keys(sys.stdin.buffer)
     with connect(args) as client:
-        values = client.get_many(args.keys)
+        try:
+            values = client.get_many(keys)
+        except InvalidKey as exc:
+            # keys[N] counts keys, not lines: say the line of standard input.
+            found = _KEY_INDEX.match(exc.message)
+            if lines is not None and found and int(found[1]) < len(lines):
+                raise InvalidKey(f"line {lines[int(found[1])]}: {exc.message[found.end():]}", exc.key) from None
+            raise
     sys.stdout.buffer.write("".join(_json_line(v) + "\n" for v in values).encode("utf-8"))
     return EXIT_NOT_FOUND if None in values else EXIT_OK
 
@@ -112,9 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_many = sub.add_parser(
         "get-many", parents=[common], help="print the values of several keys, one JSON string (or null) a line",
         description="Print one line per KEY, in order: its value as a JSON string, or null when not found. "
+        "Give - instead of keys to read them from standard input, one a line (white space around a key is "
+        "stripped, blank lines are skipped): for more keys than a command line holds. "
         "Exit 0 if all were found, 1 if any was not, 2 if any key is invalid (then nothing is printed).",
     )
-    p_many.add_argument("keys", metavar="KEY", nargs="+")
+    p_many.add_argument("keys", metavar="KEY", nargs="+", help="a key; or - to read keys from standard input")
     p_many.set_defaults(run=cmd_get_many)
     p_ping = sub.add_parser(
         "ping", parents=[common], help="describe the worker that answers, as JSON",
