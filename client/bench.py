@@ -579,8 +579,9 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
     bench = sub.add_parser(
         "bench", parents=[common], help="load-test a running service and check every answer",
         description="Send lookups from several processes for a bounded time or count, check every answer "
-        "against the dataset, and print throughput, latency percentiles and errors by kind. "
-        "Exit 0 when every answer was right, 1 when any was wrong, 3 when requests failed.",
+        "against the dataset, and print throughput, latency percentiles and errors by kind.",
+        epilog="exit codes: 0 every answer right, 1 some answer wrong, 2 bad usage or a dataset that cannot be "
+        "read, 3 some request failed or the service is unavailable",
     )
     bench.add_argument("--data", default=os.environ.get("ROKV_DATA") or DEFAULT_DATA,
                        help="the dataset the service serves, for keys and expected values: .json or "

@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p_get = sub.add_parser(
         "get", parents=[common], help="print the value of one key",
-        description="Print the value of KEY exactly as stored. Exit 1 if not found, 2 if invalid, 3 if unavailable.",
+        description="Print the value of KEY exactly as stored.",
+        epilog="exit codes: 0 found, 1 not found, 2 invalid key or bad usage, 3 service unavailable, "
+        "4 request refused by the server",
     )
     p_get.add_argument("key", metavar="KEY")
     p_get.set_defaults(run=cmd_get)
@@ -147,19 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print one line per KEY, in order: its value as a JSON string, or null when not found. "
         "Give - instead of keys to read them from standard input, one a line (white space around a key is "
         "stripped, blank lines are skipped): for more keys than a command line holds. "
-        "Exit 0 if all were found, 1 if any was not, 2 if any key is invalid (then nothing is printed).",
+        "When a key is invalid, nothing is printed.",
+        epilog="exit codes: 0 all found, 1 some not found, 2 an invalid key or bad usage, 3 service unavailable, "
+        "4 request refused by the server",
     )
     p_many.add_argument("keys", metavar="KEY", nargs="+", help="a key; or - to read keys from standard input")
     p_many.set_defaults(run=cmd_get_many)
     p_ping = sub.add_parser(
         "ping", parents=[common], help="describe the worker that answers, as JSON",
         description="Print, as JSON, the id, pid, host and key count of the worker that answered.",
+        epilog="exit codes: 0 answered, 2 bad usage, 3 service unavailable, 4 request refused by the server",
     )
     p_ping.set_defaults(run=cmd_ping)
     p_keygen = sub.add_parser(
         "keygen", help="make a CurveZMQ key pair for the broker, a client or a worker",
         description="Write NAME.key (public: copy it into the broker's allow-list folder, or give it to "
         "clients and workers as ROKV_BROKER_KEY) and NAME.key_secret (private) into --dir.",
+        epilog="exit codes: 0 written, 2 a key file exists or cannot be written, or bad usage",
     )
     p_keygen.add_argument("name", metavar="NAME")
     p_keygen.add_argument("--dir", default="keys", help="folder to write into (default %(default)s)")

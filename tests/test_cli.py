@@ -139,3 +139,30 @@ def test_bad_usage_exits_2() -> None:
     assert rokv("get").returncode == 2
     assert rokv("get", MISSING, "--timeout", "soon").returncode == 2
     assert rokv("get", MISSING, "--timeout", "0").returncode == 2
+
+
+EXIT_CODES = {
+    "get": "0 found, 1 not found, 2 invalid key or bad usage, 3 service unavailable, 4 request refused",
+    "get-many": "0 all found, 1 some not found, 2 an invalid key or bad usage, 3 service unavailable, 4 request refused",
+    "ping": "0 answered, 2 bad usage, 3 service unavailable, 4 request refused",
+    "keygen": "0 written, 2 a key file exists or cannot be written, or bad usage",
+    "bench": "0 every answer right, 1 some answer wrong, 2 bad usage or a dataset that cannot be read, 3 some",
+    "build": "0 built, 1 SRC refused or OUT cannot be written, 2 bad usage",
+    "inspect": "0 printed, 1 not a readable .rokv file, 2 bad usage",
+    "verify": "0 intact, 1 corrupt or unreadable, 2 bad usage",
+}
+
+
+@pytest.mark.parametrize("command", list(EXIT_CODES))
+def test_every_subcommands_help_lists_its_exit_codes(command: str) -> None:
+    result = rokv(command, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.decode().split())  # argparse wraps lines
+    assert f"exit codes: {EXIT_CODES[command]}" in text
+
+
+def test_every_subcommand_is_covered_by_the_exit_code_test() -> None:
+    from client.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(EXIT_CODES)  # type: ignore[arg-type]

@@ -245,8 +245,8 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         "build", help="compile a .json/.jsonl dataset into a .rokv file",
         description="Compile SRC (.json or .jsonl) into one immutable .rokv file that workers memory-map. "
         "SRC is checked exactly as a worker checks it; one of no keys is refused unless --allow-empty. "
-        "The output appears atomically. "
-        "Exit 0 on success, 1 if SRC is refused or OUT cannot be written, 2 on bad usage.",
+        "The output appears atomically.",
+        epilog="exit codes: 0 built, 1 SRC refused or OUT cannot be written, 2 bad usage",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("-o", "--output", metavar="OUT.rokv", required=True)
@@ -256,15 +256,15 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.set_defaults(run=cmd_build)
     p = sub.add_parser(
         "inspect", help="print a .rokv file's header as JSON",
-        description="Print the header of a .rokv file (format version, key count, build time, digest). "
-        "Exit 1 if the file is not a readable .rokv file.",
+        description="Print the header of a .rokv file (format version, key count, build time, digest).",
+        epilog="exit codes: 0 printed, 1 not a readable .rokv file, 2 bad usage",
     )
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_inspect)
     p = sub.add_parser(
         "verify", help="check a .rokv file's digest",
-        description="Read the whole .rokv file and check its structure and content digest. "
-        "Exit 0 if intact, 1 if not.",
+        description="Read the whole .rokv file and check its structure and content digest.",
+        epilog="exit codes: 0 intact, 1 corrupt or unreadable, 2 bad usage",
     )
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_verify)
