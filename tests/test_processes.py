@@ -142,8 +142,11 @@ def test_worker_refuses_an_empty_dataset_unless_allowed(tmp_path: Path, name: st
         data.write_text("{}" if name.endswith(".json") else "\n")
     frontend, backend = endpoints()
     refused = start_worker(tmp_path, backend, data, name="refused")
-    assert refused.wait(10) == 1
-    log = refused.log()
+    try:
+        assert refused.wait(10) == 1
+    finally:
+        refused.stop()  # a worker that failed to refuse would serve on
+    log = refused.log_path.read_text()
     assert f"{data}: the dataset holds no keys" in log and "--allow-empty" in log and "ROKV_ALLOW_EMPTY=1" in log
     assert "Traceback" not in log
     broker = start_broker(tmp_path, frontend, backend)
@@ -164,8 +167,12 @@ def test_worker_refuses_an_unclear_rokv_allow_empty(tmp_path: Path) -> None:
     data.write_text("{}")
     worker = Proc("worker", [sys.executable, "-m", "worker", "--backend", f"tcp://127.0.0.1:{free_port()}",
                              "--data", str(data)], tmp_path, child_env(ROKV_ALLOW_EMPTY="yes"))
-    assert worker.wait(10) == 2
-    assert "ROKV_ALLOW_EMPTY='yes'" in worker.log() and "Traceback" not in worker.log()
+    try:
+        assert worker.wait(10) == 2
+    finally:
+        worker.stop()
+    log = worker.log_path.read_text()
+    assert "ROKV_ALLOW_EMPTY='yes'" in log and "Traceback" not in log
 
 
 def test_a_stopping_worker_answers_what_it_already_received(tmp_path: Path) -> None:
