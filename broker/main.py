@@ -38,6 +38,8 @@ def _int_env(name: str, default: int) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from rokv.endpoints import endpoint_argument
+
     parser = argparse.ArgumentParser(
         prog="rokv-broker",
         description="Forward client requests to workers. Exits 0 on SIGTERM/SIGINT.",
@@ -45,11 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--frontend",
         default=os.environ.get("ROKV_FRONTEND") or p.DEFAULT_FRONTEND,
+        type=endpoint_argument(),
         help="endpoint clients connect to (env ROKV_FRONTEND; default %(default)s)",
     )
     parser.add_argument(
         "--backend",
         default=os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND,
+        type=endpoint_argument(),
         help="endpoint workers connect to (env ROKV_BACKEND; default %(default)s)",
     )
     parser.add_argument(

@@ -28,13 +28,14 @@ from rokv.security import CurvePeer
 from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy, resolve_endpoint
 from rokv.errors import ProtocolError, RokvError
 from rokv.keys import match_canonical
-from rokv.replies import check_key_type, value_from_reply, worker_from_reply
+from rokv.replies import value_from_reply, worker_from_reply
 
 __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
 
 # Plain ints: pyzmq's enum members cost a Python-level call in every operation.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
+_MAX_KEY_LENGTH = p.MAX_KEY_LENGTH
 
 #: Most ``get`` calls that travel together in one coalesced mget.
 DEFAULT_MAX_BATCH = 256
@@ -206,12 +207,14 @@ class AsyncClient:
 
     # ------------------------------------------------------------ public API
 
-    async def get(self, key: str) -> str:
-        """The value stored under ``key``.
+    async def get(self, key: core.Key) -> str:
+        """The value stored under ``key`` (a string, or a ``uuid.UUID``,
+        sent as its canonical string).
 
         Raises:
             KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
-            InvalidKey: ``key`` is not a string or not a UUIDv4.
+            InvalidKey: ``key`` is not a string or not a UUIDv4 (one longer
+                than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
             ServiceUnavailable: no reply after every try.
         """
         # The per-call path is written out here rather than through helpers:
@@ -220,7 +223,10 @@ class AsyncClient:
         if loop is None or loop is not asyncio.get_running_loop() or self._sock is None:
             loop = self._attach()
         if self.coalesce:
-            canonical = key if type(key) is str and match_canonical(key) else core.canonical_or_invalid(key)  # noqa: E721
+            if type(key) is str and match_canonical(key):  # noqa: E721
+                canonical = key
+            else:
+                key, canonical = core.key_and_canonical(key)
             future = loop.create_future()
             self._batch_keys.append(key)
             self._batch_canonicals.append(canonical)
@@ -235,8 +241,8 @@ class AsyncClient:
                 self._pump_scheduled = True
                 loop.call_soon(self._pump)
             return await future
-        if not isinstance(key, str):
-            check_key_type(key)
+        if type(key) is not str or len(key) > _MAX_KEY_LENGTH:  # noqa: E721 - one test for the common case
+            key = core.check_key(key)
         rid = next(self._ids)
         future = loop.create_future()
         self._pending[rid] = future
@@ -247,21 +253,22 @@ class AsyncClient:
             loop.call_soon(self._pump)
         return value_from_reply(await future, key)
 
-    async def get_many(self, keys: Iterable[str]) -> list[str | None]:
-        """The values of ``keys``, in order, ``None`` where a key is not found.
+    async def get_many(self, keys: Iterable[core.Key]) -> list[str | None]:
+        """The values of ``keys`` (strings, or ``uuid.UUID`` objects), in
+        order, ``None`` where a key is not found.
 
         Long lists travel as several messages of ``batch_size`` keys, sent
         together, so the wait is about one round trip either way.
 
         Raises:
+            TypeError: ``keys`` is a single ``str`` or ``bytes``, not a list.
             InvalidKey: some key is not a string or not a UUIDv4 (the first
                 one found is named, with its index in ``keys``); nothing is
                 returned then.
             ServiceUnavailable: no reply after every try.
         """
         loop = self._attach()
-        keys = list(keys)
-        core.check_key_types(keys)
+        keys = core.check_keys(keys)
         if not keys:
             return []
         chunks = core.split_keys(keys, self.batch_size)

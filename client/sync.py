@@ -26,7 +26,7 @@ from rokv.core import (
     resolve_endpoint,
 )
 from rokv.errors import RokvError
-from rokv.replies import check_key_type, value_from_reply, worker_from_reply
+from rokv.replies import value_from_reply, worker_from_reply
 
 __all__ = [
     "Client", "RetryPolicy", "resolve_endpoint",
@@ -36,6 +36,7 @@ __all__ = [
 # A plain int: pyzmq's enum flags cost a Python-level operation per use.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
+_MAX_KEY_LENGTH = p.MAX_KEY_LENGTH
 
 
 class Client:
@@ -107,33 +108,37 @@ class Client:
 
     # ------------------------------------------------------------ public API
 
-    def get(self, key: str) -> str:
-        """The value stored under ``key``.
+    def get(self, key: core.Key) -> str:
+        """The value stored under ``key`` (a string, or a ``uuid.UUID``,
+        sent as its canonical string).
 
         Raises:
             KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
-            InvalidKey: ``key`` is not a string or not a UUIDv4.
+            InvalidKey: ``key`` is not a string or not a UUIDv4 (one longer
+                than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
             ServiceUnavailable: no reply after every try.
         """
-        check_key_type(key)
+        if type(key) is not str or len(key) > _MAX_KEY_LENGTH:  # noqa: E721 - one test for the common case
+            key = core.check_key(key)
         rid = next(self._ids)
         reply = self._exchange({rid: p.encode_request(rid, p.OP_GET, key)})[rid]
         return value_from_reply(reply, key)
 
-    def get_many(self, keys: Iterable[str]) -> list[str | None]:
-        """The values of ``keys``, in order, ``None`` where a key is not found.
+    def get_many(self, keys: Iterable[core.Key]) -> list[str | None]:
+        """The values of ``keys`` (strings, or ``uuid.UUID`` objects), in
+        order, ``None`` where a key is not found.
 
         Long lists travel as several messages of ``batch_size`` keys, sent
         together, so the wait is about one round trip either way.
 
         Raises:
+            TypeError: ``keys`` is a single ``str`` or ``bytes``, not a list.
             InvalidKey: some key is not a string or not a UUIDv4 (the first
                 one found is named, with its index in ``keys``); nothing is
                 returned then.
             ServiceUnavailable: no reply after every try.
         """
-        keys = list(keys)
-        core.check_key_types(keys)
+        keys = core.check_keys(keys)
         if not keys:
             return []
         chunks = core.split_keys(keys, self.batch_size)

@@ -41,6 +41,8 @@ DRAIN_MAX_SECONDS = 1.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from rokv.endpoints import endpoint_argument
+
     parser = argparse.ArgumentParser(
         prog="rokv-worker",
         description="Serve a rokv dataset to the broker's backend. Exits 0 on SIGTERM/SIGINT, "
@@ -55,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default=os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND,
+        type=endpoint_argument(),
         help="broker backend endpoint to connect to (env ROKV_BACKEND; default %(default)s)",
     )
     parser.add_argument(
@@ -72,7 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("ROKV_BROKER_KEY") or None,
         help="the broker's public .key file, with --curve-secret (env ROKV_BROKER_KEY)",
     )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=os.environ.get("ROKV_ALLOW_EMPTY") == "1",
+        help="serve a dataset of no keys, which is refused by default (env ROKV_ALLOW_EMPTY=1)",
+    )
     args = parser.parse_args(argv)
+    if os.environ.get("ROKV_ALLOW_EMPTY", "") not in ("", "0", "1"):
+        parser.error(f"ROKV_ALLOW_EMPTY={os.environ['ROKV_ALLOW_EMPTY']!r}: expected 1 (allow) or 0")
     if bool(args.curve_secret) != bool(args.broker_key):
         parser.error("--curve-secret and --broker-key go together")
     return args
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rokv-worker: {remembered}", file=sys.stderr)
         return EXIT_DATASET_REFUSED
     try:
-        data = open_dataset(args.data)
+        data = open_dataset(args.data, allow_empty=args.allow_empty)
     except DatasetError as exc:
         reason = str(exc)
         if args.data == DEFAULT_DATA and not os.path.exists(DEFAULT_DATA):
