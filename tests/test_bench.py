@@ -174,7 +174,7 @@ def test_keys_per_second_counts_only_answered_keys(stack: Stack) -> None:
 def test_the_live_line_ends_on_the_reports_figures(stack: Stack) -> None:
     # The live line is drawn only on a terminal: give the bench one.
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "client", "bench", "--endpoint", stack.frontend,
+    proc = subprocess.Popen([sys.executable, "-m", "rokv", "bench", "--endpoint", stack.frontend,
                              "-n", "3000", "-c", "8"], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
                             stderr=slave, text=True)
     try:

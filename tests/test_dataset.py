@@ -421,5 +421,5 @@ def test_read_errors_become_dataset_errors(
     def failing_open(*args: object, **kwargs: object) -> None:
         raise exc
 
-    monkeypatch.setattr("worker.dataset.open", failing_open, raising=False)
+    monkeypatch.setattr("rokv.worker.dataset.open", failing_open, raising=False)
     refused(path, "cannot read", fragment)
