@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, stop.raise_flag)
 
     started = time.monotonic()
-    rules = _rules()
+    rules = _rules(allow_empty=args.allow_empty)
     remembered = refusal.recall(args.data, rules)
     if remembered is not None:
         print(f"rokv-worker: {remembered}", file=sys.stderr)
@@ -169,13 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _rules() -> str:
+def _rules(*, allow_empty: bool) -> str:
     """What decides whether a dataset is accepted: a refusal remembered under
-    other rules (another rokv version) is not trusted."""
+    other rules (another rokv version, another --allow-empty) is not trusted."""
     try:
         from importlib.metadata import version
 
-        return f"rokv {version('rokv')}"
+        return f"rokv {version('rokv')}; allow_empty={allow_empty}"
     except Exception:  # not installed (run from a checkout): judge afresh
         return f"rokv unknown {time.time()}"
 
