@@ -257,7 +257,8 @@ class Pool:
             if waited > self.timeout:
                 silent = ", ".join(f"{w.name} (pid {w.pid})" for w in pending.values())
                 raise Stop(Exit.UNREACHABLE, f"{silent} did not answer through {self.endpoint} in "
-                                             f"{self.timeout:.0f} s. Nothing was changed.")
+                                             f"{self.timeout:.0f} s (is it the broker these workers serve?). "
+                                             f"Nothing was changed.")
             time.sleep(PING_INTERVAL)
         return answers
 
@@ -500,11 +501,21 @@ def _switch(
                 say(f"{worker.name}: pid {worker.pid} -> {pid}, serving {short(new_digest)} after {took:.1f} s")
                 switched.append(worker)
                 current = None
-        except (StepFailed, KeyboardInterrupt) as exc:
-            failure = exc if isinstance(exc, StepFailed) else StepFailed("interrupted (Ctrl-C, SIGTERM or SIGHUP)")
-            return _fail(opts, pool, current, failure, switched, todo, old_target, old_digest)
-    say(f"deployed {new_target} ({new_digest}) to {len(todo)} worker(s) in {time.monotonic() - started:.1f} s")
-    return Exit.OK
+        except Stop:
+            raise  # the link could not be repointed: nothing changed
+        except StepFailed as exc:
+            failure = exc
+        except KeyboardInterrupt:
+            failure = StepFailed("interrupted (Ctrl-C, SIGTERM or SIGHUP)")
+        except Exception as exc:  # noqa: BLE001
+            # Once the link has moved, going back to a known state beats a
+            # traceback that leaves the pool half-switched.
+            failure = StepFailed(f"unexpected error: {exc!r}")
+        else:
+            say(f"deployed {new_target} ({new_digest}) to {len(todo)} worker(s) in "
+                f"{time.monotonic() - started:.1f} s")
+            return Exit.OK
+        return _fail(opts, pool, current, failure, switched, todo, old_target, old_digest)
 
 
 def _fail(
@@ -528,18 +539,21 @@ def _fail(
                  f"status.")
             return Exit.ROLLBACK_FAILED
         say(f"rolling back: {opts.link} -> {old_target}, then {len(back)} worker(s)")
-        repoint(opts.link, old_target)
+        try:
+            repoint(opts.link, old_target)
+        except OSError as exc:
+            raise StepFailed(f"cannot repoint {opts.link} to {old_target}: {exc}") from None
         for rolling in back:
             pid, took = pool.restart(rolling, old_digest)
             say(f"{rolling.name}: back on {short(old_digest)}, pid {pid}, after {took:.1f} s")
-    except (StepFailed, OSError, KeyboardInterrupt) as exc:
+    except (StepFailed, KeyboardInterrupt, Exception) as exc:  # noqa: BLE001  (say so, never a traceback)
+        where = f" at {rolling.name}" if rolling is not None else ""
         if isinstance(exc, StepFailed):
-            name = rolling.name if rolling is not None else "a worker"
-            warn(f"ROLLBACK FAILED at {name}: {exc.reason}")
-            _show_log(name, exc.log)
+            warn(f"ROLLBACK FAILED{where}: {exc.reason}")
+            _show_log(rolling.name if rolling is not None else "", exc.log)
         else:
-            warn("ROLLBACK FAILED: " + ("interrupted" if isinstance(exc, KeyboardInterrupt)
-                                        else f"cannot repoint {opts.link}: {exc}"))
+            warn(f"ROLLBACK FAILED{where}: "
+                 + ("interrupted" if isinstance(exc, KeyboardInterrupt) else f"unexpected error: {exc!r}"))
         warn(f"the pool may serve two versions or have a worker down: act by hand "
              f"(supervisorctl -c {opts.configuration} status; rokv ping)")
         return Exit.ROLLBACK_FAILED

@@ -13,6 +13,7 @@ them.
 
 from __future__ import annotations
 
+import configparser
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -93,8 +94,10 @@ class Supervisor:
             raise SupervisorConfigError(f"{path}: no such supervisord configuration file")
         try:
             section = ClientOptions().read_config(path)
-        except Exception as exc:  # ValueError, configparser errors: all mean "unusable"
-            raise SupervisorConfigError(f"{path}: {exc}") from None
+        except (ValueError, OSError, configparser.Error) as exc:  # missing section, bad syntax, unset %(ENV_X)s
+            # The first line says it; supervisor goes on to list every variable.
+            first = str(exc).splitlines()[0].split(". Available names")[0] if str(exc) else repr(exc)
+            raise SupervisorConfigError(f"{path}: {first}") from None
         return cls(section.serverurl, section.username, section.password)
 
     def call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
