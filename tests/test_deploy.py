@@ -280,6 +280,13 @@ def test_deploy_refuses_a_truncated_file_before_touching_anything(supervisor_fac
     assert "2 of 2 workers do not serve it yet" in result.stdout
     assert pings(pool.frontend) == {pool.digest2}
 
+    # A pool that is down has no worker to keep serving: refused, link untouched.
+    assert pool.sup.ctl("stop", "worker:worker_00", "worker:worker_01").returncode == 0
+    result = pool.deploy(pool.v1)
+    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert "no worker process is RUNNING" in result.stderr
+    assert os.readlink(pool.link) == "v2.rokv"
+
 
 def test_deploy_rolls_back_when_the_first_worker_fails(supervisor_factory, tmp_path: Path) -> None:
     pool = Service(supervisor_factory, tmp_path)

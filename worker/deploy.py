@@ -423,7 +423,9 @@ def deploy(opts: Options) -> Exit:
     running = [p for p in group if p.state == "RUNNING"]
     if not running:
         raise Stop(Exit.FAILED, f"refused: no {GROUP} process is RUNNING under supervisord at "
-                                f"{supervisor.serverurl}. Nothing was changed.")
+                                f"{supervisor.serverurl}, so none would keep serving. Nothing was changed. "
+                                f"If the pool is down, point {opts.link} at a good file by hand and start "
+                                f"the workers (supervisorctl -c {opts.configuration} start {GROUP}:NAME).")
     for p in group:
         if p.state in {"FATAL", "EXITED", "UNKNOWN"}:
             warn(f"note: {p.name} is {p.state}: left alone (it loads {opts.link} when started)")
