@@ -41,7 +41,7 @@ import msgpack
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from client.bench import Tally, load_expected, summary, Config  # noqa: E402  (same statistics as rokv bench)
+from rokv.bench import Tally, load_expected, summary, Config  # noqa: E402  (same statistics as rokv bench)
 
 
 def run_broker(frontend: str, backend: str, io_threads: int) -> None:

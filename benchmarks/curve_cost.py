@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from client import Client  # noqa: E402
-from client.security import CurvePeer, make_key_pair  # noqa: E402
+from rokv import Client  # noqa: E402
+from rokv.security import CurvePeer, make_key_pair  # noqa: E402
 from procs import EXAMPLE, free_port, seen_workers, start_broker, start_worker  # noqa: E402
 
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks import redisbench  # noqa: E402
 from benchmarks.ceiling import client_loop, run_forked  # noqa: E402
-from client.bench import load_expected  # noqa: E402
+from rokv.bench import load_expected  # noqa: E402
 
 DATA = str(REPO / "data" / "example.json")
 CEILING = str(REPO / "benchmarks" / "ceiling.py")

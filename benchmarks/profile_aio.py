@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from client import AsyncClient  # noqa: E402
+from rokv import AsyncClient  # noqa: E402
 from procs import EXAMPLE, Stack  # noqa: E402
 
 

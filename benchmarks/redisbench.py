@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ceiling import run_forked  # noqa: E402
-from client.bench import Config, Tally, load_expected, summary  # noqa: E402
+from rokv.bench import Config, Tally, load_expected, summary  # noqa: E402
 
 
 def available() -> str | None:

@@ -39,7 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks import redisbench  # noqa: E402
-from client import Client, ServiceUnavailable  # noqa: E402
+from rokv import Client, ServiceUnavailable  # noqa: E402
 
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 #: The old FastAPI app under wrk with 50 connections, as measured while
@@ -150,9 +150,9 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROKV_")}
         env["PYTHONUNBUFFERED"] = "1"
         if kind == "rokv":
-            broker = [sys.executable, "-m", "broker", "--frontend", self.frontend, "--backend", self.backend,
+            broker = [sys.executable, "-m", "rokv.broker", "--frontend", self.frontend, "--backend", self.backend,
                       "--io-threads", str(io_threads)]
-            worker = [sys.executable, "-m", "worker", "--backend", self.backend, "--data", data]
+            worker = [sys.executable, "-m", "rokv.worker", "--backend", self.backend, "--data", data]
         else:
             ceiling = str(REPO / "benchmarks" / "ceiling.py")
             broker = [sys.executable, ceiling, "broker", "--frontend", self.frontend, "--backend", self.backend,
@@ -230,7 +230,7 @@ def measure(run: Run, stacks: dict[str, Stack], redis: Any, sample: str, duratio
 
 def _measure(run: Run, stacks: dict[str, Stack], redis_port: int | None, sample: str, duration: float) -> dict:
     if run.system == "rokv":
-        cmd = [sys.executable, "-m", "client", "bench", "--endpoint", stacks["rokv"].frontend, "--data", sample,
+        cmd = [sys.executable, "-m", "rokv", "bench", "--endpoint", stacks["rokv"].frontend, "--data", sample,
                "-d", str(duration), "--json", *run.args]
     elif run.system.startswith("ceiling"):
         cmd = [sys.executable, str(REPO / "benchmarks" / "ceiling.py"), "client", "--endpoint",
@@ -250,7 +250,7 @@ def _measure(run: Run, stacks: dict[str, Stack], redis_port: int | None, sample:
 def write_sample(data: str, out: Path, count: int) -> str:
     """A seeded sample of the dataset's pairs for the clients: loading 1M keys
     in every client process would cost more than some runs."""
-    from client.bench import load_expected
+    from rokv.bench import load_expected
 
     table = load_expected(data)
     if len(table) <= count:
@@ -285,7 +285,7 @@ def dataset_path(name: str, cache: Path) -> tuple[str, str]:
     built = cache / f"{base.lower()}.rokv"
     if not built.exists():
         print(f"building {built} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "client", "build", "-q", "-o", str(built), source], check=True,
+        subprocess.run([sys.executable, "-m", "rokv", "build", "-q", "-o", str(built), source], check=True,
                        cwd=REPO)
     return str(built), source
 
@@ -298,7 +298,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
     redis = None
     why_no_redis = redisbench.available() if not args.no_redis else "not asked for (--no-redis)"
     if why_no_redis is None:
-        from client.bench import load_expected
+        from rokv.bench import load_expected
 
         redis = redisbench.RedisServer(log_dir / f"redis-{name}.log")
         redis.load(load_expected(data))
@@ -337,7 +337,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
 
 
 def count_keys(data: str) -> int:
-    from client.bench import load_expected
+    from rokv.bench import load_expected
 
     return len(load_expected(data))
 

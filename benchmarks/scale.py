@@ -43,7 +43,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from client import Client, ServiceUnavailable  # noqa: E402
+from rokv import Client, ServiceUnavailable  # noqa: E402
 
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 SCENARIOS = {
@@ -73,7 +73,7 @@ class Stack:
         self.frontend = f"tcp://127.0.0.1:{free_port()}"
         self.backend = f"tcp://127.0.0.1:{free_port()}"
         self.procs: list[subprocess.Popen] = []
-        self.broker = self._spawn("broker", [sys.executable, "-m", "broker", "--frontend", self.frontend,
+        self.broker = self._spawn("broker", [sys.executable, "-m", "rokv.broker", "--frontend", self.frontend,
                                              "--backend", self.backend])
         self.workers: list[subprocess.Popen] = []
         # The first worker alone, so its start time is its own.
@@ -93,7 +93,7 @@ class Stack:
         return proc
 
     def _worker(self, i: int) -> subprocess.Popen:
-        return self._spawn(f"worker{i}", [sys.executable, "-m", "worker", "--backend", self.backend,
+        return self._spawn(f"worker{i}", [sys.executable, "-m", "rokv.worker", "--backend", self.backend,
                                           "--data", str(self.data), "--name", f"{self.name}-{i}"])
 
     def _wait_pid(self, pid: int, timeout: float) -> int:
@@ -137,7 +137,7 @@ class Stack:
 
 def bench(stack: Stack, sample: Path, scenario: list[str], duration: float) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "client", "bench", "--endpoint", stack.frontend, "--data", str(sample),
+        [sys.executable, "-m", "rokv", "bench", "--endpoint", stack.frontend, "--data", str(sample),
          "-p", "1", "-d", str(duration), "--json", *scenario],
         cwd=REPO, env=env(), capture_output=True, text=True, timeout=duration + 300,
     )
@@ -173,7 +173,7 @@ def measure_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     for _ in range(args.builds):
         started = time.monotonic()
         cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-m", "client", "build", str(src), "-o", str(out), "-q"], cwd=REPO,
+        subprocess.run([sys.executable, "-m", "rokv", "build", str(src), "-o", str(out), "-q"], cwd=REPO,
                        env=env(), check=True, stdout=subprocess.DEVNULL)
         builds.append(time.monotonic() - started)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -1,5 +1,5 @@
 import sys
 
-from broker.main import main
+from rokv.broker.main import main
 
 sys.exit(main())

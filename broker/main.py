@@ -4,25 +4,26 @@ workers, joined by ``zmq.proxy_steerable`` so that forwarding runs in libzmq."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
-from client import protocol as p
-from client.security import KeyFileError, load_secret
+from rokv.broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
+from rokv import protocol as p
+from rokv.monitor import ConnectionWatcher
+from rokv.security import KeyFileError, load_secret
 
 log = logging.getLogger("rokv.broker")
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 #: SIGHUP re-reads the CURVE allow-list folders.
 WAITED_SIGNALS = STOP_SIGNALS | {signal.SIGHUP}
-CLIENTS_DOMAIN = "clients"
-WORKERS_DOMAIN = "workers"
 CONTROL_ENDPOINT = "inproc://rokv-broker-control"
 
 
@@ -37,6 +38,8 @@ def _int_env(name: str, default: int) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from rokv.endpoints import endpoint_argument
+
     parser = argparse.ArgumentParser(
         prog="rokv-broker",
         description="Forward client requests to workers. Exits 0 on SIGTERM/SIGINT.",
@@ -44,11 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--frontend",
         default=os.environ.get("ROKV_FRONTEND") or p.DEFAULT_FRONTEND,
+        type=endpoint_argument(),
         help="endpoint clients connect to (env ROKV_FRONTEND; default %(default)s)",
     )
     parser.add_argument(
         "--backend",
         default=os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND,
+        type=endpoint_argument(),
         help="endpoint workers connect to (env ROKV_BACKEND; default %(default)s)",
     )
     parser.add_argument(
@@ -97,37 +102,173 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _bind(sock: zmq.Socket, endpoint: str, role: str) -> None:
+def _bind(sock: zmq.Socket, endpoint: str, role: str, patience: float = 0.0) -> None:
+    """Bind, retrying for ``patience`` seconds while the address is in use
+    (libzmq closes a replaced socket's listener in its I/O thread, a moment
+    after close() returns)."""
     if "[" in endpoint:
         sock.ipv6 = True
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        raise SystemExit(f"rokv-broker: cannot bind {role} {endpoint!r}: {exc}") from None
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            raise SystemExit(f"rokv-broker: cannot bind {role} {endpoint!r}: {exc}") from None
 
 
-def _secure(ctx: zmq.Context, frontend: zmq.Socket, backend: zmq.Socket, args: argparse.Namespace) -> ThreadAuthenticator:
-    """Make both sides CURVE servers, each checked against its own allow-list."""
-    public, secret = load_secret(args.curve_secret)
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("rokv.broker.auth"))
-    auth.start()
-    _load_allow_lists(auth, args)
-    for sock, domain in ((frontend, CLIENTS_DOMAIN), (backend, WORKERS_DOMAIN)):
-        sock.curve_server = True
-        sock.curve_publickey = public
-        sock.curve_secretkey = secret
-        sock.zap_domain = domain.encode()
-    return auth
+class Broker:
+    """One broker: a ROUTER for clients and a DEALER for workers joined by
+    ``zmq.proxy_steerable`` in a thread of its own, plus, with CURVE, the ZAP
+    authenticator.
 
+    The main thread owns everything but the two forwarding sockets while the
+    proxy runs; it stops the proxy (TERMINATE on the control socket) before it
+    touches them, e.g. to reopen a side whose allow-list lost a key.
+    """
 
-def _load_allow_lists(auth: ThreadAuthenticator, args: argparse.Namespace) -> None:
-    auth.configure_curve(domain=CLIENTS_DOMAIN, location=args.client_keys)
-    auth.configure_curve(domain=WORKERS_DOMAIN, location=args.worker_keys)
-    log.info(
-        "allow-lists loaded: %d client keys from %s, %d worker keys from %s",
-        len(auth.certs.get(CLIENTS_DOMAIN, {})), args.client_keys,
-        len(auth.certs.get(WORKERS_DOMAIN, {})), args.worker_keys,
-    )
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ctx = zmq.Context(io_threads=args.io_threads)
+        self.watcher = ConnectionWatcher(log)
+        self.auth: GateKeeper | None = None
+        self.failure: list[BaseException] = []
+        #: Times libzmq woke the proxy with nothing to read (see _forward).
+        self.spurious_wakeups = 0
+        self._thread: threading.Thread | None = None
+        self.control = self.ctx.socket(zmq.PAIR)
+        self.proxy_control = self.ctx.socket(zmq.PAIR)
+        self.frontend: zmq.Socket | None = None
+        self.backend: zmq.Socket | None = None
+        for sock in (self.control, self.proxy_control):
+            sock.linger = 0
+        try:
+            if args.curve_secret:
+                self._public, self._secret = load_secret(args.curve_secret)
+                self.auth = GateKeeper(self.ctx, {CLIENTS_DOMAIN: args.client_keys, WORKERS_DOMAIN: args.worker_keys})
+                self.auth.start()
+                self.auth.load()
+            self.frontend = self._open(CLIENTS_DOMAIN)
+            self.backend = self._open(WORKERS_DOMAIN)
+            self.control.bind(CONTROL_ENDPOINT)
+            self.proxy_control.connect(CONTROL_ENDPOINT)
+        except KeyFileError as exc:
+            self.close()
+            raise SystemExit(f"rokv-broker: {exc}") from None
+        except SystemExit:
+            self.close()
+            raise
+
+    def _open(self, side: str, patience: float = 0.0) -> zmq.Socket:
+        """A new, bound socket for ``side`` (clients: the ROUTER frontend;
+        workers: the DEALER backend); ``patience`` as for :func:`_bind`."""
+        clients = side == CLIENTS_DOMAIN
+        sock = self.ctx.socket(zmq.ROUTER if clients else zmq.DEALER)
+        sock.linger = 0
+        # Drop peers that stop answering ZMTP PINGs: the DEALER would otherwise
+        # keep handing a stopped worker its round-robin share.
+        sock.heartbeat_ivl = p.HEARTBEAT_IVL_MS
+        sock.heartbeat_timeout = p.HEARTBEAT_TIMEOUT_MS
+        if clients:
+            sock.maxmsgsize = self.args.max_message_size
+            # A ROUTER drops a reply when its queue to that client is full: make
+            # room for every request a client may have in flight (PROTOCOL.md).
+            sock.sndhwm = p.BROKER_CLIENT_SNDHWM
+        if self.auth is not None:
+            sock.curve_server = True
+            sock.curve_publickey = self._public
+            sock.curve_secretkey = self._secret
+            sock.zap_domain = side.encode()
+        endpoint = self.args.frontend if clients else self.args.backend
+        self.watcher.watch(sock, f"{side} side {endpoint}", server=True)
+        try:
+            _bind(sock, endpoint, "frontend" if clients else "backend", patience)
+        except SystemExit:
+            ConnectionWatcher.unwatch(sock)
+            sock.close(linger=0)
+            raise
+        return sock
+
+    def start(self) -> None:
+        """Start forwarding in a new proxy thread."""
+        self._thread = threading.Thread(target=self._forward, name="rokv-proxy", daemon=True)
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _forward(self) -> None:
+        assert self.frontend is not None and self.backend is not None
+        while True:
+            try:
+                zmq.proxy_steerable(self.frontend, self.backend, None, self.proxy_control)
+                return  # TERMINATE
+            except zmq.Again:
+                # libzmq 4.3.5's proxy fails with EAGAIN when a poll reports a
+                # socket readable and the first receive finds nothing; with
+                # CURVE that happens after a peer's handshake. Nothing was
+                # taken from either socket, so forwarding simply resumes.
+                self.spurious_wakeups += 1
+                log.debug("proxy woke with nothing to read (%d times); resuming", self.spurious_wakeups)
+            except BaseException as exc:  # reported by the main thread
+                self.failure.append(exc)
+                return
+
+    def stop_proxy(self) -> bool:
+        """Stop forwarding; False when the proxy would not stop (then nothing
+        may touch its sockets any more)."""
+        if not self.running():
+            return True
+        assert self._thread is not None
+        self.control.send(b"TERMINATE")
+        self._thread.join(timeout=3)
+        return not self._thread.is_alive()
+
+    def reload(self) -> None:
+        """Re-read the allow-lists (SIGHUP). A side whose list lost a key is
+        reopened: every connection on it is closed and its peers reconnect
+        and are checked again, so a revoked key loses its connection at once.
+        Requests in flight on that side are lost; clients' retries recover
+        them."""
+        if self.auth is None:
+            log.info("SIGHUP: no allow-lists to reload (CURVE is off)")
+            return
+        removed = self.auth.load()
+        if not removed:
+            return
+        if not self.stop_proxy():
+            log.error("proxy did not stop within 3 s to reopen a side; exiting without cleanup")
+            os._exit(1)
+        for side, keys in removed.items():
+            old = self.frontend if side == CLIENTS_DOMAIN else self.backend
+            assert old is not None
+            ConnectionWatcher.unwatch(old)
+            old.close(linger=0)
+            try:
+                new = self._open(side, patience=5.0)
+            except SystemExit as exc:  # the endpoint was taken meanwhile: cannot serve that side
+                log.error("%s", exc)
+                self.failure.append(exc)
+                return
+            if side == CLIENTS_DOMAIN:
+                self.frontend = new
+            else:
+                self.backend = new
+            log.warning("%d key(s) removed from the %s allow-list: closed every %s connection so that "
+                        "each peer is checked again", len(keys), side, side[:-1])
+        self.start()
+
+    def close(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()
+        for sock in (self.frontend, self.backend, self.control, self.proxy_control):
+            if sock is not None:
+                sock.close(linger=0)
+        self.watcher.stop()
+        self.ctx.term()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,80 +284,32 @@ def main(argv: list[str] | None = None) -> int:
     # blocks inside libzmq.
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED_SIGNALS)
 
-    ctx = zmq.Context(io_threads=args.io_threads)
-    frontend = ctx.socket(zmq.ROUTER)
-    backend = ctx.socket(zmq.DEALER)
-    control = ctx.socket(zmq.PAIR)
-    proxy_control = ctx.socket(zmq.PAIR)
-    sockets = (frontend, backend, control, proxy_control)
-    auth: ThreadAuthenticator | None = None
-
-    def close() -> None:
-        if auth is not None:
-            auth.stop()
-        for sock in sockets:
-            sock.close(linger=0)
-        ctx.term()
-
-    for sock in sockets:
-        sock.linger = 0
-    frontend.maxmsgsize = args.max_message_size
-    # Drop workers (and clients) that stop answering ZMTP PINGs: the DEALER
-    # would otherwise keep handing a stopped worker its round-robin share.
-    for sock in (frontend, backend):
-        sock.heartbeat_ivl = p.HEARTBEAT_IVL_MS
-        sock.heartbeat_timeout = p.HEARTBEAT_TIMEOUT_MS
-    try:
-        if args.curve_secret:
-            auth = _secure(ctx, frontend, backend, args)
-        _bind(frontend, args.frontend, "frontend")
-        _bind(backend, args.backend, "backend")
-        control.bind(CONTROL_ENDPOINT)
-        proxy_control.connect(CONTROL_ENDPOINT)
-    except KeyFileError as exc:
-        close()
-        raise SystemExit(f"rokv-broker: {exc}") from None
-    except SystemExit:
-        close()
-        raise
-
-    failure: list[BaseException] = []
-
-    def run_proxy() -> None:
-        try:
-            zmq.proxy_steerable(frontend, backend, None, proxy_control)
-        except BaseException as exc:  # reported by the main thread
-            failure.append(exc)
-
-    proxy = threading.Thread(target=run_proxy, name="rokv-proxy", daemon=True)
-    proxy.start()
+    broker = Broker(args)
+    broker.start()
     log.info(
         "forwarding %s (clients) <-> %s (workers); io_threads=%d max_message_size=%d curve=%s",
-        args.frontend, args.backend, args.io_threads, args.max_message_size, "on" if auth else "off",
+        args.frontend, args.backend, args.io_threads, args.max_message_size, "on" if broker.auth else "off",
     )
 
     received = None
-    while proxy.is_alive():
+    while broker.running():
         received = signal.sigtimedwait(WAITED_SIGNALS, 0.5)
         if received is None:
             continue
         if received.si_signo in STOP_SIGNALS:
             break
-        if auth is not None:
-            _load_allow_lists(auth, args)
+        broker.reload()
         received = None
     if received is not None:
         log.info("received %s: stopping", signal.Signals(received.si_signo).name)
-        control.send(b"TERMINATE")
-        proxy.join(timeout=3)
-        if proxy.is_alive():
+        if not broker.stop_proxy():
             # Never seen; but closing sockets under a running proxy is unsafe
             # and ctx.term() would then hang, so leave without cleaning up.
             log.error("proxy did not stop within 3 s; exiting without cleanup")
             os._exit(0)
-    close()
-    if failure:
-        log.error("proxy failed: %s", failure[0])
+    broker.close()
+    if broker.failure:
+        log.error("proxy failed: %s", broker.failure[0])
         return 1
     log.info("stopped")
     return 0

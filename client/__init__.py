@@ -7,10 +7,10 @@
 Needs only pyzmq and msgpack.
 """
 
-from client.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
-from client.aio import AsyncClient
-from client.core import RetryPolicy
-from client.security import CurvePeer
-from client.sync import Client
+from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
+from rokv.aio import AsyncClient
+from rokv.core import RetryPolicy
+from rokv.security import CurvePeer
+from rokv.sync import Client
 
 __all__ = ["Client", "AsyncClient", "RetryPolicy", "CurvePeer", "RokvError", "KeyNotFound", "InvalidKey", "ServiceUnavailable", "ProtocolError"]

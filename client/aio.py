@@ -1,8 +1,8 @@
 """The asyncio client: one DEALER socket shared by every coroutine, any number
 of requests in flight, and concurrent ``get`` calls coalesced into one mget.
 
-What is sent and what a reply means is decided in :mod:`client.core`, shared
-with the blocking :class:`client.Client`; this module is only the transport.
+What is sent and what a reply means is decided in :mod:`rokv.core`, shared
+with the blocking :class:`rokv.Client`; this module is only the transport.
 
 Transport: the socket is watched with ``loop.add_reader`` on its ZMQ_FD, the
 mechanism ``zmq.asyncio`` itself uses, but every readiness wake-up drains all
@@ -22,18 +22,20 @@ from typing import Any, Iterable, Union
 
 import zmq
 
-from client import core
-from client import protocol as p
-from client.security import CurvePeer
-from client.core import DEFAULT_BATCH_SIZE, RetryPolicy, resolve_endpoint
-from client.errors import ProtocolError, RokvError
-from client.keys import match_canonical
-from client.replies import check_key_type, value_from_reply, worker_from_reply
+from rokv import core
+from rokv import protocol as p
+from rokv.security import CurvePeer
+from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy, resolve_endpoint
+from rokv.errors import ProtocolError, RokvError
+from rokv.keys import match_canonical
+from rokv.replies import value_from_reply, worker_from_reply
 
 __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
 
 # Plain ints: pyzmq's enum members cost a Python-level call in every operation.
 _NOBLOCK = int(zmq.NOBLOCK)
+_MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
+_MAX_KEY_LENGTH = p.MAX_KEY_LENGTH
 
 #: Most ``get`` calls that travel together in one coalesced mget.
 DEFAULT_MAX_BATCH = 256
@@ -58,9 +60,11 @@ class _Coalesced:
 
     def deliver(self, reply: dict[str, Any]) -> None:
         values = reply.get(p.F_VALUES)
+        if p.F_ERROR in reply:  # an error whatever else the reply holds
+            self.fail(core.batch_error(reply))
+            return
         if type(values) is not list or len(values) != len(self.futures):  # noqa: E721
-            self.fail(core.batch_error(reply) if p.F_ERROR in reply else
-                      ProtocolError(f"malformed mget reply for {len(self.futures)} keys"))
+            self.fail(ProtocolError(f"malformed mget reply for {len(self.futures)} keys"))
             return
         for future, value, index in zip(self.futures, values, range(len(values))):
             if future.done():
@@ -102,9 +106,9 @@ class AsyncClient:
         timeout: seconds to wait for the reply to each try (> 0).
         retries: extra tries after the first when no reply came in time
             (lookups are idempotent, so a retry is always safe).
-        retry: a :class:`~client.core.RetryPolicy` instead of ``timeout`` and
+        retry: a :class:`~rokv.core.RetryPolicy` instead of ``timeout`` and
             ``retries``; not both. Given none of the three: ``DEFAULT_POLICY``,
-            as for :class:`client.Client`.
+            as for :class:`rokv.Client`.
         batch_size: keys per message in :meth:`get_many` (1 to 10,000).
         coalesce: send concurrent :meth:`get` calls together as one mget
             (default on). Each caller still gets exactly its own value or
@@ -115,9 +119,9 @@ class AsyncClient:
             (default 0: whatever the current event-loop turn gathered).
         context: a ``zmq.Context`` (a ``zmq.asyncio.Context`` works too);
             default the process-wide instance.
-        curve: CurveZMQ keys, as for :class:`client.Client`.
+        curve: CurveZMQ keys, as for :class:`rokv.Client`.
 
-    Methods and errors are those of :class:`client.Client`: ``get`` raises
+    Methods and errors are those of :class:`rokv.Client`: ``get`` raises
     ``KeyNotFound`` or ``InvalidKey``; every call raises ``ServiceUnavailable``
     after ``1 + retries`` tries without reply and ``ProtocolError`` when the
     server refuses a request. A reply to any try answers the call; late
@@ -157,9 +161,9 @@ class AsyncClient:
         self.endpoint = resolve_endpoint(endpoint)
         self._pid = os.getpid()
         self._ids = core.request_ids()
-        self._sock: zmq.Socket | None = core.open_dealer(
-            context or zmq.Context.instance(), self.endpoint, core.resolve_curve(curve)
-        )
+        curve = core.resolve_curve(curve)
+        self._curve = curve is not None
+        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint, curve)
         # Thousands in flight: the default high-water marks (1000) would drop
         # sends and, at the broker, replies; what is queued is bounded by the
         # callers' own concurrency anyway.
@@ -203,12 +207,14 @@ class AsyncClient:
 
     # ------------------------------------------------------------ public API
 
-    async def get(self, key: str) -> str:
-        """The value stored under ``key``.
+    async def get(self, key: core.Key) -> str:
+        """The value stored under ``key`` (a string, or a ``uuid.UUID``,
+        sent as its canonical string).
 
         Raises:
             KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
-            InvalidKey: ``key`` is not a string or not a UUIDv4.
+            InvalidKey: ``key`` is not a string or not a UUIDv4 (one longer
+                than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
             ServiceUnavailable: no reply after every try.
         """
         # The per-call path is written out here rather than through helpers:
@@ -217,7 +223,10 @@ class AsyncClient:
         if loop is None or loop is not asyncio.get_running_loop() or self._sock is None:
             loop = self._attach()
         if self.coalesce:
-            canonical = key if type(key) is str and match_canonical(key) else core.canonical_or_invalid(key)  # noqa: E721
+            if type(key) is str and match_canonical(key):  # noqa: E721
+                canonical = key
+            else:
+                key, canonical = core.key_and_canonical(key)
             future = loop.create_future()
             self._batch_keys.append(key)
             self._batch_canonicals.append(canonical)
@@ -232,8 +241,8 @@ class AsyncClient:
                 self._pump_scheduled = True
                 loop.call_soon(self._pump)
             return await future
-        if not isinstance(key, str):
-            check_key_type(key)
+        if type(key) is not str or len(key) > _MAX_KEY_LENGTH:  # noqa: E721 - one test for the common case
+            key = core.check_key(key)
         rid = next(self._ids)
         future = loop.create_future()
         self._pending[rid] = future
@@ -244,21 +253,22 @@ class AsyncClient:
             loop.call_soon(self._pump)
         return value_from_reply(await future, key)
 
-    async def get_many(self, keys: Iterable[str]) -> list[str | None]:
-        """The values of ``keys``, in order, ``None`` where a key is not found.
+    async def get_many(self, keys: Iterable[core.Key]) -> list[str | None]:
+        """The values of ``keys`` (strings, or ``uuid.UUID`` objects), in
+        order, ``None`` where a key is not found.
 
         Long lists travel as several messages of ``batch_size`` keys, sent
         together, so the wait is about one round trip either way.
 
         Raises:
+            TypeError: ``keys`` is a single ``str`` or ``bytes``, not a list.
             InvalidKey: some key is not a string or not a UUIDv4 (the first
                 one found is named, with its index in ``keys``); nothing is
                 returned then.
             ServiceUnavailable: no reply after every try.
         """
         loop = self._attach()
-        keys = list(keys)
-        core.check_key_types(keys)
+        keys = core.check_keys(keys)
         if not keys:
             return []
         chunks = core.split_keys(keys, self.batch_size)
@@ -364,9 +374,19 @@ class AsyncClient:
         if self._batch_futures and not self.max_delay:
             self._flush()
         if self._out_ids:
-            ids, bodies = self._out_ids, self._out_bodies
-            self._out_ids, self._out_bodies = [], []
-            self._transmit(sock, 0, ids, bodies)
+            # At most MAX_IN_FLIGHT requests unanswered on the socket (PROTOCOL.md,
+            # "Limits"): beyond that the broker may drop replies. Queued
+            # requests wait here, their clock not yet started, and go out as
+            # replies make room (_drain schedules this pump again).
+            room = _MAX_IN_FLIGHT - (len(self._pending) - len(self._out_ids))
+            if room >= len(self._out_ids):
+                ids, bodies = self._out_ids, self._out_bodies
+                self._out_ids, self._out_bodies = [], []
+                self._transmit(sock, 0, ids, bodies)
+            elif room > 0:
+                ids, bodies = self._out_ids[:room], self._out_bodies[:room]
+                del self._out_ids[:room], self._out_bodies[:room]
+                self._transmit(sock, 0, ids, bodies)
         if self._out_resends:
             resends, self._out_resends = self._out_resends, []
             for attempt in sorted({a for _, _, a in resends}):
@@ -398,6 +418,9 @@ class AsyncClient:
             try:
                 body = recv(_NOBLOCK)
             except zmq.Again:  # one exception per drain beats a ZMQ_EVENTS call per reply
+                if (self._out_ids and not self._pump_scheduled
+                        and len(pending) - len(self._out_ids) < _MAX_IN_FLIGHT):
+                    self._schedule_pump()  # replies made room for requests held back
                 return
             # A rokv reply is one frame, and each frame is read as a message
             # of its own: asking ZMQ_RCVMORE costs 0.7 us a reply (more than
@@ -443,10 +466,10 @@ class AsyncClient:
                         self._out_resends.append((rid, body, attempt + 1))
                     else:
                         del pending[rid]
-                        _fail(waiter, self.retry.unavailable(self.endpoint))
+                        _fail(waiter, self.retry.unavailable(self.endpoint, curve=self._curve))
         if self._sock is None:
             return
-        if self._out_resends:
+        if self._out_resends or self._out_ids:  # resends, or room made for held requests
             self._schedule_pump()
         heads = [queue[0][0] for queue in self._deadlines if queue]
         if heads and self._timer is None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from typing import Callable
+from typing import BinaryIO, Callable
 
-from client.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
-from client.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
+from rokv.core import resolve_endpoint
+from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoint, endpoint_argument
+from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
+from rokv.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -44,7 +47,9 @@ def _err(text: str) -> None:
 def connect(args: argparse.Namespace) -> Client:
     """A Client from the common options; bad values are a usage error (exit 2)."""
     try:
-        return Client(args.endpoint, timeout=args.timeout, retries=args.retries)
+        # $ROKV_ENDPOINT too must name another process (the option is checked by argparse).
+        endpoint = check_endpoint(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)
+        return Client(endpoint, timeout=args.timeout, retries=args.retries)
     except ValueError as exc:
         _err(f"error: {exc}")
         raise SystemExit(EXIT_INVALID) from None
@@ -56,9 +61,41 @@ def cmd_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def read_keys(stream: BinaryIO) -> tuple[list[str], list[int]]:
+    """The keys in ``stream``, one a line, with surrounding white space
+    stripped and blank lines skipped; and the line number of each key."""
+    keys: list[str] = []
+    lines: list[int] = []
+    # Bytes decoded leniently: a stray byte makes an invalid key, named in
+    # the error, rather than a UnicodeDecodeError.
+    for number, raw in enumerate(stream, 1):
+        key = raw.decode("utf-8", "surrogateescape").strip()
+        if key:
+            keys.append(key)
+            lines.append(number)
+    return keys, lines
+
+
+_KEY_INDEX = re.compile(r"keys\[(\d+)\]: ")
+
+
 def cmd_get_many(args: argparse.Namespace) -> int:
+    lines: list[int] | None = None
+    keys = args.keys
+    if "-" in keys:
+        if len(keys) != 1:
+            _err("error: give keys as arguments or - for standard input, not both")
+            return EXIT_INVALID
+        keys, lines = read_keys(sys.stdin.buffer)
     with connect(args) as client:
-        values = client.get_many(args.keys)
+        try:
+            values = client.get_many(keys)
+        except InvalidKey as exc:
+            # keys[N] counts keys, not lines: say the line of standard input.
+            found = _KEY_INDEX.match(exc.message)
+            if lines is not None and found and int(found[1]) < len(lines):
+                raise InvalidKey(f"line {lines[int(found[1])]}: {exc.message[found.end():]}", exc.key) from None
+            raise
     sys.stdout.buffer.write("".join(_json_line(v) + "\n" for v in values).encode("utf-8"))
     return EXIT_NOT_FOUND if None in values else EXIT_OK
 
@@ -70,11 +107,12 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from client.security import make_key_pair
+    from rokv.security import default_key_dir, make_key_pair
 
+    folder = args.dir if args.dir is not None else default_key_dir()
     try:
-        public, secret = make_key_pair(args.dir, args.name)
-    except (FileExistsError, OSError) as exc:
+        public, secret = make_key_pair(folder, args.name)
+    except (ValueError, OSError) as exc:  # a bad name (KeyNameError), a key that exists, an unwritable folder
         _err(str(exc))
         return EXIT_INVALID
     _out(f"public key: {public}\nsecret key: {secret}")
@@ -84,7 +122,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--endpoint", default=None, help="broker frontend (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)"
+        "--endpoint", default=None, type=endpoint_argument(), help="broker frontend (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)"
     )
     common.add_argument(
         "--timeout", type=float, default=None,
@@ -101,34 +139,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p_get = sub.add_parser(
         "get", parents=[common], help="print the value of one key",
-        description="Print the value of KEY exactly as stored. Exit 1 if not found, 2 if invalid, 3 if unavailable.",
+        description="Print the value of KEY exactly as stored.",
+        epilog="exit codes: 0 found, 1 not found, 2 invalid key or bad usage, 3 service unavailable, "
+        "4 request refused by the server",
     )
     p_get.add_argument("key", metavar="KEY")
     p_get.set_defaults(run=cmd_get)
     p_many = sub.add_parser(
         "get-many", parents=[common], help="print the values of several keys, one JSON string (or null) a line",
         description="Print one line per KEY, in order: its value as a JSON string, or null when not found. "
-        "Exit 0 if all were found, 1 if any was not, 2 if any key is invalid (then nothing is printed).",
+        "Give - instead of keys to read them from standard input, one a line (white space around a key is "
+        "stripped, blank lines are skipped): for more keys than a command line holds. "
+        "When a key is invalid, nothing is printed.",
+        epilog="exit codes: 0 all found, 1 some not found, 2 an invalid key or bad usage, 3 service unavailable, "
+        "4 request refused by the server",
     )
-    p_many.add_argument("keys", metavar="KEY", nargs="+")
+    p_many.add_argument("keys", metavar="KEY", nargs="+", help="a key; or - to read keys from standard input")
     p_many.set_defaults(run=cmd_get_many)
     p_ping = sub.add_parser(
         "ping", parents=[common], help="describe the worker that answers, as JSON",
         description="Print, as JSON, the id, pid, host and key count of the worker that answered.",
+        epilog="exit codes: 0 answered, 2 bad usage, 3 service unavailable, 4 request refused by the server",
     )
     p_ping.set_defaults(run=cmd_ping)
     p_keygen = sub.add_parser(
         "keygen", help="make a CurveZMQ key pair for the broker, a client or a worker",
         description="Write NAME.key (public: copy it into the broker's allow-list folder, or give it to "
-        "clients and workers as ROKV_BROKER_KEY) and NAME.key_secret (private) into --dir.",
+        "clients and workers as ROKV_BROKER_KEY) and NAME.key_secret (private, mode 0600) into --dir. "
+        "NAME must not be empty, start with '.', or contain '/', '\\' or '..'. Keep keys out of source "
+        "checkouts: the default folder is in your configuration directory.",
+        epilog="exit codes: 0 written, 2 a key file exists or cannot be written, or bad usage",
     )
     p_keygen.add_argument("name", metavar="NAME")
-    p_keygen.add_argument("--dir", default="keys", help="folder to write into (default %(default)s)")
+    p_keygen.add_argument(
+        "--dir", default=None,
+        help="folder to write into, created with mode 0700 if missing "
+        "(default: $XDG_CONFIG_HOME/rokv/keys, else ~/.config/rokv/keys)",
+    )
     p_keygen.set_defaults(run=cmd_keygen)
     # Subcommands kept in modules of their own, imported only when the CLI runs.
-    from client.bench import add_command as add_bench_command
-    from worker.build import add_commands as add_dataset_commands  # offline: build, inspect, verify
-    from worker.deploy import add_command as add_deploy_command
+    from rokv.bench import add_command as add_bench_command
+    from rokv.worker.build import add_commands as add_dataset_commands  # offline: build, inspect, verify
+    from rokv.worker.deploy import add_command as add_deploy_command
 
     add_bench_command(sub, common)
     add_dataset_commands(sub)

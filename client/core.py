@@ -1,9 +1,9 @@
 """What both clients share: the retry policy, request ids and bodies, reading
 replies, splitting long key lists and putting their answers back together.
 
-Only the transport differs between :class:`client.Client` (blocking) and
-:class:`client.AsyncClient` (asyncio); everything that decides what is sent and
-what a reply means lives here or in :mod:`client.replies`, so the two cannot
+Only the transport differs between :class:`rokv.Client` (blocking) and
+:class:`rokv.AsyncClient` (asyncio); everything that decides what is sent and
+what a reply means lives here or in :mod:`rokv.replies`, so the two cannot
 drift apart.
 """
 
@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, Union
 
 import zmq
 
-from client import protocol as p
-from client.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
-from client.keys import normalize_key
-from client.security import CurvePeer, KeyFileError, peer_from_env
-from client.replies import check_key_type, error_from_reply, values_from_reply
+from rokv import protocol as p
+from rokv.endpoints import check_endpoint
+from rokv.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
+from rokv.keys import normalize_key, show_key
+from rokv.security import CurvePeer, KeyFileError, peer_from_env
+from rokv.replies import check_key_type, error_from_reply, values_from_reply
 
 DEFAULT_ENDPOINT = p.DEFAULT_FRONTEND
 # Chosen under faults (RELIABILITY.md): with tries of 0.25, 0.5, 1 and 2 s a
@@ -52,7 +54,7 @@ class RetryPolicy:
         max_timeout: no single try waits longer than this (>= ``timeout``).
 
     A call that got no reply after ``1 + retries`` tries raises
-    :class:`~client.errors.ServiceUnavailable`, at the latest about
+    :class:`~rokv.errors.ServiceUnavailable`, at the latest about
     :attr:`total` seconds after it started. A reply to any try answers the
     call. Immutable, so one policy may be shared by any number of clients.
     """
@@ -86,13 +88,16 @@ class RetryPolicy:
         """The longest a call waits before it gives up, in seconds."""
         return sum(self.try_timeout(i) for i in range(self.tries))
 
-    def unavailable(self, endpoint: str) -> ServiceUnavailable:
-        """The error of a call that ran out of tries."""
+    def unavailable(self, endpoint: str, *, curve: bool = False) -> ServiceUnavailable:
+        """The error of a call that ran out of tries; ``curve`` when the
+        client uses CurveZMQ, whose refusals are silent on the client's side."""
         tries = self.tries
         first, last = self.try_timeout(0), self.try_timeout(tries - 1)
         wait = f"{first:g} s" if first == last else f"{first:g} to {last:g} s"
+        hint = ("; CURVE is on: the broker may be refusing this client (its key not on the broker's client "
+                "allow-list, or a wrong broker public key): see the broker's log") if curve else ""
         return ServiceUnavailable(
-            f"no reply from {endpoint} within {wait} on {tries} {'try' if tries == 1 else 'tries'}"
+            f"no reply from {endpoint} within {wait} on {tries} {'try' if tries == 1 else 'tries'}{hint}"
         )
 
 
@@ -134,9 +139,11 @@ def open_dealer(ctx: zmq.Context, endpoint: str, curve: CurvePeer | None = None)
     the broker when ``curve`` is given.
 
     Raises:
-        ValueError: the endpoint is malformed, or a key file is bad
+        ValueError: the endpoint is malformed (see
+            :func:`client.endpoints.check_endpoint`), or a key file is bad
             (``KeyFileError``).
     """
+    check_endpoint(endpoint)
     sock: zmq.Socket = zmq.Socket(ctx, zmq.DEALER)  # the plain class even from a zmq.asyncio.Context
     # Unsent requests must never hold up close() or interpreter exit.
     sock.linger = 0
@@ -173,17 +180,75 @@ def reply_of(body: bytes) -> tuple[int, dict[str, Any]] | None:
     return rid, reply
 
 
-def check_key_types(keys: Sequence[object]) -> None:
-    """Refuse a non-string key of a key list before anything travels."""
+#: What the clients take as a key: a string, or a ``uuid.UUID`` (sent as its
+#: canonical string).
+Key = Union[str, uuid.UUID]
+
+
+def check_key(key: object) -> str:
+    """``key`` as a get sends it: a ``uuid.UUID`` becomes its canonical
+    string; a string is sent as given.
+
+    Raises:
+        InvalidKey: ``key`` is neither a string nor a UUID, or is a string
+            longer than :data:`~client.protocol.MAX_KEY_LENGTH`, which no
+            accepted form is (the message is the server's for that key).
+    """
+    if isinstance(key, uuid.UUID):
+        return str(key)
+    check_key_type(key)
+    if len(key) > p.MAX_KEY_LENGTH:  # type: ignore[arg-type]
+        raise _invalid(key)  # type: ignore[arg-type]
+    return key  # type: ignore[return-value]
+
+
+def check_keys(keys: Iterable[object]) -> list[str]:
+    """``keys`` as a get_many sends them, in a new list: ``uuid.UUID``
+    objects become their canonical strings.
+
+    Raises:
+        TypeError: ``keys`` is a single ``str`` or ``bytes`` (whose
+            characters would otherwise be taken for keys).
+        InvalidKey: a key is neither a string nor a UUID; or some key is
+            longer than :data:`~client.protocol.MAX_KEY_LENGTH`: then the
+            first invalid key is named, as the server would name it, so that
+            no request can outgrow the broker's message size limit.
+    """
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"get_many takes a list of keys, not a single {type(keys).__name__}: use get(key) or get_many([key])"
+        )
+    keys = list(keys)
     # The all-str case stays in C: str.join refuses anything but strings, and
     # costs 0.5 us for 100 keys where a set of their types costs 2 us.
     try:
         "".join(keys)  # type: ignore[arg-type]
-        return
     except TypeError:
-        pass
-    for index, key in enumerate(keys):
-        check_key_type(key, f"keys[{index}]")
+        keys = [str(key) if isinstance(key, uuid.UUID) else key for key in keys]
+        for index, key in enumerate(keys):
+            check_key_type(key, f"keys[{index}]")
+    # 1.5 us for 100 keys; a long key is refused before anything travels.
+    if keys and max(map(len, keys)) > p.MAX_KEY_LENGTH:  # type: ignore[arg-type]
+        for index, key in enumerate(keys):
+            reason = _reason(key)  # type: ignore[arg-type]
+            if reason is not None:
+                raise InvalidKey(f"keys[{index}]: {reason}", key)
+    return keys  # type: ignore[return-value]
+
+
+def _reason(key: str) -> str | None:
+    """Why the server refuses ``key``, or ``None`` when it is valid."""
+    try:
+        # The server receives a str subclass as a plain str: so must this check.
+        normalize_key(str.__str__(key))
+    except InvalidKey as exc:
+        return exc.message
+    return None
+
+
+def _invalid(key: str) -> InvalidKey:
+    """The error the server answers for a get of ``key``, known to be invalid."""
+    return InvalidKey(_reason(key) or f"{show_key(key)} is too long to be a key", key)
 
 
 def split_keys(keys: list[str], batch_size: int) -> list[tuple[int, list[str]]]:
@@ -233,14 +298,17 @@ def _shift_index(exc: InvalidKey, offset: int, reply: dict[str, Any]) -> Invalid
 # ------------------------------------------------------------ coalescing
 
 
-def canonical_or_invalid(key: object) -> str:
-    """``key`` normalised, for a get that travels inside a shared mget.
+def key_and_canonical(key: object) -> tuple[str, str]:
+    """``key`` as sent (a ``uuid.UUID`` as its string) and normalised, for a
+    get that travels inside a shared mget.
 
     Raises:
         InvalidKey: with the message the server would send for a get of
             ``key``, since one invalid key would fail the whole mget.
     """
-    return normalize_key(key)
+    if isinstance(key, uuid.UUID):
+        key = str(key)
+    return key, normalize_key(key)  # type: ignore[return-value]
 
 
 def not_found(canonical: str, key: str) -> KeyNotFound:

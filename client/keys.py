@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import re
 
-from client.errors import InvalidKey
+from rokv.errors import InvalidKey
 
 # Regex classes spelled out with ASCII ranges: \d or str.isdigit() would let
 # fullwidth and other Unicode digits in.
@@ -30,10 +30,12 @@ FORMS = "8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:"
 
 
 def show_key(key: object) -> str:
-    """A short printable form of ``key`` for error messages (long keys cut)."""
+    """A short printable form of ``key`` for error messages: its repr, cut in
+    the middle when long, so that a string still shows both its quotes."""
     text = repr(key)
     if len(text) > _SHOW_MAX:
-        text = text[: _SHOW_MAX - 3] + "..."
+        head = (_SHOW_MAX - 3) * 2 // 3
+        text = text[:head] + "..." + text[len(text) - (_SHOW_MAX - 3 - head) :]
     return text
 
 

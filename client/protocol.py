@@ -8,6 +8,7 @@ the broker, the workers and both clients share it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +124,9 @@ def _is_request_id(value: object) -> bool:
 
 
 def decode_request(body: bytes) -> Request:
-    """Unpack and check one request body.
+    """Unpack and check one request body, in the order PROTOCOL.md gives:
+    msgpack and its limits, a map, ``id``, ``v``, ``op``, then the fields of
+    that operation.
 
     Raises:
         ProtocolViolation: the body is not msgpack, not a map of the expected
@@ -132,47 +135,141 @@ def decode_request(body: bytes) -> Request:
     """
     try:
         req = msgpack.unpackb(body, raw=False, max_array_len=MAX_MGET_KEYS, max_map_len=MAX_REQUEST_MAP_LEN)
-    except ValueError as exc:
-        if "exceeds max_" in str(exc):  # refused before building the objects
-            raise ProtocolViolation(BAD_REQUEST, f"request is over the limit of {MAX_MGET_KEYS} array elements "
-                                    f"or {MAX_REQUEST_MAP_LEN} map entries") from None
-        raise ProtocolViolation(BAD_REQUEST, f"request is not valid msgpack ({type(exc).__name__})") from None
     except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolViolation(BAD_REQUEST, f"request is not valid msgpack ({type(exc).__name__})") from None
+        raise ProtocolViolation(BAD_REQUEST, _unpack_failure(exc)) from None
     if type(req) is not dict:  # noqa: E721
-        raise ProtocolViolation(BAD_REQUEST, f"request must be a msgpack map, not {_kind(req)}")
+        raise ProtocolViolation(BAD_REQUEST, f"request must be a map, not {describe(req)}")
     request_id = req.get(F_ID)
     if not _is_request_id(request_id):
-        raise ProtocolViolation(BAD_REQUEST, "request id must be an unsigned 64-bit integer")
+        if request_id is None and F_ID not in req:
+            raise ProtocolViolation(BAD_REQUEST, "request id is missing")
+        raise ProtocolViolation(
+            BAD_REQUEST, f"request id must be an unsigned 64-bit integer, not {describe(request_id)}"
+        )
     version = req.get(F_VERSION)
     if version != PROTOCOL_VERSION or type(version) is not int:  # noqa: E721
-        raise ProtocolViolation(
-            UNSUPPORTED_VERSION,
-            f"protocol version {version!r} is not supported; this server speaks version {PROTOCOL_VERSION}",
-            request_id,
-        )
+        raise ProtocolViolation(UNSUPPORTED_VERSION, _version_problem(req), request_id)
     op = req.get(F_OP)
     if op == OP_GET:
         if F_KEY not in req:
-            raise ProtocolViolation(BAD_REQUEST, "get needs a 'key'", request_id)
+            raise ProtocolViolation(BAD_REQUEST, 'get needs a "key" field', request_id)
         return Request(request_id, OP_GET, key=req[F_KEY])
     if op == OP_MGET:
         keys = req.get(F_KEYS)
         if type(keys) is not list:  # noqa: E721
-            raise ProtocolViolation(BAD_REQUEST, f"mget needs 'keys' as an array, not {_kind(keys)}", request_id)
+            if F_KEYS not in req:
+                raise ProtocolViolation(BAD_REQUEST, 'mget needs a "keys" field, an array of keys', request_id)
+            raise ProtocolViolation(BAD_REQUEST, f'mget needs "keys" as an array, not {describe(keys)}', request_id)
         if len(keys) > MAX_MGET_KEYS:
             raise ProtocolViolation(
-                BAD_REQUEST, f"mget of {len(keys)} keys is over the limit of {MAX_MGET_KEYS}", request_id
+                BAD_REQUEST, f"mget of {len(keys):,} keys is over the limit of {MAX_MGET_KEYS:,}", request_id
             )
         return Request(request_id, OP_MGET, keys=keys)
     if op == OP_PING:
         return Request(request_id, OP_PING)
-    shown = repr(op) if len(repr(op)) < 40 else repr(op)[:37] + "..."
-    raise ProtocolViolation(BAD_REQUEST, f"unknown operation {shown}; expected one of {', '.join(OPERATIONS)}", request_id)
+    raise ProtocolViolation(BAD_REQUEST, _operation_problem(req), request_id)
 
 
-def _kind(value: object) -> str:
-    return "nothing" if value is None else type(value).__name__
+_EXPECTED_OPS = ", ".join(OPERATIONS)
+#: msgpack-c refuses arrays and maps nested deeper than this (its STACK_SIZE).
+MAX_NESTING = 1024
+
+
+def _unpack_failure(exc: Exception) -> str:
+    """What was wrong with a body msgpack refused, in plain words."""
+    text = str(exc)
+    if "max_array_len" in text:  # refused from the header, before building anything
+        return f"request holds an array of over {MAX_MGET_KEYS:,} items, the limit for any array in a request"
+    if "max_map_len" in text:
+        return f"request holds a map of over {MAX_REQUEST_MAP_LEN} entries, the limit for any map in a request"
+    if isinstance(exc, msgpack.ExtraData):
+        return "request is not one msgpack value: more bytes follow it"
+    if isinstance(exc, UnicodeDecodeError):
+        return "request holds a string that is not valid UTF-8"
+    if "not allowed for map key" in text:
+        return "request holds a map key that is neither a string nor binary"
+    if isinstance(exc, msgpack.StackError):
+        return f"request nests arrays and maps over {MAX_NESTING:,} levels deep"
+    if "incomplete input" in text:
+        return "request is not valid msgpack: it ends too early"
+    return "request is not valid msgpack"
+
+
+def _version_problem(req: dict[Any, Any]) -> str:
+    speaks = f"this server speaks version {PROTOCOL_VERSION}"
+    if F_VERSION not in req:
+        return f"protocol version is missing; {speaks}"
+    version = req[F_VERSION]
+    if type(version) is int:  # noqa: E721
+        return f"protocol version {version} is not supported; {speaks}"
+    return f"protocol version must be an integer, not {describe(version)}; {speaks}"
+
+
+def _operation_problem(req: dict[Any, Any]) -> str:
+    if F_OP not in req:
+        return f"operation is missing; expected one of {_EXPECTED_OPS}"
+    op = req[F_OP]
+    if type(op) is str:  # noqa: E721
+        return f"unknown operation {show_text(op)}; expected one of {_EXPECTED_OPS}"
+    return f"operation must be a string, not {describe(op)}; expected one of {_EXPECTED_OPS}"
+
+
+# ------------------------------------------------------- values in messages
+# Error messages travel to clients in any language: they name msgpack's types
+# and show values JSON-style, never as Python reprs (None, b'...', NoneType).
+
+_SHOW_TEXT_MAX = 32
+
+
+def kind(value: object) -> str:
+    """The msgpack type name of a decoded value: nil, boolean, integer,
+    float, string, binary, array, map, or extension."""
+    if value is None:
+        return "nil"
+    return _KINDS.get(type(value), "extension")
+
+
+_KINDS: dict[type, str] = {
+    bool: "boolean", int: "integer", float: "float", str: "string", bytes: "binary",
+    list: "array", tuple: "array", dict: "map",
+}
+
+
+def show_text(text: str) -> str:
+    """``text`` as a JSON string for a message: its first 32 characters,
+    then ``...`` inside the quotes when cut; characters that are not
+    printable (controls, line and paragraph separators, bidi overrides) as
+    JSON escapes, so a message stays one honest line in any log."""
+    shown = json.dumps(text[:_SHOW_TEXT_MAX], ensure_ascii=False)
+    if not shown.isprintable():
+        shown = "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in shown)
+    return shown[:-1] + '..."' if len(text) > _SHOW_TEXT_MAX else shown
+
+
+def describe(value: object) -> str:
+    """A decoded value in plain words for an error message: ``nil``,
+    ``a boolean true``, ``an integer -1``, ``a string "pang"``, ``binary data
+    of 4 bytes``, ``an array of 3 items``, ``a map of 1 entry``..."""
+    name = kind(value)
+    if name == "boolean":
+        return f"a boolean {'true' if value else 'false'}"
+    if name == "integer":
+        return f"an integer {value}"
+    if name == "float":
+        return f"a float {value!r}"  # 1.5, inf, nan: close enough to JSON for a message
+    if name == "string":
+        return f"a string {show_text(value)}"  # type: ignore[arg-type]
+    if name == "binary":
+        return f"binary data of {_count(len(value), 'byte')}"  # type: ignore[arg-type]
+    if name == "array":
+        return f"an array of {_count(len(value), 'item')}"  # type: ignore[arg-type]
+    if name == "map":
+        return f"a map of {_count(len(value), 'entry', 'entries')}"  # type: ignore[arg-type]
+    return "nil" if name == "nil" else "an extension value"
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 # ---------------------------------------------------------------- replies
@@ -207,8 +304,8 @@ def decode_reply(body: bytes) -> dict[str, Any]:
     """
     try:
         reply = msgpack.unpackb(body, raw=False)
-    except Exception as exc:
-        raise ProtocolViolation(BAD_REQUEST, f"reply is not valid msgpack ({type(exc).__name__})") from None
+    except Exception:
+        raise ProtocolViolation(BAD_REQUEST, "reply is not valid msgpack") from None
     if type(reply) is not dict:  # noqa: E721
-        raise ProtocolViolation(BAD_REQUEST, f"reply must be a msgpack map, not {_kind(reply)}")
+        raise ProtocolViolation(BAD_REQUEST, f"reply must be a map, not {describe(reply)}")
     return reply

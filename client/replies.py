@@ -1,12 +1,15 @@
 """Turning reply maps into results or exceptions, shared by every client
-transport so that they cannot drift apart."""
+transport so that they cannot drift apart.
+
+As PROTOCOL.md says: a reply that has an ``error`` field is an error, whatever
+else it holds; fields a reader does not know are ignored."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from client import protocol as p
-from client.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError
+from rokv import protocol as p
+from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError
 
 
 def error_from_reply(reply: dict[str, Any], key: object = None) -> RokvError:
@@ -14,7 +17,8 @@ def error_from_reply(reply: dict[str, Any], key: object = None) -> RokvError:
     code = reply.get(p.F_ERROR)
     message = reply.get(p.F_MESSAGE)
     if not isinstance(message, str):
-        message = f"server answered error {code!r} without a message"
+        shown = p.show_text(code) if isinstance(code, str) else p.describe(code)
+        message = f"server answered error {shown} without a message"
     if code == p.NOT_FOUND:
         return KeyNotFound(message, key if isinstance(key, str) else None)
     if code == p.INVALID_KEY:
@@ -24,12 +28,12 @@ def error_from_reply(reply: dict[str, Any], key: object = None) -> RokvError:
 
 def value_from_reply(reply: dict[str, Any], key: str) -> str:
     """The value of a get reply. Raises the error the reply carries."""
+    if p.F_ERROR in reply:
+        raise error_from_reply(reply, key)
     value = reply.get(p.F_VALUE)
     if type(value) is str:  # noqa: E721
         return value
-    if p.F_ERROR in reply:
-        raise error_from_reply(reply, key)
-    raise ProtocolError(f"malformed get reply: {sorted(map(str, reply))}")
+    raise ProtocolError(f"malformed get reply: no string value (fields: {', '.join(sorted(map(str, reply)))})")
 
 
 def values_from_reply(reply: dict[str, Any], keys: Sequence[str]) -> list[str | None]:
@@ -39,23 +43,23 @@ def values_from_reply(reply: dict[str, Any], keys: Sequence[str]) -> list[str | 
         InvalidKey: naming the invalid key the worker pointed at.
         ProtocolError: the reply does not fit the request.
     """
-    values = reply.get(p.F_VALUES)
-    if type(values) is list and len(values) == len(keys):  # noqa: E721
-        return values
     if p.F_ERROR in reply:
         index = reply.get(p.F_INDEX)
         key = keys[index] if type(index) is int and 0 <= index < len(keys) else None  # noqa: E721
         raise error_from_reply(reply, key)
+    values = reply.get(p.F_VALUES)
+    if type(values) is list and len(values) == len(keys):  # noqa: E721
+        return values
     raise ProtocolError(f"malformed mget reply for {len(keys)} keys")
 
 
 def worker_from_reply(reply: dict[str, Any]) -> dict[str, Any]:
     """The worker description of a ping reply."""
+    if p.F_ERROR in reply:
+        raise error_from_reply(reply)
     info = reply.get(p.F_WORKER)
     if type(info) is dict:  # noqa: E721
         return info
-    if p.F_ERROR in reply:
-        raise error_from_reply(reply)
     raise ProtocolError("malformed ping reply")
 
 

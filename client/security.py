@@ -99,19 +99,79 @@ def peer_from_env(secret_variable: str) -> CurvePeer | None:
     return CurvePeer(secret, broker_key)
 
 
-def make_key_pair(folder: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
-    """Write ``NAME.key`` and ``NAME.key_secret`` into ``folder`` (created if
-    needed); returns their paths. The secret file is readable by its owner only.
+class KeyNameError(ValueError):
+    """A key pair name that could write outside its folder or hide its files."""
+
+
+def default_key_dir() -> Path:
+    """Where ``rokv keygen`` writes unless told: ``$XDG_CONFIG_HOME/rokv/keys``,
+    else ``~/.config/rokv/keys``. Outside any checkout on purpose, so a secret
+    key cannot be committed by accident."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    # The XDG spec says to ignore a relative value, as if it were unset.
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".config"
+    return root / "rokv" / "keys"
+
+
+def check_key_name(name: str) -> str:
+    """``name`` when it is safe as the stem of ``NAME.key`` in a folder.
 
     Raises:
-        FileExistsError: a key of that name exists already (never overwritten).
+        KeyNameError: ``name`` is empty, holds a path separator (``/`` or
+            ``\\``) or ``..``, or starts with ``.`` (a hidden file: the
+            broker's allow-list, which globs ``*.key``, would skip it silently).
     """
+    if not name:
+        raise KeyNameError("a key name must not be empty")
+    if "/" in name or "\\" in name or ".." in name:
+        raise KeyNameError(f"key name {name!r} must not contain '/', '\\' or '..'; use --dir to choose the folder")
+    if name.startswith("."):
+        raise KeyNameError(f"key name {name!r} must not start with '.'")
+    if "\0" in name:
+        raise KeyNameError("a key name must not contain a NUL character")
+    return name
+
+
+_PUBLIC_BANNER = "#   ZeroMQ CURVE Public Certificate, made by rokv keygen: safe to copy\n\n"
+_SECRET_BANNER = "#   ZeroMQ CURVE **Secret** Certificate, made by rokv keygen: keep it private\n\n"
+
+
+def make_key_pair(folder: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` into ``folder``; returns
+    their paths. A folder that does not exist is created readable by its owner
+    only (0700); the secret file is created with mode 0600, never briefly
+    readable by others. Both are ZeroMQ certificates (``zmq.auth`` reads them).
+
+    Raises:
+        KeyNameError: ``name`` is unsafe (see :func:`check_key_name`).
+        FileExistsError: a key of that name exists already (never overwritten).
+        OSError: the folder or files cannot be written.
+    """
+    check_key_name(name)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
-    for path in (public, secret):
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    public_path, secret_path = folder / f"{name}.key", folder / f"{name}.key_secret"
+    for path in (public_path, secret_path):
         if path.exists():
             raise FileExistsError(f"{path} exists already; choose another name or folder")
-    public_file, secret_file = zmq.auth.create_certificates(folder, name)
-    os.chmod(secret_file, 0o600)
-    return Path(public_file), Path(secret_file)
+    public, secret = zmq.curve_keypair()
+    # Secret first: if it cannot be made, nothing is left behind.
+    _write_certificate(secret_path, 0o600, _SECRET_BANNER, public, secret)
+    try:
+        _write_certificate(public_path, 0o644, _PUBLIC_BANNER, public)
+    except BaseException:
+        secret_path.unlink()
+        raise
+    return public_path, secret_path
+
+
+def _write_certificate(path: Path, mode: int, banner: str, public: bytes, secret: bytes | None = None) -> None:
+    """Write a certificate in zmq.auth's format, created with ``mode`` (O_EXCL:
+    an existing file is never replaced). Unlike zmq.auth.create_certificates,
+    which writes with the umask's mode and leaves the caller to chmod after."""
+    text = f'{banner}metadata\ncurve\n    public-key = "{public.decode()}"\n'
+    if secret is not None:
+        text += f'    secret-key = "{secret.decode()}"\n'
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(text)

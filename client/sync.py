@@ -1,7 +1,7 @@
 """The blocking client: one DEALER socket, request ids, a deadline per try.
 
-What is sent and what a reply means is decided in :mod:`client.core`, shared
-with :class:`client.AsyncClient`; this module is only the blocking transport.
+What is sent and what a reply means is decided in :mod:`rokv.core`, shared
+with :class:`rokv.AsyncClient`; this module is only the blocking transport.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any, Iterable
 
 import zmq
 
-from client import core
-from client import protocol as p
-from client.security import CurvePeer
-from client.core import (
+from rokv import core
+from rokv import protocol as p
+from rokv.security import CurvePeer
+from rokv.core import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENDPOINT,
     DEFAULT_RETRIES,
@@ -25,8 +25,8 @@ from client.core import (
     RetryPolicy,
     resolve_endpoint,
 )
-from client.errors import RokvError
-from client.replies import check_key_type, value_from_reply, worker_from_reply
+from rokv.errors import RokvError
+from rokv.replies import value_from_reply, worker_from_reply
 
 __all__ = [
     "Client", "RetryPolicy", "resolve_endpoint",
@@ -35,6 +35,8 @@ __all__ = [
 
 # A plain int: pyzmq's enum flags cost a Python-level operation per use.
 _NOBLOCK = int(zmq.NOBLOCK)
+_MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
+_MAX_KEY_LENGTH = p.MAX_KEY_LENGTH
 
 
 class Client:
@@ -89,9 +91,9 @@ class Client:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._ids = core.request_ids()
-        self._sock: zmq.Socket | None = core.open_dealer(
-            context or zmq.Context.instance(), self.endpoint, core.resolve_curve(curve)
-        )
+        curve = core.resolve_curve(curve)
+        self._curve = curve is not None
+        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint, curve)
         self._rcvtimeo = -1
 
     @property
@@ -106,33 +108,37 @@ class Client:
 
     # ------------------------------------------------------------ public API
 
-    def get(self, key: str) -> str:
-        """The value stored under ``key``.
+    def get(self, key: core.Key) -> str:
+        """The value stored under ``key`` (a string, or a ``uuid.UUID``,
+        sent as its canonical string).
 
         Raises:
             KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
-            InvalidKey: ``key`` is not a string or not a UUIDv4.
+            InvalidKey: ``key`` is not a string or not a UUIDv4 (one longer
+                than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
             ServiceUnavailable: no reply after every try.
         """
-        check_key_type(key)
+        if type(key) is not str or len(key) > _MAX_KEY_LENGTH:  # noqa: E721 - one test for the common case
+            key = core.check_key(key)
         rid = next(self._ids)
         reply = self._exchange({rid: p.encode_request(rid, p.OP_GET, key)})[rid]
         return value_from_reply(reply, key)
 
-    def get_many(self, keys: Iterable[str]) -> list[str | None]:
-        """The values of ``keys``, in order, ``None`` where a key is not found.
+    def get_many(self, keys: Iterable[core.Key]) -> list[str | None]:
+        """The values of ``keys`` (strings, or ``uuid.UUID`` objects), in
+        order, ``None`` where a key is not found.
 
         Long lists travel as several messages of ``batch_size`` keys, sent
         together, so the wait is about one round trip either way.
 
         Raises:
+            TypeError: ``keys`` is a single ``str`` or ``bytes``, not a list.
             InvalidKey: some key is not a string or not a UUIDv4 (the first
                 one found is named, with its index in ``keys``); nothing is
                 returned then.
             ServiceUnavailable: no reply after every try.
         """
-        keys = list(keys)
-        core.check_key_types(keys)
+        keys = core.check_keys(keys)
         if not keys:
             return []
         chunks = core.split_keys(keys, self.batch_size)
@@ -177,44 +183,55 @@ class Client:
     def _exchange(self, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
         """Send every request and wait for a reply to each, resending those
         still unanswered after each try's timeout. Replies whose id is not
-        awaited (late answers to abandoned calls) are dropped."""
+        awaited (late answers to abandoned calls) are dropped. At most
+        MAX_IN_FLIGHT requests travel at once (PROTOCOL.md, "Limits")."""
         with self._lock:
             sock = self._sock
             if sock is None:
                 raise RokvError("this Client is closed")
             if os.getpid() != self._pid:
                 raise RokvError("this Client was created in another process; create one after fork()")
+            if len(bodies) <= _MAX_IN_FLIGHT:
+                return self._exchange_window(sock, bodies)
             replies: dict[int, dict[str, Any]] = {}
-            pending = dict(bodies)
-            for attempt in range(self.retry.tries):
-                for body in pending.values():
-                    try:
-                        sock.send(body, _NOBLOCK)
-                    except zmq.Again:
-                        break  # queue full: the broker is away; wait out this try
-                deadline = time.monotonic() + self.retry.try_timeout(attempt)
-                while pending:
-                    wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
-                    if wait_ms <= 0:
-                        break
-                    # A blocking receive with a timeout is one call where poll
-                    # then receive is two (plus a failed receive): it is most of
-                    # the client's cost of a sequential get. The option is set
-                    # only when the wait changes, so once per try at most.
-                    if wait_ms != self._rcvtimeo:
-                        sock.setsockopt(zmq.RCVTIMEO, wait_ms)
-                        self._rcvtimeo = wait_ms
-                    try:
-                        # Each frame is read as a message: a reply is one
-                        # frame, and asking ZMQ_RCVMORE (as recv_multipart
-                        # does) costs more than the receive.
-                        body = sock.recv()
-                    except zmq.Again:
-                        break
-                    got = core.reply_of(body)
-                    if got is not None and got[0] in pending:
-                        del pending[got[0]]
-                        replies[got[0]] = got[1]
-                if not pending:
-                    return replies
-            raise self.retry.unavailable(self.endpoint)
+            items = list(bodies.items())
+            for start in range(0, len(items), _MAX_IN_FLIGHT):
+                replies.update(self._exchange_window(sock, dict(items[start : start + _MAX_IN_FLIGHT])))
+            return replies
+
+    def _exchange_window(self, sock: zmq.Socket, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
+        """:meth:`_exchange` for at most MAX_IN_FLIGHT requests."""
+        replies: dict[int, dict[str, Any]] = {}
+        pending = dict(bodies)
+        for attempt in range(self.retry.tries):
+            for body in pending.values():
+                try:
+                    sock.send(body, _NOBLOCK)
+                except zmq.Again:
+                    break  # queue full: the broker is away; wait out this try
+            deadline = time.monotonic() + self.retry.try_timeout(attempt)
+            while pending:
+                wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+                if wait_ms <= 0:
+                    break
+                # A blocking receive with a timeout is one call where poll
+                # then receive is two (plus a failed receive): it is most of
+                # the client's cost of a sequential get. The option is set
+                # only when the wait changes, so once per try at most.
+                if wait_ms != self._rcvtimeo:
+                    sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+                    self._rcvtimeo = wait_ms
+                try:
+                    # Each frame is read as a message: a reply is one
+                    # frame, and asking ZMQ_RCVMORE (as recv_multipart
+                    # does) costs more than the receive.
+                    body = sock.recv()
+                except zmq.Again:
+                    break
+                got = core.reply_of(body)
+                if got is not None and got[0] in pending:
+                    del pending[got[0]]
+                    replies[got[0]] = got[1]
+            if not pending:
+                return replies
+        raise self.retry.unavailable(self.endpoint, curve=self._curve)

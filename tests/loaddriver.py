@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client import (  # noqa: E402
+from rokv import (  # noqa: E402
     Client,
     InvalidKey,
     KeyNotFound,
@@ -28,7 +28,7 @@ from client import (  # noqa: E402
     ServiceUnavailable,
     core,
 )
-from client.keys import random_key  # noqa: E402
+from rokv.keys import random_key  # noqa: E402
 
 INVALID = ["not-a-key", "8a35eb59-62b3-181c-8875-1f248df4c952", "", "{8a35eb59-62b3-481c-8875-1f248df4c952"]
 

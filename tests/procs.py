@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from client import Client, ServiceUnavailable
+from rokv import Client, ServiceUnavailable
+from rokv.security import CurvePeer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example.json"
@@ -91,20 +92,20 @@ class Proc:
 
 
 def start_broker(log_dir: Path, frontend: str, backend: str, *extra: str, name: str = "broker") -> Proc:
-    return Proc(name, [sys.executable, "-m", "broker", "--frontend", frontend, "--backend", backend, *extra], log_dir)
+    return Proc(name, [sys.executable, "-m", "rokv.broker", "--frontend", frontend, "--backend", backend, *extra], log_dir)
 
 
 def start_worker(log_dir: Path, backend: str, data: Path | str = EXAMPLE, *extra: str, name: str = "worker") -> Proc:
     return Proc(
-        name, [sys.executable, "-m", "worker", "--backend", backend, "--data", str(data), "--name", name, *extra],
+        name, [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(data), "--name", name, *extra],
         log_dir,
     )
 
 
-def seen_workers(endpoint: str, count: int, timeout: float = 15.0) -> set[str]:
+def seen_workers(endpoint: str, count: int, timeout: float = 15.0, curve: CurvePeer | None = None) -> set[str]:
     """Ping until ``count`` distinct workers have answered; their ids."""
     seen: set[str] = set()
-    with Client(endpoint, timeout=0.5, retries=0) as client:
+    with Client(endpoint, timeout=0.5, retries=0, curve=curve) as client:
         def enough() -> bool:
             try:
                 seen.add(client.ping()["id"])

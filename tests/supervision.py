@@ -16,11 +16,16 @@ from procs import REPO, scaled
 class Supervisor:
     """supervisord -n on a copy of the checkout's supervisord.conf in a temp folder."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, env: dict[str, str], fresh: bool = False) -> None:
+        if fresh:
+            root.mkdir(parents=True)
         self.conf = root / "supervisord.conf"
         shutil.copy(REPO / "supervisord.conf", self.conf)
-        (root / "run").mkdir()
-        (root / "data").symlink_to(REPO / "data")
+        # A second supervisord in the same folder finds the first one's run/,
+        # as an operator restarting it would.
+        (root / "run").mkdir(exist_ok=True)
+        if not (root / "data").exists():
+            (root / "data").symlink_to(REPO / "data")
         # supervisord execs rokv-broker and friends from PATH: the ones
         # installed next to this interpreter.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -46,6 +51,11 @@ class Supervisor:
                 pid = int(parts[3].rstrip(",")) if len(parts) > 3 and parts[2] == "pid" else None
                 states[parts[0]] = (parts[1], pid)
         return states
+
+    def status_code(self) -> int:
+        """What ``supervisorctl status`` exits with: 0 exactly when every
+        program is RUNNING (or starting)."""
+        return self.ctl("status").returncode
 
     def running(self) -> dict[str, int]:
         return {name: pid for name, (state, pid) in self.status().items() if state == "RUNNING" and pid}

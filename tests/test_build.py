@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from procs import REPO, child_env, scaled, wait_for
-from worker.build import build
-from worker.dataset import DatasetError, load_dataset
-from worker.store import open_store
+from rokv.worker.build import build
+from rokv.worker.dataset import DatasetError, load_dataset
+from rokv.worker.store import open_store
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 K2 = "0b7e1f3a-9c4d-4e2f-a1b2-c3d4e5f60718"
@@ -24,7 +24,7 @@ K3 = "f0e1d2c3-b4a5-4968-b7a6-958473625140"
 
 def rokv(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client", *args], cwd=REPO, env=child_env(), capture_output=True, text=True,
+        [sys.executable, "-m", "rokv", *args], cwd=REPO, env=child_env(), capture_output=True, text=True,
         timeout=scaled(60),
     )
 
@@ -120,7 +120,7 @@ def test_a_killed_build_leaves_no_file_at_the_target(tmp_path: Path) -> None:
             f.write(line(f"{i:08x}-0000-4000-8000-{i * 7919 % 10**12:012d}", "v" * 200))
     out = tmp_path / "out.rokv"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client", "build", str(src), "-o", str(out), "--quiet"], cwd=REPO, env=child_env(),
+        [sys.executable, "-m", "rokv", "build", str(src), "-o", str(out), "--quiet"], cwd=REPO, env=child_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -186,3 +186,18 @@ def test_cli_refusals_and_exit_codes(tmp_path: Path) -> None:
     result = rokv("verify", str(tmp_path / "none.rokv"))
     assert result.returncode == 1 and "no such file" in result.stderr
     assert os.listdir(tmp_path) == ["s.jsonl"]
+
+
+@pytest.mark.parametrize(("name", "content"), [("e.json", "{}"), ("e.jsonl", ""), ("e.jsonl", "\n  \n")])
+def test_an_empty_source_is_refused_unless_allowed(tmp_path: Path, name: str, content: str) -> None:
+    src = tmp_path / name
+    src.write_text(content)
+    out = tmp_path / "e.rokv"
+    result = rokv("build", str(src), "-o", str(out))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"rokv: {src}: the dataset holds no keys") and "--allow-empty" in result.stderr
+    assert not out.exists()
+    result = rokv("build", str(src), "-o", str(out), "--allow-empty")
+    assert result.returncode == 0, result.stderr
+    assert f"built {out}: 0 keys" in result.stdout
+    assert open_store(out).header.count == 0

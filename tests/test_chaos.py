@@ -11,14 +11,20 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 
 from procs import EXAMPLE, REPO, child_env, free_port, scaled, seen_workers, wait_for
 from supervision import Supervisor
+
+from rokv.security import CurvePeer, make_key_pair
 
 SCENARIO_SECONDS = float(os.environ.get("ROKV_CHAOS_SECONDS", "12"))
 DRIVERS = 2
@@ -33,22 +39,56 @@ POLICY = [
 ]
 
 
-def start_stack(supervisor_factory) -> tuple[Supervisor, str]:
-    frontend = f"tcp://127.0.0.1:{free_port()}"
-    sup = supervisor_factory(ROKV_FRONTEND=frontend, ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}", ROKV_WORKERS="2")
-    seen_workers(frontend, 2, timeout=30)
-    wait_for(lambda: {"broker", "worker:worker_00", "worker:worker_01"} <= set(sup.running()), 15, "stack RUNNING")
-    return sup, frontend
+@pytest.fixture(params=["plain", "curve"])
+def security(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, dict[str, str]]:
+    """Every scenario runs twice: without encryption, and with CurveZMQ on both
+    sides of the broker (the variables of README "Security"). Returns the
+    environment of supervisord and of the load drivers."""
+    if request.param == "plain":
+        return {"pool": {}, "drivers": {}}
+    keys = tmp_path / "keys"
+    broker_public, broker_secret = make_key_pair(keys, "broker")
+    client_public, client_secret = make_key_pair(keys, "client")
+    worker_public, worker_secret = make_key_pair(keys, "worker")
+    for folder, public in (("clients", client_public), ("workers", worker_public)):
+        (keys / folder).mkdir()
+        shutil.copy(public, keys / folder)
+    return {
+        "pool": {"ROKV_BROKER_SECRET": str(broker_secret), "ROKV_CLIENT_KEYS": str(keys / "clients"),
+                 "ROKV_WORKER_KEYS": str(keys / "workers"), "ROKV_WORKER_SECRET": str(worker_secret),
+                 "ROKV_BROKER_KEY": str(broker_public)},
+        "drivers": {"ROKV_CLIENT_SECRET": str(client_secret), "ROKV_BROKER_KEY": str(broker_public)},
+    }
 
 
-def start_drivers(endpoint: str) -> list[subprocess.Popen[str]]:
+class Pool:
+    """A supervised pool and how its clients reach it."""
+
+    def __init__(self, supervisor_factory, security: dict[str, dict[str, str]]) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.client_env = security["drivers"]
+        self.sup: Supervisor = supervisor_factory(ROKV_FRONTEND=self.endpoint, ROKV_WORKERS="2",
+                                                  ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}", **security["pool"])
+        curve = None
+        if self.client_env:
+            curve = CurvePeer(self.client_env["ROKV_CLIENT_SECRET"], self.client_env["ROKV_BROKER_KEY"])
+        seen_workers(self.endpoint, 2, timeout=30, curve=curve)
+        wait_for(lambda: {"broker", "worker:worker_00", "worker:worker_01"} <= set(self.sup.running()), 15,
+                 "stack RUNNING")
+
+    def running(self) -> dict[str, int]:
+        return self.sup.running()
+
+
+def start_drivers(pool: Pool) -> list[subprocess.Popen[str]]:
+    endpoint = pool.endpoint
     return [
         subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "loaddriver.py"), "--endpoint", endpoint, "--data", str(EXAMPLE),
              "--seconds", str(SCENARIO_SECONDS), "--seed", str(seed), *POLICY,
              # On a loaded machine, run longer rather than prove too little.
              "--min-found", str(MIN_LOOKUPS // DRIVERS + 5_000), "--max-seconds", str(SCENARIO_SECONDS * 4)],
-            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=child_env(**pool.client_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for seed in range(DRIVERS)
     ]
@@ -88,74 +128,78 @@ def report(name: str, result: dict, faults: str) -> None:
     )
 
 
+def label(security: dict[str, dict[str, str]]) -> str:
+    return ", CURVE" if security["pool"] else ""
+
+
 def assert_nothing_lost(result: dict) -> None:
     assert result["wrong"] == 0, result["errors"]
     assert result["lost"] == 0, result["errors"]
     assert result["found"] >= MIN_LOOKUPS, f"only {result['found']} lookups of known keys: too light to prove anything"
 
 
-def test_a_worker_sigkilled_every_second(supervisor_factory) -> None:
-    sup, endpoint = start_stack(supervisor_factory)
+def test_a_worker_sigkilled_every_second(supervisor_factory, security) -> None:
+    pool = Pool(supervisor_factory, security)
     rng = random.Random(7)
-    drivers = start_drivers(endpoint)
+    drivers = start_drivers(pool)
     kills = 0
     deadline = time.monotonic() + SCENARIO_SECONDS * 4 + 10
     while drivers_running(drivers) and time.monotonic() < deadline:
         time.sleep(rng.uniform(0.8, 1.2))
         # Only workers supervisor counts as started: killing one inside its
         # startsecs would count as a failed start and, thrice, make it FATAL.
-        victims = [pid for name, pid in sup.running().items() if name.startswith("worker:")]
+        victims = [pid for name, pid in pool.running().items() if name.startswith("worker:")]
         if victims and drivers_running(drivers):
             os.kill(rng.choice(victims), signal.SIGKILL)
             kills += 1
     result = collect(drivers)
-    report("worker SIGKILL ~every 1 s", result, f"{kills} kills")
+    report(f"worker SIGKILL ~every 1 s{label(security)}", result, f"{kills} kills")
     assert kills >= SCENARIO_SECONDS / 3
     assert_nothing_lost(result)
 
 
-def test_the_broker_sigkilled_once(supervisor_factory) -> None:
-    sup, endpoint = start_stack(supervisor_factory)
-    drivers = start_drivers(endpoint)
+def test_the_broker_sigkilled_once(supervisor_factory, security) -> None:
+    pool = Pool(supervisor_factory, security)
+    drivers = start_drivers(pool)
     time.sleep(SCENARIO_SECONDS / 3)
-    broker = sup.running()["broker"]
+    broker = pool.running()["broker"]
     os.kill(broker, signal.SIGKILL)
-    wait_for(lambda: sup.running().get("broker") not in (None, broker), 20, "supervisor to restart the broker")
+    wait_for(lambda: pool.running().get("broker") not in (None, broker), 20, "supervisor to restart the broker")
     result = collect(drivers)
-    report("broker SIGKILL once", result, "1 kill")
+    report(f"broker SIGKILL once{label(security)}", result, "1 kill")
     assert_nothing_lost(result)
 
 
-def test_a_worker_stopped_for_5_seconds(supervisor_factory) -> None:
-    sup, endpoint = start_stack(supervisor_factory)
-    drivers = start_drivers(endpoint)
+def test_a_worker_stopped_for_5_seconds(supervisor_factory, security) -> None:
+    pool = Pool(supervisor_factory, security)
+    drivers = start_drivers(pool)
     time.sleep(SCENARIO_SECONDS / 4)
-    victim = sup.running()["worker:worker_00"]
+    victim = pool.running()["worker:worker_00"]
     os.kill(victim, signal.SIGSTOP)
     try:
         time.sleep(5)
     finally:
         os.kill(victim, signal.SIGCONT)
     result = collect(drivers)
-    report("worker SIGSTOP 5 s", result, "1 stop")
+    report(f"worker SIGSTOP 5 s{label(security)}", result, "1 stop")
     assert_nothing_lost(result)
 
 
-def test_a_rolling_restart_of_every_worker(supervisor_factory) -> None:
-    sup, endpoint = start_stack(supervisor_factory)
-    drivers = start_drivers(endpoint)
+def test_a_rolling_restart_of_every_worker(supervisor_factory, security) -> None:
+    pool = Pool(supervisor_factory, security)
+    drivers = start_drivers(pool)
     restarts = 0
     deadline = time.monotonic() + SCENARIO_SECONDS * 4 + 10
     while drivers_running(drivers) and time.monotonic() < deadline:
         for name in ("worker:worker_00", "worker:worker_01"):
             if not drivers_running(drivers):
                 break
-            done = sup.ctl("restart", name)
+            done = pool.sup.ctl("restart", name)
             assert "started" in done.stdout, done.stdout + done.stderr
             restarts += 1
-            wait_for(lambda: name in sup.running(), 15, f"{name} RUNNING again")
+            wait_for(lambda: name in pool.running(), 15, f"{name} RUNNING again")
             time.sleep(0.5)
     result = collect(drivers)
-    report("rolling restart", result, f"{restarts} restarts")
+    report(f"rolling restart{label(security)}", result, f"{restarts} restarts")
     assert restarts >= 2
     assert_nothing_lost(result)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.dataset import DatasetError, load_dataset
+from rokv.worker.dataset import DatasetError, load_dataset, open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example.json"
@@ -129,8 +129,14 @@ def test_surrogate_pair_escape_is_one_character(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "name, content", [("d.json", "{}"), ("d.json", " \n{ \n}\n "), ("d.jsonl", ""), ("d.jsonl", "\n \n\t\n")]
 )
-def test_empty_dataset_is_allowed(tmp_path: Path, name: str, content: str) -> None:
-    assert load_dataset(write(tmp_path, name, content)) == {}
+def test_empty_dataset_is_refused_unless_allowed(tmp_path: Path, name: str, content: str) -> None:
+    path = write(tmp_path, name, content)
+    error = refused(path, "holds no keys", "--allow-empty", "ROKV_ALLOW_EMPTY=1")
+    assert error.path == str(path)
+    assert load_dataset(path, allow_empty=True) == {}
+    with pytest.raises(DatasetError, match="holds no keys"):
+        open_dataset(path)
+    assert open_dataset(path, allow_empty=True) == {}
 
 
 def test_leading_byte_order_mark_is_ignored(tmp_path: Path) -> None:
@@ -153,6 +159,11 @@ def test_committed_example_dataset() -> None:
 def test_unsupported_suffix(tmp_path: Path, name: str) -> None:
     path = write(tmp_path, name, json.dumps({K1: "v"}))
     refused(path, "unsupported dataset format", "use .json or .jsonl")
+    # What a worker opens may also be compiled: its message names all three.
+    with pytest.raises(DatasetError) as info:
+        open_dataset(path)
+    assert str(info.value).startswith(f"{path}: unsupported dataset format ")
+    assert str(info.value).endswith(": use .rokv, .json or .jsonl")
 
 
 def test_missing_file(tmp_path: Path) -> None:

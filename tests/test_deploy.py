@@ -22,13 +22,13 @@ import pytest
 from procs import child_env, free_port, scaled, seen_workers, wait_for
 from supervision import Supervisor
 
-from client import Client, ServiceUnavailable
-from client.keys import random_key
-from worker import deploy
-from worker.build import build
-from worker.deploy import Exit, target_for
-from worker.store import HEADER_SIZE, open_store, read_header
-from worker.supervisor_rpc import Supervisor as SupervisorRPC
+from rokv import Client, ServiceUnavailable
+from rokv.keys import random_key
+from rokv.worker import deploy
+from rokv.worker.build import build
+from rokv.worker.deploy import Exit, target_for
+from rokv.worker.store import HEADER_SIZE, open_store, read_header
+from rokv.worker.supervisor_rpc import Supervisor as SupervisorRPC
 
 KEYS = 3000
 
@@ -157,7 +157,7 @@ def answering_pids(endpoint: str, digest: str, count: int = 10) -> set[int]:
 def rokv_deploy(sup: Supervisor, *args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
     """``rokv deploy ARGS -c <the test supervisord.conf>`` in a subprocess
     (or ``script``, a Python program that runs it, given ARGS in sys.argv)."""
-    command = ["-m", "client", "deploy"] if script is None else ["-c", script]
+    command = ["-m", "rokv", "deploy"] if script is None else ["-c", script]
     return subprocess.run(
         [sys.executable, *command, *args, "-c", str(sup.conf)], cwd=sup.conf.parent, env=child_env(),
         capture_output=True, text=True, timeout=scaled(120),
@@ -316,8 +316,8 @@ def test_deploy_rolls_back_when_the_first_worker_fails(supervisor_factory, tmp_p
 # before the second restart) is injected around the real command.
 _FAIL_SECOND = """
 import os, shutil, sys
-import worker.deploy as d
-from client.cli import main
+import rokv.worker.deploy as d
+from rokv.cli import main
 real = d.Pool.restart
 def restart(self, worker, digest):
     if worker.name == "worker:worker_01" and digest == os.environ["NEW_DIGEST"]:
@@ -361,7 +361,7 @@ def test_deploy_rolls_back_when_stopped_by_sigterm(supervisor_factory, tmp_path:
     pool = Service(supervisor_factory, tmp_path)
     load = pool.load("one", "two")
     try:
-        command = [sys.executable, "-m", "client", "deploy", str(pool.v2), "--link", str(pool.link),
+        command = [sys.executable, "-m", "rokv", "deploy", str(pool.v2), "--link", str(pool.link),
                    "--endpoint", pool.frontend, "-c", str(pool.sup.conf)]
         proc = subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -418,7 +418,7 @@ def test_deploy_usage_errors_change_nothing(tmp_path: Path) -> None:
     conf.write_text(f"[supervisorctl]\nserverurl=unix://{tmp_path}/nobody.sock\n")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "client", "deploy", *args], cwd=tmp_path, env=child_env(),
+        return subprocess.run([sys.executable, "-m", "rokv", "deploy", *args], cwd=tmp_path, env=child_env(),
                               capture_output=True, text=True, timeout=scaled(30))
 
     result = run(str(v2), "-c", str(conf))  # no --link, no ROKV_DATA

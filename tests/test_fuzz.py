@@ -8,10 +8,10 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import protocol as p
-from client.errors import InvalidKey
-from client.keys import normalize_key
-from worker.handler import Handler
+from rokv import protocol as p
+from rokv.errors import InvalidKey
+from rokv.keys import normalize_key
+from rokv.worker.handler import Handler
 
 K = "8a35eb59-62b3-481c-8875-1f248df4c952"
 HANDLER = Handler({K: "value"}, worker_id="fuzz", dataset="fuzz.json")

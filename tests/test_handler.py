@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from worker.handler import Handler
+from rokv.worker.handler import Handler
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 K2 = "0f0e0d0c-0b0a-4908-8706-050403020100"

@@ -11,8 +11,8 @@ import msgpack
 import pytest
 import zmq
 
-from client import Client
-from client import protocol as p
+from rokv import Client
+from rokv import protocol as p
 from procs import Stack, scaled, wait_for
 
 K = "11111111-2222-4333-8444-555555555555"

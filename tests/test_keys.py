@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from client.errors import InvalidKey
-from client.keys import normalize_key
+from rokv.errors import InvalidKey
+from rokv.keys import normalize_key
 
 CANON = "8a35eb59-62b3-481c-8875-1f248df4c952"
 HEX = CANON.replace("-", "")
@@ -85,3 +85,13 @@ def test_str_subclasses_are_not_keys() -> None:
 
     with pytest.raises(InvalidKey, match="not Sneaky"):
         normalize_key(Sneaky(CANON))
+
+
+@pytest.mark.parametrize("key", ["x" * 100, "8a35eb59-62b3-481c-8875-1f248df4c952" * 2, "'\"" * 40])
+def test_a_long_key_is_cut_in_the_middle_and_keeps_its_quotes(key: str) -> None:
+    with pytest.raises(InvalidKey) as info:
+        normalize_key(key)
+    shown = str(info.value).split(" is not a UUID")[0]
+    assert len(shown) <= 60 and "..." in shown
+    assert shown[0] == shown[-1] == repr(key)[0]  # both quotes
+    assert shown.startswith(repr(key)[:30]) and shown.endswith(repr(key)[-10:])

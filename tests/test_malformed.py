@@ -6,7 +6,7 @@ import msgpack
 import pytest
 import zmq
 
-from client import protocol as p
+from rokv import protocol as p
 from procs import Stack, scaled
 
 K = "11111111-2222-4333-8444-555555555555"
@@ -33,25 +33,29 @@ def assert_still_serving(stack: Stack, example: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("frames", "code"),
+    ("frames", "code", "rid"),
     [
-        ([b""], p.BAD_REQUEST),
-        ([b"\xff\xfe garbage \x00"], p.BAD_REQUEST),
-        ([msgpack.packb({"v": 1, "id": 1, "op": "get", "key": K})[:-3]], p.BAD_REQUEST),  # truncated
-        ([b"a", b"b", b"c", b"d", b"e"], p.BAD_REQUEST),  # many frames
-        ([msgpack.packb([1, 1, "get", K])], p.BAD_REQUEST),  # an array, not a map
-        ([msgpack.packb({"v": 1, "id": 1, "op": "get", "key": {"nested": [1, 2]}})], p.INVALID_KEY),
-        ([msgpack.packb({"v": 1, "id": 1, "op": "mget", "keys": {"a": 1}})], p.BAD_REQUEST),
-        ([msgpack.packb({"v": 1, "id": 1, "op": "delete", "key": K})], p.BAD_REQUEST),
-        ([msgpack.packb({"v": 1, "id": "x", "op": "get", "key": K})], p.BAD_REQUEST),
-        ([b"\x91" * 100_000 + b"\xc0"], p.BAD_REQUEST),  # deep nesting
-        ([b"\xdf\xff\xff\xff\xff"], p.BAD_REQUEST),  # a map header claiming 4G entries
+        # A null id where the id cannot be read, or where nothing was read (PROTOCOL.md lists these).
+        ([b""], p.BAD_REQUEST, None),
+        ([b"\xff\xfe garbage \x00"], p.BAD_REQUEST, None),
+        ([msgpack.packb({"v": 1, "id": 1, "op": "get", "key": K})[:-3]], p.BAD_REQUEST, None),  # truncated
+        ([b"a", b"b", b"c", b"d", b"e"], p.BAD_REQUEST, None),  # many frames
+        ([msgpack.packb({"v": 1, "id": 1, "op": "get", "key": K}), b""], p.BAD_REQUEST, None),  # a valid body and more
+        ([msgpack.packb([1, 1, "get", K])], p.BAD_REQUEST, None),  # an array, not a map
+        ([msgpack.packb({"v": 1, "id": 1, "op": "get", "key": {"nested": [1, 2]}})], p.INVALID_KEY, 1),
+        ([msgpack.packb({"v": 1, "id": 1, "op": "mget", "keys": {"a": 1}})], p.BAD_REQUEST, 1),
+        ([msgpack.packb({"v": 1, "id": 1, "op": "delete", "key": K})], p.BAD_REQUEST, 1),
+        ([msgpack.packb({"v": 1, "id": "x", "op": "get", "key": K})], p.BAD_REQUEST, None),
+        ([msgpack.packb({"v": 1, "id": 1, "op": "ping", "pad": [0] * 10_001})], p.BAD_REQUEST, None),
+        ([msgpack.packb({"v": 1, "id": 1, "op": "ping", 7: 0})], p.BAD_REQUEST, None),  # a non-string map key
+        ([b"\x91" * 100_000 + b"\xc0"], p.BAD_REQUEST, None),  # deep nesting
+        ([b"\xdf\xff\xff\xff\xff"], p.BAD_REQUEST, None),  # a map header claiming 4G entries
     ],
-    ids=["empty", "garbage", "truncated", "many-frames", "array", "nested-key", "keys-map", "unknown-op",
-         "string-id", "deep-nesting", "huge-map-header"],
+    ids=["empty", "garbage", "truncated", "many-frames", "body-and-more", "array", "nested-key", "keys-map",
+         "unknown-op", "string-id", "big-ignored-array", "int-map-key", "deep-nesting", "huge-map-header"],
 )
 def test_malformed_requests_get_an_error_and_the_service_keeps_serving(
-    stack: Stack, example: dict[str, str], frames: list[bytes], code: str
+    stack: Stack, example: dict[str, str], frames: list[bytes], code: str, rid: int | None
 ) -> None:
     sock = raw_socket(stack.frontend)
     try:
@@ -61,6 +65,7 @@ def test_malformed_requests_get_an_error_and_the_service_keeps_serving(
         sock.close()
     assert reply is not None, "no reply to a malformed request"
     assert reply["error"] == code
+    assert reply["id"] == rid
     assert isinstance(reply["message"], str) and reply["message"]
     assert_still_serving(stack, example)
 

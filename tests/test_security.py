@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import stat
 import signal
 import shutil
+import time
 from pathlib import Path
 
 import pytest
+import zmq.auth
+from zmq.utils import z85
 
-from client import Client, ServiceUnavailable
-from client.security import CurvePeer, make_key_pair
+from rokv import Client, ServiceUnavailable
+from rokv.security import CurvePeer, KeyNameError, load_public, load_secret, make_key_pair
 from procs import EXAMPLE, Proc, free_port, start_broker, start_worker, wait_for
 
 
@@ -132,3 +138,110 @@ def test_a_public_key_given_as_the_secret_is_refused_clearly(tmp_path: Path) -> 
                           "--worker-keys", str(keys.workers))
     assert broker.wait(10) != 0
     assert "holds no secret key" in broker.log() and "Traceback" not in broker.log()
+
+
+def test_a_curve_pool_with_no_client_keeps_serving(tmp_path: Path, example: dict[str, str]) -> None:
+    # libzmq 4.3.5's proxy used to fail ("Resource temporarily unavailable")
+    # about 1.5 s after a CURVE worker connected while no client was: the
+    # broker exited 1, and under supervisor restarted every 2.5 s forever.
+    stack = SecureStack(tmp_path)
+    try:
+        wait_for(lambda: "connected to broker" in stack.worker.log(), 10, "the worker to be admitted")
+        time.sleep(4)
+        assert stack.broker.popen.poll() is None, stack.broker.log()
+        key = next(iter(example))
+        with stack.client(timeout=1, retries=3) as client:
+            assert client.get(key) == example[key]
+        time.sleep(2)  # and again once the client has gone
+        with stack.client(timeout=1, retries=3) as client:
+            assert client.get(key) == example[key]
+        assert stack.broker.popen.poll() is None
+        assert "proxy failed" not in stack.broker.log()
+    finally:
+        stack.stop()
+
+
+def test_refused_peers_are_named_in_the_brokers_log_and_say_so_themselves(
+        secure: SecureStack, tmp_path: Path, example: dict[str, str]) -> None:
+    stranger = start_worker(tmp_path, secure.backend, EXAMPLE, *secure.keys.worker_args("stranger-worker"),
+                            name="stranger")
+    plain = start_worker(tmp_path, secure.backend, EXAMPLE, name="plain")
+    secure.procs += [stranger, plain]
+    raw_key = z85.decode(load_public(secure.keys.root / "stranger-worker" / "stranger-worker.key"))
+    fingerprint = hashlib.sha256(raw_key).hexdigest()[:16]
+    wait_for(lambda: f"refused a worker from 127.0.0.1: mechanism CURVE, key {fingerprint}" in secure.broker.log(),
+             10, "the broker to log the stranger worker")
+    assert "workers allow-list" in secure.broker.log()
+    wait_for(lambda: "not admitted" in stranger.log() and "allow-list" in stranger.log(), 10,
+             "the stranger to log that it is refused")
+    wait_for(lambda: "not admitted" in plain.log() and "CURVE" in plain.log(), 10,
+             "the plain worker to log the security mismatch")
+    wait_for(lambda: "without CURVE" in secure.broker.log(), 10, "the broker to log the plain worker")
+    with secure.client("stranger-client", timeout=0.2, retries=1) as client:
+        with pytest.raises(ServiceUnavailable, match="CURVE is on: the broker may be refusing this client"):
+            client.get(next(iter(example)))
+    wait_for(lambda: "refused a client from 127.0.0.1" in secure.broker.log(), 10, "the client's refusal")
+    # Refusals are rate-limited: a refused peer retries every 100 ms or so.
+    time.sleep(1)
+    assert secure.broker.log().count(f"key {fingerprint}") <= 2
+
+
+def test_a_revoked_client_loses_its_connection_at_the_next_sighup(
+        secure: SecureStack, example: dict[str, str]) -> None:
+    key = next(iter(example))
+    with secure.client("client", timeout=0.3, retries=1) as revoked, secure.client("late-client") as _:
+        shutil.copy(secure.keys.root / "late-client" / "late-client.key", secure.keys.clients)
+        assert revoked.get(key) == example[key]
+        (secure.keys.clients / "client.key").unlink()
+        secure.broker.signal(signal.SIGHUP)
+        wait_for(lambda: "closed every client connection" in secure.broker.log(), 10, "the broker to reopen")
+        with pytest.raises(ServiceUnavailable):
+            revoked.get(key)  # same socket, same connection attempt: now refused
+    with secure.client("late-client", timeout=0.5, retries=4) as allowed:
+        assert allowed.get(key) == example[key]
+    # Workers were not disturbed: the workers' side stayed open.
+    assert "closed every worker connection" not in secure.broker.log()
+
+
+# ---------------------------------------------------------------- key files
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_key_pairs_are_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    folder = tmp_path / "config" / "rokv" / "keys"
+    old = os.umask(umask)
+    try:
+        public, secret = make_key_pair(folder, "billing")
+    finally:
+        os.umask(old)
+    assert (public, secret) == (folder / "billing.key", folder / "billing.key_secret")
+    assert mode(folder) == 0o700, "a new key folder must not be readable by others"
+    assert mode(secret) == 0o600
+    assert mode(public) & 0o600 == 0o600 and not mode(public) & 0o022
+    # The files are ZeroMQ certificates: what the broker's allow-list and the peers read.
+    assert load_secret(secret)[0] == load_public(public)
+    assert list(zmq.auth.load_certificates(folder)) == [load_public(public)]
+
+
+def test_an_existing_folder_keeps_its_mode_and_a_key_is_never_overwritten(tmp_path: Path) -> None:
+    tmp_path.chmod(0o750)
+    make_key_pair(tmp_path, "worker")
+    before = (tmp_path / "worker.key_secret").read_bytes()
+    with pytest.raises(FileExistsError, match="exists already"):
+        make_key_pair(tmp_path, "worker")
+    assert (tmp_path / "worker.key_secret").read_bytes() == before
+    assert mode(tmp_path) == 0o750
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "../broker", "..", "a\\b", "a..b", ".hidden", "ABSOLUTE"])
+def test_key_names_that_leave_the_folder_or_hide_are_refused(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "keys"
+    if name == "ABSOLUTE":  # an absolute name would replace the folder in a path join
+        name = str(tmp_path / "elsewhere")
+    with pytest.raises(KeyNameError):
+        make_key_pair(folder, name)
+    assert list(tmp_path.iterdir()) == [], "nothing may be written for a refused name"

@@ -9,8 +9,8 @@ import msgpack
 import pytest
 import zmq
 
-from client import Client, InvalidKey, KeyNotFound, ServiceUnavailable
-from client import protocol as p
+from rokv import Client, InvalidKey, KeyNotFound, ServiceUnavailable
+from rokv import protocol as p
 from procs import Stack, free_port, scaled, seen_workers
 
 MISSING = "11111111-2222-4333-8444-555555555555"
@@ -80,6 +80,13 @@ def test_ping_says_which_worker_answered(stack: Stack) -> None:
     assert info["keys"] == 10_000
     assert info["id"] in {"worker0", "worker1"}
     assert info["pid"] in {w.pid for w in stack.workers}
+
+
+def test_ping_reports_the_limits_a_client_must_respect(stack: Stack) -> None:
+    with stack.client() as client:
+        limits = client.ping()["limits"]
+    assert limits == {"max_message_size": 1 << 20, "max_in_flight": 1000, "max_mget_keys": 10_000,
+                      "max_key_length": 45}
 
 
 def test_the_client_is_a_context_manager_and_close_is_idempotent(stack: Stack) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from procs import REPO, Stack, child_env, scaled, seen_workers
 
-from client.keys import random_key
-from worker.build import build
-from worker.dataset import DatasetError, load_dataset, open_dataset
-from worker.store import (
+from rokv.keys import random_key
+from rokv.worker.build import build
+from rokv.worker.dataset import DatasetError, load_dataset, open_dataset
+from rokv.worker.store import (
     FORMAT_VERSION,
     HEADER_SIZE,
     StoreError,
@@ -132,10 +132,18 @@ def test_empty_dataset(tmp_path: Path, content: str) -> None:
     src = tmp_path / ("e.json" if content else "e.jsonl")
     src.write_text(content)
     out = tmp_path / "e.rokv"
-    build(src, out)
+    with pytest.raises(DatasetError, match="holds no keys"):
+        build(src, out)
+    assert not out.exists()
+    build(src, out, allow_empty=True)
     with open_store(out) as store:
         assert len(store) == 0 and store.get(K1) is None and store.get_many([K1, MISSING]) == [None, None]
     assert verify_store(out).count == 0
+    # Serving it is refused too, unless allowed.
+    with pytest.raises(DatasetError) as info:
+        open_dataset(out)
+    assert str(info.value).startswith(f"{out}: the dataset holds no keys") and "--allow-empty" in str(info.value)
+    assert len(open_dataset(out, allow_empty=True)) == 0
 
 
 def test_one_key_has_no_bucket_bits(tmp_path: Path) -> None:
@@ -239,7 +247,7 @@ def test_verify_finds_a_flipped_byte_that_open_does_not_check(
 def test_a_worker_exits_non_zero_on_a_damaged_file(tmp_path: Path, tricky: tuple[dict[str, str], Path]) -> None:
     path = damaged(tmp_path, tricky[1], lambda d: set_version(d, 99))
     result = subprocess.run(
-        [sys.executable, "-m", "worker", "--backend", "tcp://127.0.0.1:9", "--data", str(path)],
+        [sys.executable, "-m", "rokv.worker", "--backend", "tcp://127.0.0.1:9", "--data", str(path)],
         cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=scaled(30),
     )
     assert result.returncode == 1

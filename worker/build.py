@@ -24,8 +24,8 @@ from typing import Callable, Iterator
 
 from typing import TYPE_CHECKING
 
-from worker.dataset import DatasetError, duplicate_error, iter_jsonl_pairs, load_dataset
-from worker.store import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
+from rokv.worker.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
+from rokv.worker.store import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,15 +43,19 @@ _FLUSH_BYTES = 1 << 24
 Progress = Callable[[str, float], None]
 
 
-def build(src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Progress | None = None) -> Header:
+def build(
+    src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Progress | None = None,
+    *, allow_empty: bool = False,
+) -> Header:
     """Compile the dataset at ``src`` (``.json`` or ``.jsonl``) into the
     ``.rokv`` file ``out``, atomically (see :func:`worker.store.write_store`).
 
     ``progress(phase, fraction)`` is called now and then, if given.
+    ``allow_empty``: compile a dataset of no keys, which is otherwise refused.
 
     Raises:
-        DatasetError: ``src`` would be refused by the loader; the message is
-            the loader's.
+        DatasetError: ``src`` would be refused by the loader (given the same
+            ``allow_empty``); the message is the loader's.
         OSError: ``out`` cannot be written.
     """
     import numpy as np
@@ -63,8 +67,10 @@ def build(src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Pr
     if os.path.splitext(src_name)[1].lower() == ".jsonl":
         with tempfile.TemporaryFile(dir=folder, prefix=".rokv-build-") as spill:
             keys, sizes, values = _read_jsonl(src_name, spill, progress)
+            if not len(keys) and not allow_empty:
+                raise empty_error(src_name)
             return _write(src_name, out_name, keys, sizes, values, started, progress)
-    data = load_dataset(src_name)  # .json, or the loader's own refusal
+    data = load_dataset(src_name, allow_empty=allow_empty)  # .json, or the loader's own refusal
     if progress:
         progress("reading", 1.0)
     keys = np.frombuffer(bytes.fromhex("".join(data).replace("-", "")), "V16")
@@ -193,7 +199,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     bar = _Bar() if sys.stderr.isatty() and not args.quiet else None
     started = time.monotonic()
     try:
-        header = build(args.src, args.output, bar)
+        header = build(args.src, args.output, bar, allow_empty=args.allow_empty)
     except DatasetError as exc:
         if bar:
             bar.done()
@@ -238,24 +244,27 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p = sub.add_parser(
         "build", help="compile a .json/.jsonl dataset into a .rokv file",
         description="Compile SRC (.json or .jsonl) into one immutable .rokv file that workers memory-map. "
-        "SRC is checked exactly as a worker checks it. The output appears atomically. "
-        "Exit 0 on success, 1 if SRC is refused or OUT cannot be written, 2 on bad usage.",
+        "SRC is checked exactly as a worker checks it; one of no keys is refused unless --allow-empty. "
+        "The output appears atomically.",
+        epilog="exit codes: 0 built, 1 SRC refused or OUT cannot be written, 2 bad usage",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("-o", "--output", metavar="OUT.rokv", required=True)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="compile a dataset of no keys (refused by default: an empty export is usually a mistake)")
     p.set_defaults(run=cmd_build)
     p = sub.add_parser(
         "inspect", help="print a .rokv file's header as JSON",
-        description="Print the header of a .rokv file (format version, key count, build time, digest). "
-        "Exit 1 if the file is not a readable .rokv file.",
+        description="Print the header of a .rokv file (format version, key count, build time, digest).",
+        epilog="exit codes: 0 printed, 1 not a readable .rokv file, 2 bad usage",
     )
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_inspect)
     p = sub.add_parser(
         "verify", help="check a .rokv file's digest",
-        description="Read the whole .rokv file and check its structure and content digest. "
-        "Exit 0 if intact, 1 if not.",
+        description="Read the whole .rokv file and check its structure and content digest.",
+        epilog="exit codes: 0 intact, 1 corrupt or unreadable, 2 bad usage",
     )
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_verify)

@@ -6,11 +6,13 @@ Two formats, chosen by the file's suffix (any letter case):
 - ``.jsonl``: JSON Lines, one ``{"key": ..., "value": ...}`` object per line;
   lines holding only JSON whitespace are skipped.
 
-Keys must be valid per :func:`client.keys.normalize_key` and are stored in
+Keys must be valid per :func:`rokv.keys.normalize_key` and are stored in
 canonical lowercase form; two spellings of one UUID are a duplicate. Values
 must be strings that UTF-8 can encode (no lone surrogates) and are kept exactly
-as decoded. A leading UTF-8 byte order mark is ignored. Everything else is
-refused with a :class:`DatasetError` naming the file and the line or key.
+as decoded. A leading UTF-8 byte order mark is ignored. A dataset of no keys
+is refused unless the caller allows it (``allow_empty``): an empty export must
+not be deployed by mistake. Everything else is refused with a
+:class:`DatasetError` naming the file and the line or key.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import os
 import re
 from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Union
 
-from client.errors import InvalidKey
-from client.keys import is_canonical, normalize_key, show_key
+from rokv.errors import InvalidKey
+from rokv.keys import is_canonical, normalize_key, show_key
 
 if TYPE_CHECKING:
-    from worker.store import Store
+    from rokv.worker.store import Store
 
 _BOM = "\ufeff"
 _JSON_WS = " \t\r\n"
@@ -67,11 +69,15 @@ class _Object(list[tuple[str, object]]):
 _DECODER = json.JSONDecoder(object_pairs_hook=_Object)
 
 
-def load_dataset(path: str | os.PathLike[str]) -> dict[str, str]:
+def load_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> dict[str, str]:
     """Read the dataset at ``path`` into a dict of canonical key to value.
 
+    ``allow_empty``: accept a dataset of no keys (``{}``, or a ``.jsonl``
+    file of blank lines only), which is otherwise refused.
+
     Raises:
-        DatasetError: the suffix is not ``.json`` or ``.jsonl``; the file is
+        DatasetError: the suffix is not ``.json`` or ``.jsonl``; the dataset
+            holds no keys and ``allow_empty`` is false; the file is
             missing, a directory or unreadable; it is not UTF-8 or not valid
             JSON (JSON Lines); a ``.json`` file's top-level value is not an
             object; a ``.jsonl`` line is not an object with exactly the members
@@ -81,29 +87,57 @@ def load_dataset(path: str | os.PathLike[str]) -> dict[str, str]:
     name = os.fsdecode(path)
     suffix = os.path.splitext(name)[1].lower()
     if suffix == ".json":
-        return _load_json(name)
-    if suffix == ".jsonl":
-        return _load_jsonl(name)
+        dataset = _load_json(name)
+    elif suffix == ".jsonl":
+        dataset = _load_jsonl(name)
+    else:
+        raise _unsupported(name, suffix, ".json or .jsonl")
+    if not dataset and not allow_empty:
+        raise empty_error(name)
+    return dataset
+
+
+def _unsupported(path: str, suffix: str, accepted: str) -> DatasetError:
     what = f"{suffix!r}" if suffix else "(no suffix)"
-    raise _error(name, f"unsupported dataset format {what}: use .json or .jsonl")
+    return _error(path, f"unsupported dataset format {what}: use {accepted}")
 
 
-def open_dataset(path: str | os.PathLike[str]) -> Union[dict[str, str], "Store"]:
+def empty_error(path: str | os.PathLike[str]) -> DatasetError:
+    """The error for a dataset of no keys, when that was not allowed."""
+    return _error(
+        os.fsdecode(path),
+        "the dataset holds no keys; an empty dataset is refused unless allowed "
+        "(--allow-empty, or ROKV_ALLOW_EMPTY=1 for rokv-worker)",
+    )
+
+
+def open_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> Union[dict[str, str], "Store"]:
     """The dataset at ``path`` ready to serve: a compiled ``.rokv`` file is
     memory-mapped (see :func:`worker.store.open_store`: opening costs the same
     whatever its size); ``.json`` and ``.jsonl`` are read by
     :func:`load_dataset`. Both results have ``get(key)`` (canonical keys) and
-    ``len()``.
+    ``len()``. A dataset of no keys is refused unless ``allow_empty``.
 
     Raises:
-        DatasetError: the file cannot be served (a :class:`worker.store.StoreError`
-            for a ``.rokv`` that is truncated, of another format or version).
+        DatasetError: the suffix is none of ``.rokv``, ``.json`` and
+            ``.jsonl``; the file cannot be served (a :class:`worker.store.StoreError`
+            for a ``.rokv`` that is truncated, of another format or version),
+            or holds no keys and ``allow_empty`` is false.
     """
-    if os.path.splitext(os.fsdecode(path))[1].lower() == ".rokv":
-        from worker.store import open_store  # numpy is only needed here
+    name = os.fsdecode(path)
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix == ".rokv":
+        from rokv.worker.store import open_store  # numpy is only needed here
 
-        return open_store(path)
-    return load_dataset(path)
+        store = open_store(path)
+        if not len(store) and not allow_empty:
+            store.close()
+            raise empty_error(path)
+        return store
+    if suffix not in (".json", ".jsonl"):
+        # load_dataset's own message names only its formats: it reads sources.
+        raise _unsupported(name, suffix, ".rokv, .json or .jsonl")
+    return load_dataset(path, allow_empty=allow_empty)
 
 
 # --- .json -----------------------------------------------------------------

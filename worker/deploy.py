@@ -42,6 +42,7 @@ are :class:`Exit`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import signal
@@ -53,8 +54,8 @@ from enum import IntEnum
 from types import FrameType
 from typing import Any
 
-from worker.store import DIGEST_ALGORITHM, SUFFIX, Header, StoreError, read_header, verify_store
-from worker.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
+from rokv.worker.store import DIGEST_ALGORITHM, SUFFIX, Header, StoreError, read_header, verify_store
+from rokv.worker.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
 
 GROUP = "worker"
 DEFAULT_CONF = "supervisord.conf"
@@ -203,7 +204,7 @@ class Pool:
     for restarts and through the broker for pings."""
 
     def __init__(self, supervisor: Supervisor, endpoint: str, link: str, timeout: float) -> None:
-        from client.sync import Client
+        from rokv.sync import Client
 
         self.supervisor = supervisor
         self.endpoint = endpoint
@@ -219,7 +220,7 @@ class Pool:
 
     def ping(self) -> dict[str, Any] | None:
         """One ping's reply (from whichever worker the broker picked), or None."""
-        from client.errors import RokvError
+        from rokv.errors import RokvError
 
         try:
             return self._client.ping()
@@ -394,6 +395,9 @@ def deploy(opts: Options) -> Exit:
     new_digest = digest_of(new_header)
     say(f"{opts.new}: {'verified' if opts.verify else 'header checked (--no-verify)'}: "
         f"{new_header.count} keys, digest {new_digest}")
+    if new_header.count == 0:
+        warn("note: it holds no keys: workers refuse it (and the deploy rolls back) unless they run "
+             "with ROKV_ALLOW_EMPTY=1")
     resume = os.path.realpath(opts.link) == os.path.realpath(opts.new)
     if resume:
         old_digest = None
@@ -596,7 +600,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         warn(f"error: --timeout must be a number of seconds > 0, not {args.timeout:g}")
         return Exit.USAGE
-    from client.core import resolve_endpoint
+    if importlib.util.find_spec("supervisor") is None:
+        warn("error: rokv deploy talks to supervisord and needs supervisor: pip install 'rokv[server]'")
+        return Exit.USAGE
+    from rokv.core import resolve_endpoint
 
     opts = Options(
         new=args.new, link=link,
@@ -615,6 +622,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def add_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``deploy`` on the ``rokv`` parser."""
+    from rokv.endpoints import endpoint_argument
+
     p = sub.add_parser(
         "deploy", help="switch the supervised workers to a new .rokv file, one at a time, with rollback",
         description="Check NEW, repoint the symbolic link the workers load, restart the workers of "
@@ -632,7 +641,7 @@ def add_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p.add_argument("-c", "--configuration", metavar="FILE", default=None,
                    help=f"supervisord.conf whose [supervisorctl] serverurl is used "
                         f"(default: $ROKV_SUPERVISOR_CONF, else ./{DEFAULT_CONF})")
-    p.add_argument("--endpoint", default=None,
+    p.add_argument("--endpoint", default=None, type=endpoint_argument(),
                    help="broker frontend for the pings (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="longest one worker's stop, start and first answer may take (default %(default)g)")

@@ -9,9 +9,9 @@ import socket
 import time
 from typing import Any, Callable, Mapping, Protocol
 
-from client import protocol as p
-from client.errors import InvalidKey
-from client.keys import normalize_key
+from rokv import protocol as p
+from rokv.errors import InvalidKey
+from rokv.keys import normalize_key
 
 log = logging.getLogger("rokv.worker")
 

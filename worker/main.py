@@ -14,14 +14,20 @@ from typing import Callable
 
 import zmq
 
-from client import protocol as p
-from client.security import CurvePeer, KeyFileError
-from worker.dataset import DatasetError, open_dataset
-from worker.handler import Handler
+from rokv import protocol as p
+from rokv.monitor import ConnectionWatcher
+from rokv.security import CurvePeer, KeyFileError
+from rokv.worker import refusal
+from rokv.worker.dataset import DatasetError, open_dataset
+from rokv.worker.handler import Handler
 
 log = logging.getLogger("rokv.worker")
 
+#: Relative to the working folder: supervisord.conf runs workers in its own
+#: folder, so in a checkout this is the bundled example dataset.
 DEFAULT_DATA = "data/example.json"
+#: Exit status of a worker that refuses its dataset (and serves nothing).
+EXIT_DATASET_REFUSED = 1
 #: Longest a worker waits on an idle socket before it looks at the stop flag
 #: again: the most a stop request waits when no request comes.
 STOP_CHECK_MS = 100
@@ -35,6 +41,8 @@ DRAIN_MAX_SECONDS = 1.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from rokv.endpoints import endpoint_argument
+
     parser = argparse.ArgumentParser(
         prog="rokv-worker",
         description="Serve a rokv dataset to the broker's backend. Exits 0 on SIGTERM/SIGINT, "
@@ -49,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default=os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND,
+        type=endpoint_argument(),
         help="broker backend endpoint to connect to (env ROKV_BACKEND; default %(default)s)",
     )
     parser.add_argument(
@@ -66,7 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("ROKV_BROKER_KEY") or None,
         help="the broker's public .key file, with --curve-secret (env ROKV_BROKER_KEY)",
     )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=os.environ.get("ROKV_ALLOW_EMPTY") == "1",
+        help="serve a dataset of no keys, which is refused by default (env ROKV_ALLOW_EMPTY=1)",
+    )
     args = parser.parse_args(argv)
+    if os.environ.get("ROKV_ALLOW_EMPTY", "") not in ("", "0", "1"):
+        parser.error(f"ROKV_ALLOW_EMPTY={os.environ['ROKV_ALLOW_EMPTY']!r}: expected 1 (allow) or 0")
     if bool(args.curve_secret) != bool(args.broker_key):
         parser.error("--curve-secret and --broker-key go together")
     return args
@@ -86,16 +103,28 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, stop.raise_flag)
 
     started = time.monotonic()
+    rules = _rules()
+    remembered = refusal.recall(args.data, rules)
+    if remembered is not None:
+        print(f"rokv-worker: {remembered}", file=sys.stderr)
+        return EXIT_DATASET_REFUSED
     try:
-        data = open_dataset(args.data)
+        data = open_dataset(args.data, allow_empty=args.allow_empty)
     except DatasetError as exc:
-        print(f"rokv-worker: {exc}", file=sys.stderr)
-        return 1
+        reason = str(exc)
+        if args.data == DEFAULT_DATA and not os.path.exists(DEFAULT_DATA):
+            reason += (f" (the default {DEFAULT_DATA} exists only in a checkout of rokv, where supervisord.conf "
+                       "runs workers; give a dataset with ROKV_DATA or --data)")
+        print(f"rokv-worker: {reason}", file=sys.stderr)
+        refusal.remember(args.data, rules, reason)
+        return EXIT_DATASET_REFUSED
+    refusal.forget(args.data, rules)
     load_seconds = time.monotonic() - started
     if stop.raised:
         return 0  # stopped while loading
 
     ctx = zmq.Context()
+    watcher = ConnectionWatcher(log)
     sock = ctx.socket(zmq.DEALER)
     sock.linger = CLOSE_LINGER_MS
     sock.sndtimeo = SEND_TIMEOUT_MS
@@ -108,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.curve_secret:
             CurvePeer(args.curve_secret, args.broker_key).apply(sock)
+        # Logs when the broker admits this worker, refuses it (a CURVE key
+        # not on its allow-list, a wrong broker key) or is lost.
+        watcher.watch(sock, f"broker {args.backend}", server=False)
         sock.connect(args.backend)
     except KeyFileError as exc:
         print(f"rokv-worker: {exc}", file=sys.stderr)
@@ -117,20 +149,51 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # A .rokv file names its content: ping and the log say which version is served.
     digest = getattr(data, "digest", None)
-    extra = {"digest": digest} if digest else {}
+    extra: dict[str, object] = {"limits": _limits()}
+    if digest:
+        extra["digest"] = digest
     handler = Handler(data, worker_id=args.name, dataset=args.data, extra_info=extra)
     log.info(
-        "serving %s: %d keys %s in %.2f s%s; connected to %s as %s",
+        "serving %s: %d keys %s in %.2f s%s; connecting to %s as %s",
         args.data, len(data), "mapped" if digest else "loaded", load_seconds,
         f" (digest {digest})" if digest else "", args.backend, args.name,
     )
     try:
         serve(sock, handler, stop)
     finally:
+        ConnectionWatcher.unwatch(sock)
         sock.close()  # waits up to CLOSE_LINGER_MS for replies still queued
+        watcher.stop()
         ctx.term()
     log.info("stopped")
     return 0
+
+
+def _rules() -> str:
+    """What decides whether a dataset is accepted: a refusal remembered under
+    other rules (another rokv version) is not trusted."""
+    try:
+        from importlib.metadata import version
+
+        return f"rokv {version('rokv')}"
+    except Exception:  # not installed (run from a checkout): judge afresh
+        return f"rokv unknown {time.time()}"
+
+
+def _limits() -> dict[str, int]:
+    """The limits a client must respect (PROTOCOL.md, "Limits"), as ping
+    reports them. The message size is the broker's setting: a worker reads the
+    same variable, since pools are configured through one environment."""
+    try:
+        max_message_size = int(os.environ.get("ROKV_MAX_MESSAGE_SIZE") or p.DEFAULT_MAX_MESSAGE_SIZE)
+    except ValueError:
+        max_message_size = p.DEFAULT_MAX_MESSAGE_SIZE
+    return {
+        "max_message_size": max_message_size,
+        "max_in_flight": p.MAX_IN_FLIGHT,
+        "max_mget_keys": p.MAX_MGET_KEYS,
+        "max_key_length": p.MAX_KEY_LENGTH,
+    }
 
 
 class _StopFlag:

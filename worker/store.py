@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from worker.dataset import DatasetError
+from rokv.worker.dataset import DatasetError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,0 +1,201 @@
+"""``rokv-pool``: turn this host's ROKV_* settings into supervisor programs.
+
+Supervisor cannot take a program's ``numprocs`` (or whether a program exists at
+all) from an environment variable that may be unset: ``%(ENV_X)s`` has no
+default, and supervisord refuses to start when ``X`` is unset. So
+``supervisord.conf`` runs only this program, plus an ``[include]`` of the file
+it writes. At supervisord's start, rokv-pool:
+
+1. reads and checks the settings (``ROKV_ROLE``: all, broker or worker;
+   ``ROKV_WORKERS``; defaults when unset);
+2. writes the broker and worker programs they call for into that file (the
+   workers as ``[program:worker]`` with ``numprocs=ROKV_WORKERS``, so any count
+   works and no idle slots are listed);
+3. has supervisord load the file, as ``supervisorctl update`` would, and starts
+   the programs; they are then ordinary supervised programs (restarted when
+   they die, stopped with SIGTERM);
+4. stays RUNNING until supervisord stops it, so that ``supervisorctl status``
+   exits 0 exactly when everything rokv runs on this host is RUNNING.
+
+A bad setting is refused: rokv-pool prints why and exits 2 before starting
+anything, supervisor marks it FATAL, and ``supervisorctl status`` exits 3;
+``supervisorctl tail pool`` shows the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xmlrpc.client import Fault
+
+from supervisor import childutils
+
+DEFAULT_WORKERS = 2
+#: The process groups this program owns; any others in the configuration are
+#: left to the operator.
+MANAGED = ("broker", "worker")
+EXIT_BAD_SETTING = 2
+
+
+class SettingError(ValueError):
+    """A ROKV_* variable holds a value rokv cannot run with."""
+
+
+#: ROKV_ROLE: what a host runs. One configuration serves every host of a pool.
+ROLES = {
+    "all": ("broker", "worker"),  # the default: a pool on one host
+    "broker": ("broker",),
+    "worker": ("worker",),
+}
+DEFAULT_ROLE = "all"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What this host runs."""
+
+    role: str
+    workers: int
+
+    @property
+    def broker(self) -> bool:
+        return "broker" in ROLES[self.role]
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | os._Environ[str]) -> Settings:
+        """Read the settings.
+
+        Raises:
+            SettingError: a variable is set to something unusable; the message
+                names it, its value and what is expected.
+        """
+        role = env.get("ROKV_ROLE", "").strip().lower() or DEFAULT_ROLE
+        if role not in ROLES:
+            raise SettingError(f"ROKV_ROLE={env.get('ROKV_ROLE')!r}: expected one of {', '.join(ROLES)} "
+                               f"(default {DEFAULT_ROLE})")
+        if "worker" not in ROLES[role]:
+            return cls(role=role, workers=0)
+        raw = env.get("ROKV_WORKERS", "").strip()
+        if not raw:
+            return cls(role=role, workers=DEFAULT_WORKERS)
+        try:
+            workers = int(raw)
+        except ValueError:
+            raise SettingError(f"ROKV_WORKERS={raw!r} is not a whole number: expected a count of workers, "
+                               f"1 or more (default {DEFAULT_WORKERS})") from None
+        if workers < 1:
+            raise SettingError(f"ROKV_WORKERS={raw!r}: a pool needs at least 1 worker")
+        return cls(role=role, workers=workers)
+
+
+_COMMON = """\
+directory={here}
+autostart=false
+autorestart=true
+startsecs=1
+startretries=3
+stopsignal=TERM
+stopwaitsecs=10
+redirect_stderr=true
+"""
+
+
+def render(settings: Settings, here: Path) -> str:
+    """The supervisor configuration for ``settings``; paths under ``here``
+    (the folder of supervisord.conf, where relative ROKV_DATA paths point)."""
+    common = _COMMON.format(here=here)
+    sections = [
+        f"; Written by rokv-pool at each start of supervisord from the ROKV_* variables (role {settings.role});\n"
+        "; edits are lost. autostart=false: rokv-pool starts these once the file is loaded, so a stale\n"
+        "; copy read at supervisord's start never runs.\n"
+    ]
+    if settings.broker:
+        sections.append(f"[program:broker]\ncommand=rokv-broker\npriority=10\n{common}"
+                        f"stdout_logfile={here}/run/broker.log\n")
+    if settings.workers:
+        sections.append(f"[program:worker]\ncommand=rokv-worker\nprocess_name=worker_%(process_num)02d\n"
+                        f"numprocs={settings.workers}\npriority=20\n{common}"
+                        f"stdout_logfile={here}/run/worker_%(process_num)02d.log\n")
+    return "\n".join(sections)
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Replace ``path`` atomically with ``text`` unless it holds it already."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except OSError:
+        pass
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return True
+
+
+def apply(rpc: Any) -> list[str]:
+    """Have supervisord load the written file for the groups rokv owns, as
+    ``supervisorctl update`` does, then start every program of those groups
+    that is not running; the groups now configured."""
+    added, changed, removed = rpc.supervisor.reloadConfig()[0]
+    for name in [*removed, *changed]:
+        if name in MANAGED:
+            rpc.supervisor.stopProcessGroup(name, True)
+            rpc.supervisor.removeProcessGroup(name)
+    for name in [*added, *changed]:
+        if name in MANAGED:
+            rpc.supervisor.addProcessGroup(name)
+    groups = sorted({info["group"] for info in rpc.supervisor.getAllProcessInfo()} & set(MANAGED),
+                    key=MANAGED.index)
+    for group in groups:
+        # wait=False: a worker that takes a minute to map a big dataset must
+        # not hold up the others; supervisor reports each start in its log.
+        rpc.supervisor.startProcessGroup(group, False)
+    return groups
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rokv-pool",
+        description="Run this host's rokv programs under supervisord, from the ROKV_* variables "
+        "(started by supervisord itself, which sets SUPERVISOR_SERVER_URL).",
+    )
+    parser.add_argument("--here", required=True, type=Path,
+                        help="the folder of supervisord.conf: relative paths and logs are under it")
+    parser.add_argument("--include", type=Path, default=None,
+                        help="the file supervisord.conf includes (default HERE/run/pool.conf)")
+    args = parser.parse_args(argv)
+    include: Path = args.include or args.here / "run" / "pool.conf"
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingError as exc:
+        print(f"rokv-pool: refusing to start the pool: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_SETTING
+    if "SUPERVISOR_SERVER_URL" not in os.environ:
+        parser.error("SUPERVISOR_SERVER_URL is not set: supervisord runs me")
+    if settings.workers > 4 * (os.cpu_count() or 1):
+        print(f"rokv-pool: warning: {settings.workers} workers on {os.cpu_count()} cores; "
+              "more workers than cores add no throughput", file=sys.stderr, flush=True)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    write_if_changed(include, render(settings, args.here.resolve()))
+    rpc: Any = childutils.getRPCInterface(os.environ)
+    try:
+        groups = apply(rpc)
+    except (Fault, OSError) as exc:
+        print(f"rokv-pool: supervisord refused the generated configuration {include}: {exc}",
+              file=sys.stderr, flush=True)
+        return 1
+    print(f"rokv-pool: role {settings.role}: started {' and '.join(groups) or 'nothing'} "
+          f"({settings.workers} workers) from {include}", flush=True)
+    # Stay up: a RUNNING pool program is part of "everything is running".
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
