@@ -180,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommands kept in modules of their own, imported only when the CLI runs.
     from rokv.bench import add_command as add_bench_command
     from rokv.worker.build import add_commands as add_dataset_commands  # offline: build, inspect, verify
+    from rokv.worker.deploy import add_command as add_deploy_command
 
     add_bench_command(sub, common)
     add_dataset_commands(sub)
+    add_deploy_command(sub)
     return parser
 
 

@@ -191,6 +191,8 @@ EXIT_CODES = {
     "build": "0 built, 1 SRC refused or OUT cannot be written, 2 bad usage",
     "inspect": "0 printed, 1 not a readable .rokv file, 2 bad usage",
     "verify": "0 intact, 1 corrupt or unreadable, 2 bad usage",
+    "deploy": "0 deployed or nothing to do, 1 refused or failed and rolled back (the old version serves), "
+    "2 bad usage, 3 supervisord or the service unreachable (nothing changed), 5 failed and could not roll back",
 }
 
 
