@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
+from rokv.exitcodes import Exit
 from rokv.core import make_policy, resolve_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoint
 from rokv.errors import (
@@ -41,10 +42,6 @@ from rokv.errors import (
 )
 from rokv.keys import normalize_key, random_key
 
-EXIT_OK = 0
-EXIT_WRONG = 1
-EXIT_USAGE = 2
-EXIT_ERRORS = 3
 
 DEFAULT_DATA = "data/example.json"
 #: Histogram buckets per factor e of latency: about 1.6% resolution.
@@ -551,10 +548,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 def exit_code(report: dict[str, Any]) -> int:
     if report["wrong"]:
-        return EXIT_WRONG
+        return Exit.FAILED
     if report["errors"]:
-        return EXIT_ERRORS
-    return EXIT_OK
+        return Exit.UNAVAILABLE
+    return Exit.OK
 
 
 # ---------------------------------------------------------------- the command
@@ -612,22 +609,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.client == "sync" and args.concurrency != 1:
         if args.concurrency != 64:  # 64 is the default, meant for the async client
             sys.stderr.write("rokv: the sync client has one request in flight; use --concurrency 1\n")
-            return EXIT_USAGE
+            return Exit.USAGE
         args.concurrency = 1
     if args.missing + args.invalid > 1:
         sys.stderr.write("rokv: --missing plus --invalid must not exceed 1\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     if args.max_delay is not None and not 0 <= args.max_delay <= 1:
         sys.stderr.write("rokv: --max-delay must be from 0 to 1 second\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     if not 0 < args.duration <= 24 * 3600:
         sys.stderr.write("rokv: --duration must be from 0 to 86400 seconds\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     try:
         check_endpoint(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)  # $ROKV_ENDPOINT too
     except ValueError as exc:
         sys.stderr.write(f"rokv: error: {exc}\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     cfg = Config(
         endpoint=args.endpoint, data=args.data, processes=args.processes, concurrency=args.concurrency,
         keys_per_request=args.keys_per_request, duration=args.duration, requests=args.requests,
@@ -639,10 +636,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         tally = run_bench(cfg, live=not args.json and sys.stderr.isatty())
     except ValueError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     except RokvError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_ERRORS
+        return Exit.UNAVAILABLE
     report = summary(cfg, tally)
     if args.json:
         sys.stdout.write(json.dumps(report, sort_keys=True) + "\n")

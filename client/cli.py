@@ -1,12 +1,17 @@
-"""``rokv``: look keys up from the shell.
+"""``rokv``: look keys up from the shell, and run the dataset and pool tools.
 
-Exit codes: 0 found, 1 not found, 2 invalid key or bad usage, 3 service
-unavailable, 4 the server refused the request.
+Exit statuses are :class:`rokv.exitcodes.Exit` for every command.
+
+The server-side commands (``build``, ``inspect``, ``verify``, ``deploy``) live
+in ``rokv.worker`` and need the ``server`` extra (numpy, supervisor): this
+module only names them, and imports their code when one of them runs, so
+``import rokv`` and ``rokv get`` never load server code.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -15,13 +20,20 @@ from typing import BinaryIO, Callable
 from rokv.core import resolve_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoint, endpoint_argument
 from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
+from rokv.exitcodes import Exit
 from rokv.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1
-EXIT_INVALID = 2
-EXIT_UNAVAILABLE = 3
-EXIT_REFUSED = 4
+#: Commands whose code is server code: name -> (module, one-line help). The
+#: module's ``add_commands(subparsers)`` defines their full options.
+SERVER_COMMANDS = {
+    "build": ("rokv.worker.build", "compile a .json/.jsonl dataset into a .rokv file"),
+    "inspect": ("rokv.worker.build", "print a .rokv file's header as JSON"),
+    "verify": ("rokv.worker.build", "check a .rokv file's digest"),
+    "deploy": ("rokv.worker.deploy", "switch the supervised workers to a new .rokv file, one at a time, "
+               "with rollback"),
+}
+#: Third-party modules only the server extra installs.
+SERVER_DEPENDENCIES = ("numpy", "supervisor")
 
 # json.dumps leaves these unescaped with ensure_ascii=False, yet some line
 # readers (Python's str.splitlines among them) break lines on them.
@@ -52,13 +64,13 @@ def connect(args: argparse.Namespace) -> Client:
         return Client(endpoint, timeout=args.timeout, retries=args.retries)
     except ValueError as exc:
         _err(f"error: {exc}")
-        raise SystemExit(EXIT_INVALID) from None
+        raise SystemExit(Exit.USAGE) from None
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     with connect(args) as client:
         _out(client.get(args.key))
-    return EXIT_OK
+    return Exit.OK
 
 
 def read_keys(stream: BinaryIO) -> tuple[list[str], list[int]]:
@@ -85,7 +97,7 @@ def cmd_get_many(args: argparse.Namespace) -> int:
     if "-" in keys:
         if len(keys) != 1:
             _err("error: give keys as arguments or - for standard input, not both")
-            return EXIT_INVALID
+            return Exit.USAGE
         keys, lines = read_keys(sys.stdin.buffer)
     with connect(args) as client:
         try:
@@ -97,13 +109,13 @@ def cmd_get_many(args: argparse.Namespace) -> int:
                 raise InvalidKey(f"line {lines[int(found[1])]}: {exc.message[found.end():]}", exc.key) from None
             raise
     sys.stdout.buffer.write("".join(_json_line(v) + "\n" for v in values).encode("utf-8"))
-    return EXIT_NOT_FOUND if None in values else EXIT_OK
+    return Exit.NOT_FOUND if None in values else Exit.OK
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
     with connect(args) as client:
         _out(json.dumps(client.ping(), sort_keys=True))
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -114,9 +126,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         public, secret = make_key_pair(folder, args.name)
     except (ValueError, OSError) as exc:  # a bad name (KeyNameError), a key that exists, an unwritable folder
         _err(str(exc))
-        return EXIT_INVALID
+        return Exit.USAGE
     _out(f"public key: {public}\nsecret key: {secret}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,34 +189,56 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $XDG_CONFIG_HOME/rokv/keys, else ~/.config/rokv/keys)",
     )
     p_keygen.set_defaults(run=cmd_keygen)
-    # Subcommands kept in modules of their own, imported only when the CLI runs.
+    # bench is client code in a module of its own; the server commands are
+    # only named here (see SERVER_COMMANDS).
     from rokv.bench import add_command as add_bench_command
-    from rokv.worker.build import add_commands as add_dataset_commands  # offline: build, inspect, verify
-    from rokv.worker.deploy import add_command as add_deploy_command
 
     add_bench_command(sub, common)
-    add_dataset_commands(sub)
-    add_deploy_command(sub)
+    for name, (_, summary) in SERVER_COMMANDS.items():
+        # Listed for --help only: main() hands these commands, with all their
+        # arguments, to their own parser once their module is loaded.
+        sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
+def run_server_command(name: str, argv: list[str]) -> int:
+    """Load a server command's module, parse ``argv`` with its own parser
+    and run it; a missing server dependency is named with the extra that
+    brings it."""
+    try:
+        module = importlib.import_module(SERVER_COMMANDS[name][0])
+        parser = argparse.ArgumentParser(prog="rokv")
+        module.add_commands(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args([name, *argv])
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
+    except ModuleNotFoundError as exc:
+        if exc.name not in SERVER_DEPENDENCIES:
+            raise
+        _err(f"rokv {name} needs {exc.name}, which comes with the server extra: pip install 'rokv[server]'")
+        return Exit.USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SERVER_COMMANDS:
+        return run_server_command(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
     except KeyNotFound as exc:
         _err(str(exc))
-        return EXIT_NOT_FOUND
+        return Exit.NOT_FOUND
     except InvalidKey as exc:
         _err(str(exc))
-        return EXIT_INVALID
+        return Exit.USAGE
     except ServiceUnavailable as exc:
         _err(str(exc))
-        return EXIT_UNAVAILABLE
+        return Exit.UNAVAILABLE
     except ProtocolError as exc:
         _err(f"request refused: {exc}")
-        return EXIT_REFUSED
+        return Exit.REFUSED
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 from typing import TYPE_CHECKING
 
+from rokv.exitcodes import Exit
 from rokv.worker.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
 from rokv.worker.store import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
 
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 # numpy is imported where used: the rokv CLI registers these commands on
 # every run, and `rokv get` should not pay for importing numpy.
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 #: Keys whose values are copied in one numpy gather while writing.
 _CHUNK_KEYS = 1 << 16
 _FLUSH_BYTES = 1 << 24
@@ -195,7 +193,7 @@ class _Bar:
 def cmd_build(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith(SUFFIX):
         sys.stderr.write(f"rokv: error: the output must end in {SUFFIX} (workers pick the format by suffix)\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     bar = _Bar() if sys.stderr.isatty() and not args.quiet else None
     started = time.monotonic()
     try:
@@ -204,19 +202,19 @@ def cmd_build(args: argparse.Namespace) -> int:
         if bar:
             bar.done()
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_FAILED
+        return Exit.FAILED
     except OSError as exc:
         if bar:
             bar.done()
         sys.stderr.write(f"rokv: cannot write {args.output}: {exc.strerror or exc}\n")
-        return EXIT_FAILED
+        return Exit.FAILED
     if bar:
         bar.done()
     print(
         f"built {args.output}: {header.count} keys, {header.file_size} bytes, "
         f"digest {DIGEST_ALGORITHM}:{header.digest_hex}, in {time.monotonic() - started:.1f} s"
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -224,9 +222,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         header = read_header(args.file)
     except StoreError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_FAILED
+        return Exit.FAILED
     print(json.dumps(header.as_dict(), indent=2))
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -234,15 +232,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         header = verify_store(args.file)
     except StoreError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_FAILED
+        return Exit.FAILED
     print(f"{args.file}: ok: {header.count} keys, digest {DIGEST_ALGORITHM}:{header.digest_hex}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Register ``build``, ``inspect`` and ``verify`` on the ``rokv`` parser."""
+    """Register ``build``, ``inspect`` and ``verify`` on the ``rokv`` parser
+    (rokv.cli loads this module when one of them runs; their one-line help
+    is in rokv.cli.SERVER_COMMANDS)."""
     p = sub.add_parser(
-        "build", help="compile a .json/.jsonl dataset into a .rokv file",
+        "build",
         description="Compile SRC (.json or .jsonl) into one immutable .rokv file that workers memory-map. "
         "SRC is checked exactly as a worker checks it; one of no keys is refused unless --allow-empty. "
         "The output appears atomically.",
@@ -255,14 +255,14 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
                    help="compile a dataset of no keys (refused by default: an empty export is usually a mistake)")
     p.set_defaults(run=cmd_build)
     p = sub.add_parser(
-        "inspect", help="print a .rokv file's header as JSON",
+        "inspect",
         description="Print the header of a .rokv file (format version, key count, build time, digest).",
         epilog="exit codes: 0 printed, 1 not a readable .rokv file, 2 bad usage",
     )
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_inspect)
     p = sub.add_parser(
-        "verify", help="check a .rokv file's digest",
+        "verify",
         description="Read the whole .rokv file and check its structure and content digest.",
         epilog="exit codes: 0 intact, 1 corrupt or unreadable, 2 bad usage",
     )

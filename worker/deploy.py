@@ -50,10 +50,10 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from enum import IntEnum
 from types import FrameType
 from typing import Any
 
+from rokv.exitcodes import Exit
 from rokv.worker.store import DIGEST_ALGORITHM, SUFFIX, Header, StoreError, read_header, verify_store
 from rokv.worker.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
 
@@ -75,16 +75,6 @@ LOG_LINES = 10
 _TRANSITIONS = {"STARTING", "BACKOFF", "STOPPING"}
 #: States from which supervisord can start a process.
 _DOWN = {"STOPPED", "EXITED", "FATAL"}
-
-
-class Exit(IntEnum):
-    """``rokv deploy``'s exit codes."""
-
-    OK = 0  # deployed, or nothing to do
-    FAILED = 1  # refused before changing anything, or failed and rolled back: the old version serves
-    USAGE = 2  # bad options: no link, not a symbolic link, no supervisord.conf, ...
-    UNREACHABLE = 3  # supervisord or the service could not be reached; nothing was changed
-    ROLLBACK_FAILED = 5  # failed, and the pool could not be put back: act by hand
 
 
 class Stop(Exception):
@@ -252,12 +242,12 @@ class Pool:
                     continue
             waited = time.monotonic() - started
             if not replied and waited > min(REACH_TIMEOUT, self.timeout):
-                raise Stop(Exit.UNREACHABLE, f"no answer from {self.endpoint} in {waited:.0f} s: is it the "
+                raise Stop(Exit.UNAVAILABLE, f"no answer from {self.endpoint} in {waited:.0f} s: is it the "
                                              f"broker these workers serve (--endpoint, $ROKV_ENDPOINT)? "
                                              f"Nothing was changed.")
             if waited > self.timeout:
                 silent = ", ".join(f"{w.name} (pid {w.pid})" for w in pending.values())
-                raise Stop(Exit.UNREACHABLE, f"{silent} did not answer through {self.endpoint} in "
+                raise Stop(Exit.UNAVAILABLE, f"{silent} did not answer through {self.endpoint} in "
                                              f"{self.timeout:.0f} s (is it the broker these workers serve?). "
                                              f"Nothing was changed.")
             time.sleep(PING_INTERVAL)
@@ -415,7 +405,7 @@ def deploy(opts: Options) -> Exit:
     try:
         group = supervisor.processes(GROUP)
     except SupervisorUnreachable as exc:
-        raise Stop(Exit.UNREACHABLE, f"{exc} (is it running? is -c {opts.configuration} its configuration?). "
+        raise Stop(Exit.UNAVAILABLE, f"{exc} (is it running? is -c {opts.configuration} its configuration?). "
                                      f"Nothing was changed.") from None
     if not group:
         raise Stop(Exit.FAILED, f"supervisord at {supervisor.serverurl} has no process group {GROUP!r}. "
@@ -620,12 +610,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return Exit.FAILED
 
 
-def add_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Register ``deploy`` on the ``rokv`` parser."""
+def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register ``deploy`` on the ``rokv`` parser (rokv.cli loads this
+    module when the command runs)."""
     from rokv.endpoints import endpoint_argument
 
     p = sub.add_parser(
-        "deploy", help="switch the supervised workers to a new .rokv file, one at a time, with rollback",
+        "deploy",
         description="Check NEW, repoint the symbolic link the workers load, restart the workers of "
         "supervisord's group 'worker' one at a time and wait until each answers with NEW's digest. "
         "At the first failure the link goes back to its old target and the workers already restarted "
