@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import re
 import sys
 from typing import BinaryIO, Callable
 
@@ -88,7 +87,6 @@ def read_keys(stream: BinaryIO) -> tuple[list[str], list[int]]:
     return keys, lines
 
 
-_KEY_INDEX = re.compile(r"keys\[(\d+)\]: ")
 
 
 def cmd_get_many(args: argparse.Namespace) -> int:
@@ -104,9 +102,8 @@ def cmd_get_many(args: argparse.Namespace) -> int:
             values = client.get_many(keys)
         except InvalidKey as exc:
             # keys[N] counts keys, not lines: say the line of standard input.
-            found = _KEY_INDEX.match(exc.message)
-            if lines is not None and found and int(found[1]) < len(lines):
-                raise InvalidKey(f"line {lines[int(found[1])]}: {exc.message[found.end():]}", exc.key) from None
+            if lines is not None and exc.index is not None and exc.index < len(lines):
+                raise InvalidKey(f"line {lines[exc.index]}: {exc.reason}", exc.key) from None
             raise
     sys.stdout.buffer.write("".join(_json_line(v) + "\n" for v in values).encode("utf-8"))
     return Exit.NOT_FOUND if None in values else Exit.OK

@@ -226,13 +226,13 @@ def check_keys(keys: Iterable[object]) -> list[str]:
     except TypeError:
         keys = [str(key) if isinstance(key, uuid.UUID) else key for key in keys]
         for index, key in enumerate(keys):
-            check_key_type(key, f"keys[{index}]")
+            check_key_type(key, index)
     # 1.5 us for 100 keys; a long key is refused before anything travels.
     if keys and max(map(len, keys)) > p.MAX_KEY_LENGTH:  # type: ignore[arg-type]
         for index, key in enumerate(keys):
             reason = _reason(key)  # type: ignore[arg-type]
             if reason is not None:
-                raise InvalidKey(f"keys[{index}]: {reason}", key)
+                raise InvalidKey(p.key_at(index, reason), key, index=index, reason=reason)
     return keys  # type: ignore[return-value]
 
 
@@ -273,10 +273,10 @@ def join_batches(parts: Sequence[tuple[int, list[str], dict[str, Any]]]) -> list
     failure: RokvError | None = None
     for offset, chunk, reply in parts:
         try:
-            values.extend(values_from_reply(reply, chunk))
+            values.extend(values_from_reply(reply, chunk, offset))
         except InvalidKey as exc:
             if failure is None or not isinstance(failure, InvalidKey):
-                failure = _shift_index(exc, offset, reply)
+                failure = exc
         except RokvError as exc:
             failure = failure or exc
         if failure is not None and isinstance(failure, InvalidKey):
@@ -284,15 +284,6 @@ def join_batches(parts: Sequence[tuple[int, list[str], dict[str, Any]]]) -> list
     if failure is not None:
         raise failure
     return values
-
-
-def _shift_index(exc: InvalidKey, offset: int, reply: dict[str, Any]) -> InvalidKey:
-    index = reply.get(p.F_INDEX)
-    if offset == 0 or type(index) is not int:  # noqa: E721
-        return exc
-    prefix = f"keys[{index}]: "
-    message = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
-    return InvalidKey(f"keys[{offset + index}]: {message}", exc.key)
 
 
 # ------------------------------------------------------------ coalescing
@@ -313,7 +304,7 @@ def key_and_canonical(key: object) -> tuple[str, str]:
 
 def not_found(canonical: str, key: str) -> KeyNotFound:
     """The error a get of a missing key gets, worded as the server words it."""
-    return KeyNotFound(f"key {canonical} not found", key)
+    return KeyNotFound(p.error_message(p.NOT_FOUND, key=canonical), key)
 
 
 def batch_error(reply: dict[str, Any]) -> RokvError:

@@ -92,7 +92,7 @@ def test_get_many_matches_the_blocking_client_across_batches(stack: Stack, examp
             assert await client.get_many([]) == []
             with pytest.raises(InvalidKey) as info:
                 await client.get_many(bad)
-            with pytest.raises(InvalidKey, match=r"keys\[1\] must be a string"):
+            with pytest.raises(InvalidKey, match=r"keys\[1\]: key must be a string"):
                 await client.get_many([keys[0], 5])  # type: ignore[list-item]
             return values, info.value
 

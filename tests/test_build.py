@@ -176,7 +176,7 @@ def test_cli_refusals_and_exit_codes(tmp_path: Path) -> None:
     src.write_text(line(K1, "one") + line("nope", "x"))
     result = rokv("build", str(src), "-o", str(tmp_path / "s.rokv"))
     assert result.returncode == 1
-    assert result.stderr == f"rokv: {src}: line 2: invalid key: 'nope' is not a UUID " \
+    assert result.stderr == f"rokv: {src}: line 2: invalid key: \"nope\" is not a UUID " \
                             f"(expected 8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:)\n"
     result = rokv("build", str(src), "-o", str(tmp_path / "s.bin"))
     assert result.returncode == 2 and "must end in .rokv" in result.stderr

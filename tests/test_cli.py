@@ -92,7 +92,7 @@ def test_get_many_from_standard_input_names_the_line_of_an_invalid_key(stack: St
     result = subprocess.run([*rokv_command(), "get-many", "-", "--endpoint", stack.frontend], input=text.encode(),
                             cwd=REPO, env=child_env(), capture_output=True, timeout=scaled(30))
     assert result.returncode == 2 and result.stdout == b""
-    assert result.stderr.decode() == "rokv: line 4: 'bogus' is not a UUID " \
+    assert result.stderr.decode() == 'rokv: line 4: "bogus" is not a UUID ' \
         "(expected 8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:)\n"
     empty = subprocess.run([*rokv_command(), "get-many", "-", "--endpoint", stack.frontend], input=b"\n  \n",
                            cwd=REPO, env=child_env(), capture_output=True, timeout=scaled(30))

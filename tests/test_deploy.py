@@ -26,7 +26,8 @@ from rokv import Client, ServiceUnavailable
 from rokv.keys import random_key
 from rokv.worker import deploy
 from rokv.worker.build import build
-from rokv.worker.deploy import Exit, target_for
+from rokv.exitcodes import Exit
+from rokv.worker.deploy import target_for
 from rokv.worker.store import HEADER_SIZE, open_store, read_header
 from rokv.worker.supervisor_rpc import Supervisor as SupervisorRPC
 
@@ -267,7 +268,7 @@ def test_deploy_refuses_a_truncated_file_before_touching_anything(supervisor_fac
 
     nobody = f"tcp://127.0.0.1:{free_port()}"  # no broker there
     result = rokv_deploy(pool.sup, str(pool.v2), "--link", str(pool.link), "--endpoint", nobody, "--timeout", "1")
-    assert result.returncode == Exit.UNREACHABLE, result.stdout + result.stderr
+    assert result.returncode == Exit.UNAVAILABLE, result.stdout + result.stderr
     assert f"no answer from {nobody}" in result.stderr
     assert os.readlink(pool.link) == "v1.rokv"
     assert pool.workers() == pool.pids
@@ -430,7 +431,7 @@ def test_deploy_usage_errors_change_nothing(tmp_path: Path) -> None:
     result = run(str(v2), "--link", str(link), "-c", str(tmp_path / "missing.conf"))
     assert result.returncode == Exit.USAGE and "no such supervisord configuration file" in result.stderr
     result = run(str(v2), "--link", str(link), "-c", str(conf))
-    assert result.returncode == Exit.UNREACHABLE, result.stderr
+    assert result.returncode == Exit.UNAVAILABLE, result.stderr
     assert "cannot reach supervisord" in result.stderr and "Nothing was changed" in result.stderr
     assert os.readlink(link) == "v1.rokv"
     assert "Traceback" not in result.stderr

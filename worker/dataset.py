@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Union
 
 from rokv.errors import InvalidKey
 from rokv.keys import is_canonical, normalize_key, show_key
+from rokv.protocol import quote
 
 if TYPE_CHECKING:
     from rokv.worker.store import Store
@@ -98,7 +99,7 @@ def load_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> 
 
 
 def _unsupported(path: str, suffix: str, accepted: str) -> DatasetError:
-    what = f"{suffix!r}" if suffix else "(no suffix)"
+    what = quote(suffix) if suffix else "(no suffix)"
     return _error(path, f"unsupported dataset format {what}: use {accepted}")
 
 
@@ -354,9 +355,9 @@ def _record_problem(obj: object) -> str:
             return f"unexpected member {show_key(name)} (expected {shape})"
     for name in ("key", "value"):
         if names.count(name) > 1:
-            return f"member {name!r} appears more than once"
+            return f"member {quote(name)} appears more than once"
     missing = [name for name in ("key", "value") if name not in names]
-    return f"missing member {' and '.join(map(repr, missing))} (expected {shape})"
+    return f"missing member {' and '.join(map(quote, missing))} (expected {shape})"
 
 
 def _jsonl_first(path: str, canonical: str) -> tuple[int | None, object]:
@@ -381,6 +382,8 @@ def _member_error(
     """The error for a member whose key or value is refused (or a duplicate,
     when ``first_key`` is given)."""
     where = f"line {line}: " if line is not None else ""
+    if type(key) is not str:  # in JSON's words, not msgpack's
+        return _error(path, f"{where}invalid key: key must be a string, not {_kind(key)}", line)
     try:
         normalize_key(key)
     except InvalidKey as exc:
