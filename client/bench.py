@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 from rokv.exitcodes import Exit
 from rokv.core import make_policy, resolve_endpoint
-from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoint
+from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints
 from rokv.errors import (
     InvalidKey,
     KeyNotFound,
@@ -621,7 +621,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sys.stderr.write("rokv: --duration must be from 0 to 86400 seconds\n")
         return Exit.USAGE
     try:
-        check_endpoint(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)  # $ROKV_ENDPOINT too
+        check_endpoints(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)  # $ROKV_ENDPOINT too
     except ValueError as exc:
         sys.stderr.write(f"rokv: error: {exc}\n")
         return Exit.USAGE

@@ -17,7 +17,7 @@ import sys
 from typing import BinaryIO, Callable
 
 from rokv.core import resolve_endpoint
-from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoint, endpoint_argument
+from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints, endpoints_argument
 from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
 from rokv.exitcodes import Exit
 from rokv.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
@@ -59,7 +59,7 @@ def connect(args: argparse.Namespace) -> Client:
     """A Client from the common options; bad values are a usage error (exit 2)."""
     try:
         # $ROKV_ENDPOINT too must name another process (the option is checked by argparse).
-        endpoint = check_endpoint(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)
+        endpoint = check_endpoints(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)
         return Client(endpoint, timeout=args.timeout, retries=args.retries)
     except ValueError as exc:
         _err(f"error: {exc}")
@@ -131,7 +131,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--endpoint", default=None, type=endpoint_argument(), help="broker frontend (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)"
+        "--endpoint", default=None, type=endpoints_argument(),
+        help="broker frontend, or several brokers comma-separated (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)"
     )
     common.add_argument(
         "--timeout", type=float, default=None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
-from typing import Callable
+from typing import Callable, Sequence
 
 #: Transports a client may use; ``inproc`` only reaches a socket bound in the
 #: same process, with the same context.
@@ -80,3 +80,46 @@ def endpoint_argument(transports: tuple[str, ...] = PROCESS_TRANSPORTS) -> Calla
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return endpoint
+
+
+def check_endpoints(endpoints: str | Sequence[str], *, transports: tuple[str, ...] = CLIENT_TRANSPORTS
+                    ) -> list[str]:
+    """Several brokers' endpoints, from a comma-separated string (as in
+    ``ROKV_ENDPOINT`` or ``--endpoint``) or a sequence of strings; each is
+    checked by :func:`check_endpoint`.
+
+    Raises:
+        ValueError: the list is empty, names an endpoint twice, or holds a
+            malformed endpoint; the message says which.
+    """
+    if isinstance(endpoints, str):
+        items = [item.strip() for item in endpoints.split(",")]
+    elif isinstance(endpoints, Sequence):
+        items = list(endpoints)
+    else:
+        raise ValueError(f"endpoints must be a string or a list of strings, not {type(endpoints).__name__}")
+    if not items or items == [""]:
+        raise ValueError("no endpoint given")
+    checked = []
+    for item in items:
+        if item == "":
+            raise ValueError(f"endpoint list {endpoints!r} has an empty item (a stray comma?)")
+        checked.append(check_endpoint(item, transports=transports))
+    if len(set(checked)) != len(checked):
+        twice = next(e for e in checked if checked.count(e) > 1)
+        raise ValueError(f"endpoint {twice!r} is named twice")
+    return checked
+
+
+def endpoints_argument(transports: tuple[str, ...] = PROCESS_TRANSPORTS) -> Callable[[str], str]:
+    """An argparse ``type=`` for one or several comma-separated endpoints;
+    keeps the text, checked."""
+
+    def endpoints(text: str) -> str:
+        try:
+            check_endpoints(text, transports=transports)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return endpoints

@@ -613,7 +613,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``deploy`` on the ``rokv`` parser (rokv.cli loads this
     module when the command runs)."""
-    from rokv.endpoints import endpoint_argument
+    from rokv.endpoints import endpoints_argument
 
     p = sub.add_parser(
         "deploy",
@@ -632,7 +632,7 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.add_argument("-c", "--configuration", metavar="FILE", default=None,
                    help=f"supervisord.conf whose [supervisorctl] serverurl is used "
                         f"(default: $ROKV_SUPERVISOR_CONF, else ./{DEFAULT_CONF})")
-    p.add_argument("--endpoint", default=None, type=endpoint_argument(),
+    p.add_argument("--endpoint", default=None, type=endpoints_argument(),
                    help="broker frontend for the pings (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="longest one worker's stop, start and first answer may take (default %(default)g)")
