@@ -94,11 +94,11 @@ _Waiter = Union[asyncio.Future, _Coalesced]
 
 def _abandoned(waiter: _Waiter) -> bool:
     """True when nobody waits for the answer any more (all cancelled)."""
-    return waiter.abandoned() if type(waiter) is _Coalesced else waiter.done()
+    return waiter.abandoned() if isinstance(waiter, _Coalesced) else waiter.done()
 
 
 def _fail(waiter: _Waiter, exc: BaseException) -> None:
-    if type(waiter) is _Coalesced:
+    if isinstance(waiter, _Coalesced):
         waiter.fail(exc)
     elif not waiter.done():
         waiter.set_exception(exc)
@@ -319,7 +319,7 @@ class AsyncClient(ClientBase):
             raise RokvError("this AsyncClient is bound to another event loop; create one per loop")
         self._loop = loop
         for sock in brokers.socks:
-            loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
+            loop.add_reader(sock.fileno(), self._drain)
         return loop
 
     async def _call(self, loop: asyncio.AbstractEventLoop, rid: int, body: bytes) -> dict[str, Any]:
@@ -474,7 +474,7 @@ class AsyncClient(ClientBase):
                 waiter = pending.pop(got[0], None)
                 if waiter is None:
                     continue
-                if type(waiter) is _Coalesced:
+                if isinstance(waiter, _Coalesced):
                     waiter.deliver(got[1])
                 elif not waiter.done():
                     waiter.set_result(got[1])
@@ -533,7 +533,7 @@ class AsyncClient(ClientBase):
             return
         if self._loop is not None and not self._loop.is_closed():
             for sock in brokers.socks:
-                self._loop.remove_reader(sock.getsockopt(zmq.FD))
+                self._loop.remove_reader(sock.fileno())
         for handle in (self._timer, self._flush_handle, self._unsent_handle):
             if handle is not None:
                 handle.cancel()

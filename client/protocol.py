@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 
@@ -144,7 +144,7 @@ class Request:
     keys: list[Any] | None = None
 
 
-def _is_request_id(value: object) -> bool:
+def _is_request_id(value: object) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= MAX_REQUEST_ID  # noqa: E721 - bool is not an id
 
 

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from array import array
-from typing import Callable, Iterator
+from typing import Callable, Iterator, IO
 
 from typing import TYPE_CHECKING
 
@@ -81,7 +81,7 @@ def build(
 
 
 def _read_jsonl(
-    src: str, spill: "tempfile._TemporaryFileWrapper[bytes]", progress: Progress | None
+    src: str, spill: IO[bytes], progress: Progress | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keys (V16), value sizes (with separator), and the values
     end to end (mapped from ``spill``), in file order."""

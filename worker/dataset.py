@@ -166,7 +166,7 @@ def _load_json(path: str) -> dict[str, str]:
     except ValueError as exc:  # e.g. an integer too long to convert
         raise _error(path, f"invalid JSON: {exc}") from None
     if not isinstance(top, _Object):
-        line = text.count("\n", 0, _WS.match(text).end()) + 1
+        line = text.count("\n", 0, _skip_ws(text)) + 1
         raise _error(
             path, f"line {line}: the top-level JSON value is {_kind(top)}, not an object of keys to values", line
         )
@@ -179,9 +179,9 @@ def _load_json(path: str) -> dict[str, str]:
         len(dataset) == len(top)
         and all(map(is_canonical, dataset))
         and set(map(type, dataset.values())) <= {str}
-        and not (_SURROGATE_ESCAPE.search(text) and any(map(_SURROGATE.search, dataset.values())))
+        and not (_SURROGATE_ESCAPE.search(text) and any(map(_SURROGATE.search, dataset.values())))  # type: ignore[arg-type]  # values are str: checked just above
     ):
-        return dataset
+        return dataset  # type: ignore[return-value]  # every value is a str: checked above
     return _load_json_members(path, text, top)
 
 
@@ -229,22 +229,28 @@ def _member_lines(text: str, last: int) -> dict[int, int]:
     return lines
 
 
+def _skip_ws(text: str, pos: int = 0) -> int:
+    """Where the JSON whitespace starting at ``pos`` ends."""
+    found = _WS.match(text, pos)
+    return found.end() if found else pos
+
+
 def _member_offsets(text: str) -> Iterator[int]:
     """Yield where each member name of the top-level object in ``text`` starts."""
     decoder = json.JSONDecoder()
-    pos = _WS.match(text).end()
+    pos = _skip_ws(text)
     if text[pos] != "{":
         return
-    pos = _WS.match(text, pos + 1).end()
+    pos = _skip_ws(text, pos + 1)
     while text[pos] == '"':
         yield pos
         _, pos = decoder.raw_decode(text, pos)  # the name, a JSON string
-        pos = _WS.match(text, pos).end() + 1  # past the ':'
-        _, pos = decoder.raw_decode(text, _WS.match(text, pos).end())
-        pos = _WS.match(text, pos).end()
+        pos = _skip_ws(text, pos) + 1  # past the ':'
+        _, pos = decoder.raw_decode(text, _skip_ws(text, pos))
+        pos = _skip_ws(text, pos)
         if text[pos] != ",":
             return
-        pos = _WS.match(text, pos + 1).end()
+        pos = _skip_ws(text, pos + 1)
 
 
 # --- .jsonl ----------------------------------------------------------------
@@ -327,7 +333,7 @@ def _parse_jsonl_line(path: str, line: int, raw: bytes) -> tuple[object, object]
         # scans, a good part of the cost per line.
         obj, end = _DECODER.raw_decode(record)
         if end != len(record):
-            raise json.JSONDecodeError("Extra data", record, _WS.match(record, end).end())
+            raise json.JSONDecodeError("Extra data", record, _skip_ws(record, end))
     except json.JSONDecodeError as exc:
         column = exc.colno + len(text) - len(text.lstrip(_JSON_WS))
         raise _error(path, f"line {line} column {column}: invalid JSON: {exc.msg}", line) from None
