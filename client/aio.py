@@ -240,7 +240,7 @@ class AsyncClient(ClientBase):
                 self._pump_scheduled = True
                 loop.call_soon(self._pump)
             return await future
-        if type(key) is not str or len(key) > _MAX_KEY_LENGTH:  # noqa: E721 - one test for the common case
+        if type(key) is not str or len(key) > _MAX_KEY_LENGTH or not key.isascii():  # one test for the common case
             key = core.check_key(key)
         rid = next(self._ids)
         future = loop.create_future()

@@ -79,7 +79,7 @@ class Client(ClientBase):
                 than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
             ServiceUnavailable: no reply after every try.
         """
-        if type(key) is not str or len(key) > _MAX_KEY_LENGTH:  # noqa: E721 - one test for the common case
+        if type(key) is not str or len(key) > _MAX_KEY_LENGTH or not key.isascii():  # one test for the common case
             key = core.check_key(key)
         rid = next(self._ids)
         reply = self._exchange({rid: p.encode_request(rid, p.OP_GET, key)})[rid]

@@ -135,3 +135,14 @@ def test_get_many_with_a_long_key_names_the_first_invalid_key_as_the_server_woul
         with pytest.raises(InvalidKey) as served:
             client.get_many(short_first[:3001])
     assert str(served.value) == str(info.value)
+
+
+def test_a_key_of_non_ascii_characters_is_refused_locally_so_no_request_outgrows_the_limit() -> None:
+    # 45 characters of 4 UTF-8 bytes each: 10,000 of them would be 1.8 MB,
+    # over the broker's 1 MiB, which costs the sender its connection.
+    wide = "\U0001F600" * 45
+    endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: a request that travelled would time out
+    with Client(endpoint, timeout=0.1, retries=0) as client:
+        assert outcome(lambda: client.get(wide))[0] == "InvalidKey"
+        result = outcome(lambda: client.get_many(["8a35eb59-62b3-481c-8875-1f248df4c952"] * 9_999 + [wide]))
+        assert result[0] == "InvalidKey" and result[1].startswith("keys[9999]: ")
