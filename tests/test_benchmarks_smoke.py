@@ -4,12 +4,16 @@ Correctness only: no timing is asserted."""
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 from pathlib import Path
 
 from benchmarks import redisbench
 from procs import REPO, child_env, scaled
+
+pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` leaves these out of the inner loop
 
 OTHERS = "# rokv benchmarks\n\nIntro kept.\n\n<!-- scale:begin -->\nscale figures kept\n<!-- scale:end -->\n"
 

@@ -26,6 +26,8 @@ from supervision import Supervisor
 
 from rokv.security import CurvePeer, make_key_pair
 
+pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` leaves these out of the inner loop
+
 SCENARIO_SECONDS = float(os.environ.get("ROKV_CHAOS_SECONDS", "12"))
 DRIVERS = 2
 MIN_LOOKUPS = 50_000

@@ -31,6 +31,8 @@ from rokv.worker.deploy import target_for
 from rokv.worker.store import HEADER_SIZE, open_store, read_header
 from rokv.worker.supervisor_rpc import Supervisor as SupervisorRPC
 
+pytestmark = pytest.mark.slow  # every test here runs the real supervisord under load
+
 KEYS = 3000
 
 

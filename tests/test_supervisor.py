@@ -89,6 +89,7 @@ def test_environment_sets_workers_dataset_and_endpoints(supervisor_factory, tmp_
     assert sup.status_code() == 0
 
 
+@pytest.mark.slow
 def test_more_workers_than_the_old_sixteen_slots(supervisor_factory) -> None:
     frontend = f"tcp://127.0.0.1:{free_port()}"
     sup = supervisor_factory(ROKV_WORKERS="17", ROKV_FRONTEND=frontend, ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}")
@@ -112,6 +113,7 @@ def test_a_bad_worker_count_starts_nothing_and_says_why(supervisor_factory, valu
             client.ping()
 
 
+@pytest.mark.slow
 def test_a_restart_with_another_count_replaces_the_last_runs_workers(supervisor_factory) -> None:
     frontend = f"tcp://127.0.0.1:{free_port()}"
     env = {"ROKV_FRONTEND": frontend, "ROKV_BACKEND": f"tcp://127.0.0.1:{free_port()}"}
@@ -125,6 +127,7 @@ def test_a_restart_with_another_count_replaces_the_last_runs_workers(supervisor_
     assert second.status_code() == 0
 
 
+@pytest.mark.slow
 def test_a_big_broken_dataset_ends_fatal_after_one_parse(supervisor_factory, tmp_path: Path) -> None:
     # Loading takes longer than startsecs (1 s), so supervisor counts each
     # start as good and used to restart the worker forever, reparsing the file
@@ -151,6 +154,7 @@ def test_a_big_broken_dataset_ends_fatal_after_one_parse(supervisor_factory, tmp
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_one_configuration_runs_a_broker_host_a_worker_host_or_both(supervisor_factory, tmp_path: Path,
                                                                      example: dict[str, str]) -> None:
     frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"

@@ -28,6 +28,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ DEFAULT_WORKERS = 2
 #: left to the operator.
 MANAGED = ("broker", "worker")
 EXIT_BAD_SETTING = 2
+#: How long rokv-pool keeps asking a busy supervisord to load its programs.
+RPC_PATIENCE_SECONDS = 30.0
 
 
 class SettingError(ValueError):
@@ -93,11 +96,15 @@ class Settings:
         return cls(role=role, workers=workers)
 
 
+# startsecs=2: a worker that refuses its dataset exits well within it (a
+# refusal it remembers is found before anything is loaded), so supervisor
+# counts that as a failed start and, after startretries, marks it FATAL; on a
+# busy machine a Python start alone can take most of a second.
 _COMMON = """\
 directory={here}
 autostart=false
 autorestart=true
-startsecs=1
+startsecs=2
 startretries=3
 stopsignal=TERM
 stopwaitsecs=10
@@ -184,12 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     write_if_changed(include, render(settings, args.here.resolve()))
     rpc: Any = childutils.getRPCInterface(os.environ)
-    try:
-        groups = apply(rpc)
-    except (Fault, OSError) as exc:
-        print(f"rokv-pool: supervisord refused the generated configuration {include}: {exc}",
-              file=sys.stderr, flush=True)
-        return 1
+    # supervisord may still be busy starting: transient refusals are retried
+    # here, since supervisor itself does not retry this program (a bad
+    # setting must end FATAL at once).
+    deadline = time.monotonic() + RPC_PATIENCE_SECONDS
+    while True:
+        try:
+            groups = apply(rpc)
+            break
+        except (Fault, OSError) as exc:
+            if time.monotonic() > deadline:
+                print(f"rokv-pool: supervisord refused the generated configuration {include}: {exc}",
+                      file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.5)
     print(f"rokv-pool: role {settings.role}: started {' and '.join(groups) or 'nothing'} "
           f"({settings.workers} workers) from {include}", flush=True)
     # Stay up: a RUNNING pool program is part of "everything is running".
