@@ -8,23 +8,23 @@ prints each scenario's figures as a markdown row (see RELIABILITY.md).
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 
-from procs import EXAMPLE, REPO, child_env, free_port, scaled, seen_workers, wait_for
+from procs import free_port, seen_workers, wait_for
 from supervision import Supervisor
 
-from rokv.security import CurvePeer, make_key_pair
+import drivers
+from drivers import curve_pool_keys
+
+from rokv.security import CurvePeer
 
 pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` leaves these out of the inner loop
 
@@ -48,19 +48,8 @@ def security(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, dict[s
     environment of supervisord and of the load drivers."""
     if request.param == "plain":
         return {"pool": {}, "drivers": {}}
-    keys = tmp_path / "keys"
-    broker_public, broker_secret = make_key_pair(keys, "broker")
-    client_public, client_secret = make_key_pair(keys, "client")
-    worker_public, worker_secret = make_key_pair(keys, "worker")
-    for folder, public in (("clients", client_public), ("workers", worker_public)):
-        (keys / folder).mkdir()
-        shutil.copy(public, keys / folder)
-    return {
-        "pool": {"ROKV_BROKER_SECRET": str(broker_secret), "ROKV_CLIENT_KEYS": str(keys / "clients"),
-                 "ROKV_WORKER_KEYS": str(keys / "workers"), "ROKV_WORKER_SECRET": str(worker_secret),
-                 "ROKV_BROKER_KEY": str(broker_public)},
-        "drivers": {"ROKV_CLIENT_SECRET": str(client_secret), "ROKV_BROKER_KEY": str(broker_public)},
-    }
+    brokers, workers, clients = curve_pool_keys(tmp_path / "keys")
+    return {"pool": {**brokers, **workers}, "drivers": clients}
 
 
 class Pool:
@@ -83,43 +72,16 @@ class Pool:
 
 
 def start_drivers(pool: Pool) -> list[subprocess.Popen[str]]:
-    endpoint = pool.endpoint
-    return [
-        subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "loaddriver.py"), "--endpoint", endpoint, "--data", str(EXAMPLE),
-             "--seconds", str(SCENARIO_SECONDS), "--seed", str(seed), *POLICY,
-             # On a loaded machine, run longer rather than prove too little.
-             "--min-found", str(MIN_LOOKUPS // DRIVERS + 5_000), "--max-seconds", str(SCENARIO_SECONDS * 4)],
-            env=child_env(**pool.client_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for seed in range(DRIVERS)
-    ]
+    return drivers.start_drivers(pool.endpoint, count=DRIVERS, seconds=SCENARIO_SECONDS, extra=POLICY,
+                                 min_found=MIN_LOOKUPS // DRIVERS + 5_000, client_env=pool.client_env)
 
 
 def drivers_running(drivers: list[subprocess.Popen[str]]) -> bool:
     return any(d.poll() is None for d in drivers)
 
 
-def collect(drivers: list[subprocess.Popen[str]]) -> dict:
-    total: dict = {"requests": 0, "lookups": 0, "found": 0, "retried": 0, "lost": 0, "wrong": 0, "errors": []}
-    p50s, p99s, maxes = [], [], []
-    for driver in drivers:
-        try:
-            out, err = driver.communicate(timeout=scaled(SCENARIO_SECONDS * 4 + 30))
-        except subprocess.TimeoutExpired:
-            driver.kill()
-            driver.communicate()
-            raise AssertionError("a load driver did not finish in time") from None
-        assert driver.returncode == 0, err
-        result = json.loads(out.strip().splitlines()[-1])
-        for field in ("requests", "lookups", "found", "retried", "lost", "wrong"):
-            total[field] += result[field]
-        total["errors"] += result["errors"]
-        p50s.append(result["p50_ms"])
-        p99s.append(result["p99_ms"])
-        maxes.append(result["max_ms"])
-    total.update(p50_ms=max(p50s), p99_ms=max(p99s), max_ms=max(maxes))
-    return total
+def collect(running: list[subprocess.Popen[str]]) -> dict:
+    return drivers.collect(running, SCENARIO_SECONDS * 4 + 30)
 
 
 def report(name: str, result: dict, faults: str) -> None:

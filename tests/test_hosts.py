@@ -11,22 +11,21 @@ prints the figures RELIABILITY.md quotes.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+import drivers
 import netns
-from procs import EXAMPLE, REPO, child_env, scaled, wait_for
+from drivers import curve_pool_keys
+from procs import child_env, scaled, wait_for
 from rokv import Client, ServiceUnavailable
-from rokv.security import CurvePeer, make_key_pair
+from rokv.security import CurvePeer
 
 pytestmark = pytest.mark.slow
 
@@ -48,23 +47,6 @@ def network() -> Iterator[netns.Network]:
         net.close()
 
 
-def curve_env(root: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """Keys for a pool whose brokers share one key pair (README "Several
-    hosts"): the environments of broker hosts, worker hosts and clients."""
-    broker_public, broker_secret = make_key_pair(root, "broker")
-    client_public, client_secret = make_key_pair(root, "client")
-    worker_public, worker_secret = make_key_pair(root, "worker")
-    for folder, public in (("clients", client_public), ("workers", worker_public)):
-        (root / folder).mkdir()
-        shutil.copy(public, root / folder)
-    return (
-        {"ROKV_BROKER_SECRET": str(broker_secret), "ROKV_CLIENT_KEYS": str(root / "clients"),
-         "ROKV_WORKER_KEYS": str(root / "workers")},
-        {"ROKV_WORKER_SECRET": str(worker_secret), "ROKV_BROKER_KEY": str(broker_public)},
-        {"ROKV_CLIENT_SECRET": str(client_secret), "ROKV_BROKER_KEY": str(broker_public)},
-    )
-
-
 class Pool:
     """The hosts of one pool and how to reach it."""
 
@@ -74,7 +56,7 @@ class Pool:
         self.b1, self.b2 = net.add_host("b1"), net.add_host("b2")
         self.w1, self.w2, self.w3 = net.add_host("w1"), net.add_host("w2"), net.add_host("w3")
         self.client_host = net.add_host("client")
-        self.brokers_env, self.workers_env, self.clients_env = curve_env(root / "keys") if curve else ({}, {}, {})
+        self.brokers_env, self.workers_env, self.clients_env = curve_pool_keys(root / "keys") if curve else ({}, {}, {})
         self.endpoints = [self.b1.endpoint(FRONT), self.b2.endpoint(FRONT)]
         self.backends = ",".join(b.endpoint(BACK) for b in (self.b1, self.b2))
         for broker in (self.b1, self.b2):
@@ -119,37 +101,9 @@ class Pool:
             wait_for(lambda: serving(endpoint), 60, f"both workers to serve through {endpoint}")
 
     def start_drivers(self, seconds: float) -> list[subprocess.Popen[str]]:
-        return [
-            subprocess.Popen(
-                [*self.client_host.prefix(), sys.executable, str(REPO / "tests" / "loaddriver.py"),
-                 "--endpoint", ",".join(self.endpoints), "--data", str(EXAMPLE), "--seconds", str(seconds),
-                 "--seed", str(seed), "--min-found", str(MIN_LOOKUPS // DRIVERS + 5_000),
-                 "--max-seconds", str(seconds * 4)],
-                env=child_env(**self.clients_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )
-            for seed in range(DRIVERS)
-        ]
-
-
-def collect(drivers: list[subprocess.Popen[str]], timeout: float) -> dict:
-    total: dict = {"requests": 0, "lookups": 0, "found": 0, "retried": 0, "lost": 0, "wrong": 0, "errors": [],
-                   "timelines": []}
-    for driver in drivers:
-        try:
-            out, err = driver.communicate(timeout=scaled(timeout))
-        except subprocess.TimeoutExpired:
-            driver.kill()
-            driver.communicate()
-            raise AssertionError("a load driver did not finish in time") from None
-        assert driver.returncode == 0, err
-        result = json.loads(out.strip().splitlines()[-1])
-        for name in ("requests", "lookups", "found", "retried", "lost", "wrong"):
-            total[name] += result[name]
-        total["errors"] += result["errors"]
-        total["timelines"].append(result["timeline"])
-        total["p99_ms"] = max(total.get("p99_ms", 0), result["p99_ms"])
-        total["max_ms"] = max(total.get("max_ms", 0), result["max_ms"])
-    return total
+        return drivers.start_drivers(",".join(self.endpoints), count=DRIVERS, seconds=seconds,
+                                     min_found=MIN_LOOKUPS // DRIVERS + 5_000, client_env=self.clients_env,
+                                     prefix=self.client_host.prefix())
 
 
 def replies_between(timelines: list[list], broker: int, start: float, end: float) -> int:
@@ -167,7 +121,7 @@ def test_hosts_vanish_die_and_join_under_load_and_nothing_is_lost(network: netns
                                                                   curve: bool) -> None:
     pool = Pool(network, tmp_path, curve)
     pool.wait_ready()
-    drivers = pool.start_drivers(seconds=30)
+    running = pool.start_drivers(seconds=30)
     events: dict[str, float] = {}
     try:
         time.sleep(3)
@@ -197,7 +151,7 @@ def test_hosts_vanish_die_and_join_under_load_and_nothing_is_lost(network: netns
             pool.endpoints, 40), 60, "the new worker host to answer")
         events["w3 answers"] = time.monotonic()
     finally:
-        result = collect(drivers, 200)
+        result = drivers.collect(running, 200)
     end = max(t for timeline in result["timelines"] for t, _ in timeline)
     b1_after = replies_between(result["timelines"], 0, events["b1 back"] + 5, end)
     print(
