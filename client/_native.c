@@ -1,0 +1,870 @@
+/* rokv._native: the compiled hot paths (issue 14).
+ *
+ * What it does, and nothing more:
+ *   - the worker's receive-answer-reply loop for the common requests (get and
+ *     mget of well-formed keys, hits and canonical misses), over a dict or a
+ *     memory-mapped .rokv store, talking to libzmq directly;
+ *   - everything else (ping, malformed or unusual requests, invalid or
+ *     non-canonical keys, several frames) is handed, frames and all, to the
+ *     Python handler, so every error reply stays exactly what
+ *     rokv.worker.handler answers;
+ *   - the client's reply reading: id and value(s) of a reply in one call.
+ *
+ * libzmq is the one pyzmq loaded: its path is given to init(), which finds it
+ * with dlopen(RTLD_NOLOAD) (pyzmq loads it privately) and looks up the few
+ * functions used. Sockets are pyzmq's, passed as their libzmq address
+ * (Socket.underlying); their options (timeouts) are set from Python.
+ *
+ * The wire format produced is byte for byte what msgpack-python's Packer
+ * produces for the same reply (the tests compare them).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ libzmq */
+
+typedef struct { unsigned char _[64]; } zmsg_t; /* zmq_msg_t is 64 opaque bytes */
+
+static int (*z_msg_init)(zmsg_t *);
+static int (*z_msg_recv)(zmsg_t *, void *, int);
+static int (*z_msg_send)(zmsg_t *, void *, int);
+static int (*z_msg_close)(zmsg_t *);
+static void *(*z_msg_data)(zmsg_t *);
+static size_t (*z_msg_size)(const zmsg_t *);
+static int (*z_msg_more)(const zmsg_t *);
+static int (*z_send)(void *, const void *, size_t, int);
+static int (*z_errno)(void);
+static int zmq_ready = 0;
+
+#define Z_DONTWAIT 1
+#define Z_SNDMORE 2
+
+static PyObject *
+native_init(PyObject *self, PyObject *arg)
+{
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (lib == NULL)
+        lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (lib == NULL) {
+        PyErr_Format(PyExc_OSError, "cannot open libzmq at %s: %s", path, dlerror());
+        return NULL;
+    }
+#define SYM(var, name)                                                                  \
+    *(void **)(&var) = dlsym(lib, name);                                                \
+    if (var == NULL) {                                                                  \
+        PyErr_Format(PyExc_OSError, "libzmq at %s has no %s", path, name);              \
+        return NULL;                                                                    \
+    }
+    SYM(z_msg_init, "zmq_msg_init");
+    SYM(z_msg_recv, "zmq_msg_recv");
+    SYM(z_msg_send, "zmq_msg_send");
+    SYM(z_msg_close, "zmq_msg_close");
+    SYM(z_msg_data, "zmq_msg_data");
+    SYM(z_msg_size, "zmq_msg_size");
+    SYM(z_msg_more, "zmq_msg_more");
+    SYM(z_send, "zmq_send");
+    SYM(z_errno, "zmq_errno");
+#undef SYM
+    zmq_ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ output buffer */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} buf_t;
+
+static int
+buf_reserve(buf_t *b, size_t more)
+{
+    if (b->len + more <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + more)
+        cap *= 2;
+    char *data = PyMem_Realloc(b->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int
+buf_put(buf_t *b, const void *src, size_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+static inline int
+buf_byte(buf_t *b, unsigned char c)
+{
+    return buf_put(b, &c, 1);
+}
+
+static int
+put_be(buf_t *b, unsigned char tag, uint64_t v, int bytes)
+{
+    unsigned char tmp[9];
+    tmp[0] = tag;
+    for (int i = 0; i < bytes; i++)
+        tmp[1 + i] = (unsigned char)(v >> (8 * (bytes - 1 - i)));
+    return buf_put(b, tmp, 1 + bytes);
+}
+
+/* msgpack's smallest encoding of a non-negative integer, as msgpack-python's Packer */
+static int
+pack_uint(buf_t *b, uint64_t v)
+{
+    if (v < 128)
+        return buf_byte(b, (unsigned char)v);
+    if (v < 256)
+        return put_be(b, 0xcc, v, 1);
+    if (v < 65536)
+        return put_be(b, 0xcd, v, 2);
+    if (v < 4294967296ULL)
+        return put_be(b, 0xce, v, 4);
+    return put_be(b, 0xcf, v, 8);
+}
+
+static int
+pack_str(buf_t *b, const char *s, size_t n)
+{
+    int rc;
+    if (n < 32)
+        rc = buf_byte(b, (unsigned char)(0xa0 | n));
+    else if (n < 256)
+        rc = put_be(b, 0xd9, n, 1);
+    else if (n < 65536)
+        rc = put_be(b, 0xda, n, 2);
+    else
+        rc = put_be(b, 0xdb, n, 4);
+    return rc < 0 ? -1 : buf_put(b, s, n);
+}
+
+static int
+pack_array_header(buf_t *b, size_t n)
+{
+    if (n < 16)
+        return buf_byte(b, (unsigned char)(0x90 | n));
+    if (n < 65536)
+        return put_be(b, 0xdc, n, 2);
+    return put_be(b, 0xdd, n, 4);
+}
+
+/* ------------------------------------------------------------ request parsing */
+
+typedef struct {
+    const unsigned char *p, *end;
+} rd_t;
+
+/* A msgpack str at the cursor: its bytes and length; 0 when it is not a str. */
+static int
+read_str(rd_t *r, const char **s, size_t *n)
+{
+    if (r->p >= r->end)
+        return 0;
+    unsigned char t = *r->p;
+    size_t len, head;
+    if ((t & 0xe0) == 0xa0) {
+        len = t & 0x1f;
+        head = 1;
+    }
+    else if (t == 0xd9 && r->end - r->p >= 2) {
+        len = r->p[1];
+        head = 2;
+    }
+    else if (t == 0xda && r->end - r->p >= 3) {
+        len = ((size_t)r->p[1] << 8) | r->p[2];
+        head = 3;
+    }
+    else if (t == 0xdb && r->end - r->p >= 5) {
+        len = ((size_t)r->p[1] << 24) | ((size_t)r->p[2] << 16) | ((size_t)r->p[3] << 8) | r->p[4];
+        head = 5;
+    }
+    else
+        return 0;
+    if ((size_t)(r->end - r->p) - head < len)
+        return 0;
+    *s = (const char *)r->p + head;
+    *n = len;
+    r->p += head + len;
+    return 1;
+}
+
+/* A non-negative msgpack integer (any width, signed forms included). */
+static int
+read_uint(rd_t *r, uint64_t *v)
+{
+    if (r->p >= r->end)
+        return 0;
+    unsigned char t = *r->p;
+    int bytes;
+    int is_signed = 0;
+    if (t < 0x80) {
+        *v = t;
+        r->p++;
+        return 1;
+    }
+    switch (t) {
+    case 0xcc: bytes = 1; break;
+    case 0xcd: bytes = 2; break;
+    case 0xce: bytes = 4; break;
+    case 0xcf: bytes = 8; break;
+    case 0xd0: bytes = 1; is_signed = 1; break;
+    case 0xd1: bytes = 2; is_signed = 1; break;
+    case 0xd2: bytes = 4; is_signed = 1; break;
+    case 0xd3: bytes = 8; is_signed = 1; break;
+    default: return 0;
+    }
+    if (r->end - r->p < 1 + bytes)
+        return 0;
+    uint64_t x = 0;
+    for (int i = 0; i < bytes; i++)
+        x = (x << 8) | r->p[1 + i];
+    if (is_signed && (r->p[1] & 0x80))
+        return 0; /* negative: not an id; Python words the refusal */
+    *v = x;
+    r->p += 1 + bytes;
+    return 1;
+}
+
+#define OP_GET 1
+#define OP_MGET 2
+
+typedef struct {
+    uint64_t id;
+    int op;
+    const char *key;
+    size_t key_len;
+    const unsigned char *keys, *keys_end; /* the items of "keys", still packed */
+    size_t nkeys;
+} req_t;
+
+/* Every str item of an array: checks and skips them; the count, or -1. */
+static int
+scan_keys(rd_t *r, size_t n)
+{
+    const char *s;
+    size_t len;
+    for (size_t i = 0; i < n; i++)
+        if (!read_str(r, &s, &len))
+            return -1;
+    return 0;
+}
+
+/* The common shape of a request, exactly: a map of v=1, id, op get|mget
+ * with key|keys (str items), no other field, each once, nothing after it.
+ * 1 when parsed; 0 when anything differs (Python then answers). UTF-8
+ * validity of keys is checked where they are decoded. */
+static int
+parse_request(const unsigned char *body, size_t size, req_t *q)
+{
+    rd_t r = {body, body + size};
+    if (size == 0)
+        return 0;
+    unsigned char t = *r.p;
+    size_t fields;
+    if ((t & 0xf0) == 0x80) {
+        fields = t & 0x0f;
+        r.p++;
+    }
+    else
+        return 0;
+    int seen_v = 0, seen_id = 0, seen_op = 0, seen_key = 0, seen_keys = 0;
+    const char *op = NULL;
+    size_t op_len = 0;
+    for (size_t f = 0; f < fields; f++) {
+        const char *name;
+        size_t name_len;
+        if (!read_str(&r, &name, &name_len))
+            return 0;
+        if (name_len == 1 && name[0] == 'v') {
+            uint64_t v;
+            if (seen_v++ || !read_uint(&r, &v) || v != 1)
+                return 0;
+        }
+        else if (name_len == 2 && memcmp(name, "id", 2) == 0) {
+            if (seen_id++ || !read_uint(&r, &q->id))
+                return 0;
+        }
+        else if (name_len == 2 && memcmp(name, "op", 2) == 0) {
+            if (seen_op++ || !read_str(&r, &op, &op_len))
+                return 0;
+        }
+        else if (name_len == 3 && memcmp(name, "key", 3) == 0) {
+            if (seen_key++ || !read_str(&r, &q->key, &q->key_len))
+                return 0;
+        }
+        else if (name_len == 4 && memcmp(name, "keys", 4) == 0) {
+            if (seen_keys++ || r.p >= r.end)
+                return 0;
+            unsigned char a = *r.p;
+            size_t n;
+            if ((a & 0xf0) == 0x90) {
+                n = a & 0x0f;
+                r.p++;
+            }
+            else if (a == 0xdc && r.end - r.p >= 3) {
+                n = ((size_t)r.p[1] << 8) | r.p[2];
+                r.p += 3;
+            }
+            else
+                return 0; /* array32 is over the 10,000 limit anyway */
+            if (n > 10000)
+                return 0;
+            q->keys = r.p;
+            q->nkeys = n;
+            if (scan_keys(&r, n) < 0)
+                return 0;
+            q->keys_end = r.p;
+        }
+        else
+            return 0;
+    }
+    if (r.p != r.end || !seen_v || !seen_id || !seen_op)
+        return 0;
+    if (op_len == 3 && memcmp(op, "get", 3) == 0 && seen_key && !seen_keys)
+        q->op = OP_GET;
+    else if (op_len == 4 && memcmp(op, "mget", 4) == 0 && seen_keys && !seen_key)
+        q->op = OP_MGET;
+    else
+        return 0;
+    return 1;
+}
+
+/* ------------------------------------------------------------ keys and lookups */
+
+static const signed char HEX[256] = {
+    ['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8, ['8'] = 9,
+    ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16, ['A'] = 11,
+    ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
+};
+
+/* 36 characters, hyphens at 8, 13, 18, 23, hex digits elsewhere (either
+ * case): its 16 bytes. The spelling the store's get accepts. */
+static int
+key_bytes(const char *k, size_t n, unsigned char out[16])
+{
+    if (n != 36 || k[8] != '-' || k[13] != '-' || k[18] != '-' || k[23] != '-')
+        return 0;
+    int j = 0;
+    for (int i = 0; i < 36; i += 2) {
+        if (i == 8 || i == 13 || i == 18 || i == 23)
+            i++;
+        int hi = HEX[(unsigned char)k[i]], lo = HEX[(unsigned char)k[i + 1]];
+        if (!hi || !lo)
+            return 0;
+        out[j++] = (unsigned char)(((hi - 1) << 4) | (lo - 1));
+        if (i + 1 == 8 || i + 1 == 13 || i + 1 == 18 || i + 1 == 23)
+            i++;
+    }
+    return j == 16;
+}
+
+/* The canonical form of a valid key: lowercase 8-4-4-4-12, version 4, RFC
+ * 4122 variant. A miss of such a key is answered here; any other miss goes
+ * to Python, which validates and normalises. */
+static int
+is_canonical(const char *k, size_t n)
+{
+    if (n != 36)
+        return 0;
+    for (size_t i = 0; i < 36; i++) {
+        char c = k[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-')
+                return 0;
+        }
+        else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return 0;
+    }
+    return k[14] == '4' && (k[19] == '8' || k[19] == '9' || k[19] == 'a' || k[19] == 'b');
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict;     /* a dict of canonical key -> value, or NULL */
+    Py_buffer view;     /* a .rokv file's mapping, when dict is NULL */
+    int has_view;
+    const unsigned char *table, *keys, *offsets, *values;
+    uint64_t n;
+    int shift;          /* 32 - B, or 32 when B is 0 */
+} Lookup;
+
+static void
+Lookup_dealloc(Lookup *self)
+{
+    Py_XDECREF(self->dict);
+    if (self->has_view)
+        PyBuffer_Release(&self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject LookupType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rokv._native.Lookup",
+    .tp_basicsize = sizeof(Lookup),
+    .tp_dealloc = (destructor)Lookup_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A dataset as the compiled loop reads it: a dict, or a .rokv mapping.",
+};
+
+static PyObject *
+native_dict_lookup(PyObject *self, PyObject *d)
+{
+    if (!PyDict_CheckExact(d)) {
+        PyErr_SetString(PyExc_TypeError, "dict_lookup takes a dict");
+        return NULL;
+    }
+    Lookup *l = PyObject_New(Lookup, &LookupType);
+    if (l == NULL)
+        return NULL;
+    Py_INCREF(d);
+    l->dict = d;
+    l->has_view = 0;
+    return (PyObject *)l;
+}
+
+static PyObject *
+native_store_lookup(PyObject *self, PyObject *args)
+{
+    PyObject *mapping;
+    unsigned long long table, keys, offsets, values, n;
+    int bits;
+    if (!PyArg_ParseTuple(args, "OKKKKKi", &mapping, &table, &keys, &offsets, &values, &n, &bits))
+        return NULL;
+    Lookup *l = PyObject_New(Lookup, &LookupType);
+    if (l == NULL)
+        return NULL;
+    l->dict = NULL;
+    l->has_view = 0;
+    if (PyObject_GetBuffer(mapping, &l->view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(l);
+        return NULL;
+    }
+    l->has_view = 1;
+    const unsigned char *base = l->view.buf;
+    if (table > (unsigned long long)l->view.len || values > (unsigned long long)l->view.len) {
+        Py_DECREF(l);
+        PyErr_SetString(PyExc_ValueError, "store offsets beyond the mapping");
+        return NULL;
+    }
+    l->table = base + table;
+    l->keys = base + keys;
+    l->offsets = base + offsets;
+    l->values = base + values;
+    l->n = n;
+    l->shift = bits ? 32 - bits : 32;
+    return (PyObject *)l;
+}
+
+static inline uint32_t
+le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static inline uint64_t
+le64(const unsigned char *p)
+{
+    return (uint64_t)le32(p) | ((uint64_t)le32(p + 4) << 32);
+}
+
+/* A store's value for a key: 1 and the UTF-8 bytes when found, 0 when not
+ * (or the key is not spelled as the store's get accepts). */
+static int
+store_get(Lookup *l, const char *k, size_t n, const char **v, size_t *vn)
+{
+    unsigned char kb[16];
+    if (!key_bytes(k, n, kb) || l->n == 0)
+        return 0;
+    uint32_t top = ((uint32_t)kb[0] << 24) | ((uint32_t)kb[1] << 16) | ((uint32_t)kb[2] << 8) | kb[3];
+    uint32_t bucket = l->shift >= 32 ? 0 : top >> l->shift;
+    uint32_t first = le32(l->table + 4 * (size_t)bucket), last = le32(l->table + 4 * ((size_t)bucket + 1));
+    for (uint32_t i = first; i < last; i++) {
+        if (memcmp(l->keys + 16 * (size_t)i, kb, 16) == 0) {
+            uint64_t a = le64(l->offsets + 8 * (size_t)i), b = le64(l->offsets + 8 * ((size_t)i + 1));
+            *v = (const char *)l->values + a;
+            *vn = (size_t)(b - a - 1); /* without the 0xFF separator */
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A dict's value: 1 with a new reference in *value when found, 0 when not,
+ * -1 when the key is not valid UTF-8 or a lookup failed (Python answers). */
+static int
+dict_get(Lookup *l, const char *k, size_t n, PyObject **value)
+{
+    PyObject *key = PyUnicode_DecodeUTF8(k, (Py_ssize_t)n, NULL);
+    if (key == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyObject *found = PyDict_GetItemWithError(l->dict, key);
+    Py_DECREF(key);
+    if (found == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return -1;
+        }
+        return 0;
+    }
+    if (!PyUnicode_CheckExact(found))
+        return -1;
+    Py_INCREF(found);
+    *value = found;
+    return 1;
+}
+
+/* One key's answer into the reply: its value, nil for a canonical miss. 1
+ * done; 0 when Python must answer the request (a non-canonical miss, a
+ * non-UTF-8 key); -1 on an error (memory). *hit tells found from missing. */
+static int
+pack_one(Lookup *l, buf_t *out, const char *k, size_t n, int *hit)
+{
+    if (l->dict != NULL) {
+        PyObject *value = NULL;
+        int got = dict_get(l, k, n, &value);
+        if (got < 0)
+            return 0;
+        if (got) {
+            Py_ssize_t vn;
+            const char *v = PyUnicode_AsUTF8AndSize(value, &vn);
+            if (v == NULL) { /* a lone surrogate: the loader refuses them, but be safe */
+                PyErr_Clear();
+                Py_DECREF(value);
+                return 0;
+            }
+            int rc = pack_str(out, v, (size_t)vn);
+            Py_DECREF(value);
+            *hit = 1;
+            return rc < 0 ? -1 : 1;
+        }
+    }
+    else {
+        const char *v;
+        size_t vn;
+        if (store_get(l, k, n, &v, &vn)) {
+            *hit = 1;
+            return pack_str(out, v, vn) < 0 ? -1 : 1;
+        }
+    }
+    if (!is_canonical(k, n))
+        return 0;
+    *hit = 0;
+    return 2; /* a canonical miss: the caller answers it */
+}
+
+/* ------------------------------------------------------------ counters */
+
+/* What the compiled loop answered, for metrics: requests by op and outcome
+ * and keys by outcome; read (and reset) with take_counts(). */
+static unsigned long long n_get_found, n_get_not_found, n_mget, n_keys_found, n_keys_missing, n_fallback;
+
+static PyObject *
+native_take_counts(PyObject *self, PyObject *unused)
+{
+    PyObject *d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "get_found", n_get_found, "get_not_found",
+                                n_get_not_found, "mget", n_mget, "keys_found", n_keys_found, "keys_missing",
+                                n_keys_missing, "fallback", n_fallback);
+    n_get_found = n_get_not_found = n_mget = n_keys_found = n_keys_missing = n_fallback = 0;
+    return d;
+}
+
+/* ------------------------------------------------------------ answering */
+
+/* The reply for a parsed request in *out: 1 done, 0 Python must answer, -1 error. */
+static int
+answer(Lookup *l, const req_t *q, buf_t *out)
+{
+    out->len = 0;
+    if (q->op == OP_GET) {
+        /* {"id": id, "value": v} or {"id": id, "error": "not_found", "message": "key K not found"} */
+        size_t mark;
+        if (buf_byte(out, 0x82) < 0 || buf_put(out, "\xa2id", 3) < 0 || pack_uint(out, q->id) < 0)
+            return -1;
+        mark = out->len;
+        if (buf_put(out, "\xa5value", 6) < 0)
+            return -1;
+        int hit = 0;
+        int rc = pack_one(l, out, q->key, q->key_len, &hit);
+        if (rc <= 0)
+            return rc;
+        if (rc == 1) {
+            n_get_found++;
+            return 1;
+        }
+        out->len = mark;
+        out->data[0] = (char)0x83;
+        if (buf_put(out, "\xa5" "error\xa9not_found\xa7message", 24) < 0)
+            return -1;
+        /* "key K not found": K is canonical here, 36 characters */
+        char message[64];
+        size_t mlen = (size_t)snprintf(message, sizeof message, "key %.*s not found", (int)q->key_len, q->key);
+        if (pack_str(out, message, mlen) < 0)
+            return -1;
+        n_get_not_found++;
+        return 1;
+    }
+    /* mget: {"id": id, "values": [...]} */
+    if (buf_byte(out, 0x82) < 0 || buf_put(out, "\xa2id", 3) < 0 || pack_uint(out, q->id) < 0 ||
+        buf_put(out, "\xa6values", 7) < 0 || pack_array_header(out, q->nkeys) < 0)
+        return -1;
+    rd_t r = {q->keys, q->keys_end};
+    unsigned long long found = 0, missing = 0;
+    for (size_t i = 0; i < q->nkeys; i++) {
+        const char *k;
+        size_t n;
+        read_str(&r, &k, &n); /* checked by parse_request */
+        int hit = 0;
+        int rc = pack_one(l, out, k, n, &hit);
+        if (rc <= 0)
+            return rc;
+        if (rc == 2) {
+            if (buf_byte(out, 0xc0) < 0)
+                return -1;
+            missing++;
+        }
+        else
+            found++;
+    }
+    n_mget++;
+    n_keys_found += found;
+    n_keys_missing += missing;
+    return 1;
+}
+
+/* Hand a message to the Python handler: its frames as bytes; send what it
+ * returns (a list of frames, or None). 0 done, -1 error (raised). */
+static int
+fall_back(void *sock, PyObject *handler, zmsg_t *route, zmsg_t *body, int more, int *dropped)
+{
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        return -1;
+    zmsg_t *first[2] = {route, body};
+    for (int i = 0; i < 2; i++) {
+        PyObject *b = PyBytes_FromStringAndSize(z_msg_data(first[i]), (Py_ssize_t)z_msg_size(first[i]));
+        if (b == NULL || PyList_Append(frames, b) < 0) {
+            Py_XDECREF(b);
+            Py_DECREF(frames);
+            return -1;
+        }
+        Py_DECREF(b);
+    }
+    while (more) { /* the rest of a many-frame message: refused by the handler */
+        zmsg_t extra;
+        z_msg_init(&extra);
+        if (z_msg_recv(&extra, sock, 0) < 0) {
+            z_msg_close(&extra);
+            break;
+        }
+        more = z_msg_more(&extra);
+        PyObject *b = PyBytes_FromStringAndSize(z_msg_data(&extra), (Py_ssize_t)z_msg_size(&extra));
+        z_msg_close(&extra);
+        if (b == NULL || PyList_Append(frames, b) < 0) {
+            Py_XDECREF(b);
+            Py_DECREF(frames);
+            return -1;
+        }
+        Py_DECREF(b);
+    }
+    n_fallback++;
+    PyObject *reply = PyObject_CallFunctionObjArgs(handler, frames, NULL);
+    Py_DECREF(frames);
+    if (reply == NULL)
+        return -1;
+    if (reply == Py_None) {
+        Py_DECREF(reply);
+        return 0;
+    }
+    if (!PyList_Check(reply)) {
+        Py_DECREF(reply);
+        PyErr_SetString(PyExc_TypeError, "the handler must return a list of frames or None");
+        return -1;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(reply);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        char *data;
+        Py_ssize_t size;
+        if (PyBytes_AsStringAndSize(PyList_GET_ITEM(reply, i), &data, &size) < 0) {
+            Py_DECREF(reply);
+            return -1;
+        }
+        if (z_send(sock, data, (size_t)size, i + 1 < count ? Z_SNDMORE : 0) < 0) {
+            (*dropped)++;
+            break;
+        }
+    }
+    Py_DECREF(reply);
+    return 0;
+}
+
+/* serve(socket_address, lookup, handler, limit, dontwait) -> (answered, dropped, interrupted)
+ *
+ * Answer up to `limit` messages from the socket: return when a receive finds
+ * nothing (its RCVTIMEO ran out, or at once with dontwait), when a signal
+ * interrupts it (interrupted is then true: Python runs its handlers and looks
+ * at its stop flag), or after `limit`. The GIL is released while waiting. */
+static PyObject *
+native_serve(PyObject *self, PyObject *args)
+{
+    unsigned long long address;
+    PyObject *lookup_obj, *handler;
+    Py_ssize_t limit;
+    int dontwait;
+    if (!PyArg_ParseTuple(args, "KO!Onp", &address, &LookupType, &lookup_obj, &handler, &limit, &dontwait))
+        return NULL;
+    if (!zmq_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "rokv._native.init() was not called");
+        return NULL;
+    }
+    void *sock = (void *)(uintptr_t)address;
+    Lookup *l = (Lookup *)lookup_obj;
+    buf_t out = {NULL, 0, 0};
+    Py_ssize_t answered = 0;
+    int dropped = 0, interrupted = 0, failed = 0;
+    int flags = dontwait ? Z_DONTWAIT : 0;
+    while (answered < limit) {
+        zmsg_t route, body;
+        z_msg_init(&route);
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = z_msg_recv(&route, sock, flags);
+        Py_END_ALLOW_THREADS
+        if (rc < 0) {
+            int e = z_errno();
+            z_msg_close(&route);
+            if (e == EINTR)
+                interrupted = 1;
+            else if (e != EAGAIN) {
+                PyErr_Format(PyExc_OSError, "receive failed: errno %d", e);
+                failed = 1;
+            }
+            break;
+        }
+        /* The broker's ROUTER puts the client's routing id first; a body follows. */
+        z_msg_init(&body);
+        if (!z_msg_more(&route) || z_msg_recv(&body, sock, 0) < 0) {
+            /* one frame: nothing to address a reply to; the handler logs and drops it */
+            PyObject *frames = Py_BuildValue("[y#]", (const char *)z_msg_data(&route), (Py_ssize_t)z_msg_size(&route));
+            z_msg_close(&route);
+            z_msg_close(&body);
+            PyObject *ignored = frames ? PyObject_CallFunctionObjArgs(handler, frames, NULL) : NULL;
+            Py_XDECREF(frames);
+            if (ignored == NULL) {
+                failed = 1;
+                break;
+            }
+            Py_DECREF(ignored);
+            continue;
+        }
+        answered++;
+        int more = z_msg_more(&body);
+        req_t q = {0};
+        int done = 0;
+        if (!more && parse_request(z_msg_data(&body), z_msg_size(&body), &q)) {
+            done = answer(l, &q, &out);
+            if (done < 0) {
+                z_msg_close(&route);
+                z_msg_close(&body);
+                failed = 1;
+                break;
+            }
+        }
+        if (done) {
+            /* The route goes back as received; the reply is copied by libzmq. */
+            if (z_msg_send(&route, sock, Z_SNDMORE) < 0 || z_send(sock, out.data, out.len, 0) < 0)
+                dropped++;
+            z_msg_close(&route);
+            z_msg_close(&body);
+            continue;
+        }
+        rc = fall_back(sock, handler, &route, &body, more, &dropped);
+        z_msg_close(&route);
+        z_msg_close(&body);
+        if (rc < 0) {
+            failed = 1;
+            break;
+        }
+    }
+    PyMem_Free(out.data);
+    if (failed)
+        return NULL;
+    return Py_BuildValue("(nii)", answered, dropped, interrupted);
+}
+
+/* answer(lookup, body) -> bytes | None: the compiled answer to one request
+ * body, or None where Python answers. For tests, which compare it with the
+ * Python handler's. */
+static PyObject *
+native_answer(PyObject *self, PyObject *args)
+{
+    PyObject *lookup_obj;
+    Py_buffer body;
+    if (!PyArg_ParseTuple(args, "O!y*", &LookupType, &lookup_obj, &body))
+        return NULL;
+    req_t q = {0};
+    buf_t out = {NULL, 0, 0};
+    PyObject *result = NULL;
+    if (!parse_request(body.buf, (size_t)body.len, &q)) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    else {
+        int rc = answer((Lookup *)lookup_obj, &q, &out);
+        if (rc > 0)
+            result = PyBytes_FromStringAndSize(out.data, (Py_ssize_t)out.len);
+        else if (rc == 0) {
+            result = Py_None;
+            Py_INCREF(result);
+        }
+    }
+    PyMem_Free(out.data);
+    PyBuffer_Release(&body);
+    return result;
+}
+
+/* ------------------------------------------------------------ module */
+
+static PyMethodDef methods[] = {
+    {"init", native_init, METH_O, "init(libzmq_path): find libzmq's functions in the library pyzmq loaded."},
+    {"dict_lookup", native_dict_lookup, METH_O, "dict_lookup(dict) -> Lookup"},
+    {"store_lookup", native_store_lookup, METH_VARARGS,
+     "store_lookup(mapping, table, keys, offsets, values, n, bits) -> Lookup over a .rokv mapping"},
+    {"serve", native_serve, METH_VARARGS,
+     "serve(socket_address, lookup, handler, limit, dontwait) -> (answered, dropped, interrupted)"},
+    {"answer", native_answer, METH_VARARGS, "answer(lookup, body) -> bytes or None (Python answers)"},
+    {"take_counts", native_take_counts, METH_NOARGS, "take_counts() -> dict of counts since the last call"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "rokv._native", "rokv's compiled hot paths (see rokv.native).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    if (PyType_Ready(&LookupType) < 0)
+        return NULL;
+    return PyModule_Create(&module);
+}
