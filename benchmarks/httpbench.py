@@ -18,7 +18,6 @@ Systems:
              (uvicorn's defaults, so its access log is on)
   seed-quiet the same with --no-access-log
   gateway    rokv-http as shipped, one process
-  gateway-json  the same with the standard library's json (ROKV_HTTP_JSON=stdlib)
   uvicorn    the gateway's ASGI app under uvicorn (httptools, uvloop)
   granian    the gateway's ASGI app under granian (asgi, uvloop)
 
@@ -54,12 +53,11 @@ BEGIN, END = "<!-- http:begin -->", "<!-- http:end -->"
 LUA = REPO / "benchmarks" / "wrk_check.lua"
 DATA = REPO / "data" / "example.json"
 BATCH = 100
-GATEWAYS = ("gateway", "gateway-json", "uvicorn", "granian")
+GATEWAYS = ("gateway", "uvicorn", "granian")
 LABELS = {
     "seed": "seed: FastAPI + uvicorn, access log on (as its README runs it)",
     "seed-quiet": "seed, access log off",
     "gateway": "rokv-http (1 process)",
-    "gateway-json": "rokv-http with the standard library's json, not orjson",
     "uvicorn": "gateway app on uvicorn + httptools + uvloop",
     "granian": "gateway app on granian (asgi, uvloop)",
 }
@@ -161,9 +159,7 @@ def start_system(system: str, procs: Procs, endpoint: str, port: int) -> subproc
             args.append("--no-access-log")
         return procs.start(system, args, env(SEED_DATA=str(DATA)))
     gateway_env = env(ROKV_ENDPOINT=endpoint)
-    if system == "gateway-json":
-        gateway_env["ROKV_HTTP_JSON"] = "stdlib"
-    if system in ("gateway", "gateway-json"):
+    if system == "gateway":
         return procs.start(system, [py, "-m", "rokv.gateway", "--bind", f"127.0.0.1:{port}"], gateway_env)
     if system == "uvicorn":
         return procs.start(system, [py, "-m", "uvicorn", "rokv.gateway.app:app", "--host", "127.0.0.1",
@@ -252,7 +248,7 @@ def fmt(value: float, digits: int = 0) -> str:
 def versions() -> str:
     import importlib.metadata as md
 
-    names = ["uvicorn", "httptools", "uvloop", "granian", "fastapi", "pydantic", "orjson", "pyzmq"]
+    names = ["uvicorn", "httptools", "uvloop", "granian", "fastapi", "pydantic", "pyzmq"]
     found = []
     for name in names:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from rokv.gateway.settings import DEFAULT_PORT, SettingError, Settings, parse_bind, parse_size
@@ -73,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("rokv.gateway").setLevel(args.log_level.upper())
     print(f"rokv-http: listening on http://{settings.bind} with {workers} process(es), "
           f"asking {settings.endpoint}", file=sys.stderr, flush=True)
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again
+    # for the handler it found installed: with this one, the process exits 0
+    # (a clean stop) instead of dying by the signal it already handled.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     try:
         uvicorn.run(
             APP, host=settings.bind.host, port=settings.bind.port, workers=workers,
