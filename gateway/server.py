@@ -7,7 +7,7 @@ benchmarks/httpbench.py (BENCHMARKS.md, "HTTP"); see the commit that chose it.
 from __future__ import annotations
 
 import argparse
-import logging
+import copy
 import os
 import signal
 import sys
@@ -70,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_SETTING
 
     import uvicorn  # only here: `rokv-http --help` and bad settings need no server
+    from uvicorn.config import LOGGING_CONFIG
 
-    logging.getLogger("rokv.gateway").setLevel(args.log_level.upper())
+    # The gateway's own messages go where uvicorn's go, in every server
+    # process (each configures logging from this when it starts).
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["rokv.gateway"] = {"handlers": ["default"], "level": args.log_level.upper(),
+                                             "propagate": False}
     print(f"rokv-http: listening on http://{settings.bind} with {workers} process(es), "
           f"asking {settings.endpoint}", file=sys.stderr, flush=True)
     # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(
             APP, host=settings.bind.host, port=settings.bind.port, workers=workers,
             http="httptools", loop="uvloop", lifespan="on", access_log=False, server_header=False,
-            log_level=args.log_level, timeout_graceful_shutdown=GRACEFUL_STOP,
+            log_level=args.log_level, log_config=log_config, timeout_graceful_shutdown=GRACEFUL_STOP,
         )
     except SystemExit as exc:  # uvicorn exits 3 when the app refuses to start
         return int(exc.code or 0) and 1
