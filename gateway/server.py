@@ -19,6 +19,8 @@ EXIT_BAD_SETTING = 2
 #: supervisor's stopwaitsecs and docker stop's 10 s.
 GRACEFUL_STOP = 5
 APP = "rokv.gateway.app:app"
+#: uvicorn's httptools protocol, one send per response (see protocol.py).
+PROTOCOL = "rokv.gateway.protocol:CorkedHttpToolsProtocol"
 
 
 def _workers(text: str, name: str) -> int:
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uvicorn.run(
             APP, host=settings.bind.host, port=settings.bind.port, workers=workers,
-            http="httptools", loop="uvloop", lifespan="on", access_log=False, server_header=False,
+            http=PROTOCOL, loop="uvloop", lifespan="on", access_log=False, server_header=False, proxy_headers=False,
             log_level=args.log_level, log_config=log_config, timeout_graceful_shutdown=GRACEFUL_STOP,
         )
     except SystemExit as exc:  # uvicorn exits 3 when the app refuses to start

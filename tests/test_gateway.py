@@ -8,6 +8,7 @@ import json
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -189,6 +190,25 @@ def test_an_unknown_path_is_404_listing_the_endpoints(gateway: Gateway) -> None:
     res = post(gateway, "/get", json={"key": MISSING})
     assert res.status_code == 404
     assert "/get_value" in message_of(res)
+
+
+def test_pipelined_requests_on_one_connection_are_answered_in_order(gateway: Gateway,
+                                                                    example: dict[str, str]) -> None:
+    # Responses leave in one write per event-loop turn (gateway/protocol.py):
+    # several on one connection must still come whole and in order.
+    keys = list(example)[10:16]
+    requests_bytes = b"".join(
+        b"POST /get_value HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body) for body in (json.dumps({"key": k}).encode() for k in keys))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
+        conn.sendall(requests_bytes)
+        received = b""
+        while received.count(b"HTTP/1.1 200") < len(keys) or not received.endswith(b"}"):
+            chunk = conn.recv(65536)
+            assert chunk, received
+            received += chunk
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in received.split(b"HTTP/1.1 ")[1:]]
+    assert [json.loads(b) for b in bodies] == [{"value": example[k]} for k in keys]
 
 
 # ------------------------------------------------------------ /get_values
