@@ -46,7 +46,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- http:begin -->", "<!-- http:end -->"
