@@ -14,6 +14,7 @@ import time
 
 import zmq
 
+from rokv.endpoints import endpoint_argument
 from rokv.broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
 from rokv import protocol as p
 from rokv.monitor import ConnectionWatcher
@@ -37,6 +38,16 @@ def _int_env(name: str, default: int) -> int:
         sys.exit(f"rokv-broker: {name}={raw!r} is not an integer")
 
 
+def _default_backend() -> str | None:
+    """ROKV_BROKER_BACKEND, else ROKV_BACKEND when it names one endpoint (a
+    list is the workers' view of several brokers: None), else the default."""
+    own = os.environ.get("ROKV_BROKER_BACKEND")
+    if own:
+        return own
+    shared = os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND
+    return None if "," in shared else shared
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="rokv-broker",
@@ -45,12 +56,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--frontend",
         default=os.environ.get("ROKV_FRONTEND") or p.DEFAULT_FRONTEND,
+        type=endpoint_argument(),
         help="endpoint clients connect to (env ROKV_FRONTEND; default %(default)s)",
     )
     parser.add_argument(
         "--backend",
-        default=os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND,
-        help="endpoint workers connect to (env ROKV_BACKEND; default %(default)s)",
+        default=_default_backend(),
+        type=endpoint_argument(),
+        help="endpoint workers connect to (env ROKV_BROKER_BACKEND, else ROKV_BACKEND; default %(default)s). "
+        "On a host that runs workers for several brokers, ROKV_BACKEND lists them all and "
+        "ROKV_BROKER_BACKEND names the one this broker binds",
     )
     parser.add_argument(
         "--io-threads",
@@ -83,6 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(env ROKV_WORKER_KEYS)",
     )
     args = parser.parse_args(argv)
+    if args.backend is None:
+        parser.error(f"ROKV_BACKEND={os.environ.get('ROKV_BACKEND')!r} lists several brokers (for the workers): "
+                     "set ROKV_BROKER_BACKEND to the one endpoint this broker binds, or give --backend")
     if args.curve_secret and not (args.client_keys and args.worker_keys):
         # CURVE without an authenticator encrypts but admits anyone.
         parser.error("--curve-secret needs --client-keys and --worker-keys (allow-list folders)")

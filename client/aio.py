@@ -1,10 +1,12 @@
-"""The asyncio client: one DEALER socket shared by every coroutine, any number
-of requests in flight, and concurrent ``get`` calls coalesced into one mget.
+"""The asyncio client: a DEALER socket per broker shared by every coroutine,
+any number of requests in flight, and concurrent ``get`` calls coalesced into
+one mget.
 
-What is sent and what a reply means is decided in :mod:`rokv.core`, shared
-with the blocking :class:`rokv.Client`; this module is only the transport.
+Settings are :class:`rokv.base.ClientBase`'s and what is sent and what a reply
+means is decided in :mod:`rokv.core`, both shared with the blocking
+:class:`rokv.Client`; this module is only the transport.
 
-Transport: the socket is watched with ``loop.add_reader`` on its ZMQ_FD, the
+Transport: each socket is watched with ``loop.add_reader`` on its ZMQ_FD, the
 mechanism ``zmq.asyncio`` itself uses, but every readiness wake-up drains all
 queued replies with non-blocking receives and completes plain futures, instead
 of one ``zmq.asyncio`` future per message: per-message Python cost is what
@@ -15,26 +17,32 @@ loop on Linux and macOS; on Windows, a selector loop).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import deque
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Sequence, Union
 
 import zmq
 
 from rokv import core
 from rokv import protocol as p
-from rokv.security import CurvePeer
-from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy, resolve_endpoint
+from rokv.base import ClientBase
+from rokv.brokerset import Brokers
+from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy
 from rokv.errors import ProtocolError, RokvError
+from rokv.security import CurvePeer
 from rokv.keys import match_canonical
-from rokv.replies import check_key_type, value_from_reply, worker_from_reply
+from rokv.replies import value_from_reply, worker_from_reply
 
 __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
 
 # Plain ints: pyzmq's enum members cost a Python-level call in every operation.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
+_MAX_KEY_LENGTH = p.MAX_KEY_LENGTH
+
+#: How soon a burst that no broker could take (none connected yet) is offered
+#: again, within its try's timeout.
+_UNSENT_RETRY_SECONDS = 0.005
 
 #: Most ``get`` calls that travel together in one coalesced mget.
 DEFAULT_MAX_BATCH = 256
@@ -86,29 +94,36 @@ _Waiter = Union[asyncio.Future, _Coalesced]
 
 def _abandoned(waiter: _Waiter) -> bool:
     """True when nobody waits for the answer any more (all cancelled)."""
-    return waiter.abandoned() if type(waiter) is _Coalesced else waiter.done()
+    return waiter.abandoned() if isinstance(waiter, _Coalesced) else waiter.done()
 
 
 def _fail(waiter: _Waiter, exc: BaseException) -> None:
-    if type(waiter) is _Coalesced:
+    if isinstance(waiter, _Coalesced):
         waiter.fail(exc)
     elif not waiter.done():
         waiter.set_exception(exc)
 
 
-class AsyncClient:
-    """Looks keys up in a rokv service from asyncio code.
+class _Burst:
+    """Tries sent together: their ids and bodies, their try number, when they
+    time out, and the broker that took them (None while none could)."""
+
+    __slots__ = ("deadline", "ids", "bodies", "attempt", "broker")
+
+    def __init__(self, deadline: float, ids: list[int], bodies: list[bytes], attempt: int) -> None:
+        self.deadline = deadline
+        self.ids = ids
+        self.bodies = bodies
+        self.attempt = attempt
+        self.broker: int | None = None
+
+
+class AsyncClient(ClientBase):
+    """Looks keys up in a rokv service from asyncio code. Settings, errors
+    and timeouts: :class:`rokv.base.ClientBase`; methods those of
+    :class:`rokv.Client`. Besides:
 
     Args:
-        endpoint: the broker's frontend, e.g. ``tcp://127.0.0.1:5555`` or
-            ``ipc:///path``; default ``$ROKV_ENDPOINT``, else that address.
-        timeout: seconds to wait for the reply to each try (> 0).
-        retries: extra tries after the first when no reply came in time
-            (lookups are idempotent, so a retry is always safe).
-        retry: a :class:`~rokv.core.RetryPolicy` instead of ``timeout`` and
-            ``retries``; not both. Given none of the three: ``DEFAULT_POLICY``,
-            as for :class:`rokv.Client`.
-        batch_size: keys per message in :meth:`get_many` (1 to 10,000).
         coalesce: send concurrent :meth:`get` calls together as one mget
             (default on). Each caller still gets exactly its own value or
             error; keys are validated locally first, so an invalid key fails
@@ -116,27 +131,24 @@ class AsyncClient:
         max_batch: most ``get`` calls in one coalesced mget (1 to 10,000).
         max_delay: seconds a ``get`` may wait for others to join its mget
             (default 0: whatever the current event-loop turn gathered).
-        context: a ``zmq.Context`` (a ``zmq.asyncio.Context`` works too);
-            default the process-wide instance.
-        curve: CurveZMQ keys, as for :class:`rokv.Client`.
+        context: a ``zmq.Context`` (a ``zmq.asyncio.Context`` works too).
 
-    Methods and errors are those of :class:`rokv.Client`: ``get`` raises
-    ``KeyNotFound`` or ``InvalidKey``; every call raises ``ServiceUnavailable``
-    after ``1 + retries`` tries without reply and ``ProtocolError`` when the
-    server refuses a request. A reply to any try answers the call; late
-    replies to abandoned requests are dropped.
+    A reply to any try answers the call; late replies to abandoned requests
+    are dropped.
 
     Concurrency: any number of coroutines of one event loop may call one
-    client at once; they share the socket, so thousands of requests can be in
-    flight. Cancelling an awaiting call (``asyncio.wait_for``, task cancel)
-    abandons only that call. The client binds to the event loop of its first
-    call; it is not thread-safe and must not cross ``fork()``. Close it with
-    ``await client.close()`` or ``async with``.
+    client at once; they share its sockets, so thousands of requests can be in
+    flight (at most MAX_IN_FLIGHT travel at once; the others wait their turn,
+    their clock not started). Cancelling an awaiting call
+    (``asyncio.wait_for``, task cancel) abandons only that call. The client
+    binds to the event loop of its first call; it is not thread-safe and must
+    not cross ``fork()``. Close it with ``await client.close()`` or
+    ``async with``.
     """
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         *,
         timeout: float | None = None,
         retries: int | None = None,
@@ -148,79 +160,72 @@ class AsyncClient:
         context: zmq.Context | None = None,
         curve: CurvePeer | None = None,
     ) -> None:
-        self.retry = core.make_policy(retry, timeout, retries)
-        self.batch_size = core.check_batch_size(batch_size)
         if not (type(max_batch) is int and 1 <= max_batch <= p.MAX_MGET_KEYS):  # noqa: E721
             raise ValueError(f"max_batch must be an integer from 1 to {p.MAX_MGET_KEYS}, not {max_batch!r}")
         if not (isinstance(max_delay, (int, float)) and 0 <= max_delay <= 1):
             raise ValueError(f"max_delay must be from 0 to 1 second, not {max_delay!r}")
+        super().__init__(endpoint, timeout=timeout, retries=retries, retry=retry, batch_size=batch_size,
+                         context=context, curve=curve)
         self.coalesce = bool(coalesce)
         self.max_batch = max_batch
         self.max_delay = float(max_delay)
-        self.endpoint = resolve_endpoint(endpoint)
-        self._pid = os.getpid()
-        self._ids = core.request_ids()
-        curve = core.resolve_curve(curve)
-        self._curve = curve is not None
-        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint, curve)
-        # Thousands in flight: the default high-water marks (1000) would drop
-        # sends and, at the broker, replies; what is queued is bounded by the
-        # callers' own concurrency anyway.
-        self._sock.sndhwm = 0
-        self._sock.rcvhwm = 0
+        assert self._brokers is not None
+        for sock in self._brokers.socks:
+            # Thousands in flight: the default high-water marks (1000) would
+            # drop sends; what is queued is bounded by MAX_IN_FLIGHT anyway.
+            sock.sndhwm = 0
+            sock.rcvhwm = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         # Request id -> what waits for its reply; an id leaves when it is
         # answered, failed or abandoned, so "still here" means "still wanted".
         self._pending: dict[int, _Waiter] = {}
         # The first tries queued in this event-loop turn, sent together by
-        # _pump; resends, rare, wait apart as (id, body, try number).
+        # _pump; resends, rare, wait apart as (id, body, try number, broker
+        # of the try before).
         self._out_ids: list[int] = []
         self._out_bodies: list[bytes] = []
-        self._out_resends: list[tuple[int, bytes, int]] = []
-        # One FIFO per try number of (deadline, ids, bodies), one entry per
-        # burst sent, not per request: every try of the same number waits
-        # equally long, so each FIFO is in deadline order and one timer at the
-        # earliest head serves them all.
-        self._deadlines: list[deque[tuple[float, list[int], list[bytes]]]] = [
-            deque() for _ in range(self.retry.tries)]
+        self._out_resends: list[tuple[int, bytes, int, int | None]] = []
+        # One FIFO of bursts per try number, one entry per burst sent, not per
+        # request: every try of the same number waits equally long, so each
+        # FIFO is in deadline order and one timer at the earliest head serves
+        # them all.
+        self._deadlines: list[deque[_Burst]] = [deque() for _ in range(self.retry.tries)]
         self._try_timeouts = tuple(self.retry.try_timeout(i) for i in range(self.retry.tries))
         self._timer_slack = min(0.005, self.retry.timeout / 20)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._pump_scheduled = False
+        # Bursts no broker could take yet (none connected), offered again soon.
+        self._unsent: list[_Burst] = []
+        self._unsent_handle: asyncio.TimerHandle | None = None
         # Coalescing: the gets gathered for the next mget.
         self._batch_keys: list[str] = []
         self._batch_canonicals: list[str] = []
         self._batch_futures: list[asyncio.Future] = []
         self._flush_handle: asyncio.Handle | None = None
 
-    @property
-    def timeout(self) -> float:
-        """Seconds to wait for the reply to the first try."""
-        return self.retry.timeout
-
-    @property
-    def retries(self) -> int:
-        """Extra tries after the first."""
-        return self.retry.retries
-
     # ------------------------------------------------------------ public API
 
-    async def get(self, key: str) -> str:
-        """The value stored under ``key``.
+    async def get(self, key: core.Key) -> str:
+        """The value stored under ``key`` (a string, or a ``uuid.UUID``,
+        sent as its canonical string).
 
         Raises:
             KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
-            InvalidKey: ``key`` is not a string or not a UUIDv4.
+            InvalidKey: ``key`` is not a string or not a UUIDv4 (one longer
+                than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
             ServiceUnavailable: no reply after every try.
         """
         # The per-call path is written out here rather than through helpers:
         # each Python call saved is a measurable share of a get's cost.
         loop = self._loop
-        if loop is None or loop is not asyncio.get_running_loop() or self._sock is None:
+        if loop is None or loop is not asyncio.get_running_loop() or self._brokers is None:
             loop = self._attach()
         if self.coalesce:
-            canonical = key if type(key) is str and match_canonical(key) else core.canonical_or_invalid(key)  # noqa: E721
+            if type(key) is str and match_canonical(key):  # noqa: E721
+                canonical = key
+            else:
+                key, canonical = core.key_and_canonical(key)
             future = loop.create_future()
             self._batch_keys.append(key)
             self._batch_canonicals.append(canonical)
@@ -235,8 +240,8 @@ class AsyncClient:
                 self._pump_scheduled = True
                 loop.call_soon(self._pump)
             return await future
-        if not isinstance(key, str):
-            check_key_type(key)
+        if type(key) is not str or len(key) > _MAX_KEY_LENGTH or not key.isascii():  # one test for the common case
+            key = core.check_key(key)
         rid = next(self._ids)
         future = loop.create_future()
         self._pending[rid] = future
@@ -247,21 +252,22 @@ class AsyncClient:
             loop.call_soon(self._pump)
         return value_from_reply(await future, key)
 
-    async def get_many(self, keys: Iterable[str]) -> list[str | None]:
-        """The values of ``keys``, in order, ``None`` where a key is not found.
+    async def get_many(self, keys: Iterable[core.Key]) -> list[str | None]:
+        """The values of ``keys`` (strings, or ``uuid.UUID`` objects), in
+        order, ``None`` where a key is not found.
 
         Long lists travel as several messages of ``batch_size`` keys, sent
         together, so the wait is about one round trip either way.
 
         Raises:
+            TypeError: ``keys`` is a single ``str`` or ``bytes``, not a list.
             InvalidKey: some key is not a string or not a UUIDv4 (the first
                 one found is named, with its index in ``keys``); nothing is
                 returned then.
             ServiceUnavailable: no reply after every try.
         """
         loop = self._attach()
-        keys = list(keys)
-        core.check_key_types(keys)
+        keys = core.check_keys(keys)
         if not keys:
             return []
         chunks = core.split_keys(keys, self.batch_size)
@@ -297,25 +303,23 @@ class AsyncClient:
         self._close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._sock is None else f"open, {len(self._pending)} in flight"
+        state = "closed" if self._brokers is None else f"open, {len(self._pending)} in flight"
         return (f"<rokv.AsyncClient {self.endpoint} timeout={self.timeout} retries={self.retries} "
                 f"coalesce={self.coalesce} {state}>")
 
     # ------------------------------------------------------------ transport
 
     def _attach(self) -> asyncio.AbstractEventLoop:
-        """The running loop, watching the socket from the first call on."""
+        """The running loop, watching the sockets from the first call on."""
         loop = asyncio.get_running_loop()
-        if self._loop is loop and self._sock is not None:
+        if self._loop is loop and self._brokers is not None:
             return loop
-        if self._sock is None:
-            raise RokvError("this AsyncClient is closed")
-        if os.getpid() != self._pid:
-            raise RokvError("this AsyncClient was created in another process; create one after fork()")
+        brokers = self._usable("AsyncClient")
         if self._loop is not None:
             raise RokvError("this AsyncClient is bound to another event loop; create one per loop")
         self._loop = loop
-        loop.add_reader(self._sock.getsockopt(zmq.FD), self._drain)
+        for sock in brokers.socks:
+            loop.add_reader(sock.fileno(), self._drain)
         return loop
 
     async def _call(self, loop: asyncio.AbstractEventLoop, rid: int, body: bytes) -> dict[str, Any]:
@@ -345,7 +349,7 @@ class AsyncClient:
         if not futures:
             return
         self._batch_keys, self._batch_canonicals, self._batch_futures = [], [], []
-        if self._sock is None:
+        if self._brokers is None:
             _fail(_Coalesced(keys, canonicals, futures), RokvError("this AsyncClient is closed"))
             return
         rid = next(self._ids)
@@ -361,13 +365,13 @@ class AsyncClient:
         meanwhile would go unnoticed without the drain that follows.
         """
         self._pump_scheduled = False
-        sock = self._sock
-        if sock is None:
+        brokers = self._brokers
+        if brokers is None:
             return
         if self._batch_futures and not self.max_delay:
             self._flush()
         if self._out_ids:
-            # At most MAX_IN_FLIGHT requests unanswered on the socket (PROTOCOL.md,
+            # At most MAX_IN_FLIGHT requests unanswered (PROTOCOL.md,
             # "Limits"): beyond that the broker may drop replies. Queued
             # requests wait here, their clock not yet started, and go out as
             # replies make room (_drain schedules this pump again).
@@ -375,60 +379,109 @@ class AsyncClient:
             if room >= len(self._out_ids):
                 ids, bodies = self._out_ids, self._out_bodies
                 self._out_ids, self._out_bodies = [], []
-                self._transmit(sock, 0, ids, bodies)
+                self._transmit(brokers, _Burst(0.0, ids, bodies, 0), None)
             elif room > 0:
                 ids, bodies = self._out_ids[:room], self._out_bodies[:room]
                 del self._out_ids[:room], self._out_bodies[:room]
-                self._transmit(sock, 0, ids, bodies)
+                self._transmit(brokers, _Burst(0.0, ids, bodies, 0), None)
         if self._out_resends:
             resends, self._out_resends = self._out_resends, []
-            for attempt in sorted({a for _, _, a in resends}):
-                chosen = [(rid, body) for rid, body, a in resends if a == attempt]
-                self._transmit(sock, attempt, [rid for rid, _ in chosen], [body for _, body in chosen])
+            for attempt, before in sorted({(a, b) for _, _, a, b in resends}, key=lambda ab: (ab[0], ab[1] or -1)):
+                chosen = [(rid, body) for rid, body, a, b in resends if a == attempt and b == before]
+                self._transmit(brokers, _Burst(0.0, [rid for rid, _ in chosen], [body for _, body in chosen],
+                                               attempt), before)
         self._drain()
 
-    def _transmit(self, sock: zmq.Socket, attempt: int, ids: list[int], bodies: list[bytes]) -> None:
-        """Send one burst of tries numbered ``attempt`` and start their clock."""
-        send = sock.send
-        for body in bodies:
+    def _transmit(self, brokers: Brokers, burst: _Burst, before: int | None) -> None:
+        """Send ``burst`` through one broker (the next in turn, and not
+        ``before``, the broker of these requests' last try, when another is
+        up) and start its clock."""
+        burst.deadline = time.monotonic() + self._try_timeouts[burst.attempt]
+        self._deadlines[burst.attempt].append(burst)
+        if self._timer is None or burst.deadline < self._timer_at:
+            self._arm(burst.deadline)
+        if not self._offer(brokers, burst, brokers.order(before)):
+            # No broker has a connection yet (a new client) or any more: offer
+            # it again shortly, within its try; its clock runs meanwhile.
+            self._unsent.append(burst)
+            if self._unsent_handle is None:
+                assert self._loop is not None
+                self._unsent_handle = self._loop.call_later(_UNSENT_RETRY_SECONDS, self._offer_unsent)
+
+    @staticmethod
+    def _offer(brokers: Brokers, burst: _Burst, order: list[int]) -> bool:
+        """Send ``burst`` through the first broker of ``order`` that takes it;
+        False when none does. With one broker, libzmq queues what it cannot
+        send yet, as it always did."""
+        bodies = burst.bodies
+        for index in order:
+            send = brokers.socks[index].send
             try:
-                send(body, _NOBLOCK)
+                for body in bodies:
+                    send(body, _NOBLOCK)
             except zmq.Again:
-                break  # cannot queue now; these tries time out and the next resend
-        deadline = time.monotonic() + self._try_timeouts[attempt]
-        self._deadlines[attempt].append((deadline, ids, bodies))
-        if self._timer is None or deadline < self._timer_at:
-            self._arm(deadline)
+                if brokers.count == 1:
+                    break  # cannot queue now; these tries time out and the next resend
+                brokers.down(index)  # no live connection: what went out is answered like any try
+                continue
+            burst.broker = index
+            return True
+        return brokers.count == 1
+
+    def _offer_unsent(self) -> None:
+        self._unsent_handle = None
+        brokers = self._brokers
+        if brokers is None:
+            return
+        now = time.monotonic()
+        waiting, self._unsent = self._unsent, []
+        for burst in waiting:
+            if burst.deadline <= now:
+                continue  # its try is over: _expire resends or fails it
+            if not any(rid in self._pending for rid in burst.ids):
+                continue
+            if not self._offer(brokers, burst, brokers.order()):
+                self._unsent.append(burst)
+        if self._unsent:
+            assert self._loop is not None
+            self._unsent_handle = self._loop.call_later(_UNSENT_RETRY_SECONDS, self._offer_unsent)
+        self._drain()
 
     def _drain(self) -> None:
         """Hand every queued reply to what waits for it; drop unawaited ones."""
-        sock = self._sock
-        if sock is None:
+        brokers = self._brokers
+        if brokers is None:
             return
         pending = self._pending
-        recv, reply_of = sock.recv, core.reply_of
-        while True:
-            try:
-                body = recv(_NOBLOCK)
-            except zmq.Again:  # one exception per drain beats a ZMQ_EVENTS call per reply
-                if (self._out_ids and not self._pump_scheduled
-                        and len(pending) - len(self._out_ids) < _MAX_IN_FLIGHT):
-                    self._schedule_pump()  # replies made room for requests held back
-                return
-            # A rokv reply is one frame, and each frame is read as a message
-            # of its own: asking ZMQ_RCVMORE costs 0.7 us a reply (more than
-            # the receive), and would only catch a worker breaking the
-            # protocol, whose frames still have to be replies to be taken.
-            got = reply_of(body)
-            if got is None:
-                continue
-            waiter = pending.pop(got[0], None)
-            if waiter is None:
-                continue
-            if type(waiter) is _Coalesced:
-                waiter.deliver(got[1])
-            elif not waiter.done():
-                waiter.set_result(got[1])
+        reply_of = core.reply_of
+        for index, sock in enumerate(brokers.socks):
+            recv = sock.recv
+            taken = 0
+            while True:
+                try:
+                    body = recv(_NOBLOCK)
+                except zmq.Again:  # one exception per drain beats a ZMQ_EVENTS call per reply
+                    break
+                taken += 1
+                # A rokv reply is one frame, and each frame is read as a
+                # message of its own: asking ZMQ_RCVMORE costs 0.7 us a reply
+                # (more than the receive), and would only catch a worker
+                # breaking the protocol, whose frames still have to be replies
+                # to be taken.
+                got = reply_of(body)
+                if got is None:
+                    continue
+                waiter = pending.pop(got[0], None)
+                if waiter is None:
+                    continue
+                if isinstance(waiter, _Coalesced):
+                    waiter.deliver(got[1])
+                elif not waiter.done():
+                    waiter.set_result(got[1])
+            if taken:
+                brokers.answered(index, taken)
+        if self._out_ids and not self._pump_scheduled and len(pending) - len(self._out_ids) < _MAX_IN_FLIGHT:
+            self._schedule_pump()  # replies made room for requests held back
 
     def _arm(self, when: float) -> None:
         assert self._loop is not None
@@ -441,51 +494,59 @@ class AsyncClient:
         self._timer = self._loop.call_later(max(0.0, when - time.monotonic()) + self._timer_slack, self._expire)
 
     def _expire(self) -> None:
-        """Resend what waited out its try; fail what waited out its last."""
+        """Resend what waited out its try (through another broker, when
+        there are several); fail what waited out its last."""
         self._timer = None
         now = time.monotonic()
         last = len(self._deadlines) - 1
         pending = self._pending
+        brokers = self._brokers
         for attempt, queue in enumerate(self._deadlines):
-            while queue and queue[0][0] <= now:
-                _, ids, bodies = queue.popleft()
-                for rid, body in zip(ids, bodies):
+            while queue and queue[0].deadline <= now:
+                burst = queue.popleft()
+                unanswered = False
+                for rid, body in zip(burst.ids, burst.bodies):
                     waiter = pending.get(rid)
                     if waiter is None:
                         continue  # answered
                     if _abandoned(waiter):
                         del pending[rid]
                     elif attempt < last:
-                        self._out_resends.append((rid, body, attempt + 1))
+                        unanswered = True
+                        self._out_resends.append((rid, body, attempt + 1, burst.broker))
                     else:
                         del pending[rid]
-                        _fail(waiter, self.retry.unavailable(self.endpoint, curve=self._curve))
-        if self._sock is None:
+                        _fail(waiter, self._unavailable())
+                if unanswered and brokers is not None and burst.broker is not None:
+                    brokers.suspect(burst.broker)
+        if brokers is None:
             return
         if self._out_resends or self._out_ids:  # resends, or room made for held requests
             self._schedule_pump()
-        heads = [queue[0][0] for queue in self._deadlines if queue]
+        heads = [queue[0].deadline for queue in self._deadlines if queue]
         if heads and self._timer is None:
             self._arm(min(heads))
 
     def _close(self) -> None:
-        sock = self._sock
-        if sock is None:
+        brokers = self._brokers
+        if brokers is None:
             return
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(sock.getsockopt(zmq.FD))
-        for handle in (self._timer, self._flush_handle):
+            for sock in brokers.socks:
+                self._loop.remove_reader(sock.fileno())
+        for handle in (self._timer, self._flush_handle, self._unsent_handle):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._flush_handle = None
-        self._sock = None
-        sock.close(linger=0)
+        self._timer = self._flush_handle = self._unsent_handle = None
+        self._brokers = None
+        brokers.close()
         closed = RokvError("this AsyncClient is closed")
         waiting: list[_Waiter] = list(self._pending.values())
         if self._batch_futures:
             waiting.append(_Coalesced(self._batch_keys, self._batch_canonicals, self._batch_futures))
         self._pending.clear()
         self._out_ids, self._out_bodies, self._out_resends = [], [], []
+        self._unsent = []
         self._batch_keys, self._batch_canonicals, self._batch_futures = [], [], []
         for queue in self._deadlines:
             queue.clear()

@@ -30,7 +30,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from rokv.core import make_policy
+from rokv.exitcodes import Exit
+from rokv.core import make_policy, resolve_endpoint
+from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints
 from rokv.errors import (
     InvalidKey,
     KeyNotFound,
@@ -40,10 +42,6 @@ from rokv.errors import (
 )
 from rokv.keys import normalize_key, random_key
 
-EXIT_OK = 0
-EXIT_WRONG = 1
-EXIT_USAGE = 2
-EXIT_ERRORS = 3
 
 DEFAULT_DATA = "data/example.json"
 #: Histogram buckets per factor e of latency: about 1.6% resolution.
@@ -86,7 +84,8 @@ class Tally:
     """What one process saw; tallies add up."""
 
     requests: int = 0
-    keys: int = 0
+    keys: int = 0  # answered: of requests that got values (or not_found)
+    keys_rejected: int = 0  # of requests refused (invalid_key, protocol) or unanswered
     elapsed: float = 0.0
     answers: Counter = field(default_factory=Counter)  # value, not_found, invalid_key
     errors: Counter = field(default_factory=Counter)  # unavailable, protocol, other
@@ -99,6 +98,7 @@ class Tally:
     def add(self, other: Tally) -> None:
         self.requests += other.requests
         self.keys += other.keys
+        self.keys_rejected += other.keys_rejected
         self.elapsed = max(self.elapsed, other.elapsed)
         self.answers.update(other.answers)
         self.errors.update(other.errors)
@@ -241,7 +241,8 @@ def _key_state(expected: dict[str, str], key: str) -> tuple[str, str | None]:
 def check(tally: Tally, probe: Probe, result: object) -> None:
     """Count the outcome of ``probe``; ``result`` is what the call returned
     or the exception it raised. Anything but the expected answer is wrong,
-    except failures to get an answer at all, which are errors."""
+    except failures to get an answer at all, which are errors. The keys of a
+    request refused or unanswered count as rejected, not as answered."""
     expect = probe.expect
     if isinstance(result, (str, list)):
         tally.answers["value"] += 1
@@ -259,10 +260,12 @@ def check(tally: Tally, probe: Probe, result: object) -> None:
             tally.wrong_answer(f"get {probe.keys[0]!r}: got not_found, expected {str(expect)[:40]!r}")
     elif isinstance(result, InvalidKey):
         tally.answers[INVALID] += 1
+        tally.keys_rejected += len(probe.keys)
         if expect != INVALID or result.key != probe.invalid_key:
             tally.wrong_answer(f"invalid_key naming {result.key!r}; expected {str(expect)[:40]!r} "
                                f"naming {probe.invalid_key!r}")
     else:
+        tally.keys_rejected += len(probe.keys)
         _count_error(tally, result)
 
 
@@ -314,13 +317,13 @@ class _Run:
         if self.progress is not None:
             tally = self.tally
             self.progress[self.slot] = self.count
-            self.progress[self.slot + 1] = self.count * self.cfg.keys_per_request
+            self.progress[self.slot + 1] = self.count * self.cfg.keys_per_request - tally.keys_rejected
             self.progress[self.slot + 2] = tally.wrong + sum(tally.errors.values())
 
     def finish(self, elapsed: float, cpu: float) -> Tally:
         tally = self.tally
         tally.requests = self.count
-        tally.keys = self.count * self.cfg.keys_per_request
+        tally.keys = self.count * self.cfg.keys_per_request - tally.keys_rejected
         tally.answers["value"] += self.right
         if not tally.answers["value"]:
             del tally.answers["value"]
@@ -445,12 +448,17 @@ def run_bench(cfg: Config, *, live: bool = False) -> Tally:
         hard_stop = started + cfg.duration + make_policy(None, cfg.timeout, cfg.retries).total + 30
         while len(tallies) < len(procs):
             tallies.extend(_collect(results, procs, hard_stop, at_most=0.5))
-            if live:
-                _progress_line(progress, time.monotonic() - started, cfg.processes)
-        if live:
-            sys.stderr.write("\r\x1b[K")
+            if live and len(tallies) < len(procs):
+                _live_progress(progress, time.monotonic() - started, cfg.processes)
         for tally in tallies:
             total.add(tally)
+        if live:
+            # The live line ends on the report's own figures: the parent's
+            # clock, which also ran while the processes started and reported,
+            # would leave a last line that disagrees with the report's rate.
+            _progress_line(total.elapsed, total.requests, total.keys, total.wrong + sum(total.errors.values()))
+            sys.stderr.write("\n")
+            sys.stderr.flush()
         return total
     finally:
         for proc in procs:
@@ -481,12 +489,16 @@ def _collect(queue: Any, procs: list[Any], deadline: float, at_most: float | Non
     return items
 
 
-def _progress_line(progress: Any, elapsed: float, processes: int) -> None:
+def _live_progress(progress: Any, elapsed: float, processes: int) -> None:
     requests = sum(progress[3 * i] for i in range(processes))
     keys = sum(progress[3 * i + 1] for i in range(processes))
     bad = sum(progress[3 * i + 2] for i in range(processes))
+    _progress_line(elapsed, requests, keys, bad)
+
+
+def _progress_line(elapsed: float, requests: int, keys: int, bad: int) -> None:
     rate = requests / elapsed if elapsed > 0 else 0.0
-    sys.stderr.write(f"\r\x1b[K{elapsed:6.1f} s  {requests:>12,} requests  {rate:>10,.0f} req/s  "
+    sys.stderr.write(f"\r\x1b[K{elapsed:7.2f} s  {requests:>12,} requests  {rate:>10,.0f} req/s  "
                      f"{keys:>12,} keys  {bad:,} errors")
     sys.stderr.flush()
 
@@ -502,6 +514,7 @@ def summary(cfg: Config, tally: Tally) -> dict[str, Any]:
         "elapsed_s": tally.elapsed,
         "requests": tally.requests,
         "keys": tally.keys,
+        "keys_rejected": tally.keys_rejected,
         "requests_per_s": tally.requests / elapsed,
         "keys_per_s": tally.keys / elapsed,
         "client_cpu_us_per_request": tally.cpu / tally.requests * 1e6 if tally.requests else None,
@@ -520,8 +533,10 @@ def format_table(report: dict[str, Any]) -> str:
     lat = report["latency_ms"]
     lines = [
         f"rokv bench: {cfg['processes']} process(es) x {cfg['concurrency']} in flight, {kind}, {mode}",
+        f"  {'elapsed':<10}{report['elapsed_s']:>14.2f} s",
         f"  {'requests':<10}{report['requests']:>14,}  {report['requests_per_s']:>14,.0f} /s",
-        f"  {'keys':<10}{report['keys']:>14,}  {report['keys_per_s']:>14,.0f} /s",
+        f"  {'keys':<10}{report['keys']:>14,}  {report['keys_per_s']:>14,.0f} /s  answered",
+        f"  {'rejected':<10}{report['keys_rejected']:>14,}  keys of refused or unanswered requests",
         "  latency   " + "  ".join(f"{name} {lat[name]:.3f} ms" for name in ("p50", "p90", "p99", "p99.9", "max")),
         "  answers   " + (", ".join(f"{k} {v:,}" for k, v in sorted(report["answers"].items())) or "none"),
         "  errors    " + (", ".join(f"{k} {v:,}" for k, v in sorted(report["errors"].items())) or "none"),
@@ -533,10 +548,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 def exit_code(report: dict[str, Any]) -> int:
     if report["wrong"]:
-        return EXIT_WRONG
+        return Exit.FAILED
     if report["errors"]:
-        return EXIT_ERRORS
-    return EXIT_OK
+        return Exit.UNAVAILABLE
+    return Exit.OK
 
 
 # ---------------------------------------------------------------- the command
@@ -561,8 +576,9 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
     bench = sub.add_parser(
         "bench", parents=[common], help="load-test a running service and check every answer",
         description="Send lookups from several processes for a bounded time or count, check every answer "
-        "against the dataset, and print throughput, latency percentiles and errors by kind. "
-        "Exit 0 when every answer was right, 1 when any was wrong, 3 when requests failed.",
+        "against the dataset, and print throughput, latency percentiles and errors by kind.",
+        epilog="exit codes: 0 every answer right, 1 some answer wrong, 2 bad usage or a dataset that cannot be "
+        "read, 3 some request failed or the service is unavailable",
     )
     bench.add_argument("--data", default=os.environ.get("ROKV_DATA") or DEFAULT_DATA,
                        help="the dataset the service serves, for keys and expected values: .json or "
@@ -593,17 +609,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.client == "sync" and args.concurrency != 1:
         if args.concurrency != 64:  # 64 is the default, meant for the async client
             sys.stderr.write("rokv: the sync client has one request in flight; use --concurrency 1\n")
-            return EXIT_USAGE
+            return Exit.USAGE
         args.concurrency = 1
     if args.missing + args.invalid > 1:
         sys.stderr.write("rokv: --missing plus --invalid must not exceed 1\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     if args.max_delay is not None and not 0 <= args.max_delay <= 1:
         sys.stderr.write("rokv: --max-delay must be from 0 to 1 second\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     if not 0 < args.duration <= 24 * 3600:
         sys.stderr.write("rokv: --duration must be from 0 to 86400 seconds\n")
-        return EXIT_USAGE
+        return Exit.USAGE
+    try:
+        check_endpoints(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)  # $ROKV_ENDPOINT too
+    except ValueError as exc:
+        sys.stderr.write(f"rokv: error: {exc}\n")
+        return Exit.USAGE
     cfg = Config(
         endpoint=args.endpoint, data=args.data, processes=args.processes, concurrency=args.concurrency,
         keys_per_request=args.keys_per_request, duration=args.duration, requests=args.requests,
@@ -615,10 +636,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         tally = run_bench(cfg, live=not args.json and sys.stderr.isatty())
     except ValueError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     except RokvError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_ERRORS
+        return Exit.UNAVAILABLE
     report = summary(cfg, tally)
     if args.json:
         sys.stdout.write(json.dumps(report, sort_keys=True) + "\n")

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
-
-import zmq
+from typing import Any, Iterable, Iterator, Sequence, Union
 
 from rokv import protocol as p
+from rokv.endpoints import check_endpoints
 from rokv.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
-from rokv.keys import normalize_key
-from rokv.security import CurvePeer, KeyFileError, peer_from_env
+from rokv.keys import normalize_key, show_key
+from rokv.security import CurvePeer, peer_from_env
 from rokv.replies import check_key_type, error_from_reply, values_from_reply
 
 DEFAULT_ENDPOINT = p.DEFAULT_FRONTEND
@@ -33,11 +33,22 @@ DEFAULT_BACKOFF = 2.0
 #: Keys per mget message; longer get_many lists travel as several, pipelined.
 DEFAULT_BATCH_SIZE = 1000
 
-
 def resolve_endpoint(endpoint: str | None) -> str:
-    """``endpoint``, else ``$ROKV_ENDPOINT``, else the loopback default."""
+    """``endpoint``, else ``$ROKV_ENDPOINT``, else the loopback default (the
+    text as given: one endpoint or several, comma-separated)."""
     return endpoint or os.environ.get("ROKV_ENDPOINT") or DEFAULT_ENDPOINT
 
+def resolve_endpoints(endpoint: str | Sequence[str] | None) -> list[str]:
+    """The brokers a client talks to: ``endpoint`` (one endpoint, several
+    comma-separated, or a list), else ``$ROKV_ENDPOINT``, else the loopback
+    default.
+
+    Raises:
+        ValueError: an endpoint is malformed, or the list is empty.
+    """
+    if endpoint is None or endpoint == "":
+        endpoint = resolve_endpoint(None)
+    return check_endpoints(endpoint)
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -59,7 +70,7 @@ class RetryPolicy:
 
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_RETRIES
-    backoff: float = 1.0
+    backoff: float = DEFAULT_BACKOFF
     max_timeout: float = 60.0
 
     def __post_init__(self) -> None:
@@ -98,10 +109,8 @@ class RetryPolicy:
             f"no reply from {endpoint} within {wait} on {tries} {'try' if tries == 1 else 'tries'}{hint}"
         )
 
-
-#: What a client uses unless told otherwise.
-DEFAULT_POLICY = RetryPolicy(timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES, backoff=DEFAULT_BACKOFF)
-
+#: What a client uses unless told otherwise: ``RetryPolicy()`` itself.
+DEFAULT_POLICY = RetryPolicy()
 
 def make_policy(retry: RetryPolicy | None, timeout: float | None, retries: int | None) -> RetryPolicy:
     """The policy a client was asked for: ``retry``; or the loose ``timeout``
@@ -118,50 +127,21 @@ def make_policy(retry: RetryPolicy | None, timeout: float | None, retries: int |
     return RetryPolicy(
         timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         retries=DEFAULT_RETRIES if retries is None else retries,
+        backoff=1.0,
     )
-
 
 def check_batch_size(batch_size: int) -> int:
     if not (type(batch_size) is int and 1 <= batch_size <= p.MAX_MGET_KEYS):  # noqa: E721
         raise ValueError(f"batch_size must be an integer from 1 to {p.MAX_MGET_KEYS}, not {batch_size!r}")
     return batch_size
 
-
 def request_ids() -> Iterator[int]:
     """Fresh request ids for one socket. 2**64 of them outlast any process."""
     return itertools.count(1)
 
-
-def open_dealer(ctx: zmq.Context, endpoint: str, curve: CurvePeer | None = None) -> zmq.Socket:
-    """A DEALER connected to ``endpoint`` with linger 0, a CURVE client of
-    the broker when ``curve`` is given.
-
-    Raises:
-        ValueError: the endpoint is malformed, or a key file is bad
-            (``KeyFileError``).
-    """
-    sock: zmq.Socket = zmq.Socket(ctx, zmq.DEALER)  # the plain class even from a zmq.asyncio.Context
-    # Unsent requests must never hold up close() or interpreter exit.
-    sock.linger = 0
-    if "[" in endpoint:
-        sock.ipv6 = True
-    try:
-        if curve is not None:
-            curve.apply(sock)
-        sock.connect(endpoint)
-    except KeyFileError:
-        sock.close()
-        raise
-    except zmq.ZMQError as exc:
-        sock.close()
-        raise ValueError(f"bad endpoint {endpoint!r}: {exc}") from None
-    return sock
-
-
 def resolve_curve(curve: CurvePeer | None) -> CurvePeer | None:
     """``curve``, else the keys in ``$ROKV_CLIENT_SECRET`` and ``$ROKV_BROKER_KEY``."""
     return curve if curve is not None else peer_from_env("ROKV_CLIENT_SECRET")
-
 
 def reply_of(body: bytes) -> tuple[int, dict[str, Any]] | None:
     """The id and map of a one-frame reply, or ``None`` when it is not
@@ -175,26 +155,82 @@ def reply_of(body: bytes) -> tuple[int, dict[str, Any]] | None:
         return None
     return rid, reply
 
+#: What the clients take as a key: a string, or a ``uuid.UUID`` (sent as its
+#: canonical string).
+Key = Union[str, uuid.UUID]
 
-def check_key_types(keys: Sequence[object]) -> None:
-    """Refuse a non-string key of a key list before anything travels."""
+def check_key(key: object) -> str:
+    """``key`` as a get sends it: a ``uuid.UUID`` becomes its canonical
+    string; a string is sent as given.
+
+    Raises:
+        InvalidKey: ``key`` is neither a string nor a UUID, or is a string
+            longer than :data:`~client.protocol.MAX_KEY_LENGTH` or not ASCII,
+            which no accepted form is (the message is the server's for that
+            key): so no request outgrows the broker's message size limit.
+    """
+    if isinstance(key, uuid.UUID):
+        return str(key)
+    check_key_type(key)
+    assert isinstance(key, str)
+    if len(key) > p.MAX_KEY_LENGTH or not key.isascii():
+        raise _invalid(key)
+    return key
+
+def check_keys(keys: Iterable[object]) -> list[str]:
+    """``keys`` as a get_many sends them, in a new list: ``uuid.UUID``
+    objects become their canonical strings.
+
+    Raises:
+        TypeError: ``keys`` is a single ``str`` or ``bytes`` (whose
+            characters would otherwise be taken for keys).
+        InvalidKey: a key is neither a string nor a UUID; or some key is
+            longer than :data:`~client.protocol.MAX_KEY_LENGTH`: then the
+            first invalid key is named, as the server would name it, so that
+            no request can outgrow the broker's message size limit.
+    """
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"get_many takes a list of keys, not a single {type(keys).__name__}: use get(key) or get_many([key])"
+        )
+    keys = list(keys)
     # The all-str case stays in C: str.join refuses anything but strings, and
     # costs 0.5 us for 100 keys where a set of their types costs 2 us.
     try:
-        "".join(keys)  # type: ignore[arg-type]
-        return
+        joined = "".join(keys)  # type: ignore[arg-type]
     except TypeError:
-        pass
-    for index, key in enumerate(keys):
-        check_key_type(key, f"keys[{index}]")
+        keys = [str(key) if isinstance(key, uuid.UUID) else key for key in keys]
+        for index, key in enumerate(keys):
+            check_key_type(key, index)
+        joined = "".join(keys)  # type: ignore[arg-type]
+    # 1.5 us for 100 keys (isascii is a flag of the string, not a scan): a
+    # key too long or not ASCII, never valid, is refused before anything
+    # travels, so 10,000 keys always fit in the broker's 1 MiB.
+    if keys and (max(map(len, keys)) > p.MAX_KEY_LENGTH or not joined.isascii()):  # type: ignore[arg-type]
+        for index, key in enumerate(keys):
+            reason = _reason(key)  # type: ignore[arg-type]
+            if reason is not None:
+                raise InvalidKey(p.key_at(index, reason), key, index=index, reason=reason)
+    return keys  # type: ignore[return-value]
 
+def _reason(key: str) -> str | None:
+    """Why the server refuses ``key``, or ``None`` when it is valid."""
+    try:
+        # The server receives a str subclass as a plain str: so must this check.
+        normalize_key(str.__str__(key))
+    except InvalidKey as exc:
+        return exc.message
+    return None
+
+def _invalid(key: str) -> InvalidKey:
+    """The error the server answers for a get of ``key``, known to be invalid."""
+    return InvalidKey(_reason(key) or f"{show_key(key)} is not a key", key)
 
 def split_keys(keys: list[str], batch_size: int) -> list[tuple[int, list[str]]]:
     """``keys`` as (offset, chunk) pairs of at most ``batch_size`` keys."""
     if len(keys) <= batch_size:
         return [(0, keys)]
     return [(start, keys[start : start + batch_size]) for start in range(0, len(keys), batch_size)]
-
 
 def join_batches(parts: Sequence[tuple[int, list[str], dict[str, Any]]]) -> list[str | None]:
     """The values of a get_many from its (offset, chunk, reply) parts, in
@@ -211,10 +247,10 @@ def join_batches(parts: Sequence[tuple[int, list[str], dict[str, Any]]]) -> list
     failure: RokvError | None = None
     for offset, chunk, reply in parts:
         try:
-            values.extend(values_from_reply(reply, chunk))
+            values.extend(values_from_reply(reply, chunk, offset))
         except InvalidKey as exc:
             if failure is None or not isinstance(failure, InvalidKey):
-                failure = _shift_index(exc, offset, reply)
+                failure = exc
         except RokvError as exc:
             failure = failure or exc
         if failure is not None and isinstance(failure, InvalidKey):
@@ -223,33 +259,23 @@ def join_batches(parts: Sequence[tuple[int, list[str], dict[str, Any]]]) -> list
         raise failure
     return values
 
-
-def _shift_index(exc: InvalidKey, offset: int, reply: dict[str, Any]) -> InvalidKey:
-    index = reply.get(p.F_INDEX)
-    if offset == 0 or type(index) is not int:  # noqa: E721
-        return exc
-    prefix = f"keys[{index}]: "
-    message = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
-    return InvalidKey(f"keys[{offset + index}]: {message}", exc.key)
-
-
 # ------------------------------------------------------------ coalescing
 
-
-def canonical_or_invalid(key: object) -> str:
-    """``key`` normalised, for a get that travels inside a shared mget.
+def key_and_canonical(key: object) -> tuple[str, str]:
+    """``key`` as sent (a ``uuid.UUID`` as its string) and normalised, for a
+    get that travels inside a shared mget.
 
     Raises:
         InvalidKey: with the message the server would send for a get of
             ``key``, since one invalid key would fail the whole mget.
     """
-    return normalize_key(key)
-
+    if isinstance(key, uuid.UUID):
+        key = str(key)
+    return key, normalize_key(key)  # type: ignore[return-value]
 
 def not_found(canonical: str, key: str) -> KeyNotFound:
     """The error a get of a missing key gets, worded as the server words it."""
-    return KeyNotFound(f"key {canonical} not found", key)
-
+    return KeyNotFound(p.error_message(p.NOT_FOUND, key=canonical), key)
 
 def batch_error(reply: dict[str, Any]) -> RokvError:
     """The error of a failed coalesced mget, for each caller in it."""

@@ -44,14 +44,19 @@ class KeyNotFound(RokvError, KeyError):
 class InvalidKey(RokvError, ValueError):
     """The key is not a UUID version 4 (RFC 4122 variant) or not a string.
 
-    Also a ``ValueError``. ``key`` is the offending key as given.
+    Also a ``ValueError``. ``key`` is the offending key as given; ``index``
+    its position in a ``get_many`` list (``None`` for ``get``); ``reason``
+    what is wrong with it, without the position.
     """
 
     code = "invalid_key"
 
-    def __init__(self, message: str, key: object = None) -> None:
+    def __init__(self, message: str, key: object = None, index: int | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+        self.index = index
+        self.reason = message if reason is None else reason
 
 
 class ServiceUnavailable(RokvError):

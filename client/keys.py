@@ -17,6 +17,7 @@ import random
 import re
 
 from rokv.errors import InvalidKey
+from rokv.protocol import describe, kind, quote
 
 # Regex classes spelled out with ASCII ranges: \d or str.isdigit() would let
 # fullwidth and other Unicode digits in.
@@ -30,10 +31,15 @@ FORMS = "8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:"
 
 
 def show_key(key: object) -> str:
-    """A short printable form of ``key`` for error messages (long keys cut)."""
-    text = repr(key)
+    """A short printable form of ``key`` for error messages: a string as JSON
+    (double quotes, escapes), cut in the middle when long so that it still
+    shows both its quotes; anything else in plain words ("an integer 7")."""
+    if not isinstance(key, str):
+        return describe(key)
+    text = quote(key)
     if len(text) > _SHOW_MAX:
-        text = text[: _SHOW_MAX - 3] + "..."
+        head = (_SHOW_MAX - 3) * 2 // 3
+        text = text[:head] + "..." + text[len(text) - (_SHOW_MAX - 3 - head) :]
     return text
 
 
@@ -45,7 +51,7 @@ def normalize_key(key: object) -> str:
             not version 4, or not the RFC 4122 variant; the message says which.
     """
     if type(key) is not str:  # noqa: E721 - str subclasses are refused too
-        raise InvalidKey(f"key must be a string, not {type(key).__name__}", key)
+        raise InvalidKey(f"key must be a string, not {kind(key)}", key)
     if _CANONICAL.fullmatch(key):
         return key
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 
@@ -29,6 +29,31 @@ BAD_REQUEST = "bad_request"
 UNSUPPORTED_VERSION = "unsupported_version"
 INTERNAL = "internal"
 ERROR_CODES = (NOT_FOUND, INVALID_KEY, BAD_REQUEST, UNSUPPORTED_VERSION, INTERNAL)
+
+#: The message each error code is sent with; ``{reason}`` is what a check
+#: found (the key validator's or decode_request's words). Workers answer with
+#: these, and clients that answer for the server (a miss inside a coalesced
+#: get, a key refused before it travels) word theirs from the same table.
+ERROR_MESSAGES = {
+    NOT_FOUND: "key {key} not found",
+    INVALID_KEY: "{reason}",
+    BAD_REQUEST: "{reason}",
+    UNSUPPORTED_VERSION: "{reason}",
+    INTERNAL: "internal error; see the worker's log",
+}
+#: How a client names the key an mget refused, from the reply's ``index``
+#: (data, never parsed back out of the message) and its ``message``.
+KEY_AT = "keys[{index}]: {reason}"
+
+
+def error_message(code: str, **fields: object) -> str:
+    """The message error ``code`` is sent with, its fields filled in."""
+    return ERROR_MESSAGES[code].format(**fields)
+
+
+def key_at(index: int, reason: str) -> str:
+    """``reason`` for the key at ``index`` of a key list."""
+    return KEY_AT.format(index=index, reason=reason)
 
 # Request and reply map fields
 F_VERSION = "v"
@@ -119,7 +144,7 @@ class Request:
     keys: list[Any] | None = None
 
 
-def _is_request_id(value: object) -> bool:
+def _is_request_id(value: object) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= MAX_REQUEST_ID  # noqa: E721 - bool is not an id
 
 
@@ -226,7 +251,12 @@ def kind(value: object) -> str:
     float, string, binary, array, map, or extension."""
     if value is None:
         return "nil"
-    return _KINDS.get(type(value), "extension")
+    found = _KINDS.get(type(value))
+    if found is not None:
+        return found
+    # Decoded from the wire, anything else is an extension type; a Python
+    # caller's own object is named by its class.
+    return "extension" if isinstance(value, msgpack.ExtType) else type(value).__name__
 
 
 _KINDS: dict[type, str] = {
@@ -240,10 +270,17 @@ def show_text(text: str) -> str:
     then ``...`` inside the quotes when cut; characters that are not
     printable (controls, line and paragraph separators, bidi overrides) as
     JSON escapes, so a message stays one honest line in any log."""
-    shown = json.dumps(text[:_SHOW_TEXT_MAX], ensure_ascii=False)
+    shown = quote(text[:_SHOW_TEXT_MAX])
+    return shown[:-1] + '..."' if len(text) > _SHOW_TEXT_MAX else shown
+
+
+def quote(text: str) -> str:
+    """``text`` whole as a JSON string, with every character that is not
+    printable as a JSON escape."""
+    shown = json.dumps(text, ensure_ascii=False)
     if not shown.isprintable():
         shown = "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in shown)
-    return shown[:-1] + '..."' if len(text) > _SHOW_TEXT_MAX else shown
+    return shown
 
 
 def describe(value: object) -> str:

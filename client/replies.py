@@ -36,17 +36,22 @@ def value_from_reply(reply: dict[str, Any], key: str) -> str:
     raise ProtocolError(f"malformed get reply: no string value (fields: {', '.join(sorted(map(str, reply)))})")
 
 
-def values_from_reply(reply: dict[str, Any], keys: Sequence[str]) -> list[str | None]:
-    """The values of an mget reply for ``keys``, aligned with them.
+def values_from_reply(reply: dict[str, Any], keys: Sequence[str], offset: int = 0) -> list[str | None]:
+    """The values of an mget reply for ``keys``, aligned with them; ``keys``
+    starts at ``offset`` of the caller's whole list.
 
     Raises:
-        InvalidKey: naming the invalid key the worker pointed at.
+        InvalidKey: naming the invalid key the worker pointed at, with its
+            index in the caller's whole list.
         ProtocolError: the reply does not fit the request.
     """
     if p.F_ERROR in reply:
         index = reply.get(p.F_INDEX)
-        key = keys[index] if type(index) is int and 0 <= index < len(keys) else None  # noqa: E721
-        raise error_from_reply(reply, key)
+        if type(index) is int and 0 <= index < len(keys) and reply.get(p.F_ERROR) == p.INVALID_KEY:  # noqa: E721
+            error = error_from_reply(reply, keys[index])
+            raise InvalidKey(p.key_at(offset + index, error.message), keys[index], index=offset + index,
+                             reason=error.message)
+        raise error_from_reply(reply)
     values = reply.get(p.F_VALUES)
     if type(values) is list and len(values) == len(keys):  # noqa: E721
         return values
@@ -63,7 +68,9 @@ def worker_from_reply(reply: dict[str, Any]) -> dict[str, Any]:
     raise ProtocolError("malformed ping reply")
 
 
-def check_key_type(key: object, where: str = "key") -> None:
-    """Refuse a non-string key before it travels: the answer is known."""
+def check_key_type(key: object, index: int | None = None) -> None:
+    """Refuse a non-string key before it travels: the answer is known.
+    ``index`` is its position in a get_many list."""
     if not isinstance(key, str):
-        raise InvalidKey(f"{where} must be a string, not {type(key).__name__}", key)
+        reason = f"key must be a string, not {p.kind(key)}"
+        raise InvalidKey(reason if index is None else p.key_at(index, reason), key, index=index, reason=reason)

@@ -1,22 +1,24 @@
-"""The blocking client: one DEALER socket, request ids, a deadline per try.
+"""The blocking client: a DEALER socket per broker, request ids, a deadline
+per try.
 
-What is sent and what a reply means is decided in :mod:`rokv.core`, shared
-with :class:`rokv.AsyncClient`; this module is only the blocking transport.
+Settings are :class:`rokv.base.ClientBase`'s and what is sent and what a reply
+means is decided in :mod:`rokv.core`, both shared with
+:class:`rokv.AsyncClient`; this module is only the blocking transport.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import zmq
 
 from rokv import core
 from rokv import protocol as p
-from rokv.security import CurvePeer
+from rokv.base import ClientBase
+from rokv.brokerset import Brokers
 from rokv.core import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENDPOINT,
@@ -25,8 +27,8 @@ from rokv.core import (
     RetryPolicy,
     resolve_endpoint,
 )
-from rokv.errors import RokvError
-from rokv.replies import check_key_type, value_from_reply, worker_from_reply
+from rokv.replies import value_from_reply, worker_from_reply
+from rokv.security import CurvePeer
 
 __all__ = [
     "Client", "RetryPolicy", "resolve_endpoint",
@@ -36,46 +38,22 @@ __all__ = [
 # A plain int: pyzmq's enum flags cost a Python-level operation per use.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
+_MAX_KEY_LENGTH = p.MAX_KEY_LENGTH
 
 
-class Client:
-    """Looks keys up in a rokv service.
+class Client(ClientBase):
+    """Looks keys up in a rokv service, blocking. Settings, errors and
+    timeouts: :class:`rokv.base.ClientBase`.
 
-    Args:
-        endpoint: the broker's frontend, e.g. ``tcp://127.0.0.1:5555`` or
-            ``ipc:///path``; default ``$ROKV_ENDPOINT``, else that address.
-        timeout: seconds to wait for the reply to each try (> 0).
-        retries: extra tries after the first when no reply came in time
-            (lookups are idempotent, so a retry is always safe).
-        retry: a :class:`RetryPolicy` instead of ``timeout`` and ``retries``
-            (it can also lengthen each further try); not both. Given none of
-            the three, the client uses ``DEFAULT_POLICY``: tries of 0.25, 0.5,
-            1 and 2 s, then ``ServiceUnavailable`` after 3.75 s.
-        batch_size: keys per message in :meth:`get_many` (1 to 10,000).
-        context: a ``zmq.Context`` to use; default the process-wide instance.
-        curve: CurveZMQ keys (own secret, broker's public) when the broker
-            requires them; default from ``$ROKV_CLIENT_SECRET`` and
-            ``$ROKV_BROKER_KEY``, else none. A key the broker does not allow
-            gets no connection: calls raise ``ServiceUnavailable``.
-
-    Every call either returns the exact answer or raises a ``RokvError``:
-    ``KeyNotFound``, ``InvalidKey``, ``ServiceUnavailable`` after
-    ``1 + retries`` tries without reply, ``ProtocolError`` when the server
-    refuses the request. A call blocks for at most about ``retry.total``
-    seconds (``timeout * (1 + retries)`` for a constant ``timeout``).
-
-    Threads: calls from several threads are safe; they are serialised on one
-    socket, so give each busy thread its own ``Client`` (or use one
+    Threads: calls from several threads are safe; they are serialised on its
+    sockets, so give each busy thread its own ``Client`` (or use one
     ``AsyncClient``) for concurrency. Do not use a ``Client`` across
     ``fork()``: create it in the process that uses it.
-
-    Construction does not contact the service; connecting is lazy and
-    automatic, as is reconnecting after a broker restart.
     """
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         *,
         timeout: float | None = None,
         retries: int | None = None,
@@ -84,56 +62,44 @@ class Client:
         context: zmq.Context | None = None,
         curve: CurvePeer | None = None,
     ) -> None:
-        self.retry = core.make_policy(retry, timeout, retries)
-        self.batch_size = core.check_batch_size(batch_size)
-        self.endpoint = resolve_endpoint(endpoint)
-        self._pid = os.getpid()
+        super().__init__(endpoint, timeout=timeout, retries=retries, retry=retry, batch_size=batch_size,
+                         context=context, curve=curve)
         self._lock = threading.Lock()
-        self._ids = core.request_ids()
-        curve = core.resolve_curve(curve)
-        self._curve = curve is not None
-        self._sock: zmq.Socket | None = core.open_dealer(context or zmq.Context.instance(), self.endpoint, curve)
         self._rcvtimeo = -1
-
-    @property
-    def timeout(self) -> float:
-        """Seconds to wait for the reply to the first try."""
-        return self.retry.timeout
-
-    @property
-    def retries(self) -> int:
-        """Extra tries after the first."""
-        return self.retry.retries
 
     # ------------------------------------------------------------ public API
 
-    def get(self, key: str) -> str:
-        """The value stored under ``key``.
+    def get(self, key: core.Key) -> str:
+        """The value stored under ``key`` (a string, or a ``uuid.UUID``,
+        sent as its canonical string).
 
         Raises:
             KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
-            InvalidKey: ``key`` is not a string or not a UUIDv4.
+            InvalidKey: ``key`` is not a string or not a UUIDv4 (one longer
+                than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
             ServiceUnavailable: no reply after every try.
         """
-        check_key_type(key)
+        if type(key) is not str or len(key) > _MAX_KEY_LENGTH or not key.isascii():  # one test for the common case
+            key = core.check_key(key)
         rid = next(self._ids)
         reply = self._exchange({rid: p.encode_request(rid, p.OP_GET, key)})[rid]
         return value_from_reply(reply, key)
 
-    def get_many(self, keys: Iterable[str]) -> list[str | None]:
-        """The values of ``keys``, in order, ``None`` where a key is not found.
+    def get_many(self, keys: Iterable[core.Key]) -> list[str | None]:
+        """The values of ``keys`` (strings, or ``uuid.UUID`` objects), in
+        order, ``None`` where a key is not found.
 
         Long lists travel as several messages of ``batch_size`` keys, sent
         together, so the wait is about one round trip either way.
 
         Raises:
+            TypeError: ``keys`` is a single ``str`` or ``bytes``, not a list.
             InvalidKey: some key is not a string or not a UUIDv4 (the first
                 one found is named, with its index in ``keys``); nothing is
                 returned then.
             ServiceUnavailable: no reply after every try.
         """
-        keys = list(keys)
-        core.check_key_types(keys)
+        keys = core.check_keys(keys)
         if not keys:
             return []
         chunks = core.split_keys(keys, self.batch_size)
@@ -157,11 +123,11 @@ class Client:
         return worker_from_reply(self._exchange({rid: p.encode_request(rid, p.OP_PING)})[rid])
 
     def close(self) -> None:
-        """Release the socket. Idempotent; later calls raise ``RokvError``."""
+        """Release the sockets. Idempotent; later calls raise ``RokvError``."""
         with self._lock:
-            if self._sock is not None:
-                self._sock.close(linger=0)
-                self._sock = None
+            if self._brokers is not None:
+                self._brokers.close()
+                self._brokers = None
 
     def __enter__(self) -> Client:
         return self
@@ -170,63 +136,126 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._sock is None else "open"
+        state = "closed" if self._brokers is None else "open"
         return f"<rokv.Client {self.endpoint} timeout={self.timeout} retries={self.retries} {state}>"
 
     # ------------------------------------------------------------ transport
 
     def _exchange(self, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
         """Send every request and wait for a reply to each, resending those
-        still unanswered after each try's timeout. Replies whose id is not
-        awaited (late answers to abandoned calls) are dropped. At most
-        MAX_IN_FLIGHT requests travel at once (PROTOCOL.md, "Limits")."""
+        still unanswered after each try's timeout (through another broker,
+        when there are several). Replies whose id is not awaited (late
+        answers to abandoned calls) are dropped. At most MAX_IN_FLIGHT
+        requests travel at once (PROTOCOL.md, "Limits")."""
         with self._lock:
-            sock = self._sock
-            if sock is None:
-                raise RokvError("this Client is closed")
-            if os.getpid() != self._pid:
-                raise RokvError("this Client was created in another process; create one after fork()")
+            brokers = self._usable("Client")
             if len(bodies) <= _MAX_IN_FLIGHT:
-                return self._exchange_window(sock, bodies)
+                return self._exchange_window(brokers, bodies)
             replies: dict[int, dict[str, Any]] = {}
             items = list(bodies.items())
             for start in range(0, len(items), _MAX_IN_FLIGHT):
-                replies.update(self._exchange_window(sock, dict(items[start : start + _MAX_IN_FLIGHT])))
+                replies.update(self._exchange_window(brokers, dict(items[start : start + _MAX_IN_FLIGHT])))
             return replies
 
-    def _exchange_window(self, sock: zmq.Socket, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
+    def _exchange_window(self, brokers: Brokers, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
         """:meth:`_exchange` for at most MAX_IN_FLIGHT requests."""
         replies: dict[int, dict[str, Any]] = {}
         pending = dict(bodies)
+        broker: int | None = None
         for attempt in range(self.retry.tries):
-            for body in pending.values():
-                try:
-                    sock.send(body, _NOBLOCK)
-                except zmq.Again:
-                    break  # queue full: the broker is away; wait out this try
             deadline = time.monotonic() + self.retry.try_timeout(attempt)
-            while pending:
-                wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
-                if wait_ms <= 0:
-                    break
-                # A blocking receive with a timeout is one call where poll
-                # then receive is two (plus a failed receive): it is most of
-                # the client's cost of a sequential get. The option is set
-                # only when the wait changes, so once per try at most.
-                if wait_ms != self._rcvtimeo:
-                    sock.setsockopt(zmq.RCVTIMEO, wait_ms)
-                    self._rcvtimeo = wait_ms
-                try:
-                    # Each frame is read as a message: a reply is one
-                    # frame, and asking ZMQ_RCVMORE (as recv_multipart
-                    # does) costs more than the receive.
-                    body = sock.recv()
-                except zmq.Again:
-                    break
-                got = core.reply_of(body)
-                if got is not None and got[0] in pending:
-                    del pending[got[0]]
-                    replies[got[0]] = got[1]
+            if brokers.count == 1:
+                for body in pending.values():
+                    try:
+                        brokers.socks[0].send(body, _NOBLOCK)
+                    except zmq.Again:
+                        break  # queue full: the broker is away; wait out this try
+                self._receive_one(brokers.socks[0], pending, replies, deadline)
+            else:
+                broker = self._send_to_one(brokers, pending, broker, deadline)
+                self._receive_any(brokers, pending, replies, deadline)
+                if pending and broker is not None:
+                    brokers.suspect(broker)
             if not pending:
                 return replies
-        raise self.retry.unavailable(self.endpoint, curve=self._curve)
+        raise self._unavailable()
+
+    def _receive_one(self, sock: zmq.Socket, pending: dict[int, bytes], replies: dict[int, dict[str, Any]],
+                     deadline: float) -> None:
+        """Take replies from the one broker's socket until none is pending or
+        ``deadline`` passes."""
+        while pending:
+            wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                return
+            # A blocking receive with a timeout is one call where poll then
+            # receive is two (plus a failed receive): it is most of the
+            # client's cost of a sequential get. The option is set only when
+            # the wait changes, so once per try at most.
+            if wait_ms != self._rcvtimeo:
+                sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+                self._rcvtimeo = wait_ms
+            try:
+                # Each frame is read as a message: a reply is one frame, and
+                # asking ZMQ_RCVMORE (as recv_multipart does) costs more than
+                # the receive.
+                body = sock.recv()
+            except zmq.Again:
+                return
+            got = core.reply_of(body)
+            if got is not None and got[0] in pending:
+                del pending[got[0]]
+                replies[got[0]] = got[1]
+
+    @staticmethod
+    def _send_to_one(brokers: Brokers, pending: dict[int, bytes], previous: int | None, deadline: float
+                     ) -> int | None:
+        """Send this try of every pending request through one broker: the
+        next in turn, not ``previous`` (the broker of the last try) when
+        another is up. A broker with no live connection refuses the send at
+        once and the next is tried; when none has one yet (just started, or
+        all down), wait until one has, or ``deadline``. The broker used."""
+        order = brokers.order(previous)
+        while True:
+            for index in order:
+                try:
+                    for body in pending.values():
+                        brokers.socks[index].send(body, _NOBLOCK)
+                    return index
+                except zmq.Again:
+                    brokers.down(index)  # whatever went out before is answered like any try
+            wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                return None
+            poller = zmq.Poller()
+            for sock in brokers.socks:
+                poller.register(sock, zmq.POLLOUT)
+            ready = dict(poller.poll(wait_ms))
+            order = [i for i, sock in enumerate(brokers.socks) if sock in ready] or order
+
+    @staticmethod
+    def _receive_any(brokers: Brokers, pending: dict[int, bytes], replies: dict[int, dict[str, Any]],
+                     deadline: float) -> None:
+        """Take replies from every broker's socket until none is pending or
+        ``deadline`` passes: a late reply to an earlier try, through another
+        broker, answers the request as well."""
+        poller = zmq.Poller()
+        for sock in brokers.socks:
+            poller.register(sock, zmq.POLLIN)
+        socks = brokers.socks
+        while pending:
+            wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                return
+            for sock, _ in poller.poll(wait_ms):
+                index = socks.index(sock)
+                while True:
+                    try:
+                        body = sock.recv(_NOBLOCK)
+                    except zmq.Again:
+                        break
+                    brokers.answered(index)
+                    got = core.reply_of(body)
+                    if got is not None and got[0] in pending:
+                        del pending[got[0]]
+                        replies[got[0]] = got[1]

@@ -77,8 +77,16 @@ def main() -> int:
         return elapsed < args.seconds or counts["found"] < args.min_found
 
     policy = RetryPolicy(timeout=args.timeout, retries=args.retries, backoff=args.backoff)
+    # With several brokers: replies taken from each, once a second, to show
+    # where the traffic went and when (time.monotonic() is the system's
+    # clock, the same in every process, so a test can line events up).
+    timeline: list[tuple[float, list[int]]] = []
+    next_sample = started_at
     with Client(args.endpoint, retry=policy) as client:
         while go_on():
+            if time.monotonic() >= next_sample and client._brokers is not None:
+                timeline.append((time.monotonic(), list(client._brokers.replies)))
+                next_sample += 1.0
             roll = rng.random()
             started = time.monotonic()
             try:
@@ -133,6 +141,7 @@ def main() -> int:
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "max_ms": (latencies[-1] if latencies else 0) * 1000,
         "errors": errors,
+        "timeline": timeline,
     }
     print(json.dumps(result), flush=True)
     return 0

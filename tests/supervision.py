@@ -16,7 +16,9 @@ from procs import REPO, scaled
 class Supervisor:
     """supervisord -n on a copy of the checkout's supervisord.conf in a temp folder."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, env: dict[str, str], fresh: bool = False, prefix: list[str] | None = None) -> None:
+        if fresh:
+            root.mkdir(parents=True)
         self.conf = root / "supervisord.conf"
         shutil.copy(REPO / "supervisord.conf", self.conf)
         # A second supervisord in the same folder finds the first one's run/,
@@ -29,8 +31,9 @@ class Supervisor:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self.env = env
         self.log = open(root / "supervisord.out", "wb")
+        # prefix: e.g. ip netns exec HOST, to run the whole pool on another host.
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.conf)],
+            [*(prefix or []), sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.conf)],
             cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
 

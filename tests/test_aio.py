@@ -15,6 +15,7 @@ import zmq
 
 from rokv import AsyncClient, Client, InvalidKey, KeyNotFound, RetryPolicy, RokvError, ServiceUnavailable
 from rokv import protocol as p
+from rokv.core import DEFAULT_POLICY
 from procs import Stack, free_port, scaled
 from rokv.worker.handler import Handler
 
@@ -92,7 +93,7 @@ def test_get_many_matches_the_blocking_client_across_batches(stack: Stack, examp
             assert await client.get_many([]) == []
             with pytest.raises(InvalidKey) as info:
                 await client.get_many(bad)
-            with pytest.raises(InvalidKey, match=r"keys\[1\] must be a string"):
+            with pytest.raises(InvalidKey, match=r"keys\[1\]: key must be a string"):
                 await client.get_many([keys[0], 5])  # type: ignore[list-item]
             return values, info.value
 
@@ -335,7 +336,11 @@ def test_retry_policy_is_validated_and_shared_by_both_clients() -> None:
     with Client(endpoint, retry=policy) as client:
         assert (client.timeout, client.retries, client.retry) == (0.5, 3, policy)
     assert AsyncClient(endpoint, retry=policy).retry is policy
-    assert Client(endpoint, timeout=0.2, retries=1).retry == RetryPolicy(timeout=0.2, retries=1)
+    # timeout=/retries= mean the same wait for every try.
+    assert Client(endpoint, timeout=0.2, retries=1).retry == RetryPolicy(timeout=0.2, retries=1, backoff=1)
+    # RetryPolicy() is the documented default: 0.25, 0.5, 1, 2 s.
+    assert Client(endpoint).retry == RetryPolicy() == DEFAULT_POLICY
+    assert [RetryPolicy().try_timeout(i) for i in range(RetryPolicy().tries)] == [0.25, 0.5, 1, 2]
     with pytest.raises(ValueError, match="not both"):
         Client(endpoint, retry=policy, timeout=1.0)
     with pytest.raises(ValueError):

@@ -4,6 +4,9 @@ ones and counts errors by kind. Runs are short and bounded by count."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import signal
 import subprocess
 import sys
@@ -35,9 +38,10 @@ def test_a_mixed_load_is_all_right_and_counted_by_kind(stack: Stack) -> None:
                               "--missing", "0.2", "--invalid", "0.1", "--json")
     assert code == 0, err
     assert isinstance(report, dict)
-    assert report["requests"] == report["keys"] == 3000
+    assert report["requests"] == report["keys"] + report["keys_rejected"] == 3000
     assert report["wrong"] == 0 and report["errors"] == {}
     answers = report["answers"]
+    assert report["keys_rejected"] == answers["invalid_key"]
     assert sum(answers.values()) == 3000
     # Shares drawn at random: loose bounds that still catch a miscount.
     assert 300 < answers["not_found"] < 900
@@ -123,6 +127,7 @@ def test_check_tells_right_from_wrong_and_counts_each_kind(example: dict[str, st
         check(tally, probe, result)
     assert tally.wrong == 0
     assert dict(tally.answers) == {"value": 2, NOT_FOUND: 1, INVALID: 2}
+    assert tally.keys_rejected == 1 + 3  # the refused get and get_many
     wrong = [(hit, example[k2]), (hit, KeyNotFound("x", k1)), (miss, "a value"), (many, [example[k1], None, None]),
              (many_bad, InvalidKey("x", "nope2")), (many_bad, [None, None, None]), (bad, "a value")]
     for probe, result in wrong:
@@ -132,6 +137,7 @@ def test_check_tells_right_from_wrong_and_counts_each_kind(example: dict[str, st
                   RuntimeError("boom")):
         check(tally, hit, error)
     assert dict(tally.errors) == {"unavailable": 2, "protocol:bad_request": 1, "other:RuntimeError": 1}
+    assert tally.keys_rejected == 4 + 3 + 4  # a wrong refusal and the errors reject keys too
     assert tally.wrong == len(wrong)
 
 
@@ -141,3 +147,61 @@ def test_the_probe_pool_draws_the_asked_shares(example: dict[str, str]) -> None:
     assert 800 < kinds.count(NOT_FOUND) < 1200
     assert 800 < kinds.count(INVALID) < 1200
     assert all(p.keys[0] in example for p, kind in zip(probes, kinds) if kind == "hit")
+
+
+def test_keys_per_second_counts_only_answered_keys(stack: Stack) -> None:
+    # With 100 keys a request and 1% invalid keys, about 63% of the requests
+    # are refused whole: their keys were never answered.
+    code, report, err = bench("--endpoint", stack.frontend, "-n", "300", "-k", "100", "-c", "8",
+                              "--invalid", "0.01", "--json")
+    assert code == 0, err
+    assert isinstance(report, dict)
+    refused = report["answers"]["invalid_key"]
+    assert 100 < refused < 290
+    assert report["keys_rejected"] == 100 * refused
+    assert report["keys"] == 100 * (300 - refused)
+    assert report["keys_per_s"] == pytest.approx(report["keys"] / report["elapsed_s"])
+    code, table, err = bench("--endpoint", stack.frontend, "-n", "300", "-k", "100", "-c", "8", "--invalid", "0.01")
+    assert code == 0, err
+    assert isinstance(table, str)
+    keys = re.search(r"^  keys +([\d,]+) +([\d,]+) /s  answered$", table, re.M)
+    rejected = re.search(r"^  rejected +([\d,]+)  keys of refused or unanswered requests$", table, re.M)
+    assert keys and rejected, table
+    assert int(keys[1].replace(",", "")) + int(rejected[1].replace(",", "")) == 30_000
+    assert int(rejected[1].replace(",", "")) > 10_000
+
+
+def test_the_live_line_ends_on_the_reports_figures(stack: Stack) -> None:
+    # The live line is drawn only on a terminal: give the bench one.
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "rokv", "bench", "--endpoint", stack.frontend,
+                             "-n", "3000", "-c", "8"], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=slave, text=True)
+    try:
+        os.close(slave)
+        slave = -1
+        live = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the bench closed its end
+                break
+            if not chunk:
+                break
+            live += chunk
+        table, _ = proc.communicate(timeout=scaled(60))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert proc.returncode == 0, live
+    elapsed = re.search(r"^  elapsed +([\d.]+) s$", table, re.M)
+    requests = re.search(r"^  requests +([\d,]+) +([\d,]+) /s$", table, re.M)
+    assert elapsed and requests, table
+    text = live.decode()
+    assert text.endswith("\n")  # the line is kept, not erased
+    last = text.rstrip("\r\n").rsplit("\r", 1)[-1].replace("\x1b[K", "").split()
+    assert last[:7] == [elapsed[1], "s", requests[1], "requests", requests[2], "req/s", "3,000"], live

@@ -176,7 +176,7 @@ def test_cli_refusals_and_exit_codes(tmp_path: Path) -> None:
     src.write_text(line(K1, "one") + line("nope", "x"))
     result = rokv("build", str(src), "-o", str(tmp_path / "s.rokv"))
     assert result.returncode == 1
-    assert result.stderr == f"rokv: {src}: line 2: invalid key: 'nope' is not a UUID " \
+    assert result.stderr == f"rokv: {src}: line 2: invalid key: \"nope\" is not a UUID " \
                             f"(expected 8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:)\n"
     result = rokv("build", str(src), "-o", str(tmp_path / "s.bin"))
     assert result.returncode == 2 and "must end in .rokv" in result.stderr
@@ -186,3 +186,18 @@ def test_cli_refusals_and_exit_codes(tmp_path: Path) -> None:
     result = rokv("verify", str(tmp_path / "none.rokv"))
     assert result.returncode == 1 and "no such file" in result.stderr
     assert os.listdir(tmp_path) == ["s.jsonl"]
+
+
+@pytest.mark.parametrize(("name", "content"), [("e.json", "{}"), ("e.jsonl", ""), ("e.jsonl", "\n  \n")])
+def test_an_empty_source_is_refused_unless_allowed(tmp_path: Path, name: str, content: str) -> None:
+    src = tmp_path / name
+    src.write_text(content)
+    out = tmp_path / "e.rokv"
+    result = rokv("build", str(src), "-o", str(out))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"rokv: {src}: the dataset holds no keys") and "--allow-empty" in result.stderr
+    assert not out.exists()
+    result = rokv("build", str(src), "-o", str(out), "--allow-empty")
+    assert result.returncode == 0, result.stderr
+    assert f"built {out}: 0 keys" in result.stdout
+    assert open_store(out).header.count == 0

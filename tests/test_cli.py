@@ -75,6 +75,32 @@ def test_get_many_with_an_invalid_key_exits_2(stack: Stack, example: dict[str, s
     assert b"bogus" in result.stderr
 
 
+def test_get_many_reads_50000_keys_from_standard_input(stack: Stack, example: dict[str, str]) -> None:
+    # As arguments, 50,000 keys exceed what a command line holds.
+    keys = [*list(example) * 5][:49_990] + [MISSING] * 10
+    text = "".join(f"  {k}\t\r\n" + ("\n \n" if i % 1000 == 0 else "") for i, k in enumerate(keys))
+    result = subprocess.run([*rokv_command(), "get-many", "-", "--endpoint", stack.frontend], input=text.encode(),
+                            cwd=REPO, env=child_env(), capture_output=True, timeout=scaled(60))
+    assert result.returncode == 1, result.stderr  # the missing ones
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 50_000
+    assert [json.loads(line) for line in lines] == [example.get(k) for k in keys]
+
+
+def test_get_many_from_standard_input_names_the_line_of_an_invalid_key(stack: Stack, example: dict[str, str]) -> None:
+    text = f"{next(iter(example))}\n\n{MISSING}\n  bogus  \n"
+    result = subprocess.run([*rokv_command(), "get-many", "-", "--endpoint", stack.frontend], input=text.encode(),
+                            cwd=REPO, env=child_env(), capture_output=True, timeout=scaled(30))
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.decode() == 'rokv: line 4: "bogus" is not a UUID ' \
+        "(expected 8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:)\n"
+    empty = subprocess.run([*rokv_command(), "get-many", "-", "--endpoint", stack.frontend], input=b"\n  \n",
+                           cwd=REPO, env=child_env(), capture_output=True, timeout=scaled(30))
+    assert (empty.returncode, empty.stdout) == (0, b"")
+    mixed = rokv("get-many", MISSING, "-", "--endpoint", stack.frontend)
+    assert mixed.returncode == 2 and b"not both" in mixed.stderr
+
+
 def test_values_with_line_breaks_stay_on_one_line(make_stack, tmp_path: Path) -> None:
     key = "8a35eb59-62b3-481c-8875-1f248df4c952"
     value = "a\nb\u2028c\u2029d\x85e\x00f \u00e9\U0001f600 "
@@ -104,6 +130,8 @@ def test_help_explains_the_options(args: list[str]) -> None:
     assert "usage: rokv" in text
     if args[0] != "--help":
         assert "--endpoint" in text and "--timeout" in text and "ROKV_ENDPOINT" in text
+    if args[0] == "get-many":
+        assert "standard input" in text
 
 
 def test_bad_usage_exits_2() -> None:
@@ -152,3 +180,32 @@ def test_keygen_refuses_to_overwrite_a_key(tmp_path: Path) -> None:
     assert rokv("keygen", "w", "--dir", str(tmp_path)).returncode == 0
     result = rokv("keygen", "w", "--dir", str(tmp_path), env=env)
     assert result.returncode == 2 and b"exists already" in result.stderr
+
+
+EXIT_CODES = {
+    "get": "0 found, 1 not found, 2 invalid key or bad usage, 3 service unavailable, 4 request refused",
+    "get-many": "0 all found, 1 some not found, 2 an invalid key or bad usage, 3 service unavailable, 4 request refused",
+    "ping": "0 answered, 2 bad usage, 3 service unavailable, 4 request refused",
+    "keygen": "0 written, 2 a key file exists or cannot be written, or bad usage",
+    "bench": "0 every answer right, 1 some answer wrong, 2 bad usage or a dataset that cannot be read, 3 some",
+    "build": "0 built, 1 SRC refused or OUT cannot be written, 2 bad usage",
+    "inspect": "0 printed, 1 not a readable .rokv file, 2 bad usage",
+    "verify": "0 intact, 1 corrupt or unreadable, 2 bad usage",
+    "deploy": "0 deployed or nothing to do, 1 refused or failed and rolled back (the old version serves), "
+    "2 bad usage, 3 supervisord or the service unreachable (nothing changed), 5 failed and could not roll back",
+}
+
+
+@pytest.mark.parametrize("command", list(EXIT_CODES))
+def test_every_subcommands_help_lists_its_exit_codes(command: str) -> None:
+    result = rokv(command, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.decode().split())  # argparse wraps lines
+    assert f"exit codes: {EXIT_CODES[command]}" in text
+
+
+def test_every_subcommand_is_covered_by_the_exit_code_test() -> None:
+    from rokv.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(EXIT_CODES)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rokv.worker.dataset import DatasetError, load_dataset
+from rokv.worker.dataset import DatasetError, load_dataset, open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example.json"
@@ -129,8 +129,14 @@ def test_surrogate_pair_escape_is_one_character(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "name, content", [("d.json", "{}"), ("d.json", " \n{ \n}\n "), ("d.jsonl", ""), ("d.jsonl", "\n \n\t\n")]
 )
-def test_empty_dataset_is_allowed(tmp_path: Path, name: str, content: str) -> None:
-    assert load_dataset(write(tmp_path, name, content)) == {}
+def test_empty_dataset_is_refused_unless_allowed(tmp_path: Path, name: str, content: str) -> None:
+    path = write(tmp_path, name, content)
+    error = refused(path, "holds no keys", "--allow-empty", "ROKV_ALLOW_EMPTY=1")
+    assert error.path == str(path)
+    assert load_dataset(path, allow_empty=True) == {}
+    with pytest.raises(DatasetError, match="holds no keys"):
+        open_dataset(path)
+    assert open_dataset(path, allow_empty=True) == {}
 
 
 def test_leading_byte_order_mark_is_ignored(tmp_path: Path) -> None:
@@ -153,6 +159,11 @@ def test_committed_example_dataset() -> None:
 def test_unsupported_suffix(tmp_path: Path, name: str) -> None:
     path = write(tmp_path, name, json.dumps({K1: "v"}))
     refused(path, "unsupported dataset format", "use .json or .jsonl")
+    # What a worker opens may also be compiled: its message names all three.
+    with pytest.raises(DatasetError) as info:
+        open_dataset(path)
+    assert str(info.value).startswith(f"{path}: unsupported dataset format ")
+    assert str(info.value).endswith(": use .rokv, .json or .jsonl")
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -253,10 +264,10 @@ def test_invalid_key_jsonl(tmp_path: Path, key: str, reason: str) -> None:
 
 
 def test_invalid_key_names_the_key(tmp_path: Path) -> None:
-    refused(write(tmp_path, "d.json", json.dumps({"banana": "v"})), "'banana'")
+    refused(write(tmp_path, "d.json", json.dumps({"banana": "v"})), '\"banana\"')
 
 
-@pytest.mark.parametrize("key, kind", [(5, "int"), (None, "NoneType"), ([K1], "list"), (True, "bool")])
+@pytest.mark.parametrize("key, kind", [(5, "a number"), (None, "null"), ([K1], "an array"), (True, "a boolean")])
 def test_jsonl_key_must_be_a_string(tmp_path: Path, key: object, kind: str) -> None:
     path = write(tmp_path, "d.jsonl", jsonl({"key": key, "value": "v"}))
     refused(path, "line 1", "invalid key", "must be a string", kind)
@@ -264,14 +275,14 @@ def test_jsonl_key_must_be_a_string(tmp_path: Path, key: object, kind: str) -> N
 
 def test_duplicate_key_json(tmp_path: Path) -> None:
     path = write(tmp_path, "d.json", f'{{\n"{K1}": "one",\n"{K2}": "two",\n"{K1}": "again"\n}}\n')
-    error = refused(path, "duplicate key", repr(K1), "line 4", "line 2")
+    error = refused(path, "duplicate key", json.dumps(K1), "line 4", "line 2")
     assert error.line == 4
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_duplicate_key_in_another_spelling_json(tmp_path: Path, spelling: str) -> None:
     path = write(tmp_path, "d.json", "{\n" + f'"{K1}": "one",\n' + json.dumps(spelling) + ': "two"\n}')
-    refused(path, "duplicate key", repr(spelling), repr(K1), "line 3", "line 2")
+    refused(path, "duplicate key", json.dumps(spelling), json.dumps(K1), "line 3", "line 2")
 
 
 def test_duplicate_key_jsonl(tmp_path: Path) -> None:
@@ -280,19 +291,19 @@ def test_duplicate_key_jsonl(tmp_path: Path) -> None:
         "d.jsonl",
         jsonl({"key": K1, "value": "one"}) + "\n" + jsonl({"key": K2, "value": "two"}, {"key": K1, "value": "x"}),
     )
-    error = refused(path, "duplicate key", repr(K1), "line 4", "line 1")
+    error = refused(path, "duplicate key", json.dumps(K1), "line 4", "line 1")
     assert error.line == 4
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_duplicate_key_in_another_spelling_jsonl(tmp_path: Path, spelling: str) -> None:
     path = write(tmp_path, "d.jsonl", jsonl({"key": spelling, "value": "one"}, {"key": K1, "value": "two"}))
-    refused(path, "line 2", "duplicate key", repr(K1), repr(spelling), "line 1")
+    refused(path, "line 2", "duplicate key", json.dumps(K1), json.dumps(spelling), "line 1")
 
 
 def test_duplicate_with_the_same_value_is_still_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "d.json", f'{{"{K1}": "same", "{K1}": "same"}}')
-    refused(path, "duplicate key", repr(K1))
+    refused(path, "duplicate key", json.dumps(K1))
 
 
 def test_nested_objects_do_not_confuse_the_duplicate_check(tmp_path: Path) -> None:
@@ -300,10 +311,10 @@ def test_nested_objects_do_not_confuse_the_duplicate_check(tmp_path: Path) -> No
     # duplicate of the dataset: it is refused as a value that is no string.
     inner = f'{{"{K1}": "x", "{K1}": "y", "{K2}": {{"{K2}": 1, "{K2}": 2}}}}'
     path = write(tmp_path, "d.json", f'{{\n"{K1}": "one",\n"{K2}": {inner}\n}}')
-    error = refused(path, repr(K2), "is an object, not a string", "line 3")
+    error = refused(path, json.dumps(K2), "is an object, not a string", "line 3")
     assert "duplicate" not in str(error)
     path = write(tmp_path, "d.jsonl", jsonl({"key": K1, "value": {K1: "a", "key": K2}}))
-    error = refused(path, "line 1", repr(K1), "is an object")
+    error = refused(path, "line 1", json.dumps(K1), "is an object")
     assert "duplicate" not in str(error)
 
 
@@ -327,14 +338,14 @@ NOT_STRINGS = [
 @pytest.mark.parametrize("value, kind", NOT_STRINGS)
 def test_value_must_be_a_string_json(tmp_path: Path, value: str, kind: str) -> None:
     path = write(tmp_path, "d.json", f'{{\n"{K1}": "ok",\n"{K2}": {value}\n}}')
-    refused(path, repr(K2), kind, "not a string", "line 3")
+    refused(path, json.dumps(K2), kind, "not a string", "line 3")
 
 
 @pytest.mark.parametrize("value, kind", NOT_STRINGS)
 def test_value_must_be_a_string_jsonl(tmp_path: Path, value: str, kind: str) -> None:
     content = jsonl({"key": K1, "value": "ok"}) + f'{{"key": "{K2}", "value": {value}}}\n'
     path = write(tmp_path, "d.jsonl", content)
-    refused(path, "line 2", repr(K2), kind, "not a string")
+    refused(path, "line 2", json.dumps(K2), kind, "not a string")
 
 
 LONE_SURROGATES = [
@@ -349,14 +360,14 @@ LONE_SURROGATES = [
 @pytest.mark.parametrize("escaped, code", LONE_SURROGATES)
 def test_lone_surrogate_in_value_json(tmp_path: Path, escaped: str, code: str) -> None:
     path = write(tmp_path, "d.json", f'{{\n"{K1}": "ok \\ud83d\\ude00",\n"{K2}": "{escaped}"\n}}')
-    refused(path, repr(K2), "lone surrogate", code, "line 3")
+    refused(path, json.dumps(K2), "lone surrogate", code, "line 3")
 
 
 @pytest.mark.parametrize("escaped, code", LONE_SURROGATES)
 def test_lone_surrogate_in_value_jsonl(tmp_path: Path, escaped: str, code: str) -> None:
     content = f'{{"key": "{K1}", "value": "ok"}}\n{{"key": "{K2}", "value": "{escaped}"}}\n'
     path = write(tmp_path, "d.jsonl", content)
-    refused(path, "line 2", repr(K2), "lone surrogate", code)
+    refused(path, "line 2", json.dumps(K2), "lone surrogate", code)
 
 
 def test_lone_surrogate_in_key_is_an_invalid_key(tmp_path: Path) -> None:
@@ -366,12 +377,12 @@ def test_lone_surrogate_in_key_is_an_invalid_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "record, fragments",
     [
-        ({"key": K1, "value": "v", "extra": 1}, ["unexpected member 'extra'"]),
-        ({"key": K1, "value": "v", "Key": K2}, ["unexpected member 'Key'"]),
-        ({"key": K1}, ["missing member 'value'"]),
-        ({"value": "v"}, ["missing member 'key'"]),
-        ({}, ["missing member 'key' and 'value'"]),
-        ({"k": K1, "v": "x"}, ["unexpected member 'k'"]),
+        ({"key": K1, "value": "v", "extra": 1}, ['unexpected member "extra"']),
+        ({"key": K1, "value": "v", "Key": K2}, ['unexpected member "Key"']),
+        ({"key": K1}, ['missing member "value"']),
+        ({"value": "v"}, ['missing member "key"']),
+        ({}, ['missing member "key" and "value"']),
+        ({"k": K1, "v": "x"}, ['unexpected member "k"']),
         ([K1, "v"], ["expected an object", "an array"]),
         (K1, ["expected an object", "a string"]),
         (None, ["expected an object", "null"]),
@@ -384,7 +395,7 @@ def test_jsonl_record_shape(tmp_path: Path, record: object, fragments: list[str]
 
 def test_jsonl_repeated_member(tmp_path: Path) -> None:
     path = write(tmp_path, "d.jsonl", f'{{"key": "{K1}", "value": "a", "value": "b"}}\n')
-    refused(path, "line 1", "'value' appears more than once")
+    refused(path, "line 1", '"value" appears more than once')
 
 
 def test_error_carries_path_and_line(tmp_path: Path) -> None:
@@ -410,5 +421,5 @@ def test_read_errors_become_dataset_errors(
     def failing_open(*args: object, **kwargs: object) -> None:
         raise exc
 
-    monkeypatch.setattr("worker.dataset.open", failing_open, raising=False)
+    monkeypatch.setattr("rokv.worker.dataset.open", failing_open, raising=False)
     refused(path, "cannot read", fragment)

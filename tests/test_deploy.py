@@ -1,22 +1,35 @@
 """Deploying a new dataset version under load: build it, repoint the served
 path, restart the workers one at a time with supervisor; no lookup fails, and
-ping shows the switch-over (the procedure the README gives)."""
+ping shows the switch-over. First by hand, then with ``rokv deploy`` (the
+procedure the README gives), which must also refuse a bad file before touching
+anything and roll back when a worker fails on the new one."""
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
-from procs import free_port, scaled, seen_workers, wait_for
+import pytest
+
+from procs import child_env, free_port, scaled, seen_workers, wait_for
 from supervision import Supervisor
 
 from rokv import Client, ServiceUnavailable
 from rokv.keys import random_key
+from rokv.worker import deploy
 from rokv.worker.build import build
-from rokv.worker.store import open_store
+from rokv.exitcodes import Exit
+from rokv.worker.deploy import target_for
+from rokv.worker.store import HEADER_SIZE, open_store, read_header
+from rokv.worker.supervisor_rpc import Supervisor as SupervisorRPC
 
 KEYS = 3000
 
@@ -137,3 +150,297 @@ def answering_pids(endpoint: str, digest: str, count: int = 10) -> set[int]:
             if info.get("digest") == digest:
                 found.add(int(info["pid"]))
     return found
+
+
+# ------------------------------------------------------------------ rokv deploy
+
+
+def rokv_deploy(sup: Supervisor, *args: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``rokv deploy ARGS -c <the test supervisord.conf>`` in a subprocess
+    (or ``script``, a Python program that runs it, given ARGS in sys.argv)."""
+    command = ["-m", "rokv", "deploy"] if script is None else ["-c", script]
+    return subprocess.run(
+        [sys.executable, *command, *args, "-c", str(sup.conf)], cwd=sup.conf.parent, env=child_env(),
+        capture_output=True, text=True, timeout=scaled(120),
+    )
+
+
+class Service:
+    """supervisord with two workers serving v1 through a link, and v2 built."""
+
+    def __init__(self, supervisor_factory, tmp_path: Path) -> None:
+        self.folder = tmp_path / "datasets"
+        self.folder.mkdir()
+        self.keys = keys(random.Random(12))
+        self.v1, self.digest1 = version(self.folder, "v1", "one", self.keys)
+        self.v2, self.digest2 = version(self.folder, "v2", "two", self.keys)
+        self.link = self.folder / "current.rokv"
+        point(self.link, self.v1)
+        self.frontend = f"tcp://127.0.0.1:{free_port()}"
+        self.sup: Supervisor = supervisor_factory(
+            ROKV_WORKERS="2", ROKV_DATA=str(self.link), ROKV_FRONTEND=self.frontend,
+            ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}",
+        )
+        seen_workers(self.frontend, 2, timeout=30)
+        self.pids = self.workers()
+
+    def workers(self) -> dict[str, int]:
+        """The RUNNING workers' pids, once both run."""
+        return wait_for(lambda: (r := {n: p for n, p in self.sup.running().items() if n.startswith("worker:")})
+                        and len(r) == 2 and r, 15, "two workers RUNNING")
+
+    def deploy(self, new: Path, *extra: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
+        return rokv_deploy(self.sup, str(new), "--link", str(self.link), "--endpoint", self.frontend,
+                           "--timeout", str(scaled(30)), *extra, script=script)
+
+    def load(self, *tags: str) -> Load:
+        allowed = {k: {f"{tag} {i} é" for tag in tags} for i, k in enumerate(self.keys)}
+        load = Load(self.frontend, self.keys, allowed)
+        wait_for(lambda: load.lookups > 500, 30, "the load to run")
+        return load
+
+
+def corrupt_index(good: Path, out: Path) -> Path:
+    """A copy of ``good`` whose header is intact (so ``rokv inspect`` and
+    ``--no-verify`` accept it) but whose bucket table a worker refuses."""
+    data = bytearray(good.read_bytes())
+    data[HEADER_SIZE:HEADER_SIZE + 4] = struct.pack("<I", 1)  # the table must start at 0
+    out.write_bytes(bytes(data))
+    read_header(out)
+    return out
+
+
+def test_deploy_switches_under_load_then_rolls_back_by_command(supervisor_factory, tmp_path: Path) -> None:
+    pool = Service(supervisor_factory, tmp_path)
+    load = pool.load("one", "two")
+    try:
+        done = pool.deploy(pool.v2)
+        assert done.returncode == Exit.OK, done.stdout + done.stderr
+        assert os.readlink(pool.link) == "v2.rokv"  # the link's relative style is kept
+        assert pings(pool.frontend) == {pool.digest2}
+        after = pool.workers()
+        assert all(after[n] != pool.pids[n] for n in pool.pids), (pool.pids, after)
+        assert "worker:worker_00: pid" in done.stdout and "worker:worker_01: pid" in done.stdout
+        assert f"deployed v2.rokv ({pool.digest2})" in done.stdout
+
+        again = pool.deploy(pool.v2)  # nothing left to do: no restart
+        assert again.returncode == Exit.OK, again.stdout + again.stderr
+        assert "nothing to do" in again.stdout
+        assert pool.workers() == after
+
+        before = load.lookups
+        back = pool.deploy(pool.v1)  # how a finished deploy is undone
+        assert back.returncode == Exit.OK, back.stdout + back.stderr
+        assert os.readlink(pool.link) == "v1.rokv"
+        wait_for(lambda: load.lookups > before + 500, 30, "the load to run on v1")
+    finally:
+        load.finish()
+    assert load.failures == []
+    assert load.wrong == []
+    assert pings(pool.frontend) == {pool.digest1}
+
+
+def test_deploy_refuses_a_truncated_file_before_touching_anything(supervisor_factory, tmp_path: Path) -> None:
+    pool = Service(supervisor_factory, tmp_path)
+    bad = pool.folder / "bad.rokv"
+    bad.write_bytes(pool.v2.read_bytes()[: pool.v2.stat().st_size // 2])
+    for extra in ([], ["--no-verify"]):  # the size is in the header: caught either way
+        result = pool.deploy(bad, *extra)
+        assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+        assert f"rokv: refused: {bad}: truncated" in result.stderr
+        assert "Nothing was changed" in result.stderr
+        assert os.readlink(pool.link) == "v1.rokv"
+        assert pool.workers() == pool.pids
+        assert pings(pool.frontend) == {pool.digest1}
+
+    corrupt = corrupt_index(pool.v2, pool.folder / "corrupt.rokv")  # only the full check sees this one
+    result = pool.deploy(corrupt)
+    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert f"rokv: refused: {corrupt}: corrupt" in result.stderr
+    assert pool.workers() == pool.pids
+
+    other = pool.folder / "other.rokv"  # a link the workers do not load
+    point(other, pool.v1)
+    result = rokv_deploy(pool.sup, str(pool.v2), "--link", str(other), "--endpoint", pool.frontend)
+    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert f"worker:worker_00 loads {pool.link}, not {other}" in result.stderr
+    assert os.readlink(other) == "v1.rokv"
+
+    nobody = f"tcp://127.0.0.1:{free_port()}"  # no broker there
+    result = rokv_deploy(pool.sup, str(pool.v2), "--link", str(pool.link), "--endpoint", nobody, "--timeout", "1")
+    assert result.returncode == Exit.UNAVAILABLE, result.stdout + result.stderr
+    assert f"no answer from {nobody}" in result.stderr
+    assert os.readlink(pool.link) == "v1.rokv"
+    assert pool.workers() == pool.pids
+
+    # The link repointed by hand, workers not restarted (a deploy cut short):
+    # deploying the same file finishes the job.
+    point(pool.link, pool.v2)
+    result = pool.deploy(pool.v2)
+    assert result.returncode == Exit.OK, result.stdout + result.stderr
+    assert "2 of 2 workers do not serve it yet" in result.stdout
+    assert pings(pool.frontend) == {pool.digest2}
+
+    # A pool that is down has no worker to keep serving: refused, link untouched.
+    assert pool.sup.ctl("stop", "worker:worker_00", "worker:worker_01").returncode == 0
+    result = pool.deploy(pool.v1)
+    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert "no worker process is RUNNING" in result.stderr
+    assert os.readlink(pool.link) == "v2.rokv"
+
+
+def test_deploy_rolls_back_when_the_first_worker_fails(supervisor_factory, tmp_path: Path) -> None:
+    pool = Service(supervisor_factory, tmp_path)
+    corrupt = corrupt_index(pool.v2, pool.folder / "corrupt.rokv")
+    load = pool.load("one")  # nothing of v2 may ever be served
+    try:
+        result = pool.deploy(corrupt, "--no-verify")
+        before = load.lookups
+        wait_for(lambda: load.lookups > before + 300, 30, "the load to run after the rollback")
+    finally:
+        load.finish()
+    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert f"deploy of {corrupt} failed at worker:worker_00: did not start" in result.stderr
+    assert "corrupt index" in result.stderr  # the end of the worker's log
+    assert "rolled back" in result.stderr
+    assert "worker:worker_01" in result.stderr  # never touched, and said so
+    assert os.readlink(pool.link) == "v1.rokv"
+    after = pool.workers()
+    assert after["worker:worker_01"] == pool.pids["worker:worker_01"]
+    assert pings(pool.frontend) == {pool.digest1}
+    assert load.failures == []
+    assert load.wrong == []
+
+
+# The second worker fails after the first switched: the command must bring
+# the first back too. What makes it fail (v2 replaced by a corrupt copy just
+# before the second restart) is injected around the real command.
+_FAIL_SECOND = """
+import os, shutil, sys
+import rokv.worker.deploy as d
+from rokv.cli import main
+real = d.Pool.restart
+def restart(self, worker, digest):
+    if worker.name == "worker:worker_01" and digest == os.environ["NEW_DIGEST"]:
+        os.replace(os.environ["CORRUPT"], os.environ["NEW"])
+    return real(self, worker, digest)
+d.Pool.restart = restart
+sys.exit(main(["deploy", *sys.argv[1:]]))
+"""
+
+
+def test_deploy_rolls_back_the_workers_already_switched(
+    supervisor_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = Service(supervisor_factory, tmp_path)
+    new = pool.folder / "v2-copy.rokv"
+    shutil.copy(pool.v2, new)
+    corrupt = corrupt_index(pool.v2, pool.folder / ".corrupt.rokv")
+    monkeypatch.setenv("NEW", str(new))
+    monkeypatch.setenv("CORRUPT", str(corrupt))
+    monkeypatch.setenv("NEW_DIGEST", pool.digest2)
+    load = pool.load("one", "two")
+    try:
+        result = pool.deploy(new, script=_FAIL_SECOND)
+        before = load.lookups
+        wait_for(lambda: load.lookups > before + 300, 30, "the load to run after the rollback")
+    finally:
+        load.finish()
+    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert "worker:worker_00: pid" in result.stdout  # switched first
+    assert "failed at worker:worker_01: did not start" in result.stderr
+    assert "worker:worker_00: back on" in result.stdout
+    assert os.readlink(pool.link) == "v1.rokv"
+    after = pool.workers()
+    assert all(after[n] != pool.pids[n] for n in pool.pids)
+    assert pings(pool.frontend) == {pool.digest1}
+    assert load.failures == []
+    assert load.wrong == []
+
+
+def test_deploy_rolls_back_when_stopped_by_sigterm(supervisor_factory, tmp_path: Path) -> None:
+    pool = Service(supervisor_factory, tmp_path)
+    load = pool.load("one", "two")
+    try:
+        command = [sys.executable, "-m", "rokv", "deploy", str(pool.v2), "--link", str(pool.link),
+                   "--endpoint", pool.frontend, "-c", str(pool.sup.conf)]
+        proc = subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            seen = []
+            for line in iter(proc.stdout.readline, ""):
+                seen.append(line)
+                if line.startswith("worker:worker_00: pid"):
+                    break
+            # Stopped while the second worker restarts (at least its 1 s of startsecs).
+            wait_for(lambda: pool.sup.running().get("worker:worker_01") != pool.pids["worker:worker_01"], 15,
+                     "worker_01's restart to begin")
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=scaled(60))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        before = load.lookups
+        wait_for(lambda: load.lookups > before + 300, 30, "the load to run after the rollback")
+    finally:
+        load.finish()
+    assert proc.returncode == Exit.FAILED, "".join(seen) + out + err
+    assert "failed at worker:worker_01: interrupted" in err, err
+    assert "worker:worker_00: back on" in out
+    assert "rolled back" in err
+    assert os.readlink(pool.link) == "v1.rokv"
+    assert pings(pool.frontend) == {pool.digest1}
+    assert load.failures == []
+    assert load.wrong == []
+
+    # Cut short at the wrong moment, a call leaves a worker STOPPING, which
+    # supervisord cannot start: a restart waits until it is down.
+    rpc = SupervisorRPC.from_config(str(pool.sup.conf))
+    name = "worker:worker_01"
+    rpc.call("supervisor.stopProcess", name, False)
+    assert rpc.process(name).state == "STOPPING"
+    restarter = deploy.Pool(rpc, pool.frontend, str(pool.link), scaled(30))
+    try:
+        pid, _ = restarter.restart(rpc.process(name), pool.digest1)
+    finally:
+        restarter.close()
+    assert rpc.process(name).state == "RUNNING" and rpc.process(name).pid == pid
+
+
+# ------------------------------------------------------------------ refusals without supervisord
+
+
+def test_deploy_usage_errors_change_nothing(tmp_path: Path) -> None:
+    all_keys = keys(random.Random(13))[:50]
+    v1, _ = version(tmp_path, "v1", "one", all_keys)
+    v2, _ = version(tmp_path, "v2", "two", all_keys)
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(f"[supervisorctl]\nserverurl=unix://{tmp_path}/nobody.sock\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rokv", "deploy", *args], cwd=tmp_path, env=child_env(),
+                              capture_output=True, text=True, timeout=scaled(30))
+
+    result = run(str(v2), "-c", str(conf))  # no --link, no ROKV_DATA
+    assert result.returncode == Exit.USAGE and "give --link or set ROKV_DATA" in result.stderr
+    result = run(str(v2), "--link", str(v1), "-c", str(conf))
+    assert result.returncode == Exit.USAGE and "is not a symbolic link" in result.stderr
+    link = tmp_path / "current.rokv"
+    point(link, v1)
+    result = run(str(v2), "--link", str(link), "-c", str(tmp_path / "missing.conf"))
+    assert result.returncode == Exit.USAGE and "no such supervisord configuration file" in result.stderr
+    result = run(str(v2), "--link", str(link), "-c", str(conf))
+    assert result.returncode == Exit.UNAVAILABLE, result.stderr
+    assert "cannot reach supervisord" in result.stderr and "Nothing was changed" in result.stderr
+    assert os.readlink(link) == "v1.rokv"
+    assert "Traceback" not in result.stderr
+
+
+def test_target_keeps_the_links_style(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    new = tmp_path / "a" / "v2.rokv"
+    new.touch()
+    link = tmp_path / "current.rokv"
+    assert target_for(str(link), str(new), "v1.rokv") == "a/v2.rokv"
+    assert target_for(str(link), str(new), "/srv/v1.rokv") == os.path.realpath(new)

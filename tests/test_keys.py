@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rokv.errors import InvalidKey
@@ -28,10 +30,10 @@ GOOD = [
 ]
 
 BAD = [
-    (None, "must be a string, not NoneType"),
-    (42, "must be a string, not int"),
-    (b"8a35eb59-62b3-481c-8875-1f248df4c952", "must be a string, not bytes"),
-    ([CANON], "must be a string, not list"),
+    (None, "must be a string, not nil"),
+    (42, "must be a string, not integer"),
+    (b"8a35eb59-62b3-481c-8875-1f248df4c952", "must be a string, not binary"),
+    ([CANON], "must be a string, not array"),
     ("", "is not a UUID"),
     ("hello", "is not a UUID"),
     (CANON[:-1], "is not a UUID"),
@@ -85,3 +87,13 @@ def test_str_subclasses_are_not_keys() -> None:
 
     with pytest.raises(InvalidKey, match="not Sneaky"):
         normalize_key(Sneaky(CANON))
+
+
+@pytest.mark.parametrize("key", ["x" * 100, "8a35eb59-62b3-481c-8875-1f248df4c952" * 2, "'\"" * 40])
+def test_a_long_key_is_cut_in_the_middle_and_keeps_its_quotes(key: str) -> None:
+    with pytest.raises(InvalidKey) as info:
+        normalize_key(key)
+    shown = str(info.value).split(" is not a UUID")[0]
+    assert len(shown) <= 60 and "..." in shown
+    assert shown[0] == shown[-1] == '"'  # both quotes, JSON-style
+    assert shown.startswith(json.dumps(key)[:30]) and shown.endswith(json.dumps(key)[-10:])

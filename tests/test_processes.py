@@ -14,7 +14,8 @@ import zmq
 
 from rokv import Client
 from rokv import protocol as p
-from procs import REPO, free_port, scaled, start_broker, start_worker, wait_for
+from procs import REPO, Proc, child_env, free_port, scaled, seen_workers, start_broker, start_worker, wait_for
+from rokv.worker.build import build
 
 
 def endpoints() -> tuple[str, str]:
@@ -130,6 +131,50 @@ def test_worker_with_a_missing_dataset_exits_nonzero(tmp_path: Path) -> None:
     assert "nope.json" in worker.log() and "Traceback" not in worker.log()
 
 
+@pytest.mark.parametrize("name", ["empty.json", "empty.jsonl", "empty.rokv"])
+def test_worker_refuses_an_empty_dataset_unless_allowed(tmp_path: Path, name: str) -> None:
+    data = tmp_path / name
+    if name.endswith(".rokv"):
+        source = tmp_path / "source.jsonl"
+        source.write_text("")
+        build(source, data, allow_empty=True)
+    else:
+        data.write_text("{}" if name.endswith(".json") else "\n")
+    frontend, backend = endpoints()
+    refused = start_worker(tmp_path, backend, data, name="refused")
+    try:
+        assert refused.wait(10) == 1
+    finally:
+        refused.stop()  # a worker that failed to refuse would serve on
+    log = refused.log_path.read_text()
+    assert f"{data}: the dataset holds no keys" in log and "--allow-empty" in log and "ROKV_ALLOW_EMPTY=1" in log
+    assert "Traceback" not in log
+    broker = start_broker(tmp_path, frontend, backend)
+    by_flag = start_worker(tmp_path, backend, data, "--allow-empty", name="by-flag")
+    by_env = Proc("by-env", [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(data),
+                             "--name", "by-env"], tmp_path, child_env(ROKV_ALLOW_EMPTY="1"))
+    try:
+        assert seen_workers(frontend, 2) == {"by-flag", "by-env"}
+        with Client(frontend, timeout=2) as client:
+            assert client.ping()["keys"] == 0
+    finally:
+        for proc in (by_flag, by_env, broker):
+            proc.stop()
+
+
+def test_worker_refuses_an_unclear_rokv_allow_empty(tmp_path: Path) -> None:
+    data = tmp_path / "d.json"
+    data.write_text("{}")
+    worker = Proc("worker", [sys.executable, "-m", "rokv.worker", "--backend", f"tcp://127.0.0.1:{free_port()}",
+                             "--data", str(data)], tmp_path, child_env(ROKV_ALLOW_EMPTY="yes"))
+    try:
+        assert worker.wait(10) == 2
+    finally:
+        worker.stop()
+    log = worker.log_path.read_text()
+    assert "ROKV_ALLOW_EMPTY='yes'" in log and "Traceback" not in log
+
+
 def test_a_stopping_worker_answers_what_it_already_received(tmp_path: Path) -> None:
     frontend, backend = endpoints()
     broker = start_broker(tmp_path, frontend, backend)
@@ -177,7 +222,8 @@ def test_the_client_library_needs_neither_broker_nor_worker_modules() -> None:
     code = (
         "import sys, rokv, rokv.cli\n"
         "rokv.cli.build_parser()\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith(('rokv.broker', 'rokv.worker', 'supervisor', 'numpy')))\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[:2] in (['rokv', 'broker'], ['rokv', 'worker'])\n"
+        "                or m.split('.')[0] in ('supervisor', 'numpy'))\n"
         "assert not loaded, loaded\n"
         "print('ok')\n"
     )

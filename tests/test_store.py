@@ -132,10 +132,18 @@ def test_empty_dataset(tmp_path: Path, content: str) -> None:
     src = tmp_path / ("e.json" if content else "e.jsonl")
     src.write_text(content)
     out = tmp_path / "e.rokv"
-    build(src, out)
+    with pytest.raises(DatasetError, match="holds no keys"):
+        build(src, out)
+    assert not out.exists()
+    build(src, out, allow_empty=True)
     with open_store(out) as store:
         assert len(store) == 0 and store.get(K1) is None and store.get_many([K1, MISSING]) == [None, None]
     assert verify_store(out).count == 0
+    # Serving it is refused too, unless allowed.
+    with pytest.raises(DatasetError) as info:
+        open_dataset(out)
+    assert str(info.value).startswith(f"{out}: the dataset holds no keys") and "--allow-empty" in str(info.value)
+    assert len(open_dataset(out, allow_empty=True)) == 0
 
 
 def test_one_key_has_no_bucket_bits(tmp_path: Path) -> None:

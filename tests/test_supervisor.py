@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from rokv import Client, ServiceUnavailable
-from procs import REPO, free_port, scaled, seen_workers, wait_for
-from supervision import alive, ports_free
+from procs import REPO, child_env, free_port, scaled, seen_workers, wait_for
+from supervision import Supervisor, alive, ports_free
 
 
 def test_defaults_run_a_broker_and_two_workers_that_are_restarted_and_stopped(
@@ -149,3 +149,32 @@ def test_a_big_broken_dataset_ends_fatal_after_one_parse(supervisor_factory, tmp
     assert len(refusals) >= 2
     assert sup.status_code() == 3
     assert "Traceback" not in log
+
+
+def test_one_configuration_runs_a_broker_host_a_worker_host_or_both(supervisor_factory, tmp_path: Path,
+                                                                     example: dict[str, str]) -> None:
+    frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    env = {"ROKV_FRONTEND": frontend, "ROKV_BACKEND": backend}
+    broker_host = Supervisor(tmp_path / "broker-host", child_env(ROKV_ROLE="broker", **env), fresh=True)
+    worker_host = Supervisor(tmp_path / "worker-host", child_env(ROKV_ROLE="worker", ROKV_WORKERS="2", **env),
+                             fresh=True)
+    try:
+        wait_for(lambda: set(broker_host.running()) == {"pool", "broker"}, 30, "the broker host")
+        wait_for(lambda: set(worker_host.running()) == {"pool", "worker:worker_00", "worker:worker_01"}, 30,
+                 "the worker host")
+        assert broker_host.status_code() == worker_host.status_code() == 0
+        assert len(seen_workers(frontend, 2, timeout=30)) == 2
+        key = next(iter(example))
+        with Client(frontend, timeout=1, retries=2) as client:
+            assert client.get(key) == example[key]
+    finally:
+        worker_host.shutdown()
+        broker_host.shutdown()
+
+
+def test_an_unknown_role_starts_nothing_and_says_why(supervisor_factory) -> None:
+    sup = supervisor_factory(ROKV_ROLE="gateway", ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
+                             ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}")
+    wait_for(lambda: sup.status().get("pool", ("",))[0] == "FATAL", 30, "the pool program to be FATAL")
+    assert set(sup.status()) == {"pool"}
+    assert "ROKV_ROLE='gateway': expected one of all, broker, worker" in sup.ctl("tail", "pool").stdout

@@ -20,11 +20,12 @@ import sys
 import tempfile
 import time
 from array import array
-from typing import Callable, Iterator
+from typing import Callable, Iterator, IO
 
 from typing import TYPE_CHECKING
 
-from rokv.worker.dataset import DatasetError, duplicate_error, iter_jsonl_pairs, load_dataset
+from rokv.exitcodes import Exit
+from rokv.worker.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
 from rokv.worker.store import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
 
 if TYPE_CHECKING:
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 # numpy is imported where used: the rokv CLI registers these commands on
 # every run, and `rokv get` should not pay for importing numpy.
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 #: Keys whose values are copied in one numpy gather while writing.
 _CHUNK_KEYS = 1 << 16
 _FLUSH_BYTES = 1 << 24
@@ -43,15 +41,19 @@ _FLUSH_BYTES = 1 << 24
 Progress = Callable[[str, float], None]
 
 
-def build(src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Progress | None = None) -> Header:
+def build(
+    src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Progress | None = None,
+    *, allow_empty: bool = False,
+) -> Header:
     """Compile the dataset at ``src`` (``.json`` or ``.jsonl``) into the
     ``.rokv`` file ``out``, atomically (see :func:`worker.store.write_store`).
 
     ``progress(phase, fraction)`` is called now and then, if given.
+    ``allow_empty``: compile a dataset of no keys, which is otherwise refused.
 
     Raises:
-        DatasetError: ``src`` would be refused by the loader; the message is
-            the loader's.
+        DatasetError: ``src`` would be refused by the loader (given the same
+            ``allow_empty``); the message is the loader's.
         OSError: ``out`` cannot be written.
     """
     import numpy as np
@@ -63,8 +65,10 @@ def build(src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Pr
     if os.path.splitext(src_name)[1].lower() == ".jsonl":
         with tempfile.TemporaryFile(dir=folder, prefix=".rokv-build-") as spill:
             keys, sizes, values = _read_jsonl(src_name, spill, progress)
+            if not len(keys) and not allow_empty:
+                raise empty_error(src_name)
             return _write(src_name, out_name, keys, sizes, values, started, progress)
-    data = load_dataset(src_name)  # .json, or the loader's own refusal
+    data = load_dataset(src_name, allow_empty=allow_empty)  # .json, or the loader's own refusal
     if progress:
         progress("reading", 1.0)
     keys = np.frombuffer(bytes.fromhex("".join(data).replace("-", "")), "V16")
@@ -77,7 +81,7 @@ def build(src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Pr
 
 
 def _read_jsonl(
-    src: str, spill: "tempfile._TemporaryFileWrapper[bytes]", progress: Progress | None
+    src: str, spill: IO[bytes], progress: Progress | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keys (V16), value sizes (with separator), and the values
     end to end (mapped from ``spill``), in file order."""
@@ -189,28 +193,28 @@ class _Bar:
 def cmd_build(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith(SUFFIX):
         sys.stderr.write(f"rokv: error: the output must end in {SUFFIX} (workers pick the format by suffix)\n")
-        return EXIT_USAGE
+        return Exit.USAGE
     bar = _Bar() if sys.stderr.isatty() and not args.quiet else None
     started = time.monotonic()
     try:
-        header = build(args.src, args.output, bar)
+        header = build(args.src, args.output, bar, allow_empty=args.allow_empty)
     except DatasetError as exc:
         if bar:
             bar.done()
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_FAILED
+        return Exit.FAILED
     except OSError as exc:
         if bar:
             bar.done()
         sys.stderr.write(f"rokv: cannot write {args.output}: {exc.strerror or exc}\n")
-        return EXIT_FAILED
+        return Exit.FAILED
     if bar:
         bar.done()
     print(
         f"built {args.output}: {header.count} keys, {header.file_size} bytes, "
         f"digest {DIGEST_ALGORITHM}:{header.digest_hex}, in {time.monotonic() - started:.1f} s"
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -218,9 +222,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         header = read_header(args.file)
     except StoreError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_FAILED
+        return Exit.FAILED
     print(json.dumps(header.as_dict(), indent=2))
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -228,34 +232,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
         header = verify_store(args.file)
     except StoreError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return EXIT_FAILED
+        return Exit.FAILED
     print(f"{args.file}: ok: {header.count} keys, digest {DIGEST_ALGORITHM}:{header.digest_hex}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Register ``build``, ``inspect`` and ``verify`` on the ``rokv`` parser."""
+    """Register ``build``, ``inspect`` and ``verify`` on the ``rokv`` parser
+    (rokv.cli loads this module when one of them runs; their one-line help
+    is in rokv.cli.SERVER_COMMANDS)."""
     p = sub.add_parser(
-        "build", help="compile a .json/.jsonl dataset into a .rokv file",
+        "build",
         description="Compile SRC (.json or .jsonl) into one immutable .rokv file that workers memory-map. "
-        "SRC is checked exactly as a worker checks it. The output appears atomically. "
-        "Exit 0 on success, 1 if SRC is refused or OUT cannot be written, 2 on bad usage.",
+        "SRC is checked exactly as a worker checks it; one of no keys is refused unless --allow-empty. "
+        "The output appears atomically.",
+        epilog="exit codes: 0 built, 1 SRC refused or OUT cannot be written, 2 bad usage",
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("-o", "--output", metavar="OUT.rokv", required=True)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="compile a dataset of no keys (refused by default: an empty export is usually a mistake)")
     p.set_defaults(run=cmd_build)
     p = sub.add_parser(
-        "inspect", help="print a .rokv file's header as JSON",
-        description="Print the header of a .rokv file (format version, key count, build time, digest). "
-        "Exit 1 if the file is not a readable .rokv file.",
+        "inspect",
+        description="Print the header of a .rokv file (format version, key count, build time, digest).",
+        epilog="exit codes: 0 printed, 1 not a readable .rokv file, 2 bad usage",
     )
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_inspect)
     p = sub.add_parser(
-        "verify", help="check a .rokv file's digest",
-        description="Read the whole .rokv file and check its structure and content digest. "
-        "Exit 0 if intact, 1 if not.",
+        "verify",
+        description="Read the whole .rokv file and check its structure and content digest.",
+        epilog="exit codes: 0 intact, 1 corrupt or unreadable, 2 bad usage",
     )
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_verify)

@@ -9,8 +9,10 @@ Two formats, chosen by the file's suffix (any letter case):
 Keys must be valid per :func:`rokv.keys.normalize_key` and are stored in
 canonical lowercase form; two spellings of one UUID are a duplicate. Values
 must be strings that UTF-8 can encode (no lone surrogates) and are kept exactly
-as decoded. A leading UTF-8 byte order mark is ignored. Everything else is
-refused with a :class:`DatasetError` naming the file and the line or key.
+as decoded. A leading UTF-8 byte order mark is ignored. A dataset of no keys
+is refused unless the caller allows it (``allow_empty``): an empty export must
+not be deployed by mistake. Everything else is refused with a
+:class:`DatasetError` naming the file and the line or key.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Union
 
 from rokv.errors import InvalidKey
 from rokv.keys import is_canonical, normalize_key, show_key
+from rokv.protocol import quote
 
 if TYPE_CHECKING:
     from rokv.worker.store import Store
@@ -67,11 +70,15 @@ class _Object(list[tuple[str, object]]):
 _DECODER = json.JSONDecoder(object_pairs_hook=_Object)
 
 
-def load_dataset(path: str | os.PathLike[str]) -> dict[str, str]:
+def load_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> dict[str, str]:
     """Read the dataset at ``path`` into a dict of canonical key to value.
 
+    ``allow_empty``: accept a dataset of no keys (``{}``, or a ``.jsonl``
+    file of blank lines only), which is otherwise refused.
+
     Raises:
-        DatasetError: the suffix is not ``.json`` or ``.jsonl``; the file is
+        DatasetError: the suffix is not ``.json`` or ``.jsonl``; the dataset
+            holds no keys and ``allow_empty`` is false; the file is
             missing, a directory or unreadable; it is not UTF-8 or not valid
             JSON (JSON Lines); a ``.json`` file's top-level value is not an
             object; a ``.jsonl`` line is not an object with exactly the members
@@ -81,29 +88,57 @@ def load_dataset(path: str | os.PathLike[str]) -> dict[str, str]:
     name = os.fsdecode(path)
     suffix = os.path.splitext(name)[1].lower()
     if suffix == ".json":
-        return _load_json(name)
-    if suffix == ".jsonl":
-        return _load_jsonl(name)
-    what = f"{suffix!r}" if suffix else "(no suffix)"
-    raise _error(name, f"unsupported dataset format {what}: use .json or .jsonl")
+        dataset = _load_json(name)
+    elif suffix == ".jsonl":
+        dataset = _load_jsonl(name)
+    else:
+        raise _unsupported(name, suffix, ".json or .jsonl")
+    if not dataset and not allow_empty:
+        raise empty_error(name)
+    return dataset
 
 
-def open_dataset(path: str | os.PathLike[str]) -> Union[dict[str, str], "Store"]:
+def _unsupported(path: str, suffix: str, accepted: str) -> DatasetError:
+    what = quote(suffix) if suffix else "(no suffix)"
+    return _error(path, f"unsupported dataset format {what}: use {accepted}")
+
+
+def empty_error(path: str | os.PathLike[str]) -> DatasetError:
+    """The error for a dataset of no keys, when that was not allowed."""
+    return _error(
+        os.fsdecode(path),
+        "the dataset holds no keys; an empty dataset is refused unless allowed "
+        "(--allow-empty, or ROKV_ALLOW_EMPTY=1 for rokv-worker)",
+    )
+
+
+def open_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> Union[dict[str, str], "Store"]:
     """The dataset at ``path`` ready to serve: a compiled ``.rokv`` file is
     memory-mapped (see :func:`worker.store.open_store`: opening costs the same
     whatever its size); ``.json`` and ``.jsonl`` are read by
     :func:`load_dataset`. Both results have ``get(key)`` (canonical keys) and
-    ``len()``.
+    ``len()``. A dataset of no keys is refused unless ``allow_empty``.
 
     Raises:
-        DatasetError: the file cannot be served (a :class:`worker.store.StoreError`
-            for a ``.rokv`` that is truncated, of another format or version).
+        DatasetError: the suffix is none of ``.rokv``, ``.json`` and
+            ``.jsonl``; the file cannot be served (a :class:`worker.store.StoreError`
+            for a ``.rokv`` that is truncated, of another format or version),
+            or holds no keys and ``allow_empty`` is false.
     """
-    if os.path.splitext(os.fsdecode(path))[1].lower() == ".rokv":
+    name = os.fsdecode(path)
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix == ".rokv":
         from rokv.worker.store import open_store  # numpy is only needed here
 
-        return open_store(path)
-    return load_dataset(path)
+        store = open_store(path)
+        if not len(store) and not allow_empty:
+            store.close()
+            raise empty_error(path)
+        return store
+    if suffix not in (".json", ".jsonl"):
+        # load_dataset's own message names only its formats: it reads sources.
+        raise _unsupported(name, suffix, ".rokv, .json or .jsonl")
+    return load_dataset(path, allow_empty=allow_empty)
 
 
 # --- .json -----------------------------------------------------------------
@@ -131,7 +166,7 @@ def _load_json(path: str) -> dict[str, str]:
     except ValueError as exc:  # e.g. an integer too long to convert
         raise _error(path, f"invalid JSON: {exc}") from None
     if not isinstance(top, _Object):
-        line = text.count("\n", 0, _WS.match(text).end()) + 1
+        line = text.count("\n", 0, _skip_ws(text)) + 1
         raise _error(
             path, f"line {line}: the top-level JSON value is {_kind(top)}, not an object of keys to values", line
         )
@@ -144,9 +179,9 @@ def _load_json(path: str) -> dict[str, str]:
         len(dataset) == len(top)
         and all(map(is_canonical, dataset))
         and set(map(type, dataset.values())) <= {str}
-        and not (_SURROGATE_ESCAPE.search(text) and any(map(_SURROGATE.search, dataset.values())))
+        and not (_SURROGATE_ESCAPE.search(text) and any(map(_SURROGATE.search, dataset.values())))  # type: ignore[arg-type]  # values are str: checked just above
     ):
-        return dataset
+        return dataset  # type: ignore[return-value]  # every value is a str: checked above
     return _load_json_members(path, text, top)
 
 
@@ -194,22 +229,28 @@ def _member_lines(text: str, last: int) -> dict[int, int]:
     return lines
 
 
+def _skip_ws(text: str, pos: int = 0) -> int:
+    """Where the JSON whitespace starting at ``pos`` ends."""
+    found = _WS.match(text, pos)
+    return found.end() if found else pos
+
+
 def _member_offsets(text: str) -> Iterator[int]:
     """Yield where each member name of the top-level object in ``text`` starts."""
     decoder = json.JSONDecoder()
-    pos = _WS.match(text).end()
+    pos = _skip_ws(text)
     if text[pos] != "{":
         return
-    pos = _WS.match(text, pos + 1).end()
+    pos = _skip_ws(text, pos + 1)
     while text[pos] == '"':
         yield pos
         _, pos = decoder.raw_decode(text, pos)  # the name, a JSON string
-        pos = _WS.match(text, pos).end() + 1  # past the ':'
-        _, pos = decoder.raw_decode(text, _WS.match(text, pos).end())
-        pos = _WS.match(text, pos).end()
+        pos = _skip_ws(text, pos) + 1  # past the ':'
+        _, pos = decoder.raw_decode(text, _skip_ws(text, pos))
+        pos = _skip_ws(text, pos)
         if text[pos] != ",":
             return
-        pos = _WS.match(text, pos + 1).end()
+        pos = _skip_ws(text, pos + 1)
 
 
 # --- .jsonl ----------------------------------------------------------------
@@ -292,7 +333,7 @@ def _parse_jsonl_line(path: str, line: int, raw: bytes) -> tuple[object, object]
         # scans, a good part of the cost per line.
         obj, end = _DECODER.raw_decode(record)
         if end != len(record):
-            raise json.JSONDecodeError("Extra data", record, _WS.match(record, end).end())
+            raise json.JSONDecodeError("Extra data", record, _skip_ws(record, end))
     except json.JSONDecodeError as exc:
         column = exc.colno + len(text) - len(text.lstrip(_JSON_WS))
         raise _error(path, f"line {line} column {column}: invalid JSON: {exc.msg}", line) from None
@@ -320,9 +361,9 @@ def _record_problem(obj: object) -> str:
             return f"unexpected member {show_key(name)} (expected {shape})"
     for name in ("key", "value"):
         if names.count(name) > 1:
-            return f"member {name!r} appears more than once"
+            return f"member {quote(name)} appears more than once"
     missing = [name for name in ("key", "value") if name not in names]
-    return f"missing member {' and '.join(map(repr, missing))} (expected {shape})"
+    return f"missing member {' and '.join(map(quote, missing))} (expected {shape})"
 
 
 def _jsonl_first(path: str, canonical: str) -> tuple[int | None, object]:
@@ -347,6 +388,8 @@ def _member_error(
     """The error for a member whose key or value is refused (or a duplicate,
     when ``first_key`` is given)."""
     where = f"line {line}: " if line is not None else ""
+    if type(key) is not str:  # in JSON's words, not msgpack's
+        return _error(path, f"{where}invalid key: key must be a string, not {_kind(key)}", line)
     try:
         normalize_key(key)
     except InvalidKey as exc:

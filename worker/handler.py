@@ -92,7 +92,7 @@ class Handler:
             return [route, self.answer(frames[1])]
         except Exception:  # a bug must cost one reply, never the worker
             log.exception("internal error while answering a request")
-            return [route, p.encode_error(None, p.INTERNAL, "internal error; see the worker's log")]
+            return [route, p.encode_error(None, p.INTERNAL, p.error_message(p.INTERNAL))]
 
     def answer(self, body: bytes) -> bytes:
         """The reply body for one request body."""
@@ -119,7 +119,7 @@ class Handler:
             value = self.data.get(canonical)
             if value is not None:
                 return p.encode_value(rid, value)
-        return p.encode_error(rid, p.NOT_FOUND, f"key {canonical} not found")
+        return p.encode_error(rid, p.NOT_FOUND, p.error_message(p.NOT_FOUND, key=canonical))
 
     def _mget(self, rid: int, keys: list[Any]) -> bytes:
         if self._dict_getitem is not None:
@@ -140,7 +140,9 @@ class Handler:
                 try:
                     canonical = normalize_key(key)
                 except InvalidKey as exc:
-                    return p.encode_error(rid, p.INVALID_KEY, f"keys[{index}]: {exc.message}", index=index)
+                    # The position travels as data; clients word "keys[i]: ..."
+                    # with the index into their own, possibly longer, list.
+                    return p.encode_error(rid, p.INVALID_KEY, exc.message, index=index)
                 values[index] = get(canonical)
         return p.encode_values(rid, values)
 

@@ -15,6 +15,7 @@ from typing import Callable
 import zmq
 
 from rokv import protocol as p
+from rokv.endpoints import check_endpoints
 from rokv.monitor import ConnectionWatcher
 from rokv.security import CurvePeer, KeyFileError
 from rokv.worker import refusal
@@ -41,6 +42,8 @@ DRAIN_MAX_SECONDS = 1.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from rokv.endpoints import endpoints_argument
+
     parser = argparse.ArgumentParser(
         prog="rokv-worker",
         description="Serve a rokv dataset to the broker's backend. Exits 0 on SIGTERM/SIGINT, "
@@ -55,7 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         default=os.environ.get("ROKV_BACKEND") or p.DEFAULT_BACKEND,
-        help="broker backend endpoint to connect to (env ROKV_BACKEND; default %(default)s)",
+        type=endpoints_argument(),
+        help="the broker backend to connect to, or several brokers' comma-separated: this worker serves "
+        "each, answering every request through the broker that brought it (env ROKV_BACKEND; "
+        "default %(default)s)",
     )
     parser.add_argument(
         "--name",
@@ -72,7 +78,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("ROKV_BROKER_KEY") or None,
         help="the broker's public .key file, with --curve-secret (env ROKV_BROKER_KEY)",
     )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=os.environ.get("ROKV_ALLOW_EMPTY") == "1",
+        help="serve a dataset of no keys, which is refused by default (env ROKV_ALLOW_EMPTY=1)",
+    )
     args = parser.parse_args(argv)
+    if os.environ.get("ROKV_ALLOW_EMPTY", "") not in ("", "0", "1"):
+        parser.error(f"ROKV_ALLOW_EMPTY={os.environ['ROKV_ALLOW_EMPTY']!r}: expected 1 (allow) or 0")
     if bool(args.curve_secret) != bool(args.broker_key):
         parser.error("--curve-secret and --broker-key go together")
     return args
@@ -92,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, stop.raise_flag)
 
     started = time.monotonic()
-    rules = _rules()
+    rules = _rules(allow_empty=args.allow_empty)
     remembered = refusal.recall(args.data, rules)
     if remembered is not None:
         print(f"rokv-worker: {remembered}", file=sys.stderr)
         return EXIT_DATASET_REFUSED
     try:
-        data = open_dataset(args.data)
+        data = open_dataset(args.data, allow_empty=args.allow_empty)
     except DatasetError as exc:
         reason = str(exc)
         if args.data == DEFAULT_DATA and not os.path.exists(DEFAULT_DATA):
@@ -114,28 +128,24 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = zmq.Context()
     watcher = ConnectionWatcher(log)
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = CLOSE_LINGER_MS
-    sock.sndtimeo = SEND_TIMEOUT_MS
-    # Notice a broker that vanished without closing the connection, and
-    # reconnect, rather than wait on a dead link.
-    sock.heartbeat_ivl = p.HEARTBEAT_IVL_MS
-    sock.heartbeat_timeout = p.HEARTBEAT_TIMEOUT_MS
-    if "[" in args.backend:
-        sock.ipv6 = True
+    backends = check_endpoints(args.backend)
+    socks: list[zmq.Socket] = []
     try:
-        if args.curve_secret:
-            CurvePeer(args.curve_secret, args.broker_key).apply(sock)
-        # Logs when the broker admits this worker, refuses it (a CURVE key
-        # not on its allow-list, a wrong broker key) or is lost.
-        watcher.watch(sock, f"broker {args.backend}", server=False)
-        sock.connect(args.backend)
+        for backend in backends:
+            socks.append(_connect(ctx, watcher, backend, args))
     except KeyFileError as exc:
         print(f"rokv-worker: {exc}", file=sys.stderr)
         return 1
     except zmq.ZMQError as exc:
-        print(f"rokv-worker: cannot connect to {args.backend!r}: {exc}", file=sys.stderr)
+        print(f"rokv-worker: cannot connect to {backend!r}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if len(socks) < len(backends):
+            for sock in socks:
+                ConnectionWatcher.unwatch(sock)
+                sock.close(linger=0)
+            watcher.stop()
+            ctx.term()
     # A .rokv file names its content: ping and the log say which version is served.
     digest = getattr(data, "digest", None)
     extra: dict[str, object] = {"limits": _limits()}
@@ -145,26 +155,59 @@ def main(argv: list[str] | None = None) -> int:
     log.info(
         "serving %s: %d keys %s in %.2f s%s; connecting to %s as %s",
         args.data, len(data), "mapped" if digest else "loaded", load_seconds,
-        f" (digest {digest})" if digest else "", args.backend, args.name,
+        f" (digest {digest})" if digest else "", ", ".join(backends), args.name,
     )
     try:
-        serve(sock, handler, stop)
+        serve(socks, handler, stop)
     finally:
-        ConnectionWatcher.unwatch(sock)
-        sock.close()  # waits up to CLOSE_LINGER_MS for replies still queued
+        for sock in socks:
+            ConnectionWatcher.unwatch(sock)
+            sock.close()  # waits up to CLOSE_LINGER_MS for replies still queued
         watcher.stop()
         ctx.term()
     log.info("stopped")
     return 0
 
 
-def _rules() -> str:
+def _connect(ctx: zmq.Context, watcher: ConnectionWatcher, backend: str, args: argparse.Namespace) -> zmq.Socket:
+    """A DEALER connected to one broker's backend. One socket per broker: a
+    DEALER connected to several would round-robin its replies over them, and
+    a reply reaching a broker that never saw the request is dropped.
+
+    Raises:
+        KeyFileError: a CURVE key file is bad.
+        zmq.ZMQError: libzmq refused the endpoint.
+    """
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = CLOSE_LINGER_MS
+    sock.sndtimeo = SEND_TIMEOUT_MS
+    # Notice a broker that vanished without closing the connection, and
+    # reconnect (by itself, when it comes back), rather than wait on a dead link.
+    sock.heartbeat_ivl = p.HEARTBEAT_IVL_MS
+    sock.heartbeat_timeout = p.HEARTBEAT_TIMEOUT_MS
+    if "[" in backend:
+        sock.ipv6 = True
+    try:
+        if args.curve_secret:
+            CurvePeer(args.curve_secret, args.broker_key).apply(sock)
+        # Logs when the broker admits this worker, refuses it (a CURVE key
+        # not on its allow-list, a wrong broker key) or is lost.
+        watcher.watch(sock, f"broker {backend}", server=False)
+        sock.connect(backend)
+    except BaseException:
+        ConnectionWatcher.unwatch(sock)
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def _rules(*, allow_empty: bool) -> str:
     """What decides whether a dataset is accepted: a refusal remembered under
-    other rules (another rokv version) is not trusted."""
+    other rules (another rokv version, another --allow-empty) is not trusted."""
     try:
         from importlib.metadata import version
 
-        return f"rokv {version('rokv')}"
+        return f"rokv {version('rokv')}; allow_empty={allow_empty}"
     except Exception:  # not installed (run from a checkout): judge afresh
         return f"rokv unknown {time.time()}"
 
@@ -195,9 +238,13 @@ class _StopFlag:
         self.raised = True
 
 
-def serve(sock: zmq.Socket, handler: Handler, stop: _StopFlag) -> None:
-    """Answer requests until ``stop`` is raised, then answer what has already
-    arrived and return."""
+def serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag) -> None:
+    """Answer requests on ``socks`` (one per broker) until ``stop`` is
+    raised, then answer what has already arrived and return."""
+    if len(socks) > 1:
+        _serve_several(socks, handler, stop)
+        return
+    sock = socks[0]
     # A blocking receive with a timeout, not poll then receive: per message
     # that saves the poll and, at the end of every burst, the zmq.Again
     # exception of a receive that finds nothing. A signal still reaches the
@@ -214,18 +261,55 @@ def serve(sock: zmq.Socket, handler: Handler, stop: _StopFlag) -> None:
     log.info("stopping: answered %d requests that arrived before or just after the stop signal", answered)
 
 
+#: With several brokers, the most requests answered from one broker's socket
+#: before the others get their turn.
+BURST = 64
+
+
+def _serve_several(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag) -> None:
+    """:func:`serve` for several brokers: a poll, then a burst from each
+    socket that has requests, each answered on the socket it came from."""
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+        sock.rcvtimeo = 0  # the poll waits; receives only take what is there
+
+    def answer_ready(timeout_ms: int) -> int:
+        count = 0
+        for sock, _ in poller.poll(timeout_ms):
+            count += _answer(sock, handler, _never, stop_when_idle=True, limit=BURST)
+        return count
+
+    while not stop.raised:
+        answer_ready(STOP_CHECK_MS)
+    deadline = time.monotonic() + DRAIN_MAX_SECONDS
+    answered = 0
+    while time.monotonic() < deadline:
+        got = answer_ready(DRAIN_QUIET_MS)
+        if not got:
+            break
+        answered += got
+    log.info("stopping: answered %d requests that arrived before or just after the stop signal", answered)
+
+
+def _never() -> bool:
+    return False
+
+
 # Plain ints: pyzmq turns enum flags into enum arithmetic, and its
 # recv_multipart/send_multipart ask ZMQ_RCVMORE through an enum conversion
 # (0.7 us) after every frame; this loop asks once per message.
 _SNDMORE, _RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
 
 
-def _answer(sock: zmq.Socket, handler: Handler, done: Callable[[], bool], stop_when_idle: bool) -> int:
-    """Answer one message after another until ``done()``, or until a wait
-    for the next one times out when ``stop_when_idle``; the count answered."""
+def _answer(sock: zmq.Socket, handler: Handler, done: Callable[[], bool], stop_when_idle: bool,
+            limit: int = 1 << 62) -> int:
+    """Answer one message after another until ``done()``, or ``limit`` were
+    answered, or until a wait for the next one times out when
+    ``stop_when_idle``; the count answered."""
     recv, send, more = sock.recv, sock.send, sock.get
     count = 0
-    while not done():
+    while count < limit and not done():
         try:
             route = recv()
         except zmq.Again:  # the receive timeout: nothing came

@@ -6,7 +6,8 @@ default, and supervisord refuses to start when ``X`` is unset. So
 ``supervisord.conf`` runs only this program, plus an ``[include]`` of the file
 it writes. At supervisord's start, rokv-pool:
 
-1. reads and checks the settings (``ROKV_WORKERS``; defaults when unset);
+1. reads and checks the settings (``ROKV_ROLE``: all, broker or worker;
+   ``ROKV_WORKERS``; defaults when unset);
 2. writes the broker and worker programs they call for into that file (the
    workers as ``[program:worker]`` with ``numprocs=ROKV_WORKERS``, so any count
    works and no idle slots are listed), and the HTTP gateway (``rokv-http``) as
@@ -46,11 +47,25 @@ class SettingError(ValueError):
     """A ROKV_* variable holds a value rokv cannot run with."""
 
 
+#: ROKV_ROLE: what a host runs. One configuration serves every host of a pool.
+ROLES = {
+    "all": ("broker", "worker"),  # the default: a pool on one host
+    "broker": ("broker",),
+    "worker": ("worker",),
+}
+DEFAULT_ROLE = "all"
+
+
 @dataclass(frozen=True)
 class Settings:
     """What this host runs."""
 
+    role: str
     workers: int
+
+    @property
+    def broker(self) -> bool:
+        return "broker" in ROLES[self.role]
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str]) -> Settings:
@@ -60,9 +75,15 @@ class Settings:
             SettingError: a variable is set to something unusable; the message
                 names it, its value and what is expected.
         """
+        role = env.get("ROKV_ROLE", "").strip().lower() or DEFAULT_ROLE
+        if role not in ROLES:
+            raise SettingError(f"ROKV_ROLE={env.get('ROKV_ROLE')!r}: expected one of {', '.join(ROLES)} "
+                               f"(default {DEFAULT_ROLE})")
+        if "worker" not in ROLES[role]:
+            return cls(role=role, workers=0)
         raw = env.get("ROKV_WORKERS", "").strip()
         if not raw:
-            return cls(workers=DEFAULT_WORKERS)
+            return cls(role=role, workers=DEFAULT_WORKERS)
         try:
             workers = int(raw)
         except ValueError:
@@ -70,7 +91,7 @@ class Settings:
                                f"1 or more (default {DEFAULT_WORKERS})") from None
         if workers < 1:
             raise SettingError(f"ROKV_WORKERS={raw!r}: a pool needs at least 1 worker")
-        return cls(workers=workers)
+        return cls(role=role, workers=workers)
 
 
 def http_from_env(env: dict[str, str] | os._Environ[str]) -> str | None:
@@ -108,20 +129,24 @@ def render(settings: Settings, here: Path, http: str | None = None) -> str:
     (the folder of supervisord.conf, where relative ROKV_DATA paths point);
     with ``http`` (ROKV_HTTP), the gateway too."""
     common = _COMMON.format(here=here)
-    return (
-        "; Written by rokv-pool at each start of supervisord from the ROKV_* variables; edits are lost.\n"
-        "; autostart=false: rokv-pool starts these once the file is loaded, so a stale copy read at\n"
-        "; supervisord's start never runs.\n\n"
-        f"[program:broker]\ncommand=rokv-broker\npriority=10\n{common}"
-        f"stdout_logfile={here}/run/broker.log\n\n"
-        f"[program:worker]\ncommand=rokv-worker\nprocess_name=worker_%(process_num)02d\n"
-        f"numprocs={settings.workers}\npriority=20\n{common}"
-        f"stdout_logfile={here}/run/worker_%(process_num)02d.log\n"
+    sections = [
+        f"; Written by rokv-pool at each start of supervisord from the ROKV_* variables (role {settings.role});\n"
+        "; edits are lost. autostart=false: rokv-pool starts these once the file is loaded, so a stale\n"
+        "; copy read at supervisord's start never runs.\n"
+    ]
+    if settings.broker:
+        sections.append(f"[program:broker]\ncommand=rokv-broker\npriority=10\n{common}"
+                        f"stdout_logfile={here}/run/broker.log\n")
+    if settings.workers:
+        sections.append(f"[program:worker]\ncommand=rokv-worker\nprocess_name=worker_%(process_num)02d\n"
+                        f"numprocs={settings.workers}\npriority=20\n{common}"
+                        f"stdout_logfile={here}/run/worker_%(process_num)02d.log\n")
+    if http:
         # rokv-http reads ROKV_HTTP itself; stopped first (highest priority),
         # it answers what is in flight while the workers still run.
-        + (f"\n[program:http]\ncommand=rokv-http\npriority=30\n{common}stdout_logfile={here}/run/http.log\n"
-           if http else "")
-    )
+        sections.append(f"[program:http]\ncommand=rokv-http\npriority=30\n{common}"
+                        f"stdout_logfile={here}/run/http.log\n")
+    return "\n".join(sections)
 
 
 def write_if_changed(path: Path, text: str) -> bool:
@@ -191,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rokv-pool: supervisord refused the generated configuration {include}: {exc}",
               file=sys.stderr, flush=True)
         return 1
-    print(f"rokv-pool: started {' and '.join(groups)} ({settings.workers} workers) from {include}", flush=True)
+    print(f"rokv-pool: role {settings.role}: started {' and '.join(groups) or 'nothing'} "
+          f"({settings.workers} workers) from {include}", flush=True)
     # Stay up: a RUNNING pool program is part of "everything is running".
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     return 0

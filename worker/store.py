@@ -224,7 +224,7 @@ class Store:
             raise StoreError(f"{self.path}: corrupt index (bucket table or value offsets)", path=self.path)
         self._get = self._make_get()
         # Callers (the handler) get the closure itself: no method call between.
-        self.get = self._get  # type: ignore[method-assign]
+        self.get = self._get  # type: ignore[method-assign,assignment]  # the closure, not a bound method
 
     # The digest identifies the content: two builds of the same pairs have
     # the same digest whatever their build time.
@@ -309,8 +309,9 @@ class Store:
             return list(map(self._get, keys))
         if len(packed) != 16 * m:
             return list(map(self._get, keys))
-        if self._np_keys is None:
+        if self._np_keys is None or self._np_table is None:
             self._map_arrays()
+        assert self._np_keys is not None and self._np_table is not None
         import numpy as np
 
         buckets = np.frombuffer(packed, ">u4")[::4] >> self._shift

@@ -1,0 +1,100 @@
+"""What :class:`rokv.Client` and :class:`rokv.AsyncClient` share: their
+settings, how those are checked, and the brokers they talk to. Only the
+transport (blocking or asyncio) differs between the two."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import zmq
+
+from rokv import core
+from rokv.brokerset import Brokers
+from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy
+from rokv.errors import RokvError, ServiceUnavailable
+from rokv.security import CurvePeer
+
+
+class ClientBase:
+    """Settings of a rokv client.
+
+    Args:
+        endpoint: the broker, e.g. ``tcp://127.0.0.1:5555`` or ``ipc:///path``;
+            or several brokers of one pool, as a list or comma-separated
+            (requests spread over those that are up; a try that gets no reply
+            is retried through another). Default ``$ROKV_ENDPOINT`` (one or
+            comma-separated), else ``tcp://127.0.0.1:5555``.
+        timeout: seconds to wait for the reply to each try (> 0).
+        retries: extra tries after the first when no reply came in time
+            (lookups are idempotent, so a retry is always safe).
+        retry: a :class:`~rokv.core.RetryPolicy` instead of ``timeout`` and
+            ``retries`` (it can also lengthen each further try); not both.
+            Given none of the three, the client uses ``RetryPolicy()``: tries
+            of 0.25, 0.5, 1 and 2 s, then ``ServiceUnavailable`` after 3.75 s.
+        batch_size: keys per message in ``get_many`` (1 to 10,000).
+        context: a ``zmq.Context`` to use; default the process-wide instance.
+        curve: CurveZMQ keys (own secret, broker's public) when the brokers
+            require them; default from ``$ROKV_CLIENT_SECRET`` and
+            ``$ROKV_BROKER_KEY``, else none. A key the broker does not allow
+            gets no connection: calls raise ``ServiceUnavailable``.
+
+    Raises:
+        ValueError: a setting is out of range, an endpoint is malformed, or a
+            key file is bad.
+
+    Every call either returns the exact answer or raises a ``RokvError``:
+    ``KeyNotFound``, ``InvalidKey``, ``ServiceUnavailable`` after
+    ``1 + retries`` tries without reply, ``ProtocolError`` when the server
+    refuses the request. A call waits at most about ``retry.total`` seconds.
+    Construction does not contact the service; connecting is lazy and
+    automatic, as is reconnecting after a broker restart.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | Sequence[str] | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        context: zmq.Context | None = None,
+        curve: CurvePeer | None = None,
+    ) -> None:
+        self.retry = core.make_policy(retry, timeout, retries)
+        self.batch_size = core.check_batch_size(batch_size)
+        self.endpoints: tuple[str, ...] = tuple(core.resolve_endpoints(endpoint))
+        self.endpoint = ",".join(self.endpoints)
+        self._pid = os.getpid()
+        self._ids = core.request_ids()
+        resolved = core.resolve_curve(curve)
+        self._curve = resolved is not None
+        self._brokers: Brokers | None = Brokers(context or zmq.Context.instance(), self.endpoints, resolved)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for the reply to the first try."""
+        return self.retry.timeout
+
+    @property
+    def retries(self) -> int:
+        """Extra tries after the first."""
+        return self.retry.retries
+
+    def _usable(self, what: str) -> Brokers:
+        """The brokers, when this client may still be used.
+
+        Raises:
+            RokvError: the client is closed, or was created in another process.
+        """
+        brokers = self._brokers
+        if brokers is None:
+            raise RokvError(f"this {what} is closed")
+        if os.getpid() != self._pid:
+            raise RokvError(f"this {what} was created in another process; create one after fork()")
+        return brokers
+
+    def _unavailable(self) -> ServiceUnavailable:
+        """The error of a call that ran out of tries."""
+        return self.retry.unavailable(self.endpoint, curve=self._curve)

@@ -1,0 +1,135 @@
+"""The brokers one client talks to: a socket each, and which to send to next.
+
+One broker is one DEALER socket, exactly as rokv always used it. Several
+brokers get one socket each (never one DEALER connected to all: it would
+round-robin blindly, and a retry could go back to the broker that just lost
+it), each with:
+
+- ``ZMQ_IMMEDIATE``: a send to a broker with no live connection (never up,
+  killed, or cut off and noticed) fails at once, and the next broker is tried;
+- ZMTP heartbeats: a broker cut off without closing its connection (a host
+  that vanished: no FIN, no RST) is noticed within HEARTBEAT_TIMEOUT_MS, and
+  its connection dropped.
+
+Before heartbeats notice, a try sent to a cut-off broker gets no reply; the
+client then marks that broker *suspect*, retries through another one, and
+prefers the others for new requests until the broker answers again or
+SUSPECT_SECONDS pass. So a broker that is down costs a call at most one
+per-try timeout, and a restored broker carries traffic again by itself.
+
+Not thread-safe: one client's transport uses it from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import zmq
+
+from rokv import protocol as p
+from rokv.endpoints import check_endpoint
+from rokv.security import CurvePeer, KeyFileError
+
+#: How long a broker that left a try unanswered is avoided, when others are up.
+SUSPECT_SECONDS = 2.0
+#: How long a broker that refused a send (no live connection) is skipped.
+DOWN_SECONDS = 0.02
+
+
+def open_dealer(ctx: zmq.Context, endpoint: str, curve: CurvePeer | None = None, *, several: bool = False
+                ) -> zmq.Socket:
+    """A DEALER connected to ``endpoint`` with linger 0, a CURVE client of
+    the broker when ``curve`` is given; ``several``: one of several brokers
+    (immediate sends and heartbeats, see the module's docstring).
+
+    Raises:
+        ValueError: the endpoint is malformed, or a key file is bad
+            (``KeyFileError``).
+    """
+    check_endpoint(endpoint)
+    sock: zmq.Socket = zmq.Socket(ctx, zmq.DEALER)  # the plain class even from a zmq.asyncio.Context
+    # Unsent requests must never hold up close() or interpreter exit.
+    sock.linger = 0
+    if "[" in endpoint:
+        sock.ipv6 = True
+    if several:
+        sock.immediate = True
+        sock.heartbeat_ivl = p.HEARTBEAT_IVL_MS
+        sock.heartbeat_timeout = p.HEARTBEAT_TIMEOUT_MS
+    try:
+        if curve is not None:
+            curve.apply(sock)
+        sock.connect(endpoint)
+    except KeyFileError:
+        sock.close()
+        raise
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise ValueError(f"bad endpoint {endpoint!r}: {exc}") from None
+    return sock
+
+
+class Brokers:
+    """The sockets of a client, one per broker, and the choice among them."""
+
+    def __init__(self, ctx: zmq.Context, endpoints: Sequence[str], curve: CurvePeer | None) -> None:
+        self.endpoints = tuple(endpoints)
+        several = len(self.endpoints) > 1
+        self.socks: list[zmq.Socket] = []
+        try:
+            for endpoint in self.endpoints:
+                self.socks.append(open_dealer(ctx, endpoint, curve, several=several))
+        except BaseException:
+            self.close()
+            raise
+        self.count = len(self.socks)
+        self._next = 0
+        # Monotonic times before which a broker is avoided: suspect (a try
+        # went unanswered) or down (it refused a send: no connection).
+        self._avoid_until = [0.0] * self.count
+        #: Replies taken from each broker (with several), for tests and load
+        #: generators that show how traffic spreads.
+        self.replies = [0] * self.count
+
+    def order(self, after: int | None = None) -> list[int]:
+        """The brokers to try, best first: round-robin among those not
+        avoided (starting after ``after``, the broker of the previous try, so
+        that a retry goes elsewhere), then the avoided ones, soonest
+        available first, then ``after`` itself."""
+        n = self.count
+        if n == 1:
+            return [0]
+        if after is None:
+            start = self._next
+            self._next = (start + 1) % n
+        else:
+            start = (after + 1) % n
+        now = time.monotonic()
+        ring = [(start + k) % n for k in range(n)]
+        if after is not None:
+            ring.remove(after)
+        good = [i for i in ring if self._avoid_until[i] <= now]
+        bad = sorted((i for i in ring if self._avoid_until[i] > now), key=self._avoid_until.__getitem__)
+        return good + bad + ([after] if after is not None else [])
+
+    def suspect(self, index: int) -> None:
+        """A try sent through ``index`` went unanswered."""
+        if self.count > 1:
+            self._avoid_until[index] = time.monotonic() + SUSPECT_SECONDS
+
+    def down(self, index: int) -> None:
+        """``index`` has no live connection (a send was refused)."""
+        if self.count > 1:
+            self._avoid_until[index] = max(self._avoid_until[index], time.monotonic() + DOWN_SECONDS)
+
+    def answered(self, index: int, count: int = 1) -> None:
+        """``count`` replies came through ``index``: it works."""
+        self._avoid_until[index] = 0.0
+        self.replies[index] += count
+
+    def close(self) -> None:
+        """Close every socket. Idempotent."""
+        for sock in self.socks:
+            sock.close(linger=0)
+        self.socks = []

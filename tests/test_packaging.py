@@ -1,0 +1,82 @@
+"""What `pip install rokv` gives a service: one `rokv` package, a client that
+needs only pyzmq and msgpack, and server commands that say which extra they need."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from procs import REPO, Stack, scaled
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(out)],
+                   check=True, capture_output=True, timeout=scaled(300))
+    return next(out.glob("rokv-*.whl"))
+
+
+def test_the_wheel_holds_only_the_rokv_package(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {"rokv", next(t for t in tops if t.endswith(".dist-info"))}
+    for module in ("rokv/__init__.py", "rokv/py.typed", "rokv/broker/main.py", "rokv/worker/main.py"):
+        assert module in names
+
+
+@pytest.fixture(scope="module")
+def light_env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean virtualenv with the wheel installed without extras."""
+    root = tmp_path_factory.mktemp("venv")
+    venv.create(root, with_pip=True)
+    python = root / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True,
+                   timeout=scaled(300))
+    return python
+
+
+def test_a_plain_install_brings_only_pyzmq_and_msgpack(light_env: Path) -> None:
+    listed = subprocess.run([str(light_env), "-m", "pip", "list", "--format=json"], check=True,
+                            capture_output=True, text=True, timeout=scaled(60)).stdout
+    installed = {p["name"].lower() for p in json.loads(listed)} - {"pip", "setuptools", "wheel"}
+    assert installed == {"rokv", "pyzmq", "msgpack"}
+
+
+def test_the_light_client_looks_keys_up_and_server_commands_name_their_extra(
+        light_env: Path, tmp_path: Path, example: dict[str, str]) -> None:
+    stack = Stack(tmp_path).wait_ready()
+    key = next(iter(example))
+    code = (
+        "import importlib.util, sys\n"
+        "from rokv import Client, AsyncClient, KeyNotFound, InvalidKey, ServiceUnavailable, RokvError\n"
+        f"with Client({stack.frontend!r}, timeout=2, retries=2) as kv:\n"
+        f"    print(kv.get({key!r}))\n"
+        "for name in ('numpy', 'supervisor', 'client', 'broker', 'worker'):\n"
+        "    assert importlib.util.find_spec(name) is None, name\n"
+    )
+    try:
+        looked_up = subprocess.run([str(light_env), "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                                   timeout=scaled(60))
+        assert looked_up.returncode == 0, looked_up.stderr
+        assert looked_up.stdout.strip() == example[key]
+        rokv = light_env.parent / "rokv"
+        got = subprocess.run([str(rokv), "get", key, "--endpoint", stack.frontend], capture_output=True,
+                             text=True, timeout=scaled(60))
+        assert got.returncode == 0 and got.stdout.strip() == example[key]
+        src = tmp_path / "d.json"
+        src.write_text(json.dumps({key: "v"}), encoding="utf-8")
+        built = subprocess.run([str(rokv), "build", str(src), "-o", str(tmp_path / "d.rokv")], capture_output=True,
+                               text=True, timeout=scaled(60))
+        assert built.returncode == 2
+        assert "pip install 'rokv[server]'" in built.stderr and "Traceback" not in built.stderr
+    finally:
+        stack.stop()

@@ -1,0 +1,642 @@
+"""``rokv deploy NEW.rokv``: switch a supervised worker pool to a new dataset
+file one worker at a time, and roll back at the first failure.
+
+The workers load a symbolic link (``--link``, default ``$ROKV_DATA``); a
+deploy repoints it and restarts the workers of supervisord's group
+``worker`` in turn, so all but one keep serving throughout. In order:
+
+1. Check NEW: a full read against its digest (``rokv verify``), or with
+   ``--no-verify`` its header only (``rokv inspect``: magic, version, size).
+   A refusal changes nothing.
+2. Read the link's target: the rollback target. It must be a readable
+   ``.rokv`` file, or a rollback could not work.
+3. List the group's processes through supervisord's XML-RPC interface (the
+   ``[supervisorctl] serverurl`` of ``-c FILE``); refuse if none is RUNNING
+   or one is half-way (STARTING, BACKOFF, STOPPING). Ping through the broker
+   until every RUNNING worker has answered: the service is reachable, and
+   each says which file (``dataset``) and version (``digest``) it serves; a
+   worker that loads another path than the link is refused, since
+   repointing the link would not change what it serves.
+4. Repoint the link atomically (a new link under a temporary name, renamed
+   over it), keeping its relative or absolute style.
+5. For each RUNNING worker in name order: stop, start (supervisord waits its
+   ``startsecs``), then ping until the new process (its pid) answers with
+   NEW's digest. ``--timeout`` bounds each worker's switch.
+6. At the first failure (did not start, died, answered with another digest,
+   or no answer in time), or on Ctrl-C, SIGTERM or SIGHUP (a closed
+   terminal; under ``nohup`` a deploy goes on instead): repoint the link to its
+   old target, restart the failed worker and every worker already switched,
+   each waited for until it answers with the old digest, then exit 1 naming
+   the worker, what failed and the end of its log. Workers not yet reached
+   are never touched.
+
+If the link already points at NEW, the workers that do not yet serve NEW's
+digest are restarted (this finishes a deploy that was cut short); with none
+left, there is nothing to do. Such a run has no older file to go back to:
+it stops at the first failure and exits 5.
+
+Lines of progress go to stdout, errors to stderr after ``rokv: ``. Exit codes
+are :class:`Exit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from rokv.exitcodes import Exit
+from rokv.worker.store import DIGEST_ALGORITHM, SUFFIX, Header, StoreError, read_header, verify_store
+from rokv.worker.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
+
+GROUP = "worker"
+DEFAULT_CONF = "supervisord.conf"
+DEFAULT_TIMEOUT = 60.0
+#: One ping's wait for its reply; unanswered pings are simply sent again.
+PING_TIMEOUT = 0.5
+#: Pause between pings: enough to reach every worker quickly without adding
+#: load worth measuring.
+PING_INTERVAL = 0.02
+#: With no reply at all for this long, the endpoint is taken to be wrong.
+REACH_TIMEOUT = 5.0
+#: How often a worker's state is read while waiting for its answer.
+STATE_INTERVAL = 1.0
+LOG_LINES = 10
+#: States in which a process is on its way up or down: its dataset is
+#: whatever the link held when it spawned, so a deploy would race with it.
+_TRANSITIONS = {"STARTING", "BACKOFF", "STOPPING"}
+#: States from which supervisord can start a process.
+_DOWN = {"STOPPED", "EXITED", "FATAL"}
+
+
+class Stop(Exception):
+    """Ends the command with ``code`` and ``message`` (to stderr)."""
+
+    def __init__(self, code: Exit, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StepFailed(Exception):
+    """One worker's switch failed: ``reason``, and its log's last lines."""
+
+    def __init__(self, reason: str, log: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.log = log or []
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a worker's ping said about itself."""
+
+    digest: str | None
+    dataset: str | None
+
+
+def digest_of(header: Header) -> str:
+    return f"{DIGEST_ALGORITHM}:{header.digest_hex}"
+
+
+def short(digest: str | None) -> str:
+    """A digest cut to 16 hex digits for progress lines (summaries print it whole)."""
+    if not digest:
+        return "no digest (not a .rokv file)"
+    name, _, hexdigits = digest.partition(":")
+    return f"{name}:{hexdigits[:16]}..." if len(hexdigits) > 16 else digest
+
+
+def say(text: str) -> None:
+    """A progress line. Never raises: a closed pipe or terminal must not stop
+    a deploy half-way."""
+    try:
+        print(text, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def warn(text: str) -> None:
+    """An error or note on stderr, after ``rokv: ``. Never raises, as :func:`say`."""
+    try:
+        sys.stderr.write(f"rokv: {text}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+# ------------------------------------------------------------------ the link
+
+
+def check_link(link: str) -> str:
+    """The link's current target, as written in it.
+
+    Raises:
+        Stop(USAGE): not a symbolic link, or not named ``*.rokv``.
+    """
+    if not os.path.islink(link):
+        what = "is not a symbolic link" if os.path.lexists(link) else "does not exist"
+        raise Stop(Exit.USAGE, f"{link} {what}: deploy repoints the symbolic link the workers load "
+                               f"(their ROKV_DATA); see README 'Compiled datasets and deploying a new version'")
+    if not link.lower().endswith(SUFFIX):
+        raise Stop(Exit.USAGE, f"{link}: workers pick the format by the name they load: it must end in {SUFFIX}")
+    return os.readlink(link)
+
+
+def target_for(link: str, new: str, old_target: str) -> str:
+    """What the link should hold to name ``new``: relative to the link's
+    folder if its current target is relative, else absolute; the real file
+    either way (not a link to it), so the deploy pins what it checked."""
+    real = os.path.realpath(new)
+    if os.path.isabs(old_target):
+        return real
+    return os.path.relpath(real, os.path.realpath(os.path.dirname(os.path.abspath(link))))
+
+
+def repoint(link: str, target: str) -> None:
+    """Make ``link`` hold ``target``, atomically: a reader (a worker starting)
+    sees the old or the new target, never no link.
+
+    Raises:
+        OSError: the folder is not writable, or the rename failed.
+    """
+    folder = os.path.dirname(os.path.abspath(link))
+    tmp = os.path.join(folder, f".{os.path.basename(link)}.deploy-{os.getpid()}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    # The rename survives a crash of the host: after a reboot supervisord
+    # starts the workers on what the deploy last chose.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ the pool
+
+
+class Pool:
+    """The workers of one supervisord, reached through its XML-RPC interface
+    for restarts and through the broker for pings."""
+
+    def __init__(self, supervisor: Supervisor, endpoint: str, link: str, timeout: float) -> None:
+        from rokv.sync import Client
+
+        self.supervisor = supervisor
+        self.endpoint = endpoint
+        self.link = link
+        self.timeout = timeout
+        self._client = Client(endpoint, timeout=PING_TIMEOUT, retries=0)
+        # Workers on other hosts may share the broker (and pids); this
+        # supervisord's own are on this host when it is reached by socket.
+        self._host = socket.gethostname() if supervisor.serverurl.startswith("unix://") else None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def ping(self) -> dict[str, Any] | None:
+        """One ping's reply (from whichever worker the broker picked), or None."""
+        from rokv.errors import RokvError
+
+        try:
+            return self._client.ping()
+        except RokvError:
+            return None
+
+    def _from(self, info: dict[str, Any], pid: int) -> bool:
+        return info.get("pid") == pid and (self._host is None or info.get("host") in (None, self._host))
+
+    def survey(self, workers: list[Process]) -> dict[str, Answer]:
+        """Ping until every one of ``workers`` has answered; what each said.
+
+        Raises:
+            Stop(UNREACHABLE): no reply at all within REACH_TIMEOUT, or some
+                worker silent for ``timeout`` seconds.
+        """
+        pending = {w.pid: w for w in workers}
+        answers: dict[str, Answer] = {}
+        started = time.monotonic()
+        replied = False
+        while pending:
+            info = self.ping()
+            if info is not None:
+                replied = True
+                worker = next((w for pid, w in pending.items() if self._from(info, pid)), None)
+                if worker is not None:
+                    del pending[worker.pid]
+                    answers[worker.name] = Answer(info.get("digest"), info.get("dataset"))
+                    continue
+            waited = time.monotonic() - started
+            if not replied and waited > min(REACH_TIMEOUT, self.timeout):
+                raise Stop(Exit.UNAVAILABLE, f"no answer from {self.endpoint} in {waited:.0f} s: is it the "
+                                             f"broker these workers serve (--endpoint, $ROKV_ENDPOINT)? "
+                                             f"Nothing was changed.")
+            if waited > self.timeout:
+                silent = ", ".join(f"{w.name} (pid {w.pid})" for w in pending.values())
+                raise Stop(Exit.UNAVAILABLE, f"{silent} did not answer through {self.endpoint} in "
+                                             f"{self.timeout:.0f} s (is it the broker these workers serve?). "
+                                             f"Nothing was changed.")
+            time.sleep(PING_INTERVAL)
+        return answers
+
+    def restart(self, worker: Process, digest: str) -> tuple[int, float]:
+        """Stop and start ``worker``, then wait until its new process answers
+        with ``digest``; its new pid and the seconds it took.
+
+        Raises:
+            StepFailed: it did not stop or start, died, answered with
+                another digest, or did not answer within ``timeout``.
+        """
+        started = time.monotonic()
+        deadline = started + self.timeout
+        name = worker.name
+        try:
+            self._stop(name, deadline)
+            log_at = self.supervisor.log_end(name)  # a failure shows the new process's lines only
+            try:
+                self.supervisor.call("supervisor.startProcess", name, True, timeout=_left(deadline))
+            except Refused as exc:
+                if exc.fault != "ALREADY_STARTED":
+                    raise StepFailed(f"did not start (supervisor: {exc.fault}{self._spawn_error(name)})",
+                                     self.supervisor.log_since(name, log_at, LOG_LINES)) from None
+            process = self.supervisor.process(name)
+            if process.state != "RUNNING":
+                raise StepFailed(f"is {process.state} after starting ({process.description})",
+                                 self.supervisor.log_since(name, log_at, LOG_LINES))
+            self._await(process, digest, deadline, log_at)
+        except SupervisorUnreachable as exc:
+            raise StepFailed(str(exc)) from None
+        except Refused as exc:
+            raise StepFailed(f"supervisord refused: {exc}") from None
+        return process.pid, time.monotonic() - started
+
+    def _stop(self, name: str, deadline: float) -> None:
+        """Stop ``name`` and return once it is down, whatever state it is in
+        (a call cut short by Ctrl-C may have left it STARTING or STOPPING;
+        supervisord cannot start a process that is still STOPPING)."""
+        while True:
+            state = self.supervisor.process(name).state
+            if state in _DOWN:
+                return
+            if state != "STOPPING":
+                try:
+                    self.supervisor.call("supervisor.stopProcess", name, True, timeout=_left(deadline))
+                except Refused as exc:
+                    if exc.fault != "NOT_RUNNING":  # it went down meanwhile: fine
+                        raise StepFailed(f"could not stop it ({exc})") from None
+                continue
+            _left(deadline)
+            time.sleep(PING_INTERVAL)
+
+    def _await(self, process: Process, digest: str, deadline: float, log_at: int | None) -> None:
+        next_check = time.monotonic() + STATE_INTERVAL
+        while True:
+            info = self.ping()
+            if info is not None and self._from(info, process.pid):
+                if info.get("digest") == digest:
+                    return
+                raise StepFailed(f"answers with {short(info.get('digest'))} from {info.get('dataset')}, "
+                                 f"not {short(digest)}: does it load {self.link}?")
+            now = time.monotonic()
+            if now > deadline:
+                raise StepFailed(f"its new process (pid {process.pid}) did not answer with {short(digest)} "
+                                 f"within {self.timeout:g} s (--timeout)",
+                                 self.supervisor.log_since(process.name, log_at, LOG_LINES))
+            if now >= next_check:
+                next_check = now + STATE_INTERVAL
+                current = self.supervisor.process(process.name)
+                if current.state != "RUNNING" or current.pid != process.pid:
+                    raise StepFailed(f"its new process (pid {process.pid}) stopped before answering "
+                                     f"(now {current.state}: {current.description})",
+                                     self.supervisor.log_since(process.name, log_at, LOG_LINES))
+            time.sleep(PING_INTERVAL)
+
+    def _spawn_error(self, name: str) -> str:
+        """Why supervisord could not run the command, if that is the reason
+        (else the log says why the process exited)."""
+        try:
+            spawnerr = self.supervisor.process(name).spawnerr
+        except (Refused, SupervisorUnreachable):
+            return ""
+        return f": {spawnerr}" if spawnerr else ""
+
+
+def _left(deadline: float) -> float:
+    """Seconds to the deadline, for a call that waits on a process.
+
+    Raises:
+        StepFailed: none left.
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise StepFailed("ran out of time (--timeout)")
+    return left
+
+
+# ------------------------------------------------------------------ the command
+
+
+@dataclass
+class Options:
+    new: str
+    link: str
+    configuration: str
+    endpoint: str
+    timeout: float
+    verify: bool
+
+
+def check_new(new: str, verify: bool) -> Header:
+    """NEW's header, after the full check (or the header alone).
+
+    Raises:
+        Stop(FAILED): the file would not be served (the reason is the store's).
+    """
+    try:
+        return verify_store(new) if verify else read_header(new)
+    except StoreError as exc:
+        raise Stop(Exit.FAILED, f"refused: {exc}. Nothing was changed.") from None
+
+
+def deploy(opts: Options) -> Exit:
+    """Run a deploy (the module docstring says how); the outcome's exit code.
+
+    Raises:
+        Stop: refused before any change, or supervisord/the service
+            unreachable (with the code and message to print).
+    """
+    old_target = check_link(opts.link)
+    started = time.monotonic()
+    new_header = check_new(opts.new, opts.verify)
+    new_digest = digest_of(new_header)
+    say(f"{opts.new}: {'verified' if opts.verify else 'header checked (--no-verify)'}: "
+        f"{new_header.count} keys, digest {new_digest}")
+    if new_header.count == 0:
+        warn("note: it holds no keys: workers refuse it (and the deploy rolls back) unless they run "
+             "with ROKV_ALLOW_EMPTY=1")
+    resume = os.path.realpath(opts.link) == os.path.realpath(opts.new)
+    if resume:
+        old_digest = None
+    else:
+        try:
+            old_digest = digest_of(read_header(os.path.realpath(opts.link)))
+        except StoreError as exc:
+            raise Stop(Exit.FAILED, f"refused: {opts.link} points at {old_target}, which cannot be served "
+                                    f"({exc}): a rollback to it would fail. Nothing was changed.") from None
+
+    try:
+        supervisor = Supervisor.from_config(opts.configuration)
+    except SupervisorConfigError as exc:
+        raise Stop(Exit.USAGE, str(exc)) from None
+    try:
+        group = supervisor.processes(GROUP)
+    except SupervisorUnreachable as exc:
+        raise Stop(Exit.UNAVAILABLE, f"{exc} (is it running? is -c {opts.configuration} its configuration?). "
+                                     f"Nothing was changed.") from None
+    if not group:
+        raise Stop(Exit.FAILED, f"supervisord at {supervisor.serverurl} has no process group {GROUP!r}. "
+                                f"Nothing was changed.")
+    busy = [p for p in group if p.state in _TRANSITIONS]
+    if busy:
+        raise Stop(Exit.FAILED, "refused: " + ", ".join(f"{p.name} is {p.state}" for p in busy)
+                   + ": wait until it settles (supervisorctl status), then deploy. Nothing was changed.")
+    running = [p for p in group if p.state == "RUNNING"]
+    if not running:
+        raise Stop(Exit.FAILED, f"refused: no {GROUP} process is RUNNING under supervisord at "
+                                f"{supervisor.serverurl}, so none would keep serving. Nothing was changed. "
+                                f"If the pool is down, point {opts.link} at a good file by hand and start "
+                                f"the workers (supervisorctl -c {opts.configuration} start {GROUP}:NAME).")
+    for p in group:
+        if p.state in {"FATAL", "EXITED", "UNKNOWN"}:
+            warn(f"note: {p.name} is {p.state}: left alone (it loads {opts.link} when started)")
+
+    try:
+        pool = Pool(supervisor, opts.endpoint, opts.link, opts.timeout)
+    except ValueError as exc:  # a bad endpoint or CURVE key file, from the client
+        raise Stop(Exit.USAGE, f"error: {exc}") from None
+    try:
+        answers = pool.survey(running)
+        _check_datasets(opts.link, running, answers)
+        for w in running:
+            if not resume and answers[w.name].digest != old_digest:
+                warn(f"note: {w.name} serves {short(answers[w.name].digest)}, not {old_target}'s "
+                     f"{short(old_digest)} ({opts.link} was repointed without a restart): a rollback "
+                     f"would bring it to {old_target}")
+        if resume:
+            todo = [w for w in running if answers[w.name].digest != new_digest]
+            if not todo:
+                say(f"{opts.link} already points at {old_target}, and all {len(running)} workers serve "
+                    f"{new_digest}: nothing to do")
+                return Exit.OK
+            say(f"{opts.link} already points at {old_target}; {len(todo)} of {len(running)} workers do not "
+                f"serve it yet: restarting those (no older file to roll back to)")
+        else:
+            todo = running
+        if len(running) == 1:
+            warn("note: one worker only: lookups wait (clients retry) while it restarts")
+        return _switch(opts, pool, todo, old_target, old_digest, new_digest, started)
+    finally:
+        pool.close()
+
+
+def _check_datasets(link: str, workers: list[Process], answers: dict[str, Answer]) -> None:
+    """Refuse when a worker loads another path than the link (a relative
+    path, relative to the worker's own folder, cannot be checked here)."""
+    try:
+        link_stat = os.lstat(link)
+    except OSError:
+        return
+    for w in workers:
+        dataset = answers[w.name].dataset
+        if not dataset or not os.path.isabs(dataset):
+            continue
+        try:
+            same = os.path.samestat(os.lstat(dataset), link_stat)
+        except OSError:
+            same = False
+        if not same:
+            raise Stop(Exit.FAILED, f"refused: {w.name} loads {dataset}, not {link}: repointing {link} would "
+                                    f"not change what it serves (--link, $ROKV_DATA). Nothing was changed.")
+
+
+def _switch(
+    opts: Options, pool: Pool, todo: list[Process], old_target: str, old_digest: str | None,
+    new_digest: str, started: float,
+) -> Exit:
+    """Steps 4 to 6: repoint, restart one by one, roll back on failure."""
+    link = opts.link
+    new_target = target_for(link, opts.new, old_target)
+    switched: list[Process] = []
+    current: Process | None = None
+    with _sigterm_interrupts():  # from here on, a stop request rolls back
+        try:
+            if old_digest is not None:
+                try:
+                    repoint(link, new_target)
+                except OSError as exc:
+                    raise Stop(Exit.FAILED, f"cannot repoint {link}: {exc.strerror or exc}. "
+                                            f"Nothing was changed.") from None
+                say(f"{link}: {old_target} -> {new_target}")
+            for worker in todo:
+                current = worker
+                pid, took = pool.restart(worker, new_digest)
+                say(f"{worker.name}: pid {worker.pid} -> {pid}, serving {short(new_digest)} after {took:.1f} s")
+                switched.append(worker)
+                current = None
+        except Stop:
+            raise  # the link could not be repointed: nothing changed
+        except StepFailed as exc:
+            failure = exc
+        except KeyboardInterrupt:
+            failure = StepFailed("interrupted (Ctrl-C, SIGTERM or SIGHUP)")
+        except Exception as exc:  # noqa: BLE001
+            # Once the link has moved, going back to a known state beats a
+            # traceback that leaves the pool half-switched.
+            failure = StepFailed(f"unexpected error: {exc!r}")
+        else:
+            say(f"deployed {new_target} ({new_digest}) to {len(todo)} worker(s) in "
+                f"{time.monotonic() - started:.1f} s")
+            return Exit.OK
+        return _fail(opts, pool, current, failure, switched, todo, old_target, old_digest)
+
+
+def _fail(
+    opts: Options, pool: Pool, failed: Process | None, failure: StepFailed, switched: list[Process],
+    todo: list[Process], old_target: str, old_digest: str | None,
+) -> Exit:
+    """Say what failed, and put the link and the workers touched back."""
+    untouched = [w.name for w in todo if w not in switched and w is not failed]
+    back = ([failed] if failed is not None else []) + switched
+    rolling: Process | None = None
+    try:
+        if failed is not None:
+            warn(f"deploy of {opts.new} failed at {failed.name}: {failure.reason}")
+            _show_log(failed.name, failure.log)
+        else:
+            warn(f"deploy of {opts.new} stopped: {failure.reason}")
+        if old_digest is None:
+            warn(f"NOT ROLLED BACK: {opts.link} already pointed at {old_target} before this run: there is no "
+                 f"older file to go back to. Switched: {', '.join(w.name for w in switched) or 'none'}; "
+                 f"not reached: {', '.join(untouched) or 'none'}. See supervisorctl -c {opts.configuration} "
+                 f"status.")
+            return Exit.ROLLBACK_FAILED
+        say(f"rolling back: {opts.link} -> {old_target}, then {len(back)} worker(s)")
+        try:
+            repoint(opts.link, old_target)
+        except OSError as exc:
+            raise StepFailed(f"cannot repoint {opts.link} to {old_target}: {exc}") from None
+        for rolling in back:
+            pid, took = pool.restart(rolling, old_digest)
+            say(f"{rolling.name}: back on {short(old_digest)}, pid {pid}, after {took:.1f} s")
+    except (StepFailed, KeyboardInterrupt, Exception) as exc:  # noqa: BLE001  (say so, never a traceback)
+        where = f" at {rolling.name}" if rolling is not None else ""
+        if isinstance(exc, StepFailed):
+            warn(f"ROLLBACK FAILED{where}: {exc.reason}")
+            _show_log(rolling.name if rolling is not None else "", exc.log)
+        else:
+            warn(f"ROLLBACK FAILED{where}: "
+                 + ("interrupted" if isinstance(exc, KeyboardInterrupt) else f"unexpected error: {exc!r}"))
+        warn(f"the pool may serve two versions or have a worker down: act by hand "
+             f"(supervisorctl -c {opts.configuration} status; rokv ping)")
+        return Exit.ROLLBACK_FAILED
+    warn(f"rolled back: {opts.link} -> {old_target} again; every worker serves {old_digest}"
+         + (f" ({', '.join(untouched)} never left it)" if untouched else ""))
+    return Exit.FAILED
+
+
+def _show_log(name: str, lines: list[str]) -> None:
+    if lines:
+        warn(f"the end of {name}'s log:\n" + "\n".join(f"    {line}" for line in lines))
+
+
+class _sigterm_interrupts:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, like Ctrl-C, so a deploy
+    that is asked to stop (or loses its terminal) rolls back instead of dying
+    half-way. A SIGHUP that is ignored (``nohup``) stays ignored."""
+
+    def __enter__(self) -> None:
+        self._previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    link = args.link or os.environ.get("ROKV_DATA")
+    if not link:
+        warn("error: no link to repoint: give --link or set ROKV_DATA (the path the workers load)")
+        return Exit.USAGE
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        warn(f"error: --timeout must be a number of seconds > 0, not {args.timeout:g}")
+        return Exit.USAGE
+    if importlib.util.find_spec("supervisor") is None:
+        warn("error: rokv deploy talks to supervisord and needs supervisor: pip install 'rokv[server]'")
+        return Exit.USAGE
+    from rokv.core import resolve_endpoint
+
+    opts = Options(
+        new=args.new, link=link,
+        configuration=args.configuration or os.environ.get("ROKV_SUPERVISOR_CONF") or DEFAULT_CONF,
+        endpoint=resolve_endpoint(args.endpoint), timeout=args.timeout, verify=args.verify,
+    )
+    try:
+        return deploy(opts)
+    except Stop as stop:
+        warn(str(stop))
+        return stop.code
+    except KeyboardInterrupt:  # before the link changed: past it, the deploy rolls back instead
+        warn("interrupted. Nothing was changed.")
+        return Exit.FAILED
+
+
+def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register ``deploy`` on the ``rokv`` parser (rokv.cli loads this
+    module when the command runs)."""
+    from rokv.endpoints import endpoints_argument
+
+    p = sub.add_parser(
+        "deploy",
+        description="Check NEW, repoint the symbolic link the workers load, restart the workers of "
+        "supervisord's group 'worker' one at a time and wait until each answers with NEW's digest. "
+        "At the first failure the link goes back to its old target and the workers already restarted "
+        "are restarted on it; the others are never touched. Roll back a finished deploy with "
+        "`rokv deploy OLD.rokv`.",
+        epilog="exit codes: 0 deployed or nothing to do, 1 refused or failed and rolled back (the old "
+        "version serves), 2 bad usage, 3 supervisord or the service unreachable (nothing changed), "
+        "5 failed and could not roll back (act by hand)",
+    )
+    p.add_argument("new", metavar="NEW.rokv", help="the file to serve, built by `rokv build`")
+    p.add_argument("--link", metavar="PATH", default=None,
+                   help="the symbolic link the workers load (default: $ROKV_DATA)")
+    p.add_argument("-c", "--configuration", metavar="FILE", default=None,
+                   help=f"supervisord.conf whose [supervisorctl] serverurl is used "
+                        f"(default: $ROKV_SUPERVISOR_CONF, else ./{DEFAULT_CONF})")
+    p.add_argument("--endpoint", default=None, type=endpoints_argument(),
+                   help="broker frontend for the pings (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="longest one worker's stop, start and first answer may take (default %(default)g)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="check NEW's header only, not its digest (after `rokv verify NEW` on a huge file)")
+    p.set_defaults(run=cmd_deploy)
+
