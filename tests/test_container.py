@@ -181,6 +181,55 @@ def test_the_image_serves_every_role_in_one_container_and_stops_cleanly_on_sigte
         assert f"stopped: {program} (exit status 0)" in logs, logs
 
 
+def test_the_compose_layout_two_brokers_a_worker_container_and_a_gateway(image: str, containers: list[Container],
+                                                                         example: dict[str, str]) -> None:
+    # compose.yaml's services, started with plain docker (no compose here).
+    network = f"rokv-test-{uuid.uuid4().hex[:12]}"
+    docker("network", "create", network)
+    try:
+        b1 = Container(image, "--network", network, "-e", "ROKV_ROLE=broker", registry=containers)
+        b2 = Container(image, "--network", network, "-e", "ROKV_ROLE=broker", registry=containers)
+        workers = Container(image, "--network", network, "-e", "ROKV_ROLE=worker", "-e", "ROKV_WORKERS=2",
+                            "-e", f"ROKV_BACKEND=tcp://{b1.name}:5556,tcp://{b2.name}:5556", registry=containers)
+        gateway = Container(image, "--network", network, "-e", "ROKV_ROLE=http", "-e",
+                            f"ROKV_ENDPOINT=tcp://{b1.name}:5555,tcp://{b2.name}:5555", "-p", "127.0.0.1::8080",
+                            registry=containers)
+        url = f"http://127.0.0.1:{gateway.port(8080)}"
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{url}/healthz", timeout=5).status_code == 200
+            except requests.ConnectionError:
+                return False
+        wait_for(healthy, 60, f"the gateway container to answer /healthz\n{gateway.logs()}", interval=0.2)
+        keys = list(example)[100:300]
+        with requests.Session() as http:
+            assert http.post(f"{url}/get_values", json={"keys": keys}, timeout=10).json() == {
+                "values": [example[k] for k in keys]}
+            # The worker container runs workers only, under supervisor.
+            status = docker("exec", workers.name, "supervisorctl", "-c", "/app/supervisord.conf", "status",
+                            check=False).stdout
+            assert "worker:worker_00" in status and "worker:worker_01" in status and "broker" not in status
+            assert "http" not in status, status
+            for c in (b1, b2, workers, gateway):
+                assert docker("exec", c.name, "rokv-container", "health", check=False).returncode == 0, c.logs()
+            # One broker gone: the gateway goes on through the other.
+            docker("stop", "-t", "10", b1.name, timeout=30)
+            assert b1.state()["ExitCode"] == 0, b1.logs()
+            for key in keys[:50]:
+                res = http.post(f"{url}/get_value", json={"key": key}, timeout=10)
+                assert (res.status_code, res.json()) == (200, {"value": example[key]})
+        for c in (gateway, workers, b2):
+            started = time.monotonic()
+            docker("stop", "-t", "10", c.name, timeout=30)
+            assert time.monotonic() - started < 10
+            assert c.state()["ExitCode"] == 0, c.logs()
+    finally:
+        for c in containers:
+            c.remove()
+        docker("network", "rm", network, check=False)
+
+
 def test_broker_worker_and_gateway_roles_in_containers_of_their_own(image: str, containers: list[Container],
                                                                      example: dict[str, str]) -> None:
     network = f"rokv-test-{uuid.uuid4().hex[:12]}"
