@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from rokv.aio import AsyncClient
 from rokv.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
@@ -78,7 +79,7 @@ def _object_body(body: bytes, example: str) -> dict[str, Any]:
         doc = loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
         raise _Refusal(422, f"the body is not valid JSON ({exc}): send a JSON object such as {example}") from None
-    if type(doc) is not dict:  # noqa: E721
+    if type(doc) is not dict:
         raise _Refusal(422, f"the body is {_json_type(doc)}, not a JSON object such as {example}")
     return doc
 
@@ -212,7 +213,7 @@ class Gateway:
         if "key" not in doc:
             return _message(422, 'the body has no "key" field: send {"key": "<uuid4>"}')
         key = doc["key"]
-        if type(key) is not str:  # noqa: E721
+        if type(key) is not str:
             return _message(422, f'"key" must be a string holding a UUID version 4, not {_json_type(key)}')
         try:
             value = await client.get(key)
@@ -232,7 +233,7 @@ class Gateway:
         if "keys" not in doc:
             return _message(422, 'the body has no "keys" field: send {"keys": ["<uuid4>", ...]}')
         keys = doc["keys"]
-        if type(keys) is not list:  # noqa: E721
+        if type(keys) is not list:
             return _message(422, f'"keys" must be an array of strings, not {_json_type(keys)}')
         if len(keys) > MAX_KEYS:
             return _message(413, f"{len(keys):,} keys is over the limit of {MAX_KEYS:,} per request: "
@@ -241,11 +242,11 @@ class Gateway:
         # without a round trip, and what travels is canonical and short.
         canonical = keys
         for index, key in enumerate(keys):
-            if type(key) is str and match_canonical(key):  # noqa: E721
+            if type(key) is str and match_canonical(key):
                 continue
             if canonical is keys:
                 canonical = list(keys)
-            if type(key) is not str:  # noqa: E721
+            if type(key) is not str:
                 return _message(422, f"keys[{index}] must be a string holding a UUID version 4, "
                                      f"not {_json_type(key)}")
             try:

@@ -7,8 +7,8 @@ the HTTP server installed.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from rokv import protocol as p
 

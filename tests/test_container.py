@@ -17,14 +17,15 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
 
-from procs import REPO, scaled, wait_for
 from rokv import Client
+
+from procs import REPO, scaled, wait_for
 
 # Building the image downloads the dependencies: minutes on a fresh machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

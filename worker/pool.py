@@ -103,7 +103,9 @@ def http_from_env(env: dict[str, str] | os._Environ[str]) -> str | None:
     raw = env.get("ROKV_HTTP", "").strip()
     if not raw:
         return None
-    from rokv.gateway.settings import SettingError as BadBind, parse_bind  # standard library only
+    # Standard library only: this check needs no HTTP server installed.
+    from rokv.gateway.settings import SettingError as BadBind
+    from rokv.gateway.settings import parse_bind
 
     try:
         parse_bind(raw)
