@@ -55,6 +55,7 @@ def test_without_rokv_http_there_is_no_gateway(supervisor_factory) -> None:
 def test_a_bad_rokv_http_starts_nothing_and_says_why(supervisor_factory) -> None:
     sup = supervisor_factory(ROKV_HTTP="0.0.0.0:http", ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
                              ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}")
-    wait_for(lambda: sup.status().get("pool", ("",))[0] == "FATAL", 30, "the pool program to be FATAL")
-    assert set(sup.status()) == {"pool"}
-    assert "ROKV_HTTP='0.0.0.0:http'" in sup.ctl("tail", "pool").stdout
+    # The reason, not the FATAL state: on a loaded machine rokv-pool may take
+    # over startsecs (1 s) to refuse, and supervisor then retries it for good.
+    wait_for(lambda: "ROKV_HTTP='0.0.0.0:http'" in sup.ctl("tail", "pool").stdout, 30, "the refusal in pool's log")
+    assert set(sup.status()) == {"pool"}  # nothing else was started
