@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the gateway until SIGTERM or SIGINT; in-flight requests are
     answered (for up to GRACEFUL_STOP seconds) before it exits 0. A bad
-    setting exits 2 with the reason; a server that cannot start exits 1."""
+    setting, or the http extra not installed, exits 2 with the reason; a
+    server that cannot start exits 1."""
     args = parse_args(argv)
     try:
         # The app reads its settings from the environment in each server
@@ -71,8 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rokv-http: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
 
-    import uvicorn  # only here: `rokv-http --help` and bad settings need no server
-    from uvicorn.config import LOGGING_CONFIG
+    try:  # only here: `rokv-http --help` and bad settings need no server
+        import httptools  # noqa: F401 - uvicorn names it by string; missing, it would fail later
+        import uvicorn
+        import uvloop  # noqa: F401
+        from uvicorn.config import LOGGING_CONFIG
+    except ModuleNotFoundError as exc:
+        print(f"rokv-http needs {exc.name}, which comes with the http extra: pip install 'rokv[http]'",
+              file=sys.stderr)
+        return EXIT_BAD_SETTING
 
     # The gateway's own messages go where uvicorn's go, in every server
     # process (each configures logging from this when it starts).
