@@ -29,7 +29,8 @@ def test_the_wheel_holds_only_the_rokv_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert tops == {"rokv", next(t for t in tops if t.endswith(".dist-info"))}
-    for module in ("rokv/__init__.py", "rokv/py.typed", "rokv/broker/main.py", "rokv/worker/main.py"):
+    for module in ("rokv/__init__.py", "rokv/py.typed", "rokv/broker/main.py", "rokv/worker/main.py",
+                   "rokv/gateway/app.py"):
         assert module in names
 
 
@@ -78,5 +79,9 @@ def test_the_light_client_looks_keys_up_and_server_commands_name_their_extra(
                                text=True, timeout=scaled(60))
         assert built.returncode == 2
         assert "pip install 'rokv[server]'" in built.stderr and "Traceback" not in built.stderr
+        http = subprocess.run([str(light_env.parent / "rokv-http")], capture_output=True, text=True,
+                              timeout=scaled(60))
+        assert http.returncode == 2
+        assert "pip install 'rokv[http]'" in http.stderr and "Traceback" not in http.stderr
     finally:
         stack.stop()

@@ -1,8 +1,8 @@
 """Type-check the installed package `rokv` from the checkout's folders.
 
-The folders client/, broker/ and worker/ install as rokv, rokv.broker and
-rokv.worker (pyproject.toml's package-dir), a mapping mypy cannot follow by
-itself. This script builds that layout as a tree of symbolic links in a
+The folders client/, broker/, worker/ and gateway/ install as rokv,
+rokv.broker, rokv.worker and rokv.gateway (pyproject.toml's package-dir), a
+mapping mypy cannot follow by itself. This script builds that layout as a tree of symbolic links in a
 temporary folder and runs mypy on it with the configuration in
 pyproject.toml; paths in its report are mapped back to the checkout's files.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 #: Installed package -> folder, as pyproject.toml's package-dir says.
-LAYOUT = {"rokv": "client", "rokv/broker": "broker", "rokv/worker": "worker"}
+LAYOUT = {"rokv": "client", "rokv/broker": "broker", "rokv/worker": "worker", "rokv/gateway": "gateway"}
 
 
 def build_tree(root: Path) -> None:

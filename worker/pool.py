@@ -10,7 +10,8 @@ it writes. At supervisord's start, rokv-pool:
    ``ROKV_WORKERS``; defaults when unset);
 2. writes the broker and worker programs they call for into that file (the
    workers as ``[program:worker]`` with ``numprocs=ROKV_WORKERS``, so any count
-   works and no idle slots are listed);
+   works and no idle slots are listed), and the HTTP gateway (``rokv-http``) as
+   ``[program:http]`` when ``ROKV_HTTP`` is set;
 3. has supervisord load the file, as ``supervisorctl update`` would, and starts
    the programs; they are then ordinary supervised programs (restarted when
    they die, stopped with SIGTERM);
@@ -39,7 +40,7 @@ from supervisor import childutils
 DEFAULT_WORKERS = 2
 #: The process groups this program owns; any others in the configuration are
 #: left to the operator.
-MANAGED = ("broker", "worker")
+MANAGED = ("broker", "worker", "http")
 EXIT_BAD_SETTING = 2
 #: How long rokv-pool keeps asking a busy supervisord to load its programs.
 RPC_PATIENCE_SECONDS = 30.0
@@ -96,6 +97,26 @@ class Settings:
         return cls(role=role, workers=workers)
 
 
+def http_from_env(env: dict[str, str] | os._Environ[str]) -> str | None:
+    """``ROKV_HTTP``, checked as rokv-http reads it, or None when unset (no gateway).
+
+    Raises:
+        SettingError: it is not HOST:PORT (the message says why).
+    """
+    raw = env.get("ROKV_HTTP", "").strip()
+    if not raw:
+        return None
+    # Standard library only: this check needs no HTTP server installed.
+    from rokv.gateway.settings import SettingError as BadBind
+    from rokv.gateway.settings import parse_bind
+
+    try:
+        parse_bind(raw)
+    except BadBind as exc:
+        raise SettingError(str(exc)) from None
+    return raw
+
+
 # startsecs=2: a worker that refuses its dataset exits well within it (a
 # refusal it remembers is found before anything is loaded), so supervisor
 # counts that as a failed start and, after startretries, marks it FATAL; on a
@@ -112,9 +133,10 @@ redirect_stderr=true
 """
 
 
-def render(settings: Settings, here: Path) -> str:
+def render(settings: Settings, here: Path, http: str | None = None) -> str:
     """The supervisor configuration for ``settings``; paths under ``here``
-    (the folder of supervisord.conf, where relative ROKV_DATA paths point)."""
+    (the folder of supervisord.conf, where relative ROKV_DATA paths point);
+    with ``http`` (ROKV_HTTP), the gateway too."""
     common = _COMMON.format(here=here)
     sections = [
         f"; Written by rokv-pool at each start of supervisord from the ROKV_* variables (role {settings.role});\n"
@@ -128,6 +150,11 @@ def render(settings: Settings, here: Path) -> str:
         sections.append(f"[program:worker]\ncommand=rokv-worker\nprocess_name=worker_%(process_num)02d\n"
                         f"numprocs={settings.workers}\npriority=20\n{common}"
                         f"stdout_logfile={here}/run/worker_%(process_num)02d.log\n")
+    if http:
+        # rokv-http reads ROKV_HTTP itself; stopped first (highest priority),
+        # it answers what is in flight while the workers still run.
+        sections.append(f"[program:http]\ncommand=rokv-http\npriority=30\n{common}"
+                        f"stdout_logfile={here}/run/http.log\n")
     return "\n".join(sections)
 
 
@@ -179,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     include: Path = args.include or args.here / "run" / "pool.conf"
     try:
         settings = Settings.from_env(os.environ)
+        http = http_from_env(os.environ)
     except SettingError as exc:
         print(f"rokv-pool: refusing to start the pool: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_SETTING
@@ -189,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
               "more workers than cores add no throughput", file=sys.stderr, flush=True)
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    write_if_changed(include, render(settings, args.here.resolve()))
+    write_if_changed(include, render(settings, args.here.resolve(), http))
     rpc: Any = childutils.getRPCInterface(os.environ)
     # supervisord may still be busy starting: transient refusals are retried
     # here, since supervisor itself does not retry this program (a bad

@@ -1,0 +1,65 @@
+# rokv as one image for every role: broker, workers, the HTTP gateway, or all
+# of them under supervisor (the default). README "Container image" says how.
+#
+#   docker build -t rokv .                                   # FROM python:3.12-slim-bookworm
+#   docker build --build-arg BASE=rokv-base:bookworm -t rokv .   # any Debian-like image with python3 + venv
+#   docker run -p 8080:8080 -p 5555:5555 rokv                # a whole pool on data/example.json
+#
+# Built with the classic builder too (no BuildKit-only syntax).
+
+ARG BASE=python:3.12-slim-bookworm
+
+# ---- build: a virtualenv with rokv and its server and HTTP extras ----------
+FROM ${BASE} AS build
+# Lets a test or a cleanup find and remove this stage's leftover image.
+LABEL rokv.stage=build
+# Behind a TLS-intercepting proxy, give pip its CA (PEM text):
+#   --build-arg EXTRA_CA_CERTS="$(cat /usr/local/share/ca-certificates/*.crt)"
+# It is used by this stage only; the final image neither holds nor records it.
+ARG EXTRA_CA_CERTS=""
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python3 -m venv /opt/rokv
+COPY pyproject.toml README.md /src/
+COPY client /src/client
+COPY broker /src/broker
+COPY worker /src/worker
+COPY gateway /src/gateway
+# Every dependency ships as a wheel (pyzmq, msgpack, numpy, uvloop,
+# httptools): nothing is compiled. pip leaves with this stage.
+RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
+        cat "$(/opt/rokv/bin/python -c 'import ssl; print(ssl.get_default_verify_paths().openssl_cafile)')" \
+            > /tmp/ca.pem 2>/dev/null || true; \
+        printf '%s\n' "$EXTRA_CA_CERTS" >> /tmp/ca.pem; \
+        export PIP_CERT=/tmp/ca.pem; \
+    fi \
+    && /opt/rokv/bin/pip install '/src[server,http]' \
+    && /opt/rokv/bin/pip uninstall -y pip \
+    && rm -f /tmp/ca.pem \
+    && find /opt/rokv -name '__pycache__' -prune -exec rm -rf {} +
+
+# ---- run: the base, the virtualenv, the configuration; no pip, no compiler -
+FROM ${BASE}
+RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home --shell /usr/sbin/nologin rokv \
+    && mkdir -p /app/run /app/data \
+    && chown rokv:rokv /app/run
+COPY --from=build /opt/rokv /opt/rokv
+COPY supervisord.conf /app/supervisord.conf
+COPY data/example.json /app/data/example.json
+COPY docker/rokv-container /usr/local/bin/rokv-container
+COPY docker/healthcheck.py /app/healthcheck.py
+# ROKV_ROLE: all (broker, workers and, with ROKV_HTTP, the gateway, under
+# supervisor), broker, worker (ROKV_WORKERS of them under supervisor) or http.
+# Inside a container, 0.0.0.0 is the container's own interfaces: nothing is
+# reachable from outside unless published (-p) or on a shared network.
+ENV PATH=/opt/rokv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    ROKV_ROLE=all \
+    ROKV_DATA=/app/data/example.json \
+    ROKV_FRONTEND=tcp://0.0.0.0:5555 \
+    ROKV_BACKEND=tcp://0.0.0.0:5556 \
+    ROKV_HTTP=0.0.0.0:8080
+USER rokv
+WORKDIR /app
+EXPOSE 5555 5556 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["rokv-container", "health"]
+ENTRYPOINT ["rokv-container"]

@@ -1,0 +1,5 @@
+import sys
+
+from rokv.gateway.server import main
+
+sys.exit(main())

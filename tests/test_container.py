@@ -1,0 +1,266 @@
+"""The Dockerfile, built and run for real: the image serves through the HTTP
+gateway and the ZeroMQ port, runs as a non-root user without build tools,
+reports healthy, and stops on SIGTERM within 10 s with exit status 0.
+
+Needs a running Docker daemon and a local base image (no registry is
+reachable here): .ci/run prepares both (.ci/docker-prepare). Without them the
+tests are skipped, with the reason shown by ``pytest -ra``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from rokv import Client
+
+from procs import REPO, scaled, wait_for
+
+# Building the image downloads the dependencies: minutes on a fresh machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+#: The base image to build FROM: a local image (.ci/docker-prepare makes
+#: this one with debootstrap), since no registry is reachable here.
+BASE = os.environ.get("ROKV_TEST_DOCKER_BASE", "rokv-base:bookworm")
+
+
+def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=scaled(timeout),
+                            env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def docker_unavailable() -> str | None:
+    """Why the container tests cannot run here, or None."""
+    if shutil.which("docker") is None:
+        return "the docker command is not installed (.ci/docker-prepare installs it)"
+    try:
+        info = docker("info", "--format", "{{.ServerVersion}}", timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return "docker info timed out"
+    if info.returncode != 0:
+        return f"the Docker daemon is not running or not reachable: {info.stderr.strip()[:200]}"
+    if docker("image", "inspect", BASE, check=False).returncode != 0:
+        return f"the base image {BASE} is missing (.ci/docker-prepare builds it with debootstrap)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[str]:
+    why = docker_unavailable()
+    if why:
+        pytest.skip(f"Docker cannot run here: {why}")
+    tag = f"rokv-test:{uuid.uuid4().hex[:12]}"
+    args = ["build", "--force-rm", "--build-arg", f"BASE={BASE}", "-t", tag]
+    # A TLS-intercepting proxy's CA, if this host trusts one, for pip in the build.
+    cas = "".join(Path(p).read_text() for p in sorted(glob.glob("/usr/local/share/ca-certificates/*.crt")))
+    if cas:
+        args += ["--build-arg", f"EXTRA_CA_CERTS={cas}"]
+    try:
+        docker(*args, str(REPO), timeout=900)
+        yield tag
+    finally:
+        docker("rmi", "-f", tag, check=False)
+        docker("image", "prune", "-f", "--filter", "label=rokv.stage=build", check=False)
+
+
+class Container:
+    """One container started by a test, removed after it."""
+
+    def __init__(self, image: str, *args: str, command: tuple[str, ...] = (),
+                 registry: list[Container] | None = None) -> None:
+        self.name = f"rokv-test-{uuid.uuid4().hex[:12]}"
+        if registry is not None:
+            registry.append(self)  # before the run: a container made but not started is removed too
+        docker("run", "-d", "--name", self.name, *args, image, *command)
+
+    def port(self, inner: int) -> int:
+        out = docker("port", self.name, f"{inner}/tcp").stdout.split()[0]
+        return int(out.rsplit(":", 1)[1])
+
+    def state(self) -> dict:
+        return json.loads(docker("inspect", "-f", "{{json .State}}", self.name).stdout)
+
+    def logs(self) -> str:
+        result = docker("logs", self.name, check=False)
+        return result.stdout + result.stderr
+
+    def remove(self) -> None:
+        docker("rm", "-f", "-v", self.name, check=False)
+
+
+@pytest.fixture()
+def containers() -> Iterator[list[Container]]:
+    made: list[Container] = []
+    yield made
+    for c in made:
+        c.remove()
+
+
+def test_the_image_serves_every_role_in_one_container_and_stops_cleanly_on_sigterm(
+    image: str, containers: list[Container], example: dict[str, str]
+) -> None:
+    c = Container(image, "-p", "127.0.0.1::8080", "-p", "127.0.0.1::5555", registry=containers)
+    url = f"http://127.0.0.1:{c.port(8080)}"
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{url}/healthz", timeout=5).status_code == 200
+        except requests.ConnectionError:
+            return False
+    wait_for(healthy, 60, f"the container's gateway to answer /healthz\n{c.logs()}", interval=0.2)
+
+    keys = list(example)[:100]
+    with requests.Session() as http:
+        for key in keys[:20]:
+            assert http.post(f"{url}/get_value", json={"key": key}, timeout=10).json() == {"value": example[key]}
+        got = http.post(f"{url}/get_values", json={"keys": keys}, timeout=10).json()
+        assert got == {"values": [example[k] for k in keys]}
+    with Client(f"tcp://127.0.0.1:{c.port(5555)}", timeout=2, retries=2) as kv:
+        assert kv.get_many(keys) == [example[k] for k in keys]
+
+    assert docker("exec", c.name, "id", "-u").stdout.strip() != "0"
+    tools = docker("exec", c.name, "sh", "-c", "command -v gcc cc make pip pip3; python3 -m pip --version",
+                   check=False)
+    assert tools.stdout.strip() == "" and tools.returncode != 0, tools.stdout
+    assert docker("exec", c.name, "rokv-container", "health").returncode == 0
+    wait_for(lambda: c.state().get("Health", {}).get("Status") == "healthy", 60, "docker to report healthy")
+
+    # SIGTERM under load: every answer that comes is right, and it is over within 10 s.
+    wrong: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as http:
+            i = 0
+            while not stop.is_set():
+                key = keys[i % len(keys)]
+                i += 1
+                try:
+                    res = http.post(f"{url}/get_value", json={"key": key}, timeout=10)
+                except requests.ConnectionError:
+                    continue  # refused once the gateway stopped listening
+                if (res.status_code, res.json()) != (200, {"value": example[key]}):
+                    wrong.append(f"{res.status_code} {res.text[:200]}")
+                answered[0] += 1
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(scaled(1))
+        started = time.monotonic()
+        docker("kill", "--signal", "TERM", c.name)
+        wait_for(lambda: not c.state()["Running"], 15, "the container to stop after SIGTERM", interval=0.1)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(scaled(20))
+    assert wrong == []
+    assert answered[0] > 20
+    state = c.state()
+    assert state["ExitCode"] == 0, c.logs()
+    assert took < 10, f"stopped in {took:.1f} s"
+    logs = c.logs()
+    assert "Traceback" not in logs
+    for program in ("http", "worker_00", "worker_01", "broker"):
+        assert f"stopped: {program} (exit status 0)" in logs, logs
+
+
+def test_the_compose_layout_two_brokers_a_worker_container_and_a_gateway(image: str, containers: list[Container],
+                                                                         example: dict[str, str]) -> None:
+    # compose.yaml's services, started with plain docker (no compose here).
+    network = f"rokv-test-{uuid.uuid4().hex[:12]}"
+    docker("network", "create", network)
+    try:
+        b1 = Container(image, "--network", network, "-e", "ROKV_ROLE=broker", registry=containers)
+        b2 = Container(image, "--network", network, "-e", "ROKV_ROLE=broker", registry=containers)
+        workers = Container(image, "--network", network, "-e", "ROKV_ROLE=worker", "-e", "ROKV_WORKERS=2",
+                            "-e", f"ROKV_BACKEND=tcp://{b1.name}:5556,tcp://{b2.name}:5556", registry=containers)
+        gateway = Container(image, "--network", network, "-e", "ROKV_ROLE=http", "-e",
+                            f"ROKV_ENDPOINT=tcp://{b1.name}:5555,tcp://{b2.name}:5555", "-p", "127.0.0.1::8080",
+                            registry=containers)
+        url = f"http://127.0.0.1:{gateway.port(8080)}"
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{url}/healthz", timeout=5).status_code == 200
+            except requests.ConnectionError:
+                return False
+        wait_for(healthy, 60, f"the gateway container to answer /healthz\n{gateway.logs()}", interval=0.2)
+        keys = list(example)[100:300]
+        with requests.Session() as http:
+            assert http.post(f"{url}/get_values", json={"keys": keys}, timeout=10).json() == {
+                "values": [example[k] for k in keys]}
+            # The worker container runs workers only, under supervisor.
+            status = docker("exec", workers.name, "supervisorctl", "-c", "/app/supervisord.conf", "status",
+                            check=False).stdout
+            assert "worker:worker_00" in status and "worker:worker_01" in status and "broker" not in status
+            assert "http" not in status, status
+            for c in (b1, b2, workers, gateway):
+                assert docker("exec", c.name, "rokv-container", "health", check=False).returncode == 0, c.logs()
+            # One broker gone: the gateway goes on through the other.
+            docker("stop", "-t", "10", b1.name, timeout=30)
+            assert b1.state()["ExitCode"] == 0, b1.logs()
+            for key in keys[:50]:
+                res = http.post(f"{url}/get_value", json={"key": key}, timeout=10)
+                assert (res.status_code, res.json()) == (200, {"value": example[key]})
+        for c in (gateway, workers, b2):
+            started = time.monotonic()
+            docker("stop", "-t", "10", c.name, timeout=30)
+            assert time.monotonic() - started < 10
+            assert c.state()["ExitCode"] == 0, c.logs()
+    finally:
+        for c in containers:
+            c.remove()
+        docker("network", "rm", network, check=False)
+
+
+def test_broker_worker_and_gateway_roles_in_containers_of_their_own(image: str, containers: list[Container],
+                                                                     example: dict[str, str]) -> None:
+    network = f"rokv-test-{uuid.uuid4().hex[:12]}"
+    docker("network", "create", network)
+    try:
+        broker = Container(image, "--network", network, "-e", "ROKV_ROLE=broker", registry=containers)
+        # A command after the image replaces the role: one worker process.
+        Container(image, "--network", network, command=("rokv-worker", "--backend", f"tcp://{broker.name}:5556"),
+                  registry=containers)
+        gateway = Container(image, "--network", network, "-e", "ROKV_ROLE=http", "-e",
+                            f"ROKV_ENDPOINT=tcp://{broker.name}:5555", "-p", "127.0.0.1::8080", registry=containers)
+        url = f"http://127.0.0.1:{gateway.port(8080)}"
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{url}/healthz", timeout=5).status_code == 200
+            except requests.ConnectionError:
+                return False
+        wait_for(healthy, 60, f"the gateway container to answer /healthz\n{gateway.logs()}", interval=0.2)
+        keys = list(example)[100:150]
+        res = requests.post(f"{url}/get_values", json={"keys": keys}, timeout=10)
+        assert res.json() == {"values": [example[k] for k in keys]}
+        for c in (broker, gateway):
+            assert docker("exec", c.name, "rokv-container", "health", check=False).returncode == 0, c.logs()
+        for c in reversed(containers):
+            started = time.monotonic()
+            docker("stop", "-t", "10", c.name, timeout=30)
+            assert time.monotonic() - started < 10
+            assert c.state()["ExitCode"] == 0, c.logs()
+    finally:
+        for c in containers:
+            c.remove()
+        docker("network", "rm", network, check=False)
