@@ -527,6 +527,41 @@ def goals(rows: dict[str, dict[str, Any]], args: argparse.Namespace, why_no_redi
                    f"({'met' if ratio >= 2 else 'missed'})")
     elif REDIS_LOAD in args.loads:
         out.append(f"- get_many of 100: keys/s ≥ 2 × one Redis instance: not measured ({why_no_redis})")
+    out += projections(rows, args)
+    return out
+
+
+def projections(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """What the goals take where cores are free, at the CPU costs of the
+    smallest configuration (the least contended): how many processes of each
+    role, a core each. A guide for sizing a run on a bigger machine, no more:
+    costs per request change with load and batching."""
+    b, w = min(args.brokers), min(args.workers)
+    out = []
+
+    def need(rate: float, row: dict[str, Any], role: str) -> int:
+        return max(1, math.ceil(rate / row[f"{role}_core"]))
+
+    for load in (LOADS[n] for n in args.loads if LOADS[n].keys == 1):
+        row = rows.get(f"{load.name}/{b}b{w}w")
+        if row is None:
+            continue
+        two = 2 * row["broker_core"]
+        c, k = need(two, row, "client"), need(two, row, "worker")
+        out.append(f"- projection, {load.title}: one broker core carries {fmt_rate(row['broker_core'])} req/s; "
+                   f"to load 2 brokers fully takes about {c} client processes and {k} workers, {c + k + 2} cores "
+                   "in all")
+    row, redis = rows.get(f"{REDIS_LOAD}/{b}b{w}w"), rows.get(f"{REDIS_LOAD}/redis")
+    if row is not None and redis is not None:
+        target = 2 * redis["worker_core"]  # requests/s of 100 keys: twice one redis-server core
+        keys = LOADS[REDIS_LOAD].keys
+        out.append(f"- projection, get_many of 100: one redis-server core carries {fmt_rate(keys * redis['worker_core'])} "
+                   f"keys/s; twice that takes about {need(target, row, 'client')} client processes, "
+                   f"{need(target, row, 'broker')} brokers and {need(target, row, 'worker')} workers at rokv's "
+                   f"costs (one core of each carries {fmt_rate(keys * row['client_core'])} / "
+                   f"{fmt_rate(keys * row['broker_core'])} / {fmt_rate(keys * row['worker_core'])} keys/s)")
+    if out:
+        out.insert(0, f"- (projections use the CPU costs of {b} × {w} and assume a free core for every process)")
     return out
 
 

@@ -138,6 +138,7 @@ def test_the_scaleout_smoke_run_writes_a_well_formed_table(tmp_path: Path) -> No
     assert [int(x.rstrip("%")) > 0 for x in two["replies per broker"].split(" / ")] == [True, True]
     float(two["vs 1 broker"])
     assert "2 brokers ≥ 1.6 × 1 broker" in section
+    assert "- projection, get, 64 callers, coalesced: one broker core carries" in section
 
 
 def _rate(text: str) -> float:
