@@ -406,7 +406,8 @@ def render(runs: dict[str, list[dict]], why_no_redis: str | None, args: argparse
     lines = [
         "## Scale-out: 1 and 2 brokers × 1, 2 and 4 workers (issue 11)", "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        f"Machine: {machine()}.", "",
+        f"Machine: {machine()}; 1-minute load average {args.load_average[0]:.1f} at the start and "
+        f"{args.load_average[1]:.1f} at the end (it counts this run's own processes, and any other work).", "",
         f"Each configuration is B brokers and W workers on loopback, every worker connected to every broker, "
         f"serving `{args.data_label}` ({len(load_expected(args.data)):,} keys); the load comes from {args.clients} "
         f"client process{'es' if args.clients > 1 else ''} (AsyncClient over all the brokers, every answer "
@@ -657,11 +658,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: up to {busiest} busy processes on {cores} cores: these runs measure CPU cost per request "
               "more than scaling", file=sys.stderr)
     log_dir = Path(tempfile.mkdtemp(prefix="rokv-scaleout-"))
+    started_load = os.getloadavg()[0]
     try:
         runs, why_no_redis = measure(args, log_dir)
     except Exception as exc:
         print(f"scaleout: {exc}\nlogs kept in {log_dir}", file=sys.stderr)
         return 1
+    args.load_average = (started_load, os.getloadavg()[0])
     shutil.rmtree(log_dir, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1, sort_keys=True), encoding="utf-8")

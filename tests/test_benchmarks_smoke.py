@@ -113,7 +113,7 @@ def test_the_scaleout_smoke_run_writes_a_well_formed_table(tmp_path: Path) -> No
     assert text.count("<!-- scaleout:begin -->") == text.count("<!-- scaleout:end -->") == 1
     section = text.split("<!-- scaleout:begin -->")[1].split("<!-- scaleout:end -->")[0]
     assert "Written by `python benchmarks/scaleout.py --brokers 1,2 --workers 1" in section
-    assert "Machine: " in section and "pyzmq" in section
+    assert "Machine: " in section and "pyzmq" in section and "load average" in section
     assert "Redis comparison skipped: not asked for (--no-redis)." in section
     assert "Every request of every run got its right answer." in section
     header = next(line for line in section.splitlines() if line.startswith("| load"))
