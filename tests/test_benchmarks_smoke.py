@@ -132,7 +132,8 @@ def test_the_scaleout_smoke_run_writes_a_well_formed_table(tmp_path: Path) -> No
         assert len(cpu) == 3 and all(x > 0 for x in cpu)  # each role's CPU was seen
         assert len(row["one core carries, req/s: client / broker / worker"].split(" / ")) == 3
     batched = rows["get_many of 100, 16 in flight", "1 × 1"]
-    assert _rate(batched["keys/s"]) == pytest.approx(100 * _rate(batched["req/s"]), rel=0.02)
+    # Rates are shown to 2-3 significant figures ("1.7k"): up to 5% apart from rounding alone.
+    assert _rate(batched["keys/s"]) == pytest.approx(100 * _rate(batched["req/s"]), rel=0.06)
     # Two brokers: both carried replies, and the ratio to one broker is shown.
     two = rows["get, 64 callers, coalesced", "2 × 1"]
     assert [int(x.rstrip("%")) > 0 for x in two["replies per broker"].split(" / ")] == [True, True]
