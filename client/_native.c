@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 /* ------------------------------------------------------------ libzmq */
 
@@ -575,18 +576,88 @@ pack_one(Lookup *l, buf_t *out, const char *k, size_t n, int *hit)
 
 /* ------------------------------------------------------------ counters */
 
-/* What the compiled loop answered, for metrics: requests by op and outcome
- * and keys by outcome; read (and reset) with take_counts(). */
-static unsigned long long n_get_found, n_get_not_found, n_mget, n_keys_found, n_keys_missing, n_fallback;
+/* What the compiled loop answered, for metrics, in the layout of
+ * rokv.worker.stats.RequestStats: requests by (op, outcome) at op * 6 +
+ * outcome, mget keys by outcome, and a histogram of handling times over the
+ * bounds given to set_buckets(). take_stats() returns them and starts again
+ * from zero; what the Python handler answers it counts itself. */
+#define N_REQUESTS 24
+#define R_GET_FOUND 0
+#define R_GET_NOT_FOUND 1
+#define R_MGET_FOUND 6
+#define R_MGET_NOT_FOUND 7
+#define MAX_BUCKETS 64
+static unsigned long long st_requests[N_REQUESTS], st_keys[3], st_buckets[MAX_BUCKETS + 1];
+static double st_seconds, st_bounds[MAX_BUCKETS];
+static int st_nbounds = 0;
 
 static PyObject *
-native_take_counts(PyObject *self, PyObject *unused)
+native_set_buckets(PyObject *self, PyObject *arg)
 {
-    PyObject *d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "get_found", n_get_found, "get_not_found",
-                                n_get_not_found, "mget", n_mget, "keys_found", n_keys_found, "keys_missing",
-                                n_keys_missing, "fallback", n_fallback);
-    n_get_found = n_get_not_found = n_mget = n_keys_found = n_keys_missing = n_fallback = 0;
-    return d;
+    PyObject *seq = PySequence_Fast(arg, "set_buckets takes a sequence of upper bounds in seconds");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_BUCKETS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many buckets");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        st_bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    st_nbounds = (int)n;
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
+static inline double
+now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Count one request's handling time: the first bucket whose bound is >= it
+ * ("le"), as bisect_left over the bounds does. */
+static inline void
+observe(double seconds)
+{
+    int i = 0;
+    while (i < st_nbounds && st_bounds[i] < seconds)
+        i++;
+    st_buckets[i]++;
+    st_seconds += seconds;
+}
+
+static PyObject *
+native_take_stats(PyObject *self, PyObject *unused)
+{
+    PyObject *requests = PyList_New(N_REQUESTS), *keys = PyList_New(3), *buckets = PyList_New(st_nbounds + 1);
+    if (requests == NULL || keys == NULL || buckets == NULL)
+        goto fail;
+    for (int i = 0; i < N_REQUESTS; i++)
+        PyList_SET_ITEM(requests, i, PyLong_FromUnsignedLongLong(st_requests[i]));
+    for (int i = 0; i < 3; i++)
+        PyList_SET_ITEM(keys, i, PyLong_FromUnsignedLongLong(st_keys[i]));
+    for (int i = 0; i <= st_nbounds; i++)
+        PyList_SET_ITEM(buckets, i, PyLong_FromUnsignedLongLong(st_buckets[i]));
+    PyObject *result = Py_BuildValue("(NNNd)", requests, keys, buckets, st_seconds);
+    memset(st_requests, 0, sizeof st_requests);
+    memset(st_keys, 0, sizeof st_keys);
+    memset(st_buckets, 0, sizeof st_buckets);
+    st_seconds = 0;
+    return result;
+fail:
+    Py_XDECREF(requests);
+    Py_XDECREF(keys);
+    Py_XDECREF(buckets);
+    return NULL;
 }
 
 /* ------------------------------------------------------------ answering */
@@ -609,7 +680,7 @@ answer(Lookup *l, const req_t *q, buf_t *out)
         if (rc <= 0)
             return rc;
         if (rc == 1) {
-            n_get_found++;
+            st_requests[R_GET_FOUND]++;
             return 1;
         }
         out->len = mark;
@@ -621,7 +692,7 @@ answer(Lookup *l, const req_t *q, buf_t *out)
         size_t mlen = (size_t)snprintf(message, sizeof message, "key %.*s not found", (int)q->key_len, q->key);
         if (pack_str(out, message, mlen) < 0)
             return -1;
-        n_get_not_found++;
+        st_requests[R_GET_NOT_FOUND]++;
         return 1;
     }
     /* mget: {"id": id, "values": [...]} */
@@ -646,9 +717,9 @@ answer(Lookup *l, const req_t *q, buf_t *out)
         else
             found++;
     }
-    n_mget++;
-    n_keys_found += found;
-    n_keys_missing += missing;
+    st_requests[missing ? R_MGET_NOT_FOUND : R_MGET_FOUND]++;
+    st_keys[0] += found;
+    st_keys[1] += missing;
     return 1;
 }
 
@@ -687,7 +758,6 @@ fall_back(void *sock, PyObject *handler, zmsg_t *route, zmsg_t *body, int more, 
         }
         Py_DECREF(b);
     }
-    n_fallback++;
     PyObject *reply = PyObject_CallFunctionObjArgs(handler, frames, NULL);
     Py_DECREF(frames);
     if (reply == NULL)
@@ -781,8 +851,11 @@ native_serve(PyObject *self, PyObject *args)
         int more = z_msg_more(&body);
         req_t q = {0};
         int done = 0;
+        double started = now_seconds();
         if (!more && parse_request(z_msg_data(&body), z_msg_size(&body), &q)) {
             done = answer(l, &q, &out);
+            if (done > 0)
+                observe(now_seconds() - started);
             if (done < 0) {
                 z_msg_close(&route);
                 z_msg_close(&body);
@@ -853,7 +926,9 @@ static PyMethodDef methods[] = {
     {"serve", native_serve, METH_VARARGS,
      "serve(socket_address, lookup, handler, limit, dontwait) -> (answered, dropped, interrupted)"},
     {"answer", native_answer, METH_VARARGS, "answer(lookup, body) -> bytes or None (Python answers)"},
-    {"take_counts", native_take_counts, METH_NOARGS, "take_counts() -> dict of counts since the last call"},
+    {"set_buckets", native_set_buckets, METH_O, "set_buckets(bounds): the handling-time histogram's upper bounds"},
+    {"take_stats", native_take_stats, METH_NOARGS,
+     "take_stats() -> (requests, mget_keys, buckets, seconds) since the last call (see rokv.worker.stats)"},
     {NULL, NULL, 0, NULL},
 };
 

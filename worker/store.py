@@ -19,7 +19,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import Any, TYPE_CHECKING, Callable, Iterable, Iterator
 
 from rokv.worker.dataset import DatasetError
 
@@ -236,6 +236,13 @@ class Store:
 
     def __len__(self) -> int:
         return self._n
+
+    def native_lookup(self, native: Any) -> Any:
+        """This store as ``rokv._native`` reads it: the mapping and where its
+        sections are (FORMAT.md), for lookups in compiled code."""
+        h = self.header
+        return native.store_lookup(self._mm, h.table_offset, h.keys_offset, h.offsets_offset, h.values_offset,
+                                   h.count, h.bucket_bits)
 
     def __contains__(self, key: object) -> bool:
         return self.get(key) is not None  # type: ignore[arg-type]
