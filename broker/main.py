@@ -322,9 +322,10 @@ class Broker:
 
 
 class ForwardedCounts:
-    """Messages and bytes forwarded since the broker started, from libzmq's
-    proxy STATISTICS: 8 counters (frontend messages in, bytes in, messages
-    out, bytes out; then the backend's), kept by the proxy whether or not
+    """Frames and bytes forwarded since the broker started, from libzmq's
+    proxy STATISTICS: 8 counters (frontend frames in, bytes in, frames out,
+    bytes out; then the backend's: libzmq 4.3.5 documents "messages" but
+    counts each frame), kept by the proxy whether or not
     anyone asks, so counting costs the forwarding loop nothing. Each call of
     the proxy starts them at 0, and the broker calls it again after a
     spurious wake-up (and after a reload): the last reading of a call is
@@ -347,7 +348,7 @@ class ForwardedCounts:
 
     @property
     def messages(self) -> tuple[int, int]:
-        """(requests: clients to workers, replies: workers to clients)."""
+        """Frames of (requests: clients to workers, replies: workers to clients)."""
         return self._total(0), self._total(4)
 
     @property

@@ -160,8 +160,8 @@ def parse(address: str, taken: float, text: str) -> HostScrape:
                 broker(labels["broker"]).workers = value
             elif name == "rokv_broker_clients_connected":
                 broker(labels["broker"]).clients = value
-            elif name == "rokv_broker_forwarded_messages_total" and labels.get("direction") == "request":
-                broker(labels["broker"]).requests += value
+            elif name == "rokv_broker_forwarded_frames_total" and labels.get("direction") == "request":
+                broker(labels["broker"]).requests += value / 2  # routing id and body
     # Counters outlive their process (totals must not go down); a worker is
     # listed while its live gauges say it runs.
     result.workers = {name: w for name, w in sorted(workers.items()) if name in live}

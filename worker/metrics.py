@@ -182,9 +182,11 @@ class BrokerMetrics:
                                  "When the broker last published (Unix time)", broker).labels(name)
         _gauge("rokv_broker_start_time_seconds", "When the broker process started (Unix time)",
                broker).labels(name).set(process_start_time())
-        messages = _counter("rokv_broker_forwarded_messages_total",
-                            "Messages forwarded: requests (clients to workers) and replies (workers to clients)",
-                            ("broker", "direction"))
+        # libzmq 4.3.5's proxy counts frames, not messages (measured: a
+        # request or a reply is 2, the routing id and the body).
+        messages = _counter("rokv_broker_forwarded_frames_total",
+                            "ZeroMQ frames forwarded: of requests (clients to workers) and of replies (workers to "
+                            "clients); a well-formed request or reply is 2 frames", ("broker", "direction"))
         volume = _counter("rokv_broker_forwarded_bytes_total", "Bytes of the messages forwarded, by direction",
                           ("broker", "direction"))
         self._messages = [messages.labels(name, d) for d in self.DIRECTIONS]
@@ -197,8 +199,8 @@ class BrokerMetrics:
 
     def publish(self, *, up: bool, workers: int, clients: int, messages: tuple[int, int], volume: tuple[int, int],
                 restarts: int) -> None:
-        """Publish the broker's state; ``messages``, ``volume`` (requests,
-        replies) and ``restarts`` are totals since the start, never lower
+        """Publish the broker's state; ``messages`` (frames), ``volume`` (bytes), each (requests,
+        replies), and ``restarts`` are totals since the start, never lower
         than at the last call."""
         self._up.set(1 if up else 0)
         self._workers.set(workers)
