@@ -136,7 +136,7 @@ def render(shown: dict[str, Any], interval: float) -> list[str]:
     majority = shown["majority_dataset"]
     lines.append(f"dataset of most workers: {_short(majority, 52)}"[:WIDTH] if majority else "no worker reports")
     if flagged:
-        lines.append(f"! {flagged} worker{'s' * (flagged != 1)} serve another dataset"[:WIDTH])
+        lines.append(f"! {flagged} worker{'s serve' if flagged != 1 else ' serves'} another dataset"[:WIDTH])
     lines.append(_HEADER)
     for host in hosts:
         if host["error"]:

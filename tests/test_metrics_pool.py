@@ -225,7 +225,7 @@ def _build(tmp_path: Path, name: str, pairs: dict[str, str]) -> Path:
     source = tmp_path / f"{name}.json"
     source.write_text(json.dumps(pairs))
     out = tmp_path / f"{name}.rokv"
-    result = subprocess.run([sys.executable, "-m", "rokv", "build", str(source), str(out)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "rokv", "build", str(source), "-o", str(out)], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return out
@@ -235,6 +235,20 @@ def _digest(path: Path) -> str:
     result = subprocess.run([sys.executable, "-m", "rokv", "inspect", str(path)], capture_output=True, text=True,
                             timeout=60)
     return json.loads(result.stdout)["digest"]
+
+
+def _answering(endpoint: str, count: int) -> None:
+    """Wait until ``count`` worker processes answer (by PID: both hosts run
+    a worker_00)."""
+    pids: set[int] = set()
+    with Client(endpoint, timeout=0.5, retries=0) as client:
+        def enough() -> bool:
+            try:
+                pids.add(int(client.ping()["pid"]))
+            except ServiceUnavailable:
+                pass
+            return len(pids) >= count
+        wait_for(enough, 60, f"{count} workers to answer at {endpoint}", interval=0.01)
 
 
 def test_rokv_top_reports_every_worker_of_two_hosts_and_flags_the_odd_dataset(
@@ -248,11 +262,11 @@ def test_rokv_top_reports_every_worker_of_two_hosts_and_flags_the_odd_dataset(
                                             ROKV_BACKEND=backend, ROKV_DATA=str(main)))
     h2.supervise(tmp_path / "h2", child_env(ROKV_ROLE="worker", ROKV_METRICS=f"{h2.address}:9555",
                                                    ROKV_BACKEND=backend, ROKV_DATA=str(main)))
-    seen_workers(h1.endpoint(5555), 4, timeout=60)
+    _answering(h1.endpoint(5555), 4)
     # A worker started by hand on h2 with another dataset, publishing with the others.
     h2.start("odd", [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(odd), "--name", "odd"],
              tmp_path, child_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "h2" / "run" / "metrics")))
-    seen_workers(h1.endpoint(5555), 5, timeout=60)
+    _answering(h1.endpoint(5555), 5)
     addresses = f"{h1.address}:9555,{h2.address}:9555"
 
     def top() -> dict:
