@@ -27,6 +27,9 @@ SCRAPE_TIMEOUT = 2.0
 class MissingParser(ImportError):
     """prometheus_client is not installed."""
 
+    MESSAGE = ("rokv top reads metrics with prometheus_client: pip install prometheus_client "
+               "(it comes with the server extra, 'rokv[server]')")
+
 
 @dataclass
 class WorkerTotals:
@@ -125,8 +128,7 @@ def parse(address: str, taken: float, text: str) -> HostScrape:
     try:
         from prometheus_client.parser import text_string_to_metric_families
     except ImportError:
-        raise MissingParser("rokv top reads metrics with prometheus_client: pip install prometheus_client "
-                            "(it comes with the server extra, 'rokv[server]')") from None
+        raise MissingParser(MissingParser.MESSAGE) from None
     result = HostScrape(address, taken)
     live: set[str] = set()
     workers: dict[str, WorkerTotals] = {}

@@ -65,6 +65,11 @@ def cmd_top(args: argparse.Namespace) -> int:
     if not 0.1 <= args.interval <= 3600:
         _err("error: --interval must be from 0.1 to 3600 seconds")
         return Exit.USAGE
+    try:
+        import prometheus_client.parser  # noqa: F401 - said now, not after the first reading
+    except ImportError:
+        _err(f"error: {MissingParser.MESSAGE}")
+        return Exit.USAGE
     live = not args.once and sys.stdout.isatty() and not args.json
     try:
         with ThreadPoolExecutor(max_workers=min(16, len(addresses))) as pool:

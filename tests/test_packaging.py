@@ -78,5 +78,9 @@ def test_the_light_client_looks_keys_up_and_server_commands_name_their_extra(
                                text=True, timeout=scaled(60))
         assert built.returncode == 2
         assert "pip install 'rokv[server]'" in built.stderr and "Traceback" not in built.stderr
+        top = subprocess.run([str(rokv), "top", "--once", "--metrics", "127.0.0.1:9"], capture_output=True,
+                             text=True, timeout=scaled(60))
+        assert top.returncode == 2 and "pip install prometheus_client" in top.stderr, top.stderr
+        assert "Traceback" not in top.stderr
     finally:
         stack.stop()
