@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -19,6 +20,10 @@ from rokv.broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
 from rokv import protocol as p
 from rokv.monitor import ConnectionWatcher
 from rokv.security import KeyFileError, load_secret
+from rokv.worker import metrics
+
+if TYPE_CHECKING:
+    from rokv.worker.metrics import BrokerMetrics
 
 log = logging.getLogger("rokv.broker")
 
@@ -152,6 +157,9 @@ class Broker:
         self.failure: list[BaseException] = []
         #: Times libzmq woke the proxy with nothing to read (see _forward).
         self.spurious_wakeups = 0
+        #: Times the proxy was (re)entered: each call has its own STATISTICS.
+        self.proxy_runs = 0
+        self.forwarded = ForwardedCounts()
         self._thread: threading.Thread | None = None
         self.control = self.ctx.socket(zmq.PAIR)
         self.proxy_control = self.ctx.socket(zmq.PAIR)
@@ -218,6 +226,7 @@ class Broker:
         assert self.frontend is not None and self.backend is not None
         while True:
             try:
+                self.proxy_runs += 1
                 zmq.proxy_steerable(self.frontend, self.backend, None, self.proxy_control)
                 return  # TERMINATE
             except zmq.Again:
@@ -230,6 +239,33 @@ class Broker:
             except BaseException as exc:  # reported by the main thread
                 self.failure.append(exc)
                 return
+
+    def statistics(self, timeout_ms: int = 200) -> list[int] | None:
+        """libzmq's counters for the running proxy call (see
+        :class:`ForwardedCounts`), or None when it did not answer in time or
+        was restarted meanwhile. Main thread only: it owns the control socket."""
+        if not self.running():
+            return None
+        while self.control.poll(0):  # a late answer to an earlier ask
+            self.control.recv_multipart()
+        before = self.proxy_runs
+        self.control.send(b"STATISTICS")
+        if not self.control.poll(timeout_ms):
+            return None
+        frames = self.control.recv_multipart()
+        if self.proxy_runs != before or len(frames) != 8 or any(len(f) != 8 for f in frames):
+            return None  # answered by a call that has since ended, or not libzmq 4.3's form
+        return [int.from_bytes(f, sys.byteorder) for f in frames]
+
+    def publish(self, published: BrokerMetrics) -> None:
+        """Publish this broker's state (main thread, every PUBLISH_SECONDS)."""
+        stats = self.statistics()
+        if stats is not None:
+            self.forwarded.update(self.proxy_runs, stats)
+        links = {link.label.partition(" ")[0]: link.connected for link in self.watcher.links()}
+        published.publish(up=self.running() and not self.failure, workers=links.get(WORKERS_DOMAIN, 0),
+                          clients=links.get(CLIENTS_DOMAIN, 0), messages=self.forwarded.messages,
+                          volume=self.forwarded.volume, restarts=self.spurious_wakeups)
 
     def stop_proxy(self) -> bool:
         """Stop forwarding; False when the proxy would not stop (then nothing
@@ -285,6 +321,58 @@ class Broker:
         self.ctx.term()
 
 
+class ForwardedCounts:
+    """Frames and bytes forwarded since the broker started, from libzmq's
+    proxy STATISTICS: 8 counters (frontend frames in, bytes in, frames out,
+    bytes out; then the backend's: libzmq 4.3.5 documents "messages" but
+    counts each frame), kept by the proxy whether or not
+    anyone asks, so counting costs the forwarding loop nothing. Each call of
+    the proxy starts them at 0, and the broker calls it again after a
+    spurious wake-up (and after a reload): the last reading of a call is
+    carried over, and what it forwarded after that reading is not counted."""
+
+    def __init__(self) -> None:
+        self._carried = [0] * 8
+        self._last = [0] * 8
+        self._run = 0
+
+    def update(self, run: int, stats: list[int]) -> None:
+        """Take a reading of proxy call number ``run``."""
+        if run != self._run:
+            self._carried = [c + n for c, n in zip(self._carried, self._last)]
+            self._run = run
+        self._last = stats
+
+    def _total(self, index: int) -> int:
+        return self._carried[index] + self._last[index]
+
+    @property
+    def messages(self) -> tuple[int, int]:
+        """Frames of (requests: clients to workers, replies: workers to clients)."""
+        return self._total(0), self._total(4)
+
+    @property
+    def volume(self) -> tuple[int, int]:
+        """Bytes of the requests and of the replies."""
+        return self._total(1), self._total(5)
+
+
+def _published(args: argparse.Namespace) -> BrokerMetrics | None:
+    """This broker's metrics when the host publishes them (see
+    rokv.worker.metrics); None when off or impossible (logged)."""
+    folder = metrics.metrics_dir()
+    if folder is None:
+        return None
+    try:
+        metrics.prepare(folder)
+        return metrics.BrokerMetrics(os.environ.get("SUPERVISOR_PROCESS_NAME") or args.frontend)
+    except ImportError as exc:
+        log.error("metrics are off: %s (it comes with the server extra: pip install 'rokv[server]')", exc)
+    except (OSError, ValueError) as exc:
+        log.error("metrics are off: cannot publish into %s: %s", folder, exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -305,9 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         args.frontend, args.backend, args.io_threads, args.max_message_size, "on" if broker.auth else "off",
     )
 
+    published = _published(args)
     received = None
     while broker.running():
-        received = signal.sigtimedwait(WAITED_SIGNALS, 0.5)
+        if published is not None:
+            broker.publish(published)
+        received = signal.sigtimedwait(WAITED_SIGNALS, 0.5 if published is None else metrics.PUBLISH_SECONDS)
         if received is None:
             continue
         if received.si_signo in STOP_SIGNALS:
@@ -321,7 +412,12 @@ def main(argv: list[str] | None = None) -> int:
             # and ctx.term() would then hang, so leave without cleaning up.
             log.error("proxy did not stop within 3 s; exiting without cleanup")
             os._exit(0)
+    if published is not None and broker.failure:
+        published.publish(up=False, workers=0, clients=0, messages=broker.forwarded.messages,
+                          volume=broker.forwarded.volume, restarts=broker.spurious_wakeups)
     broker.close()
+    if published is not None:
+        metrics.retire()
     if broker.failure:
         log.error("proxy failed: %s", broker.failure[0])
         return 1

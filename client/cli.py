@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rokv.bench import add_command as add_bench_command
 
     add_bench_command(sub, common)
+    from rokv.top import add_command as add_top_command
+
+    add_top_command(sub)
     for name, (_, summary) in SERVER_COMMANDS.items():
         # Listed for --help only: main() hands these commands, with all their
         # arguments, to their own parser once their module is loaded.

@@ -187,6 +187,8 @@ EXIT_CODES = {
     "get-many": "0 all found, 1 some not found, 2 an invalid key or bad usage, 3 service unavailable, 4 request refused",
     "ping": "0 answered, 2 bad usage, 3 service unavailable, 4 request refused",
     "keygen": "0 written, 2 a key file exists or cannot be written, or bad usage",
+    "top": "0 done (or stopped with Ctrl-C), 2 bad usage or prometheus_client missing, 3 (with --once) a host "
+    "did not answer",
     "bench": "0 every answer right, 1 some answer wrong, 2 bad usage or a dataset that cannot be read, 3 some",
     "build": "0 built, 1 SRC refused or OUT cannot be written, 2 bad usage",
     "inspect": "0 printed, 1 not a readable .rokv file, 2 bad usage",

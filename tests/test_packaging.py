@@ -83,5 +83,9 @@ def test_the_light_client_looks_keys_up_and_server_commands_name_their_extra(
                               timeout=scaled(60))
         assert http.returncode == 2
         assert "pip install 'rokv[http]'" in http.stderr and "Traceback" not in http.stderr
+        top = subprocess.run([str(rokv), "top", "--once", "--metrics", "127.0.0.1:9"], capture_output=True,
+                             text=True, timeout=scaled(60))
+        assert top.returncode == 2 and "pip install prometheus_client" in top.stderr, top.stderr
+        assert "Traceback" not in top.stderr
     finally:
         stack.stop()

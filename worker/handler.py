@@ -7,11 +7,16 @@ import logging
 import os
 import socket
 import time
+from bisect import bisect_left
 from typing import Any, Callable, Mapping, Protocol
 
 from rokv import protocol as p
 from rokv.errors import InvalidKey
 from rokv.keys import normalize_key
+from rokv.worker.stats import (
+    BUCKETS, GET_FOUND, GET_INVALID, GET_NOT_FOUND, KEY_FOUND, KEY_INVALID, KEY_NOT_FOUND, MGET_FOUND, MGET_INVALID,
+    MGET_NOT_FOUND, OTHER_ERROR, OTHER_REFUSED, PING_OK, RequestStats, clock,
+)
 
 log = logging.getLogger("rokv.worker")
 
@@ -53,7 +58,9 @@ class Handler:
     ``data`` maps canonical lowercase keys to values; since only valid keys are
     in it, a hit needs no validation, and keys are validated (and normalised)
     only on a miss. ``extra_info`` is added to the ping reply (for a .rokv
-    dataset: its digest).
+    dataset: its digest). ``stats`` counts every request by operation and
+    outcome, and its handling time, in plain integers (see
+    :mod:`rokv.worker.stats`).
     """
 
     def __init__(
@@ -77,56 +84,81 @@ class Handler:
             **(extra_info or {}),
         }
         self._drop_log = RateLimitedLog(log)
+        self.stats = RequestStats()
+        self._requests = self.stats.requests
+        self._mget_keys = self.stats.mget_keys
 
     def handle(self, frames: list[bytes]) -> list[bytes] | None:
         """The reply frames for one message from the broker, or ``None`` when
         it cannot be addressed. Never raises."""
-        if len(frames) < 2:
-            self._drop_log.warning(f"dropped a message of {len(frames)} frame(s): no routing id and body")
-            return None
-        route = frames[0]
-        if len(frames) != 2:
-            self._drop_log.warning(f"refused a request of {len(frames) - 1} frames")
-            return [route, p.encode_error(None, p.BAD_REQUEST, f"a request is one frame, not {len(frames) - 1}")]
+        start = clock()
         try:
-            return [route, self.answer(frames[1])]
-        except Exception:  # a bug must cost one reply, never the worker
-            log.exception("internal error while answering a request")
-            return [route, p.encode_error(None, p.INTERNAL, p.error_message(p.INTERNAL))]
+            if len(frames) < 2:
+                self._requests[OTHER_REFUSED] += 1
+                self._drop_log.warning(f"dropped a message of {len(frames)} frame(s): no routing id and body")
+                return None
+            route = frames[0]
+            if len(frames) != 2:
+                self._requests[OTHER_REFUSED] += 1
+                self._drop_log.warning(f"refused a request of {len(frames) - 1} frames")
+                return [route, p.encode_error(None, p.BAD_REQUEST,
+                                              f"a request is one frame, not {len(frames) - 1}")]
+            try:
+                return [route, self.answer(frames[1])]
+            except Exception:  # a bug must cost one reply, never the worker
+                self._requests[OTHER_ERROR] += 1
+                log.exception("internal error while answering a request")
+                return [route, p.encode_error(None, p.INTERNAL, p.error_message(p.INTERNAL))]
+        finally:
+            # Inlined RequestStats.observe: this runs for every request.
+            seconds = clock() - start
+            stats = self.stats
+            stats.buckets[bisect_left(BUCKETS, seconds)] += 1
+            stats.seconds += seconds
 
     def answer(self, body: bytes) -> bytes:
         """The reply body for one request body."""
         try:
             req = p.decode_request(body)
         except p.ProtocolViolation as exc:
+            self._requests[OTHER_REFUSED] += 1
             self._drop_log.warning(f"refused a request: {exc.code}: {exc.message}")
             return p.encode_error(exc.request_id, exc.code, exc.message)
         if req.op == p.OP_GET:
             return self._get(req.request_id, req.key)
         if req.op == p.OP_MGET:
             return self._mget(req.request_id, req.keys or [])
+        self._requests[PING_OK] += 1
         return p.encode_worker(req.request_id, {**self._info, "uptime": time.monotonic() - self._started})
 
     def _get(self, rid: int, key: Any) -> bytes:
         value = self.data.get(key) if type(key) is str else None  # noqa: E721
         if value is not None:
+            self._requests[GET_FOUND] += 1
             return p.encode_value(rid, value)
         try:
             canonical = normalize_key(key)
         except InvalidKey as exc:
+            self._requests[GET_INVALID] += 1
             return p.encode_error(rid, p.INVALID_KEY, exc.message)
         if canonical != key:
             value = self.data.get(canonical)
             if value is not None:
+                self._requests[GET_FOUND] += 1
                 return p.encode_value(rid, value)
+        self._requests[GET_NOT_FOUND] += 1
         return p.encode_error(rid, p.NOT_FOUND, p.error_message(p.NOT_FOUND, key=canonical))
 
     def _mget(self, rid: int, keys: list[Any]) -> bytes:
         if self._dict_getitem is not None:
             try:
-                return p.encode_values(rid, list(map(self._dict_getitem, keys)))
+                reply = p.encode_values(rid, list(map(self._dict_getitem, keys)))
             except (KeyError, TypeError):  # a miss, or an unhashable key
                 pass
+            else:
+                self._requests[MGET_FOUND] += 1
+                self._mget_keys[KEY_FOUND] += len(keys)
+                return reply
         get = self.data.get
         try:
             values = self._get_many(keys)
@@ -142,7 +174,15 @@ class Handler:
                 except InvalidKey as exc:
                     # The position travels as data; clients word "keys[i]: ..."
                     # with the index into their own, possibly longer, list.
+                    self._requests[MGET_INVALID] += 1
+                    self._mget_keys[KEY_INVALID] += 1
                     return p.encode_error(rid, p.INVALID_KEY, exc.message, index=index)
                 values[index] = get(canonical)
+            missing = values.count(None)
+        else:
+            missing = 0
+        self._requests[MGET_NOT_FOUND if missing else MGET_FOUND] += 1
+        self._mget_keys[KEY_FOUND] += len(values) - missing
+        self._mget_keys[KEY_NOT_FOUND] += missing
         return p.encode_values(rid, values)
 

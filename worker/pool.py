@@ -10,8 +10,10 @@ it writes. At supervisord's start, rokv-pool:
    ``ROKV_WORKERS``; defaults when unset);
 2. writes the broker and worker programs they call for into that file (the
    workers as ``[program:worker]`` with ``numprocs=ROKV_WORKERS``, so any count
-   works and no idle slots are listed), and the HTTP gateway (``rokv-http``) as
-   ``[program:http]`` when ``ROKV_HTTP`` is set;
+   works and no idle slots are listed), the HTTP gateway (``rokv-http``) as
+   ``[program:http]`` when ``ROKV_HTTP`` is set, and ``rokv-metrics`` as
+   ``[program:metrics]`` when ``ROKV_METRICS`` names a scrape address (every
+   rokv program then publishes into run/metrics, emptied here first);
 3. has supervisord load the file, as ``supervisorctl update`` would, and starts
    the programs; they are then ordinary supervised programs (restarted when
    they die, stopped with SIGTERM);
@@ -37,10 +39,13 @@ from xmlrpc.client import Fault
 
 from supervisor import childutils
 
+from rokv.hostport import METRICS_ENV, parse_address
+from rokv.worker import metricfiles, metrics
+
 DEFAULT_WORKERS = 2
 #: The process groups this program owns; any others in the configuration are
 #: left to the operator.
-MANAGED = ("broker", "worker", "http")
+MANAGED = ("metrics", "broker", "worker", "http")
 EXIT_BAD_SETTING = 2
 #: How long rokv-pool keeps asking a busy supervisord to load its programs.
 RPC_PATIENCE_SECONDS = 30.0
@@ -65,6 +70,8 @@ class Settings:
 
     role: str
     workers: int
+    #: ROKV_METRICS: this host's scrape address (HOST:PORT), or None: off.
+    metrics: str | None = None
 
     @property
     def broker(self) -> bool:
@@ -82,11 +89,17 @@ class Settings:
         if role not in ROLES:
             raise SettingError(f"ROKV_ROLE={env.get('ROKV_ROLE')!r}: expected one of {', '.join(ROLES)} "
                                f"(default {DEFAULT_ROLE})")
+        scrape = env.get(METRICS_ENV, "").strip() or None
+        if scrape is not None:
+            try:
+                parse_address(scrape)
+            except ValueError as exc:
+                raise SettingError(f"{METRICS_ENV}: {exc}") from None
         if "worker" not in ROLES[role]:
-            return cls(role=role, workers=0)
+            return cls(role=role, workers=0, metrics=scrape)
         raw = env.get("ROKV_WORKERS", "").strip()
         if not raw:
-            return cls(role=role, workers=DEFAULT_WORKERS)
+            return cls(role=role, workers=DEFAULT_WORKERS, metrics=scrape)
         try:
             workers = int(raw)
         except ValueError:
@@ -94,7 +107,7 @@ class Settings:
                                f"1 or more (default {DEFAULT_WORKERS})") from None
         if workers < 1:
             raise SettingError(f"ROKV_WORKERS={raw!r}: a pool needs at least 1 worker")
-        return cls(role=role, workers=workers)
+        return cls(role=role, workers=workers, metrics=scrape)
 
 
 def http_from_env(env: dict[str, str] | os._Environ[str]) -> str | None:
@@ -138,11 +151,17 @@ def render(settings: Settings, here: Path, http: str | None = None) -> str:
     (the folder of supervisord.conf, where relative ROKV_DATA paths point);
     with ``http`` (ROKV_HTTP), the gateway too."""
     common = _COMMON.format(here=here)
+    if settings.metrics:
+        # Every program publishes into the folder rokv-metrics serves from.
+        common += f'environment={metrics.DIR_ENV}="{metrics_dir(here)}"\n'
     sections = [
         f"; Written by rokv-pool at each start of supervisord from the ROKV_* variables (role {settings.role});\n"
         "; edits are lost. autostart=false: rokv-pool starts these once the file is loaded, so a stale\n"
         "; copy read at supervisord's start never runs.\n"
     ]
+    if settings.metrics:
+        sections.append(f"[program:metrics]\ncommand=rokv-metrics --listen {settings.metrics}\npriority=5\n{common}"
+                        f"stdout_logfile={here}/run/metrics.log\n")
     if settings.broker:
         sections.append(f"[program:broker]\ncommand=rokv-broker\npriority=10\n{common}"
                         f"stdout_logfile={here}/run/broker.log\n")
@@ -158,6 +177,11 @@ def render(settings: Settings, here: Path, http: str | None = None) -> str:
     return "\n".join(sections)
 
 
+def metrics_dir(here: Path) -> Path:
+    """The folder every program of this host publishes its metrics into."""
+    return here / "run" / "metrics"
+
+
 def write_if_changed(path: Path, text: str) -> bool:
     """Replace ``path`` atomically with ``text`` unless it holds it already."""
     try:
@@ -171,10 +195,16 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def apply(rpc: Any) -> list[str]:
+def apply(rpc: Any, metrics_folder: Path | None = None) -> list[str]:
     """Have supervisord load the written file for the groups rokv owns, as
     ``supervisorctl update`` does, then start every program of those groups
-    that is not running; the groups now configured."""
+    that is not running; the groups now configured. ``metrics_folder`` is
+    emptied first when no rokv program runs (supervisord's start): totals
+    start again at 0 with the pool, never under a running process."""
+    if metrics_folder is not None and not any(
+            info["group"] in MANAGED and info["statename"] not in ("STOPPED", "EXITED", "FATAL")
+            for info in rpc.supervisor.getAllProcessInfo()):
+        metricfiles.clear(metrics_folder)
     added, changed, removed = rpc.supervisor.reloadConfig()[0]
     for name in [*removed, *changed]:
         if name in MANAGED:
@@ -225,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + RPC_PATIENCE_SECONDS
     while True:
         try:
-            groups = apply(rpc)
+            groups = apply(rpc, metrics_dir(args.here.resolve()) if settings.metrics else None)
             break
         except (Fault, OSError) as exc:
             if time.monotonic() > deadline:
