@@ -399,9 +399,21 @@ is_canonical(const char *k, size_t n)
     return k[14] == '4' && (k[19] == '8' || k[19] == '9' || k[19] == 'a' || k[19] == 'b');
 }
 
+/* A dict dataset's index: the 16 bytes of each (canonical) key -> its
+ * value's UTF-8, in an open-addressing table, so that a lookup allocates no
+ * Python string and hashes nothing (version 4 UUIDs are random: their first
+ * 8 bytes are the hash). The values stay owned by the dict. */
+typedef struct {
+    unsigned char key[16];
+    const char *value;
+    Py_ssize_t size; /* -1: an empty slot */
+} slot_t;
+
 typedef struct {
     PyObject_HEAD
     PyObject *dict;     /* a dict of canonical key -> value, or NULL */
+    slot_t *slots;      /* its index, or NULL (then PyDict lookups) */
+    size_t mask;
     Py_buffer view;     /* a .rokv file's mapping, when dict is NULL */
     int has_view;
     const unsigned char *table, *keys, *offsets, *values;
@@ -412,6 +424,7 @@ typedef struct {
 static void
 Lookup_dealloc(Lookup *self)
 {
+    PyMem_Free(self->slots);
     Py_XDECREF(self->dict);
     if (self->has_view)
         PyBuffer_Release(&self->view);
@@ -426,6 +439,55 @@ static PyTypeObject LookupType = {
     .tp_doc = "A dataset as the compiled loop reads it: a dict, or a .rokv mapping.",
 };
 
+static inline uint64_t
+slot_hash(const unsigned char key[16])
+{
+    uint64_t h;
+    memcpy(&h, key, 8);
+    return h ^ (h >> 29);
+}
+
+/* Index a dict whose keys are all canonical and whose values are all str;
+ * leave it unindexed (PyDict lookups) when any is not. */
+static int
+index_dict(Lookup *l)
+{
+    Py_ssize_t n = PyDict_Size(l->dict);
+    size_t cap = 16;
+    while (cap < (size_t)n * 2)
+        cap *= 2;
+    slot_t *slots = PyMem_Calloc(cap, sizeof(slot_t));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < cap; i++)
+        slots[i].size = -1;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(l->dict, &pos, &key, &value)) {
+        Py_ssize_t kn, vn;
+        const char *k, *v;
+        unsigned char kb[16];
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(value) ||
+            (k = PyUnicode_AsUTF8AndSize(key, &kn)) == NULL || !is_canonical(k, (size_t)kn) ||
+            !key_bytes(k, (size_t)kn, kb) || (v = PyUnicode_AsUTF8AndSize(value, &vn)) == NULL) {
+            PyErr_Clear();
+            PyMem_Free(slots);
+            return 0; /* not a loader's dict: look up through Python's dict */
+        }
+        size_t at = slot_hash(kb) & (cap - 1);
+        while (slots[at].size >= 0)
+            at = (at + 1) & (cap - 1);
+        memcpy(slots[at].key, kb, 16);
+        slots[at].value = v;
+        slots[at].size = vn;
+    }
+    l->slots = slots;
+    l->mask = cap - 1;
+    return 0;
+}
+
 static PyObject *
 native_dict_lookup(PyObject *self, PyObject *d)
 {
@@ -438,8 +500,32 @@ native_dict_lookup(PyObject *self, PyObject *d)
         return NULL;
     Py_INCREF(d);
     l->dict = d;
+    l->slots = NULL;
     l->has_view = 0;
+    if (index_dict(l) < 0) {
+        Py_DECREF(l);
+        return NULL;
+    }
     return (PyObject *)l;
+}
+
+/* An indexed dict's value for a canonical key: 1 found, 0 missing. */
+static int
+slots_get(Lookup *l, const char *k, size_t n, const char **v, size_t *vn)
+{
+    unsigned char kb[16];
+    if (!key_bytes(k, n, kb))
+        return 0;
+    size_t at = slot_hash(kb) & l->mask;
+    while (l->slots[at].size >= 0) {
+        if (memcmp(l->slots[at].key, kb, 16) == 0) {
+            *v = l->slots[at].value;
+            *vn = (size_t)l->slots[at].size;
+            return 1;
+        }
+        at = (at + 1) & l->mask;
+    }
+    return 0;
 }
 
 static PyObject *
@@ -454,6 +540,7 @@ native_store_lookup(PyObject *self, PyObject *args)
     if (l == NULL)
         return NULL;
     l->dict = NULL;
+    l->slots = NULL;
     l->has_view = 0;
     if (PyObject_GetBuffer(mapping, &l->view, PyBUF_SIMPLE) < 0) {
         Py_DECREF(l);
@@ -541,6 +628,20 @@ dict_get(Lookup *l, const char *k, size_t n, PyObject **value)
 static int
 pack_one(Lookup *l, buf_t *out, const char *k, size_t n, int *hit)
 {
+    if (l->slots != NULL) {
+        /* The dict holds canonical keys only: any other spelling misses here
+         * and goes to Python, which normalises it and looks again. */
+        if (!is_canonical(k, n))
+            return 0;
+        const char *v;
+        size_t vn;
+        if (slots_get(l, k, n, &v, &vn)) {
+            *hit = 1;
+            return pack_str(out, v, vn) < 0 ? -1 : 1;
+        }
+        *hit = 0;
+        return 2;
+    }
     if (l->dict != NULL) {
         PyObject *value = NULL;
         int got = dict_get(l, k, n, &value);

@@ -16,10 +16,22 @@ def example() -> dict[str, str]:
     return json.loads(EXAMPLE.read_text(encoding="utf-8"))
 
 
+#: Workers answer through the compiled loop (rokv._native) when it is built,
+#: else through Python; modules that set BOTH_PATHS = True run their tests
+#: that use `stack` against each (protocol, lookup and client tests).
+PATHS = ("compiled", "python")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "stack" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_PATHS", False):
+        metafunc.parametrize("stack", PATHS, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A broker and two workers on the bundled dataset, shared by a module."""
-    s = Stack(tmp_path_factory.mktemp("stack"))
+    path = getattr(request, "param", "compiled")
+    s = Stack(tmp_path_factory.mktemp("stack"), pure_python=path == "python")
     try:
         yield s.wait_ready()
     finally:

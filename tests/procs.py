@@ -95,10 +95,13 @@ def start_broker(log_dir: Path, frontend: str, backend: str, *extra: str, name: 
     return Proc(name, [sys.executable, "-m", "rokv.broker", "--frontend", frontend, "--backend", backend, *extra], log_dir)
 
 
-def start_worker(log_dir: Path, backend: str, data: Path | str = EXAMPLE, *extra: str, name: str = "worker") -> Proc:
+def start_worker(log_dir: Path, backend: str, data: Path | str = EXAMPLE, *extra: str, name: str = "worker",
+                 pure_python: bool = False) -> Proc:
+    """A worker; ``pure_python`` runs its Python loop instead of the compiled one."""
+    env = child_env(ROKV_PURE_PYTHON="1") if pure_python else None
     return Proc(
         name, [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(data), "--name", name, *extra],
-        log_dir,
+        log_dir, env,
     )
 
 
@@ -119,12 +122,14 @@ def seen_workers(endpoint: str, count: int, timeout: float = 15.0, curve: CurveP
 class Stack:
     """A broker and workers on free loopback ports."""
 
-    def __init__(self, log_dir: Path, workers: int = 2, data: Path | str = EXAMPLE) -> None:
+    def __init__(self, log_dir: Path, workers: int = 2, data: Path | str = EXAMPLE, pure_python: bool = False) -> None:
         self.log_dir = log_dir
+        self.pure_python = pure_python
         self.frontend = f"tcp://127.0.0.1:{free_port()}"
         self.backend = f"tcp://127.0.0.1:{free_port()}"
         self.broker = start_broker(log_dir, self.frontend, self.backend)
-        self.workers = [start_worker(log_dir, self.backend, data, name=f"worker{i}") for i in range(workers)]
+        self.workers = [start_worker(log_dir, self.backend, data, name=f"worker{i}", pure_python=pure_python)
+                        for i in range(workers)]
 
     def wait_ready(self) -> Stack:
         seen_workers(self.frontend, len(self.workers))

@@ -19,6 +19,9 @@ from rokv.core import DEFAULT_POLICY
 from procs import Stack, free_port, scaled
 from rokv.worker.handler import Handler
 
+#: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
+BOTH_PATHS = True
+
 MISSING = "11111111-2222-4333-8444-555555555555"
 
 

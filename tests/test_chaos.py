@@ -41,13 +41,17 @@ POLICY = [
 ]
 
 
-@pytest.fixture(params=["plain", "curve"])
+@pytest.fixture(params=["plain", "curve", "python"])
 def security(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, dict[str, str]]:
-    """Every scenario runs twice: without encryption, and with CurveZMQ on both
-    sides of the broker (the variables of README "Security"). Returns the
-    environment of supervisord and of the load drivers."""
+    """Every scenario runs three times: without encryption; with CurveZMQ on
+    both sides of the broker (the variables of README "Security"); and
+    without encryption on the workers' pure-Python loop (ROKV_PURE_PYTHON),
+    the other two running the compiled one. Returns the environment of
+    supervisord and of the load drivers."""
     if request.param == "plain":
         return {"pool": {}, "drivers": {}}
+    if request.param == "python":
+        return {"pool": {"ROKV_PURE_PYTHON": "1"}, "drivers": {}}
     brokers, workers, clients = curve_pool_keys(tmp_path / "keys")
     return {"pool": {**brokers, **workers}, "drivers": clients}
 
@@ -93,6 +97,8 @@ def report(name: str, result: dict, faults: str) -> None:
 
 
 def label(security: dict[str, dict[str, str]]) -> str:
+    if "ROKV_PURE_PYTHON" in security["pool"]:
+        return ", pure Python"
     return ", CURVE" if security["pool"] else ""
 
 

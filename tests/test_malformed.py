@@ -9,6 +9,9 @@ import zmq
 from rokv import protocol as p
 from procs import Stack, scaled
 
+#: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
+BOTH_PATHS = True
+
 K = "11111111-2222-4333-8444-555555555555"
 
 

@@ -11,7 +11,10 @@ import zmq
 
 from rokv import Client, InvalidKey, KeyNotFound, ServiceUnavailable
 from rokv import protocol as p
-from procs import Stack, free_port, scaled, seen_workers
+from procs import Stack, free_port, scaled, seen_workers, wait_for
+
+#: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
+BOTH_PATHS = True
 
 MISSING = "11111111-2222-4333-8444-555555555555"
 
@@ -171,3 +174,12 @@ def test_the_broker_stops_routing_to_a_stopped_worker(make_stack, example: dict[
         stack.workers[0].signal(signal.SIGCONT)
     # Once resumed, it reconnects and takes its share again.
     assert len(seen_workers(stack.frontend, 2)) == 2
+
+
+def test_the_workers_answer_through_the_path_under_test(stack: Stack) -> None:
+    # Which loop answers is said once in each worker's log (rokv.native).
+    from rokv import native
+
+    wanted = "pure-Python path in use" if stack.pure_python or native.load() is None else "compiled hot path in use"
+    for worker in stack.workers:
+        wait_for(lambda w=worker: wanted in w.log(), 10, f"{worker.name} to say '{wanted}'")

@@ -10,10 +10,11 @@ import signal
 import socket
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
+from rokv import native
 from rokv import protocol as p
 from rokv.endpoints import check_endpoints
 from rokv.monitor import ConnectionWatcher
@@ -158,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         f" (digest {digest})" if digest else "", ", ".join(backends), args.name,
     )
     published = _publisher(handler, args, digest, len(data), load_seconds, watcher)
+    module = native.load()
+    compiled = Compiled(module, handler) if module is not None else None
     try:
-        serve(socks, handler, stop, tick=published.maybe_publish if published else _nothing)
+        serve(socks, handler, stop, tick=published.maybe_publish if published else _nothing, compiled=compiled)
     finally:
         if published is not None:
             published.publish()  # what was counted since the last second
@@ -266,13 +269,27 @@ class _StopFlag:
         self.raised = True
 
 
-def serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None] = _nothing) -> None:
+def serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None] = _nothing,
+          compiled: Compiled | None = None) -> None:
     """Answer requests on ``socks`` (one per broker) until ``stop`` is
     raised, then answer what has already arrived and return. ``tick`` is
     called at least every :data:`TICK_EVERY` messages and at every idle
-    timeout (:data:`STOP_CHECK_MS`): publishing metrics rides on it."""
+    timeout (:data:`STOP_CHECK_MS`): publishing metrics rides on it. With
+    ``compiled``, its loop answers (and hands the handler what it does not)."""
+    answer = _answer
+    if compiled is not None:
+        answer, tick = compiled.answer, compiled.ticking(tick)
+    try:
+        _serve(socks, handler, stop, tick, answer)
+    finally:
+        if compiled is not None:
+            compiled.collect()
+
+
+def _serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None],
+           answer: Answer) -> None:
     if len(socks) > 1:
-        _serve_several(socks, handler, stop, tick)
+        _serve_several(socks, handler, stop, tick, answer)
         return
     sock = socks[0]
     # A blocking receive with a timeout, not poll then receive: per message
@@ -281,13 +298,13 @@ def serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Call
     # flag at once (pyzmq runs handlers when libzmq returns EINTR) or, when
     # another thread took it, by the next timeout.
     sock.rcvtimeo = STOP_CHECK_MS
-    _answer(sock, handler, lambda: stop.raised, stop_when_idle=False, tick=tick)
+    answer(sock, handler, lambda: stop.raised, False, 1 << 62, tick)
     # Answer what has reached this host, not just this socket: libzmq's I/O
     # thread may still be moving requests in from the kernel, so stop after a
     # short quiet spell (bounded, so a busy broker cannot hold the exit up).
     sock.rcvtimeo = DRAIN_QUIET_MS
     deadline = time.monotonic() + DRAIN_MAX_SECONDS
-    answered = _answer(sock, handler, lambda: time.monotonic() > deadline, stop_when_idle=True)
+    answered = answer(sock, handler, lambda: time.monotonic() > deadline, True, 1 << 62, _nothing)
     log.info("stopping: answered %d requests that arrived before or just after the stop signal", answered)
 
 
@@ -296,7 +313,8 @@ def serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Call
 BURST = 64
 
 
-def _serve_several(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None]) -> None:
+def _serve_several(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None],
+                   answer: Answer) -> None:
     """:func:`serve` for several brokers: a poll, then a burst from each
     socket that has requests, each answered on the socket it came from."""
     poller = zmq.Poller()
@@ -307,7 +325,7 @@ def _serve_several(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, t
     def answer_ready(timeout_ms: int) -> int:
         count = 0
         for sock, _ in poller.poll(timeout_ms):
-            count += _answer(sock, handler, _never, stop_when_idle=True, limit=BURST)
+            count += answer(sock, handler, _never, True, BURST, _nothing)
         return count
 
     while not stop.raised:
@@ -337,6 +355,12 @@ _TICK_MASK = TICK_EVERY - 1
 # recv_multipart/send_multipart ask ZMQ_RCVMORE through an enum conversion
 # (0.7 us) after every frame; this loop asks once per message.
 _SNDMORE, _RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
+
+
+#: How a loop answers messages from one socket: (socket, handler, done,
+#: stop_when_idle, limit, tick) -> how many it answered; :func:`_answer` in
+#: Python, or :meth:`Compiled.answer`.
+Answer = Callable[[zmq.Socket, Handler, Callable[[], bool], bool, int, Callable[[], None]], int]
 
 
 def _answer(sock: zmq.Socket, handler: Handler, done: Callable[[], bool], stop_when_idle: bool,
@@ -371,6 +395,76 @@ def _answer(sock: zmq.Socket, handler: Handler, done: Callable[[], bool], stop_w
             except zmq.Again:
                 log.warning("dropped a reply: the broker did not take it within %d ms", SEND_TIMEOUT_MS)
     return count
+
+
+class Compiled:
+    """The compiled loop (rokv._native) over this worker's dataset.
+
+    It answers what it can, gets and mgets of well-formed keys, and hands the
+    handler every other message, so replies are the handler's in every case;
+    it counts what it answered in the handler's layout, merged into the
+    handler's stats by :meth:`collect` (so metrics see one worker).
+    """
+
+    def __init__(self, module: Any, handler: Handler) -> None:
+        from rokv.worker.stats import BUCKETS
+
+        self._native = module
+        data = handler.data
+        native_lookup = getattr(data, "native_lookup", None)
+        self._lookup = native_lookup(module) if native_lookup is not None else module.dict_lookup(data)
+        module.set_buckets(BUCKETS)
+        self._handle = handler.handle
+        self._stats = handler.stats
+
+    def answer(self, sock: zmq.Socket, handler: Handler, done: Callable[[], bool], stop_when_idle: bool,
+               limit: int = 1 << 62, tick: Callable[[], None] = _nothing) -> int:
+        """:func:`_answer`'s contract, the loop in compiled code: it comes back
+        every :data:`TICK_EVERY` messages, at a receive timeout and at a
+        signal, so that ``done`` and ``tick`` are looked at as often."""
+        serve, address, lookup, handle = self._native.serve, sock.underlying, self._lookup, self._handle
+        count = 0
+        while count < limit and not done():
+            asked = min(limit - count, TICK_EVERY)
+            answered, dropped, interrupted = serve(address, lookup, handle, asked, False)
+            count += answered
+            if dropped:
+                log.warning("dropped %d replies: the broker did not take them within %d ms", dropped,
+                            SEND_TIMEOUT_MS)
+            if answered < asked and not interrupted:  # the receive timed out: nothing came
+                tick()
+                if stop_when_idle:
+                    break
+            elif answered == asked:
+                tick()
+        return count
+
+    def ticking(self, tick: Callable[[], None]) -> Callable[[], None]:
+        """``tick``, after the compiled loop's counts joined the handler's."""
+        if tick is _nothing:
+            return tick
+
+        def collected() -> None:
+            self.collect()
+            tick()
+
+        return collected
+
+    def collect(self) -> None:
+        """Add what the compiled loop counted since the last call to the
+        handler's stats."""
+        requests, keys, buckets, seconds = self._native.take_stats()
+        stats = self._stats
+        for i, n in enumerate(requests):
+            if n:
+                stats.requests[i] += n
+        for i, n in enumerate(keys):
+            if n:
+                stats.mget_keys[i] += n
+        for i, n in enumerate(buckets):
+            if n:
+                stats.buckets[i] += n
+        stats.seconds += seconds
 
 
 if __name__ == "__main__":
