@@ -148,7 +148,7 @@ def render(shown: dict[str, Any], interval: float) -> list[str]:
             lines.append(f"{host['address']}  unreachable: {host['error']}"[:WIDTH])
             continue
         health = host.get("health") or {}
-        status = {"ok": "healthy", "unavailable": "UNHEALTHY"}.get(health.get("status"), "health ?")
+        status = {"ok": "healthy", "unavailable": "UNHEALTHY"}.get(str(health.get("status")), "health ?")
         lines.append(_row(host["address"], host, None, status))
         if health.get("reason"):
             lines.append(f"  {health['reason']}"[:WIDTH])

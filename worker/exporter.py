@@ -184,7 +184,7 @@ def exposition(host: Host, accept: str | None) -> tuple[bytes, str]:
     from prometheus_client.exposition import choose_encoder
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(host.families()))  # type: ignore[arg-type]
+    registry.register(_Collector(host.families()))
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
 
@@ -243,7 +243,7 @@ def serve(listen: str, folder: str, supervisor: Callable[[], list[dict[str, Any]
         OSError: the address cannot be bound.
     """
     address, port = parse_address(listen)
-    server_class = _Server
+    server_class: type[_Server] = _Server
     if ":" in address:
         server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
     server = server_class((address, port), make_handler(Host(folder, supervisor)))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Final
 
 from rokv.worker.stats import BUCKETS, KEY_OUTCOMES, OPS, OUTCOMES, RequestStats, Snapshot, request_index
 
@@ -40,7 +40,7 @@ DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PUBLISH_SECONDS = 0.25
 #: Gauges vanish with their process, and of several processes that once
 #: held the same labels (a restarted worker), the latest value wins.
-LIVE = "livemostrecent"
+LIVE: Final = "livemostrecent"
 #: The (op, outcome) pairs that can happen: their series exist from the start
 #: at 0, so that a rate over them is defined before the first one occurs.
 POSSIBLE = [("get", o) for o in ("found", "not_found", "invalid")] + \
