@@ -41,7 +41,7 @@ import msgpack
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rokv.bench import Tally, load_expected, summary, Config  # noqa: E402  (same statistics as rokv bench)
+from rokv.bench import Config, Tally, load_expected, summary
 
 
 def run_broker(frontend: str, backend: str, io_threads: int) -> None:
@@ -97,8 +97,9 @@ def finish(tally: Tally, per_request: int, cpu0: float, t0: float) -> Tally:
     return tally
 
 
-def client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float,
-                quota: int | None, seed: int) -> Tally:
+def client_loop(
+    endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float, quota: int | None, seed: int
+) -> Tally:
     """Keep ``concurrency`` requests in flight for ``duration`` seconds (or
     ``quota`` requests); a request is a get, or an mget of ``per_request`` keys."""
     pool = request_pool(keys, per_request, seed)
@@ -118,8 +119,11 @@ def client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: i
         nonlocal rid
         rid += 1
         chosen = pool[rid & 4095]
-        body = pack({"v": 1, "id": rid, "op": "mget", "keys": chosen} if mget else
-                    {"v": 1, "id": rid, "op": "get", "key": chosen[0]})
+        body = pack(
+            {"v": 1, "id": rid, "op": "mget", "keys": chosen}
+            if mget
+            else {"v": 1, "id": rid, "op": "get", "key": chosen[0]}
+        )
         sent_at[rid] = clock()
         sock.send(body)
 
@@ -143,8 +147,9 @@ def client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: i
     return tally
 
 
-def async_client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float,
-                      quota: int | None, seed: int) -> Tally:
+def async_client_loop(
+    endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float, quota: int | None, seed: int
+) -> Tally:
     """The same load through plain ``zmq.asyncio``: ``concurrency`` coroutines,
     each sending a request and awaiting its reply, which one reader coroutine
     hands over by id."""
@@ -183,8 +188,13 @@ def async_client_loop(endpoint: str, keys: list[str], concurrency: int, per_requ
                 future = loop.create_future()
                 waiting[rid] = future
                 started = clock()
-                await sock.send(pack({"v": 1, "id": rid, "op": "mget", "keys": chosen} if mget else
-                                     {"v": 1, "id": rid, "op": "get", "key": chosen[0]}))
+                await sock.send(
+                    pack(
+                        {"v": 1, "id": rid, "op": "mget", "keys": chosen}
+                        if mget
+                        else {"v": 1, "id": rid, "op": "get", "key": chosen[0]}
+                    )
+                )
                 await future
                 tally.record(clock() - started)
                 tally.requests += 1
@@ -202,8 +212,9 @@ def async_client_loop(endpoint: str, keys: list[str], concurrency: int, per_requ
     return finish(tally, per_request, cpu0, t0)
 
 
-def drain_client_loop(endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float,
-                      quota: int | None, seed: int) -> Tally:
+def drain_client_loop(
+    endpoint: str, keys: list[str], concurrency: int, per_request: int, duration: float, quota: int | None, seed: int
+) -> Tally:
     """The same load from ``concurrency`` asyncio coroutines over the
     transport of rokv's ``AsyncClient``: plain futures completed by a reader
     callback that drains the socket whenever ZMQ_FD wakes the loop, and the
@@ -255,8 +266,13 @@ def drain_client_loop(endpoint: str, keys: list[str], concurrency: int, per_requ
                 chosen = pool[rid & 4095]
                 future = loop.create_future()
                 waiting[rid] = future
-                outbox.append(pack({"v": 1, "id": rid, "op": "mget", "keys": chosen} if mget else
-                                   {"v": 1, "id": rid, "op": "get", "key": chosen[0]}))
+                outbox.append(
+                    pack(
+                        {"v": 1, "id": rid, "op": "mget", "keys": chosen}
+                        if mget
+                        else {"v": 1, "id": rid, "op": "get", "key": chosen[0]}
+                    )
+                )
                 if not pump_due:
                     pump_due = True
                     loop.call_soon(pump)
@@ -309,13 +325,22 @@ def run_forked(target: Any, arglists: list[tuple], timeout: float) -> Tally:
 def run_clients(args: argparse.Namespace) -> dict[str, Any]:
     keys = list(load_expected(args.data))
     quota = None if args.requests is None else args.requests // args.processes
-    arglists = [(args.endpoint, keys, args.concurrency, args.keys, args.duration, quota, args.seed * 1000 + i)
-                for i in range(args.processes)]
+    arglists = [
+        (args.endpoint, keys, args.concurrency, args.keys, args.duration, quota, args.seed * 1000 + i)
+        for i in range(args.processes)
+    ]
     loops = {None: client_loop, "zmq": async_client_loop, "drain": drain_client_loop}
     total = run_forked(loops[args.asyncio], arglists, args.duration + 60)
-    cfg = Config(endpoint=args.endpoint, data=args.data, processes=args.processes, concurrency=args.concurrency,
-                 keys_per_request=args.keys, duration=args.duration, requests=args.requests,
-                 client=f"ceiling-asyncio-{args.asyncio}" if args.asyncio else "ceiling")
+    cfg = Config(
+        endpoint=args.endpoint,
+        data=args.data,
+        processes=args.processes,
+        concurrency=args.concurrency,
+        keys_per_request=args.keys,
+        duration=args.duration,
+        requests=args.requests,
+        client=f"ceiling-asyncio-{args.asyncio}" if args.asyncio else "ceiling",
+    )
     return summary(cfg, total)
 
 
@@ -329,8 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("worker")
     w.add_argument("--backend", required=True)
     w.add_argument("--data", required=True)
-    w.add_argument("--bind", action="store_true", help="bind a ROUTER at --backend for clients to connect to "
-                   "directly, instead of connecting to a broker")
+    w.add_argument(
+        "--bind",
+        action="store_true",
+        help="bind a ROUTER at --backend for clients to connect to directly, instead of connecting to a broker",
+    )
     c = sub.add_parser("client")
     c.add_argument("--endpoint", required=True)
     c.add_argument("--data", required=True)
@@ -340,9 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--duration", type=float, default=3.0)
     c.add_argument("--requests", type=int, default=None)
     c.add_argument("--seed", type=int, default=1)
-    c.add_argument("--asyncio", choices=("zmq", "drain"), default=None,
-                   help="asyncio coroutines instead of a blocking loop: over plain zmq.asyncio, or over "
-                        "AsyncClient's transport")
+    c.add_argument(
+        "--asyncio",
+        choices=("zmq", "drain"),
+        default=None,
+        help="asyncio coroutines instead of a blocking loop: over plain zmq.asyncio, or over AsyncClient's transport",
+    )
     args = parser.parse_args(argv)
     if args.role == "broker":
         run_broker(args.frontend, args.backend, args.io_threads)

@@ -20,9 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from rokv import Client  # noqa: E402
-from rokv.security import CurvePeer, make_key_pair  # noqa: E402
-from procs import EXAMPLE, free_port, seen_workers, start_broker, start_worker  # noqa: E402
+from rokv import Client  # noqa: E402 - after sys.path is set
+from rokv.security import CurvePeer, make_key_pair  # noqa: E402 - after sys.path is set
+
+from procs import EXAMPLE, free_port, seen_workers, start_broker, start_worker  # noqa: E402 - after sys.path is set
 
 
 def run_round(root: Path, curve: bool, seconds: float, keys: list[str]) -> dict[str, float]:
@@ -33,8 +34,14 @@ def run_round(root: Path, curve: bool, seconds: float, keys: list[str]) -> dict[
     if curve:
         kd = root / "keys"
         broker_pub, broker_sec = kd / "broker.key", kd / "broker.key_secret"
-        broker_args = ["--curve-secret", str(broker_sec), "--client-keys", str(kd / "clients"),
-                       "--worker-keys", str(kd / "workers")]
+        broker_args = [
+            "--curve-secret",
+            str(broker_sec),
+            "--client-keys",
+            str(kd / "clients"),
+            "--worker-keys",
+            str(kd / "workers"),
+        ]
         worker_args = ["--curve-secret", str(kd / "worker.key_secret"), "--broker-key", str(broker_pub)]
         peer = CurvePeer(str(kd / "client.key_secret"), str(broker_pub))
     procs = [start_broker(root, frontend, backend, *broker_args)]
@@ -57,7 +64,7 @@ def run_round(root: Path, curve: bool, seconds: float, keys: list[str]) -> dict[
                 i += 1
             result["get_per_s"] = i / seconds
             result["get_p50_us"] = statistics.median(lat) * 1e6
-            batches = [keys[j:j + 100] for j in range(0, len(keys), 100)]
+            batches = [keys[j : j + 100] for j in range(0, len(keys), 100)]
             deadline = time.monotonic() + seconds
             n = 0
             while time.monotonic() < deadline and n < 1_000_000:
@@ -103,11 +110,16 @@ def main() -> int:
     med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in runs[c][0]} for c in runs}
     print("| measure (median of %d rounds) | plain | CURVE | CURVE / plain |" % args.rounds)
     print("|---|---:|---:|---:|")
-    for key, label in (("get_per_s", "sequential get/s"), ("get_p50_us", "sequential get p50 (µs)"),
-                       ("mget_keys_per_s", "get_many(100) keys/s, one in flight"),
-                       ("first_answer_ms", "new client's first answer (ms)")):
+    for key, label in (
+        ("get_per_s", "sequential get/s"),
+        ("get_p50_us", "sequential get p50 (µs)"),
+        ("mget_keys_per_s", "get_many(100) keys/s, one in flight"),
+        ("first_answer_ms", "new client's first answer (ms)"),
+    ):
         fmt = ",.2f" if key.endswith("_ms") else ",.0f"
-        print(f"| {label} | {med[False][key]:{fmt}} | {med[True][key]:{fmt}} | {med[True][key] / med[False][key]:.2f} |")
+        print(
+            f"| {label} | {med[False][key]:{fmt}} | {med[True][key]:{fmt}} | {med[True][key] / med[False][key]:.2f} |"
+        )
     return 0
 
 

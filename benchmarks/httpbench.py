@@ -84,8 +84,15 @@ class Procs:
 
     def start(self, name: str, args: list[str], environ: dict[str, str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(args, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self.procs.append(proc)
         return proc
@@ -137,8 +144,9 @@ def http_ready(port: int, system: str, deadline: float) -> None:
     while True:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("POST", "/get_value", body=json.dumps({"key": key}),
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST", "/get_value", body=json.dumps({"key": key}), headers={"Content-Type": "application/json"}
+            )
             if conn.getresponse().status == 200:
                 conn.close()
                 return
@@ -161,13 +169,47 @@ def start_system(system: str, procs: Procs, endpoint: str, port: int) -> subproc
     if system == "gateway":
         return procs.start(system, [py, "-m", "rokv.gateway", "--bind", f"127.0.0.1:{port}"], gateway_env)
     if system == "uvicorn":
-        return procs.start(system, [py, "-m", "uvicorn", "rokv.gateway.app:app", "--host", "127.0.0.1",
-                                    "--port", str(port), "--http", "httptools", "--loop", "uvloop",
-                                    "--no-access-log", "--lifespan", "on"], gateway_env)
+        return procs.start(
+            system,
+            [
+                py,
+                "-m",
+                "uvicorn",
+                "rokv.gateway.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--http",
+                "httptools",
+                "--loop",
+                "uvloop",
+                "--no-access-log",
+                "--lifespan",
+                "on",
+            ],
+            gateway_env,
+        )
     if system == "granian":
-        return procs.start(system, [py, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
-                                    "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-                                    "rokv.gateway.app:app"], gateway_env)
+        return procs.start(
+            system,
+            [
+                py,
+                "-m",
+                "granian",
+                "--interface",
+                "asgi",
+                "--loop",
+                "uvloop",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "rokv.gateway.app:app",
+            ],
+            gateway_env,
+        )
     raise ValueError(f"unknown system {system!r}")
 
 
@@ -178,8 +220,18 @@ _ERRORS = re.compile(r"Socket errors: (.*)")
 
 
 def run_wrk(port: int, path: str, keys_file: Path, duration: float, connections: int, threads: int) -> dict:
-    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s",
-            "-s", str(LUA), f"http://127.0.0.1:{port}"]
+    args = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(LUA),
+        f"http://127.0.0.1:{port}",
+    ]
     environ = env(WRK_KEYS=str(keys_file), WRK_PATH=path, WRK_BATCH=str(BATCH))
     out = subprocess.run(args, env=environ, capture_output=True, text=True, timeout=duration + 60).stdout
     rate, check = _RATE.search(out), _CHECK.search(out)
@@ -189,13 +241,27 @@ def run_wrk(port: int, path: str, keys_file: Path, duration: float, connections:
     pct = {int(p): float(v) * scale[u] for p, v, u in _PCT.findall(out)}
     ok, bad_status, bad_body = map(int, check.groups())
     errors = _ERRORS.search(out)
-    return {"req_s": float(rate.group(1)), "p50_ms": pct.get(50), "p90_ms": pct.get(90), "p99_ms": pct.get(99),
-            "ok": ok, "bad_status": bad_status, "bad_body": bad_body,
-            "socket_errors": errors.group(1) if errors else None}
+    return {
+        "req_s": float(rate.group(1)),
+        "p50_ms": pct.get(50),
+        "p90_ms": pct.get(90),
+        "p99_ms": pct.get(99),
+        "ok": ok,
+        "bad_status": bad_status,
+        "bad_body": bad_body,
+        "socket_errors": errors.group(1) if errors else None,
+    }
 
 
-def measure(system: str, scenario: str, args: argparse.Namespace, procs: Procs, endpoint: str,
-            keys_file: Path, stack_pids: list[int]) -> dict:
+def measure(
+    system: str,
+    scenario: str,
+    args: argparse.Namespace,
+    procs: Procs,
+    endpoint: str,
+    keys_file: Path,
+    stack_pids: list[int],
+) -> dict:
     port = free_port()
     proc = start_system(system, procs, endpoint, port)
     try:
@@ -218,11 +284,29 @@ def start_stack(procs: Procs, workers: int) -> tuple[str, list[int]]:
     from rokv import Client, ServiceUnavailable
 
     frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    started = [procs.start("broker", [sys.executable, "-m", "rokv.broker", "--frontend", frontend,
-                                      "--backend", backend], env())]
+    started = [
+        procs.start(
+            "broker", [sys.executable, "-m", "rokv.broker", "--frontend", frontend, "--backend", backend], env()
+        )
+    ]
     for i in range(workers):
-        started.append(procs.start(f"worker{i}", [sys.executable, "-m", "rokv.worker", "--backend", backend,
-                                                  "--data", str(DATA), "--name", f"worker{i}"], env()))
+        started.append(
+            procs.start(
+                f"worker{i}",
+                [
+                    sys.executable,
+                    "-m",
+                    "rokv.worker",
+                    "--backend",
+                    backend,
+                    "--data",
+                    str(DATA),
+                    "--name",
+                    f"worker{i}",
+                ],
+                env(),
+            )
+        )
     seen: set[int] = set()
     deadline = time.monotonic() + 60
     with Client(frontend, timeout=0.5, retries=0) as client:
@@ -260,19 +344,28 @@ def versions() -> str:
 
 def render(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace, command: str) -> str:
     seed = "seed" if ("seed", "get") in results else None
-    lines = [BEGIN, "## HTTP: rokv-http against the seed's FastAPI service", "",
-             f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-             f"Machine: {versions()}.", "",
-             f"wrk, {args.connections} connections, {args.threads} threads, runs of {args.duration:g} s; each "
-             f"figure is the median of {args.repeats} runs, systems interleaved run after run. Every response "
-             "was checked by benchmarks/wrk_check.lua (status 200 and a value in the body; none failed). "
-             "The gateways ask a broker and 2 workers on the same 2 cores (their CPU is counted in the CPU "
-             "column); the seed holds the dict itself. `get`: POST /get_value, one random key of "
-             f"data/example.json; `get_values`: POST /get_values of {BATCH} random keys.", ""]
+    lines = [
+        BEGIN,
+        "## HTTP: rokv-http against the seed's FastAPI service",
+        "",
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Machine: {versions()}.",
+        "",
+        f"wrk, {args.connections} connections, {args.threads} threads, runs of {args.duration:g} s; each "
+        f"figure is the median of {args.repeats} runs, systems interleaved run after run. Every response "
+        "was checked by benchmarks/wrk_check.lua (status 200 and a value in the body; none failed). "
+        "The gateways ask a broker and 2 workers on the same 2 cores (their CPU is counted in the CPU "
+        "column); the seed holds the dict itself. `get`: POST /get_value, one random key of "
+        f"data/example.json; `get_values`: POST /get_values of {BATCH} random keys.",
+        "",
+    ]
     if args.smoke:
         lines += ["**Smoke run: durations too short to mean anything; correctness check only.**", ""]
-    lines += ["| system | scenario | req/s | keys/s | p50 ms | p90 ms | p99 ms | server CPU µs per req "
-              "| vs seed: keys/s | vs seed: p99 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| system | scenario | req/s | keys/s | p50 ms | p90 ms | p99 ms | server CPU µs per req "
+        "| vs seed: keys/s | vs seed: p99 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (system, scenario), runs in results.items():
         ratio_rate = ratio_p99 = "—"
         if seed and system != seed:
@@ -280,9 +373,11 @@ def render(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace,
             ratio_rate = f"{med(runs, 'keys_s') / med(base, 'keys_s'):.2f}×"
             if scenario == "get":
                 ratio_p99 = f"{med(runs, 'p99_ms') / med(base, 'p99_ms'):.2f}×"
-        lines.append(f"| {LABELS[system]} | {scenario} | {fmt(med(runs, 'req_s'))} | {fmt(med(runs, 'keys_s'))} | "
-                     f"{med(runs, 'p50_ms'):.2f} | {med(runs, 'p90_ms'):.2f} | {med(runs, 'p99_ms'):.2f} | "
-                     f"{med(runs, 'cpu_us'):.0f} | {ratio_rate} | {ratio_p99} |")
+        lines.append(
+            f"| {LABELS[system]} | {scenario} | {fmt(med(runs, 'req_s'))} | {fmt(med(runs, 'keys_s'))} | "
+            f"{med(runs, 'p50_ms'):.2f} | {med(runs, 'p90_ms'):.2f} | {med(runs, 'p99_ms'):.2f} | "
+            f"{med(runs, 'cpu_us'):.0f} | {ratio_rate} | {ratio_p99} |"
+        )
     lines += ["", "Raw runs (req/s, p99 ms):", ""]
     for (system, scenario), runs in results.items():
         cells = ", ".join(f"{r['req_s']:,.0f} ({r['p99_ms']:.1f})" for r in runs)
@@ -305,8 +400,11 @@ def write_section(path: Path, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--systems", default="seed,seed-quiet,gateway",
-                        help=f"comma-separated, from {', '.join(LABELS)} (default %(default)s)")
+    parser.add_argument(
+        "--systems",
+        default="seed,seed-quiet,gateway",
+        help=f"comma-separated, from {', '.join(LABELS)} (default %(default)s)",
+    )
     parser.add_argument("--scenarios", default="get,get_values", help="get, get_values (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each (default %(default)s)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (default %(default)s)")
@@ -342,11 +440,14 @@ def main(argv: list[str] | None = None) -> int:
                     results[(system, scenario)].append(result)
                     bad = result["bad_status"] + result["bad_body"]
                     failed |= bad > 0
-                    print(f"run {rep + 1}/{args.repeats} {system:10} {scenario:10} {result['req_s']:>9,.0f} req/s "
-                          f"p50 {result['p50_ms']:.2f} p99 {result['p99_ms']:.2f} ms "
-                          f"cpu {result['cpu_us']:.0f} us/req  bad {bad}"
-                          + (f"  socket errors: {result['socket_errors']}" if result["socket_errors"] else ""),
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"run {rep + 1}/{args.repeats} {system:10} {scenario:10} {result['req_s']:>9,.0f} req/s "
+                        f"p50 {result['p50_ms']:.2f} p99 {result['p99_ms']:.2f} ms "
+                        f"cpu {result['cpu_us']:.0f} us/req  bad {bad}"
+                        + (f"  socket errors: {result['socket_errors']}" if result["socket_errors"] else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
         except BaseException:
             for log in sorted(Path(tmp).glob("*.log")):
                 tail = log.read_text(errors="replace")[-1500:]

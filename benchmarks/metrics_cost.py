@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rokv import Client, ServiceUnavailable  # noqa: E402
+from rokv import Client, ServiceUnavailable  # noqa: E402 - after sys.path is set
 
 SCENARIOS = {
     "get ×64, coalescing on (the default)": [],
@@ -64,18 +64,34 @@ class Pool:
         if folder is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
         py = sys.executable
-        self.procs = [subprocess.Popen([py, "-m", "rokv.broker", "--frontend", self.frontend, "--backend", backend],
-                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        self.procs = [
+            subprocess.Popen(
+                [py, "-m", "rokv.broker", "--frontend", self.frontend, "--backend", backend],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        ]
         for i in range(2):
-            self.procs.append(subprocess.Popen(
-                [py, "-m", "rokv.worker", "--backend", backend, "--data", str(DATA), "--name", f"worker_{i:02d}"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(
+                subprocess.Popen(
+                    [py, "-m", "rokv.worker", "--backend", backend, "--data", str(DATA), "--name", f"worker_{i:02d}"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         self.scrape_address = None
         if folder is not None:
             self.scrape_address = f"127.0.0.1:{free_port()}"
-            self.procs.append(subprocess.Popen(
-                [py, "-m", "rokv.worker.exporter", "--listen", self.scrape_address, "--dir", str(folder)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(
+                subprocess.Popen(
+                    [py, "-m", "rokv.worker.exporter", "--listen", self.scrape_address, "--dir", str(folder)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         seen: set[str] = set()
         deadline = time.monotonic() + 60
         with Client(self.frontend, timeout=0.5, retries=0) as client:
@@ -115,8 +131,24 @@ def bench(pool: Pool, args: list[str], duration: float) -> tuple[float, float, f
     """(requests/s, keys/s, server CPU µs per request)."""
     cpu = pool.server_cpu()
     out = subprocess.run(
-        [sys.executable, "-m", "rokv", "bench", "--endpoint", pool.frontend, "--data", str(DATA), "-d",
-         str(duration), "--json", *args], capture_output=True, text=True, timeout=duration + 120)
+        [
+            sys.executable,
+            "-m",
+            "rokv",
+            "bench",
+            "--endpoint",
+            pool.frontend,
+            "--data",
+            str(DATA),
+            "-d",
+            str(duration),
+            "--json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 120,
+    )
     cpu = pool.server_cpu() - cpu
     report = json.loads(out.stdout.strip().splitlines()[-1])
     if report["wrong"] or report["errors"]:
@@ -146,16 +178,20 @@ def main() -> None:
                     results.setdefault((scenario, pool.name), []).append(bench(pool, extra, args.duration))
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
         stop.set()
-        print(f"Measured {time.strftime('%Y-%m-%d')} with `python benchmarks/metrics_cost.py --rounds {args.rounds} "
-              f"--duration {args.duration:g}`; {len(scrapes)} scrapes of the \"on\" pool during the runs.\n")
+        print(
+            f"Measured {time.strftime('%Y-%m-%d')} with `python benchmarks/metrics_cost.py --rounds {args.rounds} "
+            f'--duration {args.duration:g}`; {len(scrapes)} scrapes of the "on" pool during the runs.\n'
+        )
         print("| scenario | keys/s off | keys/s on | on ÷ off | server CPU µs/request off / on | raw keys/s off; on |")
         print("|---|---|---|---|---|---|")
         for scenario in SCENARIOS:
             a, b = results[(scenario, "off")], results[(scenario, "on")]
             ka, kb = statistics.median(r[1] for r in a), statistics.median(r[1] for r in b)
             ca, cb = statistics.median(r[2] for r in a), statistics.median(r[2] for r in b)
-            print(f"| {scenario} | {ka:,.0f} | {kb:,.0f} | {kb / ka:.3f} | {ca:.1f} / {cb:.1f} | "
-                  f"{', '.join(f'{r[1]:,.0f}' for r in a)}; {', '.join(f'{r[1]:,.0f}' for r in b)} |")
+            print(
+                f"| {scenario} | {ka:,.0f} | {kb:,.0f} | {kb / ka:.3f} | {ca:.1f} / {cb:.1f} | "
+                f"{', '.join(f'{r[1]:,.0f}' for r in a)}; {', '.join(f'{r[1]:,.0f}' for r in b)} |"
+            )
     finally:
         stop.set()
         for pool in (on, off):

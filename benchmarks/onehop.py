@@ -25,12 +25,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks import redisbench  # noqa: E402
-from benchmarks.ceiling import client_loop, run_forked  # noqa: E402
-from rokv.bench import load_expected  # noqa: E402
+from rokv.bench import load_expected  # noqa: E402 - after sys.path is set
+
+from benchmarks import redisbench  # noqa: E402 - after sys.path is set
+from benchmarks.ceiling import client_loop, run_forked  # noqa: E402 - after sys.path is set
 
 DATA = str(REPO / "data" / "example.json")
 CEILING = str(REPO / "benchmarks" / "ceiling.py")
+
 
 def free_endpoint() -> str:
     with socket.socket() as s:
@@ -60,8 +62,9 @@ def main() -> int:
         for rep in range(args.reps):
             for in_flight in (1, 16):
                 for name, endpoint in (("one hop (direct)", direct), ("two hops (broker)", front)):
-                    tally = run_forked(client_loop, [(endpoint, keys, in_flight, 100, args.duration, None, rep)],
-                                       args.duration + 60)
+                    tally = run_forked(
+                        client_loop, [(endpoint, keys, in_flight, 100, args.duration, None, rep)], args.duration + 60
+                    )
                     results.setdefault((in_flight, name), []).append(tally.keys / tally.elapsed)
                 if redis is not None:
                     report = redisbench.run_clients(redis.port, DATA, 1, in_flight, 100, args.duration)

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.ceiling import run_forked  # noqa: E402
-from rokv.bench import Config, Tally, load_expected, summary  # noqa: E402
+from rokv.bench import Config, Tally, load_expected, summary
+
+from benchmarks.ceiling import run_forked
 
 
 def available() -> str | None:
@@ -31,7 +32,7 @@ def available() -> str | None:
     if shutil.which("redis-server") is None:
         return "redis-server is not installed (Debian: apt-get install redis-server)"
     try:
-        import redis  # noqa: F401
+        import redis  # noqa: F401 - imported only to see that it is there
         from redis.utils import HIREDIS_AVAILABLE
     except ImportError:
         return "redis-py is not installed (pip install redis hiredis)"
@@ -58,8 +59,22 @@ class RedisServer:
             self.port = s.getsockname()[1]
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--protected-mode", "yes"], stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         import redis
 
@@ -139,13 +154,20 @@ def client_loop(port: int, keys: list[str], pipeline: int, per_request: int, dur
     return tally
 
 
-def run_clients(port: int, data: str, processes: int, pipeline: int, per_request: int, duration: float,
-                seed: int = 1) -> dict[str, Any]:
+def run_clients(
+    port: int, data: str, processes: int, pipeline: int, per_request: int, duration: float, seed: int = 1
+) -> dict[str, Any]:
     keys = list(load_expected(data))
     arglists = [(port, keys, pipeline, per_request, duration, seed * 1000 + i) for i in range(processes)]
     total = run_forked(client_loop, arglists, duration + 60)
-    cfg = Config(data=data, processes=processes, concurrency=pipeline, keys_per_request=per_request,
-                 duration=duration, client="redis-py")
+    cfg = Config(
+        data=data,
+        processes=processes,
+        concurrency=pipeline,
+        keys_per_request=per_request,
+        duration=duration,
+        client="redis-py",
+    )
     return summary(cfg, total)
 
 
@@ -164,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     server = RedisServer(Path("/tmp") / f"rokv-redis-{time.time_ns()}.log")
     try:
         server.load(load_expected(args.data))
-        print(json.dumps(run_clients(server.port, args.data, args.processes, args.pipeline, args.keys,
-                                     args.duration), sort_keys=True))
+        print(
+            json.dumps(
+                run_clients(server.port, args.data, args.processes, args.pipeline, args.keys, args.duration),
+                sort_keys=True,
+            )
+        )
     finally:
         server.stop()
     return 0

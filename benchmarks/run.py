@@ -38,8 +38,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks import redisbench  # noqa: E402
-from rokv import Client, ServiceUnavailable  # noqa: E402
+from rokv import Client, ServiceUnavailable  # noqa: E402 - after sys.path is set
+
+from benchmarks import redisbench  # noqa: E402 - after sys.path is set
 
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 #: The old FastAPI app under wrk with 50 connections, as measured while
@@ -93,26 +94,41 @@ CEILING_OF = {"2b": "2a", "2d": "2c", "4b": "4a", "4d": "4c", "5c": "2c", "5d": 
 def ceilings(sid: str, *args: str) -> list[Run]:
     """The ceiling's three clients (blocking, asyncio over AsyncClient's
     transport, plain zmq.asyncio) under the same load."""
-    return [Run(sid, "ceiling", args), Run(sid, "ceiling-drain", (*args, "--asyncio", "drain")),
-            Run(sid, "ceiling-zmq", (*args, "--asyncio", "zmq"))]
+    return [
+        Run(sid, "ceiling", args),
+        Run(sid, "ceiling-drain", (*args, "--asyncio", "drain")),
+        Run(sid, "ceiling-zmq", (*args, "--asyncio", "zmq")),
+    ]
 
 
 def matrix(smoke: bool, io_threads_group: bool, only_two_workers: bool = False) -> list[Group]:
     ceiling64 = ("--concurrency", "64")
-    two = Group(2, 1, [
-        Run("1", "rokv", ("--client", "sync", "-c", "1")), Run("1", "ceiling", ("--concurrency", "1")),
-        Run("1", "redis"),
-        Run("2a", "rokv", ("-c", "64")), Run("2b", "rokv", ("-c", "64", "--no-coalesce")),
-        *ceilings("2a", *ceiling64), Run("2a", "redis", pipeline=64),
-        Run("2c", "rokv", ("-c", "64", "-p", "2")), Run("2d", "rokv", ("-c", "64", "-p", "2", "--no-coalesce")),
-        *ceilings("2c", *ceiling64, "--processes", "2"), Run("2c", "redis", processes=2, pipeline=64),
-        Run("2e", "rokv", ("-c", "256")), *ceilings("2e", "--concurrency", "256")[:2],
-        Run("2e", "redis", pipeline=256),
-        Run("3a", "rokv", ("--client", "sync", "-c", "1", "-k", "100")),
-        Run("3a", "ceiling", ("--concurrency", "1", "--keys", "100")), Run("3a", "redis", keys=100),
-        Run("3b", "rokv", ("-c", "16", "-k", "100")), *ceilings("3b", "--concurrency", "16", "--keys", "100"),
-        Run("3b", "redis", pipeline=16, keys=100),
-    ])
+    two = Group(
+        2,
+        1,
+        [
+            Run("1", "rokv", ("--client", "sync", "-c", "1")),
+            Run("1", "ceiling", ("--concurrency", "1")),
+            Run("1", "redis"),
+            Run("2a", "rokv", ("-c", "64")),
+            Run("2b", "rokv", ("-c", "64", "--no-coalesce")),
+            *ceilings("2a", *ceiling64),
+            Run("2a", "redis", pipeline=64),
+            Run("2c", "rokv", ("-c", "64", "-p", "2")),
+            Run("2d", "rokv", ("-c", "64", "-p", "2", "--no-coalesce")),
+            *ceilings("2c", *ceiling64, "--processes", "2"),
+            Run("2c", "redis", processes=2, pipeline=64),
+            Run("2e", "rokv", ("-c", "256")),
+            *ceilings("2e", "--concurrency", "256")[:2],
+            Run("2e", "redis", pipeline=256),
+            Run("3a", "rokv", ("--client", "sync", "-c", "1", "-k", "100")),
+            Run("3a", "ceiling", ("--concurrency", "1", "--keys", "100")),
+            Run("3a", "redis", keys=100),
+            Run("3b", "rokv", ("-c", "16", "-k", "100")),
+            *ceilings("3b", "--concurrency", "16", "--keys", "100"),
+            Run("3b", "redis", pipeline=16, keys=100),
+        ],
+    )
     if smoke:
         keep = {"1", "2a", "2b", "3b"}
         two.runs = [r for r in two.runs if r.scenario in keep]
@@ -121,14 +137,28 @@ def matrix(smoke: bool, io_threads_group: bool, only_two_workers: bool = False) 
     if only_two_workers:
         return groups
     for workers, on, off in ((1, "4a", "4b"), (4, "4c", "4d")):
-        groups.append(Group(workers, 1, [
-            Run(on, "rokv", ("-c", "64")), Run(off, "rokv", ("-c", "64", "--no-coalesce")),
-            *ceilings(on, *ceiling64)[:2],
-        ]))
+        groups.append(
+            Group(
+                workers,
+                1,
+                [
+                    Run(on, "rokv", ("-c", "64")),
+                    Run(off, "rokv", ("-c", "64", "--no-coalesce")),
+                    *ceilings(on, *ceiling64)[:2],
+                ],
+            )
+        )
     if io_threads_group:
-        groups.append(Group(2, 2, [
-            Run("5c", "rokv", ("-c", "64", "-p", "2")), Run("5d", "rokv", ("-c", "64", "-p", "2", "--no-coalesce")),
-        ]))
+        groups.append(
+            Group(
+                2,
+                2,
+                [
+                    Run("5c", "rokv", ("-c", "64", "-p", "2")),
+                    Run("5d", "rokv", ("-c", "64", "-p", "2", "--no-coalesce")),
+                ],
+            )
+        )
     return groups
 
 
@@ -150,20 +180,39 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROKV_")}
         env["PYTHONUNBUFFERED"] = "1"
         if kind == "rokv":
-            broker = [sys.executable, "-m", "rokv.broker", "--frontend", self.frontend, "--backend", self.backend,
-                      "--io-threads", str(io_threads)]
+            broker = [
+                sys.executable,
+                "-m",
+                "rokv.broker",
+                "--frontend",
+                self.frontend,
+                "--backend",
+                self.backend,
+                "--io-threads",
+                str(io_threads),
+            ]
             worker = [sys.executable, "-m", "rokv.worker", "--backend", self.backend, "--data", data]
         else:
             ceiling = str(REPO / "benchmarks" / "ceiling.py")
-            broker = [sys.executable, ceiling, "broker", "--frontend", self.frontend, "--backend", self.backend,
-                      "--io-threads", str(io_threads)]
+            broker = [
+                sys.executable,
+                ceiling,
+                "broker",
+                "--frontend",
+                self.frontend,
+                "--backend",
+                self.backend,
+                "--io-threads",
+                str(io_threads),
+            ]
             worker = [sys.executable, ceiling, "worker", "--backend", self.backend, "--data", data]
         self.logs = [open(log_dir / f"{kind}-{workers}w-{i}.log", "wb") for i in range(workers + 1)]
         self.procs = [subprocess.Popen(broker, cwd=REPO, env=env, stdout=self.logs[0], stderr=subprocess.STDOUT)]
         for i in range(workers):
             extra = ["--name", f"{kind}-worker{i}"] if kind == "rokv" else []
-            self.procs.append(subprocess.Popen(worker + extra, cwd=REPO, env=env, stdout=self.logs[i + 1],
-                                               stderr=subprocess.STDOUT))
+            self.procs.append(
+                subprocess.Popen(worker + extra, cwd=REPO, env=env, stdout=self.logs[i + 1], stderr=subprocess.STDOUT)
+            )
         self.workers = workers
 
     def wait_ready(self, timeout: float) -> None:
@@ -230,11 +279,33 @@ def measure(run: Run, stacks: dict[str, Stack], redis: Any, sample: str, duratio
 
 def _measure(run: Run, stacks: dict[str, Stack], redis_port: int | None, sample: str, duration: float) -> dict:
     if run.system == "rokv":
-        cmd = [sys.executable, "-m", "rokv", "bench", "--endpoint", stacks["rokv"].frontend, "--data", sample,
-               "-d", str(duration), "--json", *run.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rokv",
+            "bench",
+            "--endpoint",
+            stacks["rokv"].frontend,
+            "--data",
+            sample,
+            "-d",
+            str(duration),
+            "--json",
+            *run.args,
+        ]
     elif run.system.startswith("ceiling"):
-        cmd = [sys.executable, str(REPO / "benchmarks" / "ceiling.py"), "client", "--endpoint",
-               stacks["ceiling"].frontend, "--data", sample, "--duration", str(duration), *run.args]
+        cmd = [
+            sys.executable,
+            str(REPO / "benchmarks" / "ceiling.py"),
+            "client",
+            "--endpoint",
+            stacks["ceiling"].frontend,
+            "--data",
+            sample,
+            "--duration",
+            str(duration),
+            *run.args,
+        ]
     else:
         assert redis_port is not None
         return redisbench.run_clients(redis_port, sample, run.processes, run.pipeline, run.keys, duration)
@@ -277,16 +348,18 @@ def dataset_path(name: str, cache: Path) -> tuple[str, str]:
         path = cache / f"{base.lower()}.jsonl"
         if not path.exists():
             print(f"generating {path} ...", file=sys.stderr)
-            subprocess.run([sys.executable, str(REPO / "data" / "generate.py"), "--count", str(count), "-o",
-                            str(path)], check=True, cwd=REPO)
+            subprocess.run(
+                [sys.executable, str(REPO / "data" / "generate.py"), "--count", str(count), "-o", str(path)],
+                check=True,
+                cwd=REPO,
+            )
         source = str(path)
     if not compiled:
         return source, source
     built = cache / f"{base.lower()}.rokv"
     if not built.exists():
         print(f"building {built} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "rokv", "build", "-q", "-o", str(built), source], check=True,
-                       cwd=REPO)
+        subprocess.run([sys.executable, "-m", "rokv", "build", "-q", "-o", str(built), source], check=True, cwd=REPO)
     return str(built), source
 
 
@@ -304,12 +377,17 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
         redis.load(load_expected(data))
         memory["redis_rss"] = redis.rss()
     try:
-        for group in matrix(args.smoke, io_threads_group=(name == "10k" and not args.no_io_threads),
-                            only_two_workers=args.two_workers_only or name.lower().endswith(".rokv")):
+        for group in matrix(
+            args.smoke,
+            io_threads_group=(name == "10k" and not args.no_io_threads),
+            only_two_workers=args.two_workers_only or name.lower().endswith(".rokv"),
+        ):
             runs = [r for r in group.runs if r.system != "redis" or redis is not None]
             needs = {r.system.split("-")[0] for r in runs} - {"redis"}
-            stacks = {kind: Stack(kind, group.workers, served if kind == "rokv" else data, group.io_threads, log_dir)
-                      for kind in sorted(needs)}
+            stacks = {
+                kind: Stack(kind, group.workers, served if kind == "rokv" else data, group.io_threads, log_dir)
+                for kind in sorted(needs)
+            }
             try:
                 for stack in stacks.values():
                     stack.wait_ready(args.start_timeout)
@@ -319,10 +397,14 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
                         print(label, end=" ", file=sys.stderr, flush=True)
                         report = measure(run, stacks, redis, sample, args.duration)
                         results.setdefault((run.scenario, run.system), []).append(report)
-                        print(f"{report['requests_per_s']:>10,.0f} req/s {report['keys_per_s']:>11,.0f} keys/s "
-                              f"p50 {report['latency_ms']['p50']:.3f} ms  CPU µs/req client "
-                              f"{report['client_cpu_us_per_request'] or 0:.0f} server "
-                              f"{report['server_cpu_us_per_request'] or 0:.0f}", file=sys.stderr, flush=True)
+                        print(
+                            f"{report['requests_per_s']:>10,.0f} req/s {report['keys_per_s']:>11,.0f} keys/s "
+                            f"p50 {report['latency_ms']['p50']:.3f} ms  CPU µs/req client "
+                            f"{report['client_cpu_us_per_request'] or 0:.0f} server "
+                            f"{report['server_cpu_us_per_request'] or 0:.0f}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                 # After the load: a memory-mapped dataset is only resident once touched.
                 if group.workers == 2 and group.io_threads == 1:
                     memory.update({f"{k}_worker_rss": s.worker_rss() for k, s in stacks.items()})
@@ -332,8 +414,14 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
     finally:
         if redis is not None:
             redis.stop()
-    return {"dataset": name, "path": served, "keys": count_keys(data), "results": results,
-            "memory": memory, "redis": why_no_redis}
+    return {
+        "dataset": name,
+        "path": served,
+        "keys": count_keys(data),
+        "results": results,
+        "memory": memory,
+        "redis": why_no_redis,
+    }
 
 
 def count_keys(data: str) -> int:
@@ -379,12 +467,15 @@ def fmt_ratio(value: float | None, suffix: str = "") -> str:
 def dataset_section(ds: dict[str, Any], reps: int) -> list[str]:
     res = ds["results"]
     form = "compiled .rokv file, memory-mapped" if ds["path"].endswith(".rokv") else "JSON loaded into a dict"
-    lines = [f"### {ds['keys']:,} keys (rokv workers serve the {form})", "",
-             "| # | scenario | rokv | ceiling (raw pyzmq) | rokv ÷ ceiling (rate; p50) | ceiling, asyncio clients: "
-             "AsyncClient's transport; plain zmq.asyncio "
-             "| Redis (redis-py + hiredis) | rokv ÷ Redis | CPU µs per request: rokv client / server; "
-             "ceiling client / server |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {ds['keys']:,} keys (rokv workers serve the {form})",
+        "",
+        "| # | scenario | rokv | ceiling (raw pyzmq) | rokv ÷ ceiling (rate; p50) | ceiling, asyncio clients: "
+        "AsyncClient's transport; plain zmq.asyncio "
+        "| Redis (redis-py + hiredis) | rokv ÷ Redis | CPU µs per request: rokv client / server; "
+        "ceiling client / server |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for sid, title in SCENARIOS.items():
         rokv = res.get((sid, "rokv"))
         if not rokv:
@@ -401,27 +492,35 @@ def dataset_section(ds: dict[str, Any], reps: int) -> list[str]:
             vs_ceiling += f" (vs {ceiling_sid})"
         cpu = f"{median(rokv, 'client_cpu_us_per_request'):.0f} / {median(rokv, 'server_cpu_us_per_request'):.0f}"
         if ceiling:
-            cpu += (f"; {median(ceiling, 'client_cpu_us_per_request'):.0f} / "
-                    f"{median(ceiling, 'server_cpu_us_per_request'):.0f}")
+            cpu += (
+                f"; {median(ceiling, 'client_cpu_us_per_request'):.0f} / "
+                f"{median(ceiling, 'server_cpu_us_per_request'):.0f}"
+            )
         aio_cell = "n/a"
         drain, plain = res.get((ceiling_sid, "ceiling-drain")), res.get((ceiling_sid, "ceiling-zmq"))
         if drain:
             aio_cell = f"{cell(drain, batched)} (rokv ×{ratio(rokv, drain, key):.2f})"
             if plain:
                 aio_cell += f"; {fmt_rate(median(plain, key))} (rokv ×{ratio(rokv, plain, key):.2f})"
-        lines.append(f"| {sid} | {title} | {cell(rokv, batched)} | {cell(ceiling, batched) if ceiling else 'n/a'} | "
-                     f"{vs_ceiling} | {aio_cell} | {cell(redis, batched)} | {fmt_ratio(ratio(rokv, redis, key))} "
-                     f"| {cpu} |")
+        lines.append(
+            f"| {sid} | {title} | {cell(rokv, batched)} | {cell(ceiling, batched) if ceiling else 'n/a'} | "
+            f"{vs_ceiling} | {aio_cell} | {cell(redis, batched)} | {fmt_ratio(ratio(rokv, redis, key))} "
+            f"| {cpu} |"
+        )
     lines += ["", *targets(res), ""]
     memory = ds["memory"]
     if memory.get("rokv_worker_rss"):
         rokv_rss = statistics.median(memory["rokv_worker_rss"])
         ceil_rss = statistics.median(memory.get("ceiling_worker_rss") or [0])
-        line = (f"Memory, after the load: rokv worker RSS {rokv_rss / 2**20:.0f} MiB ({rokv_rss / ds['keys']:.0f} bytes a key, "
-                f"interpreter included); ceiling worker (plain dict of str) {ceil_rss / 2**20:.0f} MiB "
-                f"({ceil_rss / ds['keys']:.0f} bytes a key)")
+        line = (
+            f"Memory, after the load: rokv worker RSS {rokv_rss / 2**20:.0f} MiB "
+            f"({rokv_rss / ds['keys']:.0f} bytes a key, interpreter included); "
+            f"ceiling worker (plain dict of str) {ceil_rss / 2**20:.0f} MiB "
+            f"({ceil_rss / ds['keys']:.0f} bytes a key)"
+        )
         if memory.get("redis_rss"):
-            line += f"; redis-server {memory['redis_rss'] / 2**20:.0f} MiB ({memory['redis_rss'] / ds['keys']:.0f} bytes a key)"
+            redis_rss = memory["redis_rss"]
+            line += f"; redis-server {redis_rss / 2**20:.0f} MiB ({redis_rss / ds['keys']:.0f} bytes a key)"
         lines += [line + ".", ""]
     if ds["redis"]:
         lines += [f"Redis comparison skipped: {ds['redis']}.", ""]
@@ -442,8 +541,12 @@ def targets(res: dict) -> list[str]:
         r, lat = ratio(rokv, ceiling, key), ratio(rokv, ceiling, "latency_ms", "p50")
         if r is not None and lat is not None and (r < 0.9 or lat > 1.15):
             failed_ceiling.append(f"{sid} ({r:.2f}, p50 ×{lat:.2f})")
-    rows.append(("every scenario ≥ 0.90 × ceiling's rate and p50 ≤ 1.15 × ceiling's",
-                 "missed in " + ", ".join(failed_ceiling) if failed_ceiling else "met"))
+    rows.append(
+        (
+            "every scenario ≥ 0.90 × ceiling's rate and p50 ≤ 1.15 × ceiling's",
+            "missed in " + ", ".join(failed_ceiling) if failed_ceiling else "met",
+        )
+    )
     # Not an issue target: how far AsyncClient is from the least an asyncio
     # client can do, which tells its own overhead apart from asyncio's.
     against_floor = []
@@ -453,8 +556,12 @@ def targets(res: dict) -> list[str]:
             key = "keys_per_s" if sid.startswith("3") else "requests_per_s"
             against_floor.append(f"{sid} {ratio(rokv, drain, key):.2f}")
     if against_floor:
-        rows.append(("(for reading, not a target) AsyncClient scenarios ÷ the least-work asyncio client, "
-                     "same transport", ", ".join(against_floor)))
+        rows.append(
+            (
+                "(for reading, not a target) AsyncClient scenarios ÷ the least-work asyncio client, same transport",
+                ", ".join(against_floor),
+            )
+        )
     for sid in ("3a", "3b"):
         r = ratio(get(sid, "rokv"), get(sid, "redis"), "keys_per_s")
         if r is not None:
@@ -473,15 +580,21 @@ def targets(res: dict) -> list[str]:
             r2 = ratio(rokv, redis, "requests_per_s")
             if r2 is not None:
                 depth, procs = redis[0]["config"]["concurrency"], redis[0]["config"]["processes"]
-                text += (f"; {r2:.2f} × Redis pipeline of {depth}{' from 2 processes' if procs == 2 else ''} — "
-                         f"{'met' if r2 > 1 else 'missed'}")
+                text += (
+                    f"; {r2:.2f} × Redis pipeline of {depth}{' from 2 processes' if procs == 2 else ''} — "
+                    f"{'met' if r2 > 1 else 'missed'}"
+                )
         rows.append((f"{sid}: coalesced get ≥ 3 × uncoalesced ceiling and > Redis pipeline", text))
     for sid in ("2a", "2c"):
         rokv = get(sid, "rokv")
         if rokv:
             r = median(rokv, "requests_per_s") / FASTAPI_REQ_S
-            rows.append((f"{sid}: ≥ 10 × the FastAPI app's {FASTAPI_REQ_S:,.0f} req/s (planning figure)",
-                         f"{r:.1f} × — {'met' if r >= 10 else 'missed'}"))
+            rows.append(
+                (
+                    f"{sid}: ≥ 10 × the FastAPI app's {FASTAPI_REQ_S:,.0f} req/s (planning figure)",
+                    f"{r:.1f} × — {'met' if r >= 10 else 'missed'}",
+                )
+            )
     return ["| target | measured |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]]
 
 
@@ -494,30 +607,38 @@ def machine() -> str:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    text = (f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}), "
-            f"msgpack {'.'.join(map(str, msgpack.version))}")
+    text = (
+        f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}), "
+        f"msgpack {'.'.join(map(str, msgpack.version))}"
+    )
     if redisbench.available() is None:
         text += f", {redisbench.versions()}"
     return text
 
 
 def render(datasets: list[dict], args: argparse.Namespace, command: str) -> str:
-    lines = [BEGIN, "## Throughput and latency: rokv, the raw-pyzmq ceiling and Redis", "",
-             f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-             f"Machine: {machine()}.", "",
-             f"Each figure is the median of {args.reps} runs of {args.duration:g} s; every scenario ran against "
-             "each system in turn, repeat after repeat, so that the ratios compare like with like. The machine is "
-             "shared and noisy: differences under about 25% between separate runs mean nothing; ratios within "
-             "this run are the figures to read. 2 workers unless stated; broker I/O threads 1 unless stated. "
-             "rokv's load comes from `rokv bench`, which checked every answer (none was wrong); the ceiling "
-             "(`benchmarks/ceiling.py`) is the same topology doing only msgpack decode, one dict lookup and "
-             "msgpack encode, with a client that only packs, sends, receives and unpacks; it has no coalescing, "
-             "so coalesced scenarios are compared with its uncoalesced run. Two asyncio clients do the same least "
-             "work: one over the transport AsyncClient uses (ZMQ_FD in `loop.add_reader`, replies drained in bulk, "
-             "sends gathered per loop turn), the floor for an asyncio client, and one over plain `zmq.asyncio` "
-             "(a future per message). Redis runs use a pipeline of 64 GETs for 64 in flight, of 256 for 256, and "
-             "a pipeline of 16 MGETs for 16 in flight.", ""]
+    lines = [
+        BEGIN,
+        "## Throughput and latency: rokv, the raw-pyzmq ceiling and Redis",
+        "",
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Machine: {machine()}.",
+        "",
+        f"Each figure is the median of {args.reps} runs of {args.duration:g} s; every scenario ran against "
+        "each system in turn, repeat after repeat, so that the ratios compare like with like. The machine is "
+        "shared and noisy: differences under about 25% between separate runs mean nothing; ratios within "
+        "this run are the figures to read. 2 workers unless stated; broker I/O threads 1 unless stated. "
+        "rokv's load comes from `rokv bench`, which checked every answer (none was wrong); the ceiling "
+        "(`benchmarks/ceiling.py`) is the same topology doing only msgpack decode, one dict lookup and "
+        "msgpack encode, with a client that only packs, sends, receives and unpacks; it has no coalescing, "
+        "so coalesced scenarios are compared with its uncoalesced run. Two asyncio clients do the same least "
+        "work: one over the transport AsyncClient uses (ZMQ_FD in `loop.add_reader`, replies drained in bulk, "
+        "sends gathered per loop turn), the floor for an asyncio client, and one over plain `zmq.asyncio` "
+        "(a future per message). Redis runs use a pipeline of 64 GETs for 64 in flight, of 256 for 256, and "
+        "a pipeline of 16 MGETs for 16 in flight.",
+        "",
+    ]
     if args.smoke:
         lines += ["**Smoke run: durations too short to mean anything; correctness check only.**", ""]
     for ds in datasets:
@@ -541,21 +662,32 @@ def write_section(path: Path, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="10k,1m", help="comma-separated: 10k, 100k, 1m, each optionally "
-                        "with .rokv to serve the compiled form (default %(default)s)")
+    parser.add_argument(
+        "--datasets",
+        default="10k,1m",
+        help="comma-separated: 10k, 100k, 1m, each optionally "
+        "with .rokv to serve the compiled form (default %(default)s)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="runs of each scenario (default %(default)s)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run (default %(default)s)")
     parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="markdown file to update")
     parser.add_argument("--json", default=None, help="also write every raw report to this file")
-    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "rokv-bench"),
-                        help="where generated datasets are kept (default %(default)s)")
+    parser.add_argument(
+        "--cache",
+        default=os.path.join(tempfile.gettempdir(), "rokv-bench"),
+        help="where generated datasets are kept (default %(default)s)",
+    )
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis comparison")
     parser.add_argument("--no-io-threads", action="store_true", help="skip the broker io-threads 2 runs")
-    parser.add_argument("--two-workers-only", action="store_true",
-                        help="skip the 1- and 4-worker runs (always skipped for .rokv datasets)")
+    parser.add_argument(
+        "--two-workers-only",
+        action="store_true",
+        help="skip the 1- and 4-worker runs (always skipped for .rokv datasets)",
+    )
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds for stacks to come up")
-    parser.add_argument("--smoke", action="store_true",
-                        help="10k keys, 1 run of 0.3 s, a few scenarios: checks that everything runs")
+    parser.add_argument(
+        "--smoke", action="store_true", help="10k keys, 1 run of 0.3 s, a few scenarios: checks that everything runs"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.datasets, args.reps, args.duration = "10k", 1, min(args.duration, 0.3)

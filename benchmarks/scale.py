@@ -43,7 +43,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rokv import Client, ServiceUnavailable  # noqa: E402
+from rokv import Client, ServiceUnavailable  # noqa: E402 - after sys.path is set
 
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 SCENARIOS = {
@@ -73,8 +73,9 @@ class Stack:
         self.frontend = f"tcp://127.0.0.1:{free_port()}"
         self.backend = f"tcp://127.0.0.1:{free_port()}"
         self.procs: list[subprocess.Popen] = []
-        self.broker = self._spawn("broker", [sys.executable, "-m", "rokv.broker", "--frontend", self.frontend,
-                                             "--backend", self.backend])
+        self.broker = self._spawn(
+            "broker", [sys.executable, "-m", "rokv.broker", "--frontend", self.frontend, "--backend", self.backend]
+        )
         self.workers: list[subprocess.Popen] = []
         # The first worker alone, so its start time is its own.
         started = time.monotonic()
@@ -87,14 +88,27 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{self.name}-{name}.log", "wb")
-        proc = subprocess.Popen(args, cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         self.procs.append(proc)
         return proc
 
     def _worker(self, i: int) -> subprocess.Popen:
-        return self._spawn(f"worker{i}", [sys.executable, "-m", "rokv.worker", "--backend", self.backend,
-                                          "--data", str(self.data), "--name", f"{self.name}-{i}"])
+        return self._spawn(
+            f"worker{i}",
+            [
+                sys.executable,
+                "-m",
+                "rokv.worker",
+                "--backend",
+                self.backend,
+                "--data",
+                str(self.data),
+                "--name",
+                f"{self.name}-{i}",
+            ],
+        )
 
     def _wait_pid(self, pid: int, timeout: float) -> int:
         """Ping until the worker with ``pid`` answers."""
@@ -137,9 +151,27 @@ class Stack:
 
 def bench(stack: Stack, sample: Path, scenario: list[str], duration: float) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "rokv", "bench", "--endpoint", stack.frontend, "--data", str(sample),
-         "-p", "1", "-d", str(duration), "--json", *scenario],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=duration + 300,
+        [
+            sys.executable,
+            "-m",
+            "rokv",
+            "bench",
+            "--endpoint",
+            stack.frontend,
+            "--data",
+            str(sample),
+            "-p",
+            "1",
+            "-d",
+            str(duration),
+            "--json",
+            *scenario,
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=duration + 300,
     )
     if result.returncode != 0:
         raise RuntimeError(f"rokv bench failed ({result.returncode}): {result.stderr or result.stdout}")
@@ -166,15 +198,24 @@ def measure_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     src = tmp / f"scale-{n}.jsonl"
     if not src.exists():
         print(f"[{n:,}] generating {src}", flush=True)
-        subprocess.run([sys.executable, "data/generate.py", "--count", str(n), "-o", str(src)], cwd=REPO,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "data/generate.py", "--count", str(n), "-o", str(src)],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     out = tmp / f"scale-{n}.rokv"
     builds, build_cpu = [], []
     for _ in range(args.builds):
         started = time.monotonic()
         cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-m", "rokv", "build", str(src), "-o", str(out), "-q"], cwd=REPO,
-                       env=env(), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "rokv", "build", str(src), "-o", str(out), "-q"],
+            cwd=REPO,
+            env=env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         builds.append(time.monotonic() - started)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         build_cpu.append(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime)
@@ -182,8 +223,13 @@ def measure_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sample = tmp / f"scale-{n}-sample.jsonl"
     sample_pairs(src, sample, min(SAMPLE, n))
 
-    row: dict[str, Any] = {"keys": n, "jsonl_bytes": src.stat().st_size, "rokv_bytes": out.stat().st_size,
-                           "build_s": builds, "build_cpu_s": build_cpu}
+    row: dict[str, Any] = {
+        "keys": n,
+        "jsonl_bytes": src.stat().st_size,
+        "rokv_bytes": out.stat().st_size,
+        "build_s": builds,
+        "build_cpu_s": build_cpu,
+    }
     stacks: dict[str, Stack] = {}
     try:
         for kind, data in (("rokv", out), ("dict", src)):
@@ -215,14 +261,20 @@ def measure_size(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def machine() -> str:
     cpu = "unknown CPU"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     import numpy
     import zmq
-    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, pyzmq {zmq.__version__} "
-            f"(libzmq {zmq.zmq_version()}), numpy {numpy.__version__}")
+
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, pyzmq {zmq.__version__} "
+        f"(libzmq {zmq.zmq_version()}), numpy {numpy.__version__}"
+    )
 
 
 def mb(kb: float) -> str:
@@ -244,17 +296,21 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         "| keys | .jsonl MB | .rokv MB | build s (CPU s) | start s dict / rokv | RSS MB per worker dict / rokv "
         "| PSS MB, all workers dict / rokv | PSS / file size | "
-        + " | ".join(f"{name} keys/s dict / rokv (ratio)" for name in SCENARIOS) + " |",
+        + " | ".join(f"{name} keys/s dict / rokv (ratio)" for name in SCENARIOS)
+        + " |",
         "|" + "---|" * (8 + len(SCENARIOS)),
     ]
     for r in rows:
         rss = {k: statistics.mean(m["rss"] for m in r[f"{k}_memory"]) for k in ("dict", "rokv")}
         pss = {k: sum(m["pss"] for m in r[f"{k}_memory"]) for k in ("dict", "rokv")}
         cells = [
-            f"{r['keys']:,}", f"{r['jsonl_bytes'] / 2**20:,.0f}", f"{r['rokv_bytes'] / 2**20:,.1f}",
+            f"{r['keys']:,}",
+            f"{r['jsonl_bytes'] / 2**20:,.0f}",
+            f"{r['rokv_bytes'] / 2**20:,.1f}",
             f"{statistics.median(r['build_s']):.1f} ({statistics.median(r.get('build_cpu_s') or [math.nan]):.1f})",
             f"{r['dict_start_s']:.2f} / {r['rokv_start_s']:.2f}",
-            f"{mb(rss['dict'])} / {mb(rss['rokv'])}", f"{mb(pss['dict'])} / {mb(pss['rokv'])}",
+            f"{mb(rss['dict'])} / {mb(rss['rokv'])}",
+            f"{mb(pss['dict'])} / {mb(pss['rokv'])}",
             f"{pss['rokv'] * 1024 / r['rokv_bytes']:.2f}",
         ]
         for name in SCENARIOS:
@@ -269,13 +325,19 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "which all the workers share (PSS splits them). Runs vary by a factor of up to 2 on this shared machine "
         "(see the raw runs): compare the ratios of interleaved medians, not single figures.",
         "",
-        *targets(rows[-1]), "", "Raw runs (keys/s):", "",
+        *targets(rows[-1]),
+        "",
+        "Raw runs (keys/s):",
+        "",
     ]
     for r in rows:
         for name in SCENARIOS:
-            lines.append(f"- {r['keys']:,} keys, {name}: dict "
-                         + ", ".join(f"{x:,.0f}" for x in r["throughput"]["dict"][name]) + "; rokv "
-                         + ", ".join(f"{x:,.0f}" for x in r["throughput"]["rokv"][name]))
+            lines.append(
+                f"- {r['keys']:,} keys, {name}: dict "
+                + ", ".join(f"{x:,.0f}" for x in r["throughput"]["dict"][name])
+                + "; rokv "
+                + ", ".join(f"{x:,.0f}" for x in r["throughput"]["rokv"][name])
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -294,7 +356,9 @@ def targets(r: dict[str, Any]) -> list[str]:
     out = [f"Targets at {r['keys']:,} keys:", ""]
     for what, value, limit, unit, at_most in checks:
         ok = value <= limit if at_most else value >= limit
-        out.append(f"- {what}: {value:,.2f} {unit}, " + ("met" if ok else f"**missed** by {abs(value - limit) / limit:.0%}"))
+        out.append(
+            f"- {what}: {value:,.2f} {unit}, " + ("met" if ok else f"**missed** by {abs(value - limit) / limit:.0%}")
+        )
     return out
 
 

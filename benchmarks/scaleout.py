@@ -49,17 +49,19 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks import redisbench  # noqa: E402
-from benchmarks.run import free_endpoint, machine  # noqa: E402
-from benchmarks.scaleout_client import tally_from_json  # noqa: E402
-from rokv import Client, ServiceUnavailable  # noqa: E402
-from rokv.bench import Tally, load_expected  # noqa: E402
+from rokv import Client, ServiceUnavailable  # noqa: E402 - after sys.path is set
+from rokv.bench import Tally, load_expected  # noqa: E402 - after sys.path is set
+
+from benchmarks import redisbench  # noqa: E402 - after sys.path is set
+from benchmarks.run import free_endpoint, machine  # noqa: E402 - after sys.path is set
+from benchmarks.scaleout_client import tally_from_json  # noqa: E402 - after sys.path is set
 
 BEGIN, END = "<!-- scaleout:begin -->", "<!-- scaleout:end -->"
 CLIENT = REPO / "benchmarks" / "scaleout_client.py"
@@ -163,12 +165,31 @@ class Stack:
         self.procs: list[subprocess.Popen] = []
         self._logs: list[Any] = []
         try:
-            self.broker_pids = [self._spawn(f"broker{i}", log_dir, [
-                "-m", "rokv.broker", "--frontend", front, "--backend", back, "--io-threads", str(io_threads)])
-                for i, (front, back) in enumerate(zip(self.frontends, self.backends))]
-            self.worker_pids = [self._spawn(f"worker{i}", log_dir, [
-                "-m", "rokv.worker", "--backend", ",".join(self.backends), "--data", data,
-                "--name", f"{self.name}-{i}"]) for i in range(workers)]
+            self.broker_pids = [
+                self._spawn(
+                    f"broker{i}",
+                    log_dir,
+                    ["-m", "rokv.broker", "--frontend", front, "--backend", back, "--io-threads", str(io_threads)],
+                )
+                for i, (front, back) in enumerate(zip(self.frontends, self.backends))
+            ]
+            self.worker_pids = [
+                self._spawn(
+                    f"worker{i}",
+                    log_dir,
+                    [
+                        "-m",
+                        "rokv.worker",
+                        "--backend",
+                        ",".join(self.backends),
+                        "--data",
+                        data,
+                        "--name",
+                        f"{self.name}-{i}",
+                    ],
+                )
+                for i in range(workers)
+            ]
         except BaseException:
             self.stop()
             raise
@@ -176,8 +197,14 @@ class Stack:
     def _spawn(self, what: str, log_dir: Path, args: list[str]) -> int:
         log = open(log_dir / f"{self.name}-{what}.log", "wb")
         self._logs.append(log)
-        proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=child_env(), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(proc)
         return proc.pid
 
@@ -196,8 +223,10 @@ class Stack:
                     if dead:
                         raise RuntimeError(f"{self.name}: process {dead[0].pid} exited with {dead[0].returncode}")
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{self.name}: workers {sorted(set(self.worker_pids) - seen)} did not "
-                                           f"answer through {frontend} within {timeout:g} s")
+                        raise RuntimeError(
+                            f"{self.name}: workers {sorted(set(self.worker_pids) - seen)} did not "
+                            f"answer through {frontend} within {timeout:g} s"
+                        )
                     try:
                         seen.add(client.ping()["pid"])
                     except ServiceUnavailable:
@@ -236,11 +265,32 @@ def run_rokv(stack: Stack, load: Load, args: argparse.Namespace, rep: int, log_d
     try:
         for i, log in enumerate(logs):
             with open(log, "wb") as err:
-                clients.append(subprocess.Popen(
-                    [sys.executable, str(CLIENT), "--endpoint", stack.endpoint, "--data", args.data, "--keys",
-                     str(load.keys), "--concurrency", str(load.concurrency), "--duration", str(args.duration),
-                     "--seed", str(1000 * rep + i + 1), *([] if load.coalesce else ["--no-coalesce"])],
-                    cwd=REPO, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err))
+                clients.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(CLIENT),
+                            "--endpoint",
+                            stack.endpoint,
+                            "--data",
+                            args.data,
+                            "--keys",
+                            str(load.keys),
+                            "--concurrency",
+                            str(load.concurrency),
+                            "--duration",
+                            str(args.duration),
+                            "--seed",
+                            str(1000 * rep + i + 1),
+                            *([] if load.coalesce else ["--no-coalesce"]),
+                        ],
+                        cwd=REPO,
+                        env=child_env(),
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=err,
+                    )
+                )
         deadline = time.monotonic() + args.start_timeout
         for proc, log in zip(clients, logs):
             if _read_line(proc, deadline, "ready line", log).strip() != b"ready":
@@ -275,13 +325,21 @@ def run_redis(server: redisbench.RedisServer, load: Load, args: argparse.Namespa
     (``time.process_time``); the server's CPU comes from /proc."""
     pid = server.proc.pid
     before = process_table()
-    report = redisbench.run_clients(server.port, args.data, args.clients, load.concurrency, load.keys,
-                                    args.duration, seed=1000 * rep + 1)
+    report = redisbench.run_clients(
+        server.port, args.data, args.clients, load.concurrency, load.keys, args.duration, seed=1000 * rep + 1
+    )
     after = process_table()
     tally = Tally(requests=report["requests"], keys=report["keys"], elapsed=report["elapsed_s"])
     # The report keeps the percentiles, not the histogram: carry p50 over as is.
-    rec = record(tally, {"client": (report["client_cpu_us_per_request"] or 0) * report["requests"] / 1e6,
-                         "broker": 0.0, "worker": tree_cpu([pid], after) - tree_cpu([pid], before)}, [])
+    rec = record(
+        tally,
+        {
+            "client": (report["client_cpu_us_per_request"] or 0) * report["requests"] / 1e6,
+            "broker": 0.0,
+            "worker": tree_cpu([pid], after) - tree_cpu([pid], before),
+        },
+        [],
+    )
     rec["p50_ms"] = report["latency_ms"]["p50"]
     return rec
 
@@ -289,11 +347,18 @@ def run_redis(server: redisbench.RedisServer, load: Load, args: argparse.Namespa
 def record(tally: Tally, cpu: dict[str, float], replies: list[int]) -> dict[str, Any]:
     elapsed = tally.elapsed or float("nan")
     return {
-        "requests": tally.requests, "keys": tally.keys, "elapsed_s": tally.elapsed,
-        "requests_per_s": tally.requests / elapsed, "keys_per_s": tally.keys / elapsed,
-        "p50_ms": tally.percentile(0.5) * 1000, "p99_ms": tally.percentile(0.99) * 1000,
-        "cpu_s": cpu, "broker_replies": replies,
-        "errors": dict(tally.errors), "wrong": tally.wrong, "wrong_examples": tally.wrong_examples,
+        "requests": tally.requests,
+        "keys": tally.keys,
+        "elapsed_s": tally.elapsed,
+        "requests_per_s": tally.requests / elapsed,
+        "keys_per_s": tally.keys / elapsed,
+        "p50_ms": tally.percentile(0.5) * 1000,
+        "p99_ms": tally.percentile(0.99) * 1000,
+        "cpu_s": cpu,
+        "broker_replies": replies,
+        "errors": dict(tally.errors),
+        "wrong": tally.wrong,
+        "wrong_examples": tally.wrong_examples,
     }
 
 
@@ -345,9 +410,12 @@ def measure(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, list[dic
 def progress(key: str, rep: int, rec: dict[str, Any]) -> None:
     cpu = " / ".join(f"{per_request_us(rec, role):.0f}" for role in ROLES)
     bad = sum(rec["errors"].values()) + rec["wrong"]
-    print(f"run {rep + 1} {key:<16} {rec['requests_per_s']:>10,.0f} req/s {rec['keys_per_s']:>12,.0f} keys/s  "
-          f"p50 {rec['p50_ms']:6.2f} ms  CPU µs/req client/broker/worker {cpu}"
-          + (f"  FAILED {bad}" if bad else ""), file=sys.stderr, flush=True)
+    print(
+        f"run {rep + 1} {key:<16} {rec['requests_per_s']:>10,.0f} req/s {rec['keys_per_s']:>12,.0f} keys/s  "
+        f"p50 {rec['p50_ms']:6.2f} ms  CPU µs/req client/broker/worker {cpu}" + (f"  FAILED {bad}" if bad else ""),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def per_request_us(rec: dict[str, Any], role: str) -> float:
@@ -381,7 +449,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
             "keys_per_s": med(recs, lambda r: r["keys_per_s"]),
             "p50_ms": med(recs, lambda r: r["p50_ms"]),
             "busy": med(recs, lambda r: sum(r["cpu_s"].values()) / r["elapsed_s"] if r["elapsed_s"] else 0.0),
-            "failed": sum(sum(r["errors"].values()) for r in recs), "wrong": sum(r["wrong"] for r in recs),
+            "failed": sum(sum(r["errors"].values()) for r in recs),
+            "wrong": sum(r["wrong"] for r in recs),
         }
         for role in ROLES:
             us = med(recs, lambda r, role=role: per_request_us(r, role))
@@ -404,10 +473,12 @@ def render(runs: dict[str, list[dict]], why_no_redis: str | None, args: argparse
     rows = summarize(runs)
     most = args.clients + max(args.brokers) + max(args.workers)
     lines = [
-        "## Scale-out: 1 and 2 brokers × 1, 2 and 4 workers (issue 11)", "",
+        "## Scale-out: 1 and 2 brokers × 1, 2 and 4 workers (issue 11)",
+        "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Machine: {machine()}; 1-minute load average {args.load_average[0]:.1f} at the start and "
-        f"{args.load_average[1]:.1f} at the end (it counts this run's own processes, and any other work).", "",
+        f"{args.load_average[1]:.1f} at the end (it counts this run's own processes, and any other work).",
+        "",
         f"Each configuration is B brokers and W workers on loopback, every worker connected to every broker, "
         f"serving `{args.data_label}` ({len(load_expected(args.data)):,} keys); the load comes from {args.clients} "
         f"client process{'es' if args.clients > 1 else ''} (AsyncClient over all the brokers, every answer "
@@ -418,7 +489,8 @@ def render(runs: dict[str, list[dict]], why_no_redis: str | None, args: argparse
         "role carries 1 / that many requests per second (a get_many request is 100 keys). *Cores busy* is the "
         "CPU time of all roles over the run's wall time. *Bound* is the smallest of clients × client capacity, "
         "brokers × broker capacity and workers × worker capacity: what the configuration would carry at these "
-        "costs with a free core for every process.", "",
+        "costs with a free core for every process.",
+        "",
     ]
     if most > cores:
         lines += [
@@ -433,11 +505,15 @@ def render(runs: dict[str, list[dict]], why_no_redis: str | None, args: argparse
             "single-key throughput should then grow with brokers (goal: 2 brokers ≥ 1.6 × one) and with workers "
             "until the cores run out, and batched keys/s should reach at least twice one Redis instance driven "
             "by the same Python clients. Runs on this shared machine differ by 25% and more: CPU per request "
-            "is steadier than rates.", "",
+            "is steadier than rates.",
+            "",
         ]
     else:
-        lines += [f"This machine has {cores} cores for at most {most} busy processes: the goals below can be "
-                  "judged on these figures.", ""]
+        lines += [
+            f"This machine has {cores} cores for at most {most} busy processes: the goals below can be "
+            "judged on these figures.",
+            "",
+        ]
     lines += [
         "| load (per client process) | brokers × workers | req/s | keys/s | vs 1 broker | p50 ms | cores busy | "
         "CPU µs per request: client / broker / worker | one core carries, req/s: client / broker / worker | "
@@ -456,9 +532,12 @@ def render(runs: dict[str, list[dict]], why_no_redis: str | None, args: argparse
                 lines.append(
                     f"| {load.title} | {b} × {w} | {fmt_rate(row['requests_per_s'])} | "
                     f"{fmt_rate(row['keys_per_s'])} | {vs} | {row['p50_ms']:.2f} | {row['busy']:.2f} | "
-                    + " / ".join(f"{row[f'{r}_us']:.1f}" for r in ROLES) + " | "
-                    + " / ".join(fmt_rate(row[f"{r}_core"]) for r in ROLES) + " | "
-                    f"{fmt_rate(bound(row, args.clients, b, w))} | {spread} |")
+                    + " / ".join(f"{row[f'{r}_us']:.1f}" for r in ROLES)
+                    + " | "
+                    + " / ".join(fmt_rate(row[f"{r}_core"]) for r in ROLES)
+                    + " | "
+                    f"{fmt_rate(bound(row, args.clients, b, w))} | {spread} |"
+                )
         redis = rows.get(f"{load.name}/redis")
         if redis is not None:
             lines.append(
@@ -466,7 +545,9 @@ def render(runs: dict[str, list[dict]], why_no_redis: str | None, args: argparse
                 f"{fmt_rate(redis['requests_per_s'])} | {fmt_rate(redis['keys_per_s'])} | — | "
                 f"{redis['p50_ms']:.2f} | {redis['busy']:.2f} | {redis['client_us']:.1f} / — / "
                 f"{redis['worker_us']:.1f} (server) | {fmt_rate(redis['client_core'])} / — / "
-                f"{fmt_rate(redis['worker_core'])} | {fmt_rate(min(args.clients * redis['client_core'], redis['worker_core']))} | — |")
+                f"{fmt_rate(redis['worker_core'])} | "
+                f"{fmt_rate(min(args.clients * redis['client_core'], redis['worker_core']))} | — |"
+            )
     lines += ["", *goals(rows, args, why_no_redis, most <= cores), ""]
     failed = sum(r["failed"] for r in rows.values())
     wrong = sum(r["wrong"] for r in rows.values())
@@ -490,8 +571,9 @@ def render(runs: dict[str, list[dict]], why_no_redis: str | None, args: argparse
     return "\n".join(lines) + "\n"
 
 
-def goals(rows: dict[str, dict[str, Any]], args: argparse.Namespace, why_no_redis: str | None,
-          cores_free: bool) -> list[str]:
+def goals(
+    rows: dict[str, dict[str, Any]], args: argparse.Namespace, why_no_redis: str | None, cores_free: bool
+) -> list[str]:
     """The issue's goals against these figures, each marked met or missed;
     on a machine without a core per process, for reading only."""
     note = "" if cores_free else " (no free cores here: for reading, not a verdict)"
@@ -507,25 +589,33 @@ def goals(rows: dict[str, dict[str, Any]], args: argparse.Namespace, why_no_redi
             for w in args.workers:
                 one, two = rate(load.name, 1, w), rate(load.name, 2, w)
                 if one and two:
-                    parts.append(f"{w} worker{'s' if w > 1 else ''} {two / one:.2f} × "
-                                 f"({'met' if two / one >= 1.6 else 'missed'})")
+                    parts.append(
+                        f"{w} worker{'s' if w > 1 else ''} {two / one:.2f} × "
+                        f"({'met' if two / one >= 1.6 else 'missed'})"
+                    )
             out.append(f"- {load.title}: 2 brokers ≥ 1.6 × 1 broker: " + "; ".join(parts))
         if len(args.workers) > 1:
             parts = []
             for b in args.brokers:
                 rates = [(w, rate(load.name, b, w)) for w in args.workers]
-                steps = [f"{w1}→{w2} workers {r2 / r1:.2f} ×" for (w1, r1), (w2, r2) in zip(rates, rates[1:])
-                         if r1 and r2]
+                steps = [
+                    f"{w1}→{w2} workers {r2 / r1:.2f} ×" for (w1, r1), (w2, r2) in zip(rates, rates[1:]) if r1 and r2
+                ]
                 parts.append(f"{b} broker{'s' if b > 1 else ''}: " + ", ".join(steps))
             out.append(f"- {load.title}: grows with workers until the cores run out: " + "; ".join(parts))
     redis = rows.get(f"{REDIS_LOAD}/redis")
     if redis is not None:
-        best = max((rows[k]["keys_per_s"], k.split("/")[1]) for k in rows
-                   if k.startswith(f"{REDIS_LOAD}/") and not k.endswith("/redis"))
+        best = max(
+            (rows[k]["keys_per_s"], k.split("/")[1])
+            for k in rows
+            if k.startswith(f"{REDIS_LOAD}/") and not k.endswith("/redis")
+        )
         ratio = best[0] / redis["keys_per_s"]
-        out.append(f"- get_many of 100: keys/s ≥ 2 × one Redis instance: best rokv configuration ({best[1]}) "
-                   f"{ratio:.2f} × Redis's {fmt_rate(redis['keys_per_s'])} keys/s "
-                   f"({'met' if ratio >= 2 else 'missed'})")
+        out.append(
+            f"- get_many of 100: keys/s ≥ 2 × one Redis instance: best rokv configuration ({best[1]}) "
+            f"{ratio:.2f} × Redis's {fmt_rate(redis['keys_per_s'])} keys/s "
+            f"({'met' if ratio >= 2 else 'missed'})"
+        )
     elif REDIS_LOAD in args.loads:
         out.append(f"- get_many of 100: keys/s ≥ 2 × one Redis instance: not measured ({why_no_redis})")
     out += projections(rows, args)
@@ -549,18 +639,22 @@ def projections(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> li
             continue
         two = 2 * row["broker_core"]
         c, k = need(two, row, "client"), need(two, row, "worker")
-        out.append(f"- projection, {load.title}: one broker core carries {fmt_rate(row['broker_core'])} req/s; "
-                   f"to load 2 brokers fully takes about {c} client processes and {k} workers, {c + k + 2} cores "
-                   "in all")
+        out.append(
+            f"- projection, {load.title}: one broker core carries {fmt_rate(row['broker_core'])} req/s; "
+            f"to load 2 brokers fully takes about {c} client processes and {k} workers, {c + k + 2} cores "
+            "in all"
+        )
     row, redis = rows.get(f"{REDIS_LOAD}/{b}b{w}w"), rows.get(f"{REDIS_LOAD}/redis")
     if row is not None and redis is not None:
         target = 2 * redis["worker_core"]  # requests/s of 100 keys: twice one redis-server core
         keys = LOADS[REDIS_LOAD].keys
-        out.append(f"- projection, get_many of 100: one redis-server core carries {fmt_rate(keys * redis['worker_core'])} "
-                   f"keys/s; twice that takes about {need(target, row, 'client')} client processes, "
-                   f"{need(target, row, 'broker')} brokers and {need(target, row, 'worker')} workers at rokv's "
-                   f"costs (one core of each carries {fmt_rate(keys * row['client_core'])} / "
-                   f"{fmt_rate(keys * row['broker_core'])} / {fmt_rate(keys * row['worker_core'])} keys/s)")
+        out.append(
+            f"- projection, get_many of 100: one redis-server core carries {fmt_rate(keys * redis['worker_core'])} "
+            f"keys/s; twice that takes about {need(target, row, 'client')} client processes, "
+            f"{need(target, row, 'broker')} brokers and {need(target, row, 'worker')} workers at rokv's "
+            f"costs (one core of each carries {fmt_rate(keys * row['client_core'])} / "
+            f"{fmt_rate(keys * row['broker_core'])} / {fmt_rate(keys * row['worker_core'])} keys/s)"
+        )
     if out:
         out.insert(0, f"- (projections use the CPU costs of {b} × {w} and assume a free core for every process)")
     return out
@@ -598,8 +692,9 @@ def _loads(text: str) -> list[str]:
     names = [x.strip() for x in text.split(",") if x.strip()]
     unknown = [n for n in names if n not in LOADS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown load {unknown[0] if unknown else text!r}; "
-                                         f"choose among {', '.join(LOADS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown load {unknown[0] if unknown else text!r}; choose among {', '.join(LOADS)}"
+        )
     return [n for n in LOADS if n in names]
 
 
@@ -612,25 +707,39 @@ def _positive(kind: type) -> Any:
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
         return value
+
     return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--brokers", type=_counts, default=[1, 2], help="broker counts, comma-separated")
     parser.add_argument("--workers", type=_counts, default=[1, 2, 4], help="worker counts, comma-separated")
-    parser.add_argument("--loads", type=_loads, default=list(LOADS),
-                        help=f"loads, comma-separated, among {', '.join(LOADS)}")
-    parser.add_argument("--clients", type=_positive(int), default=1,
-                        help="client processes driving each run (more where cores are free)")
+    parser.add_argument(
+        "--loads", type=_loads, default=list(LOADS), help=f"loads, comma-separated, among {', '.join(LOADS)}"
+    )
+    parser.add_argument(
+        "--clients",
+        type=_positive(int),
+        default=1,
+        help="client processes driving each run (more where cores are free)",
+    )
     parser.add_argument("--duration", type=_positive(float), default=3.0, help="seconds per run")
     parser.add_argument("--repeats", type=_positive(int), default=3, help="runs of each load and configuration")
-    parser.add_argument("--data", default="data/example.json",
-                        help="dataset the workers serve and the clients check against (.json or .jsonl)")
+    parser.add_argument(
+        "--data",
+        default="data/example.json",
+        help="dataset the workers serve and the clients check against (.json or .jsonl)",
+    )
     parser.add_argument("--io-threads", type=_positive(int), default=1, help="each broker's libzmq I/O threads")
-    parser.add_argument("--start-timeout", type=_positive(float), default=120.0,
-                        help="seconds for stacks and client processes to come up")
+    parser.add_argument(
+        "--start-timeout",
+        type=_positive(float),
+        default=120.0,
+        help="seconds for stacks and client processes to come up",
+    )
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis comparison")
     parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print the section; do not touch --out")
@@ -655,13 +764,16 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     busiest = args.clients + max(args.brokers) + max(args.workers)
     if busiest > cores:
-        print(f"note: up to {busiest} busy processes on {cores} cores: these runs measure CPU cost per request "
-              "more than scaling", file=sys.stderr)
+        print(
+            f"note: up to {busiest} busy processes on {cores} cores: these runs measure CPU cost per request "
+            "more than scaling",
+            file=sys.stderr,
+        )
     log_dir = Path(tempfile.mkdtemp(prefix="rokv-scaleout-"))
     started_load = os.getloadavg()[0]
     try:
         runs, why_no_redis = measure(args, log_dir)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure: say where the logs are
         print(f"scaleout: {exc}\nlogs kept in {log_dir}", file=sys.stderr)
         return 1
     args.load_average = (started_load, os.getloadavg()[0])

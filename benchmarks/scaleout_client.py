@@ -35,18 +35,24 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # The load loop's bookkeeping and answer checks are rokv bench's own, so that
 # both tools count and check alike; only the start/stop handshake is new.
-from rokv import AsyncClient  # noqa: E402
-from rokv.bench import Config, Probe, Tally, _Run, load_expected, make_probes  # noqa: E402
-from rokv.errors import RokvError  # noqa: E402
+from rokv import AsyncClient
+from rokv.bench import Config, Probe, Tally, _Run, load_expected, make_probes
+from rokv.errors import RokvError
 
 
 def tally_to_json(tally: Tally) -> dict[str, Any]:
     """``tally`` as plain JSON values (histogram buckets as strings)."""
     return {
-        "requests": tally.requests, "keys": tally.keys, "keys_rejected": tally.keys_rejected,
-        "elapsed": tally.elapsed, "answers": dict(tally.answers), "errors": dict(tally.errors),
-        "wrong": tally.wrong, "wrong_examples": tally.wrong_examples,
-        "histogram": {str(k): v for k, v in tally.histogram.items()}, "max_latency": tally.max_latency,
+        "requests": tally.requests,
+        "keys": tally.keys,
+        "keys_rejected": tally.keys_rejected,
+        "elapsed": tally.elapsed,
+        "answers": dict(tally.answers),
+        "errors": dict(tally.errors),
+        "wrong": tally.wrong,
+        "wrong_examples": tally.wrong_examples,
+        "histogram": {str(k): v for k, v in tally.histogram.items()},
+        "max_latency": tally.max_latency,
         "cpu": tally.cpu,
     }
 
@@ -57,10 +63,16 @@ def tally_from_json(raw: dict[str, Any]) -> Tally:
     Raises:
         KeyError, ValueError, TypeError: ``raw`` is not such a tally.
     """
-    tally = Tally(requests=int(raw["requests"]), keys=int(raw["keys"]), keys_rejected=int(raw["keys_rejected"]),
-                  elapsed=float(raw["elapsed"]), wrong=int(raw["wrong"]),
-                  wrong_examples=list(raw["wrong_examples"]), max_latency=float(raw["max_latency"]),
-                  cpu=float(raw["cpu"]))
+    tally = Tally(
+        requests=int(raw["requests"]),
+        keys=int(raw["keys"]),
+        keys_rejected=int(raw["keys_rejected"]),
+        elapsed=float(raw["elapsed"]),
+        wrong=int(raw["wrong"]),
+        wrong_examples=list(raw["wrong_examples"]),
+        max_latency=float(raw["max_latency"]),
+        cpu=float(raw["cpu"]),
+    )
     tally.answers.update(raw["answers"])
     tally.errors.update(raw["errors"])
     tally.histogram.update({int(k): v for k, v in raw["histogram"].items()})
@@ -140,8 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"scaleout_client: {exc}\n")
         return 2
-    cfg = Config(endpoint=args.endpoint, data=args.data, concurrency=args.concurrency, keys_per_request=args.keys,
-                 duration=args.duration, coalesce=args.coalesce, seed=args.seed)
+    cfg = Config(
+        endpoint=args.endpoint,
+        data=args.data,
+        concurrency=args.concurrency,
+        keys_per_request=args.keys,
+        duration=args.duration,
+        coalesce=args.coalesce,
+        seed=args.seed,
+    )
     probes = make_probes(expected, args.keys, 0.0, 0.0, args.seed)
     try:
         asyncio.run(session(cfg, probes))

@@ -65,8 +65,9 @@ class GateKeeper(ThreadAuthenticator):
         finally:
             self._request = None
 
-    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
-                        user_id: Any = "anonymous") -> None:
+    def _send_zap_reply(
+        self, request_id: bytes, status_code: bytes, status_text: bytes, user_id: Any = "anonymous"
+    ) -> None:
         if status_code != b"200" and self._request is not None:
             self._log_refusal(self._request, status_text)
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
@@ -86,7 +87,12 @@ class GateKeeper(ThreadAuthenticator):
         folder = self.folders.get(domain, "?")
         log.warning(
             "refused a %s from %s: mechanism %s, key %s (z85 %s) is not in the %s allow-list %s (%s)",
-            side, address, mechanism, fingerprint(key) if key else "-",
-            z85.encode(key).decode() if len(key) == 32 else "-", domain, folder,
+            side,
+            address,
+            mechanism,
+            fingerprint(key) if key else "-",
+            z85.encode(key).decode() if len(key) == 32 else "-",
+            domain,
+            folder,
             reason.decode("utf-8", "replace"),
         )

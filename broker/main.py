@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from rokv.endpoints import endpoint_argument
-from rokv.broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
 from rokv import protocol as p
+from rokv.broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
+from rokv.endpoints import endpoint_argument
 from rokv.monitor import ConnectionWatcher
 from rokv.security import KeyFileError, load_secret
 from rokv.worker import metrics
@@ -99,13 +99,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-keys",
         default=os.environ.get("ROKV_WORKER_KEYS") or None,
-        help="with --curve-secret: folder of the public .key files of workers allowed to serve "
-        "(env ROKV_WORKER_KEYS)",
+        help="with --curve-secret: folder of the public .key files of workers allowed to serve (env ROKV_WORKER_KEYS)",
     )
     args = parser.parse_args(argv)
     if args.backend is None:
-        parser.error(f"ROKV_BACKEND={os.environ.get('ROKV_BACKEND')!r} lists several brokers (for the workers): "
-                     "set ROKV_BROKER_BACKEND to the one endpoint this broker binds, or give --backend")
+        parser.error(
+            f"ROKV_BACKEND={os.environ.get('ROKV_BACKEND')!r} lists several brokers (for the workers): "
+            "set ROKV_BROKER_BACKEND to the one endpoint this broker binds, or give --backend"
+        )
     if args.curve_secret and not (args.client_keys and args.worker_keys):
         # CURVE without an authenticator encrypts but admits anyone.
         parser.error("--curve-secret needs --client-keys and --worker-keys (allow-list folders)")
@@ -236,7 +237,7 @@ class Broker:
                 # taken from either socket, so forwarding simply resumes.
                 self.spurious_wakeups += 1
                 log.debug("proxy woke with nothing to read (%d times); resuming", self.spurious_wakeups)
-            except BaseException as exc:  # reported by the main thread
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 self.failure.append(exc)
                 return
 
@@ -263,9 +264,14 @@ class Broker:
         if stats is not None:
             self.forwarded.update(self.proxy_runs, stats)
         links = {link.label.partition(" ")[0]: link.connected for link in self.watcher.links()}
-        published.publish(up=self.running() and not self.failure, workers=links.get(WORKERS_DOMAIN, 0),
-                          clients=links.get(CLIENTS_DOMAIN, 0), messages=self.forwarded.messages,
-                          volume=self.forwarded.volume, restarts=self.spurious_wakeups)
+        published.publish(
+            up=self.running() and not self.failure,
+            workers=links.get(WORKERS_DOMAIN, 0),
+            clients=links.get(CLIENTS_DOMAIN, 0),
+            messages=self.forwarded.messages,
+            volume=self.forwarded.volume,
+            restarts=self.spurious_wakeups,
+        )
 
     def stop_proxy(self) -> bool:
         """Stop forwarding; False when the proxy would not stop (then nothing
@@ -307,8 +313,13 @@ class Broker:
                 self.frontend = new
             else:
                 self.backend = new
-            log.warning("%d key(s) removed from the %s allow-list: closed every %s connection so that "
-                        "each peer is checked again", len(keys), side, side[:-1])
+            log.warning(
+                "%d key(s) removed from the %s allow-list: closed every %s connection so that "
+                "each peer is checked again",
+                len(keys),
+                side,
+                side[:-1],
+            )
         self.start()
 
     def close(self) -> None:
@@ -390,7 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     broker.start()
     log.info(
         "forwarding %s (clients) <-> %s (workers); io_threads=%d max_message_size=%d curve=%s",
-        args.frontend, args.backend, args.io_threads, args.max_message_size, "on" if broker.auth else "off",
+        args.frontend,
+        args.backend,
+        args.io_threads,
+        args.max_message_size,
+        "on" if broker.auth else "off",
     )
 
     published = _published(args)
@@ -413,8 +428,14 @@ def main(argv: list[str] | None = None) -> int:
             log.error("proxy did not stop within 3 s; exiting without cleanup")
             os._exit(0)
     if published is not None and broker.failure:
-        published.publish(up=False, workers=0, clients=0, messages=broker.forwarded.messages,
-                          volume=broker.forwarded.volume, restarts=broker.spurious_wakeups)
+        published.publish(
+            up=False,
+            workers=0,
+            clients=0,
+            messages=broker.forwarded.messages,
+            volume=broker.forwarded.volume,
+            restarts=broker.spurious_wakeups,
+        )
     broker.close()
     if published is not None:
         metrics.retire()

@@ -7,10 +7,20 @@
 Needs only pyzmq and msgpack.
 """
 
-from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
 from rokv.aio import AsyncClient
 from rokv.core import RetryPolicy
+from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
 from rokv.security import CurvePeer
 from rokv.sync import Client
 
-__all__ = ["Client", "AsyncClient", "RetryPolicy", "CurvePeer", "RokvError", "KeyNotFound", "InvalidKey", "ServiceUnavailable", "ProtocolError"]
+__all__ = [
+    "Client",
+    "AsyncClient",
+    "RetryPolicy",
+    "CurvePeer",
+    "RokvError",
+    "KeyNotFound",
+    "InvalidKey",
+    "ServiceUnavailable",
+    "ProtocolError",
+]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import zmq
 
@@ -29,9 +30,9 @@ from rokv.base import ClientBase
 from rokv.brokerset import Brokers
 from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy
 from rokv.errors import ProtocolError, RokvError
-from rokv.security import CurvePeer
 from rokv.keys import match_canonical
 from rokv.replies import value_from_reply, worker_from_reply
+from rokv.security import CurvePeer
 
 __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
 
@@ -70,13 +71,13 @@ class _Coalesced:
         if p.F_ERROR in reply:  # an error whatever else the reply holds
             self.fail(core.batch_error(reply))
             return
-        if type(values) is not list or len(values) != len(self.futures):  # noqa: E721
+        if type(values) is not list or len(values) != len(self.futures):
             self.fail(ProtocolError(f"malformed mget reply for {len(self.futures)} keys"))
             return
         for future, value, index in zip(self.futures, values, range(len(values))):
             if future.done():
                 continue  # its caller was cancelled
-            if type(value) is str:  # noqa: E721
+            if type(value) is str:
                 future.set_result(value)
             else:
                 future.set_exception(core.not_found(self.canonicals[index], self.keys[index]))
@@ -89,7 +90,7 @@ class _Coalesced:
 
 #: What waits for a reply: the future of one call, answered with the reply
 #: map itself, or the callers of a coalesced mget.
-_Waiter = Union[asyncio.Future, _Coalesced]
+_Waiter = asyncio.Future | _Coalesced
 
 
 def _abandoned(waiter: _Waiter) -> bool:
@@ -160,12 +161,13 @@ class AsyncClient(ClientBase):
         context: zmq.Context | None = None,
         curve: CurvePeer | None = None,
     ) -> None:
-        if not (type(max_batch) is int and 1 <= max_batch <= p.MAX_MGET_KEYS):  # noqa: E721
+        if not (type(max_batch) is int and 1 <= max_batch <= p.MAX_MGET_KEYS):
             raise ValueError(f"max_batch must be an integer from 1 to {p.MAX_MGET_KEYS}, not {max_batch!r}")
         if not (isinstance(max_delay, (int, float)) and 0 <= max_delay <= 1):
             raise ValueError(f"max_delay must be from 0 to 1 second, not {max_delay!r}")
-        super().__init__(endpoint, timeout=timeout, retries=retries, retry=retry, batch_size=batch_size,
-                         context=context, curve=curve)
+        super().__init__(
+            endpoint, timeout=timeout, retries=retries, retry=retry, batch_size=batch_size, context=context, curve=curve
+        )
         self.coalesce = bool(coalesce)
         self.max_batch = max_batch
         self.max_delay = float(max_delay)
@@ -222,7 +224,7 @@ class AsyncClient(ClientBase):
         if loop is None or loop is not asyncio.get_running_loop() or self._brokers is None:
             loop = self._attach()
         if self.coalesce:
-            if type(key) is str and match_canonical(key):  # noqa: E721
+            if type(key) is str and match_canonical(key):
                 canonical = key
             else:
                 key, canonical = core.key_and_canonical(key)
@@ -304,8 +306,10 @@ class AsyncClient(ClientBase):
 
     def __repr__(self) -> str:
         state = "closed" if self._brokers is None else f"open, {len(self._pending)} in flight"
-        return (f"<rokv.AsyncClient {self.endpoint} timeout={self.timeout} retries={self.retries} "
-                f"coalesce={self.coalesce} {state}>")
+        return (
+            f"<rokv.AsyncClient {self.endpoint} timeout={self.timeout} retries={self.retries} "
+            f"coalesce={self.coalesce} {state}>"
+        )
 
     # ------------------------------------------------------------ transport
 
@@ -388,8 +392,9 @@ class AsyncClient(ClientBase):
             resends, self._out_resends = self._out_resends, []
             for attempt, before in sorted({(a, b) for _, _, a, b in resends}, key=lambda ab: (ab[0], ab[1] or -1)):
                 chosen = [(rid, body) for rid, body, a, b in resends if a == attempt and b == before]
-                self._transmit(brokers, _Burst(0.0, [rid for rid, _ in chosen], [body for _, body in chosen],
-                                               attempt), before)
+                self._transmit(
+                    brokers, _Burst(0.0, [rid for rid, _ in chosen], [body for _, body in chosen], attempt), before
+                )
         self._drain()
 
     def _transmit(self, brokers: Brokers, burst: _Burst, before: int | None) -> None:

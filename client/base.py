@@ -5,7 +5,7 @@ transport (blocking or asyncio) differs between the two."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import zmq
 

@@ -27,10 +27,10 @@ import sys
 import time
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from rokv.exitcodes import Exit
 from rokv.core import make_policy, resolve_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints
 from rokv.errors import (
@@ -40,8 +40,8 @@ from rokv.errors import (
     RokvError,
     ServiceUnavailable,
 )
+from rokv.exitcodes import Exit
 from rokv.keys import normalize_key, random_key
-
 
 DEFAULT_DATA = "data/example.json"
 #: Histogram buckets per factor e of latency: about 1.6% resolution.
@@ -50,8 +50,12 @@ _BUCKETS_PER_E = 64
 _EXAMPLES = 5
 #: Invalid keys the generator sends, one of each kind the protocol refuses.
 INVALID_KEYS = (
-    "not-a-key", "8a35eb59-62b3-181c-8875-1f248df4c952", "8a35eb59-62b3-481c-c875-1f248df4c952",
-    "{8a35eb59-62b3-481c-8875-1f248df4c952", " 8a35eb59-62b3-481c-8875-1f248df4c952", "",
+    "not-a-key",
+    "8a35eb59-62b3-181c-8875-1f248df4c952",
+    "8a35eb59-62b3-481c-c875-1f248df4c952",
+    "{8a35eb59-62b3-481c-8875-1f248df4c952",
+    " 8a35eb59-62b3-481c-8875-1f248df4c952",
+    "",
 )
 #: How long a child may take to load the dataset and reach the service.
 _START_TIMEOUT = 120.0
@@ -218,8 +222,9 @@ class Probe:
             self.expect = [v for _, v in states]
 
 
-def make_probes(expected: dict[str, str], keys_per_request: int, missing: float, invalid: float, seed: int,
-                count: int | None = None) -> list[Probe]:
+def make_probes(
+    expected: dict[str, str], keys_per_request: int, missing: float, invalid: float, seed: int, count: int | None = None
+) -> list[Probe]:
     """A pool of requests to cycle through, each with its expected answer.
     By default it spans up to about 200,000 keys (at least 1,024 requests)."""
     maker = KeyMaker(expected, missing, invalid, seed)
@@ -262,8 +267,9 @@ def check(tally: Tally, probe: Probe, result: object) -> None:
         tally.answers[INVALID] += 1
         tally.keys_rejected += len(probe.keys)
         if expect != INVALID or result.key != probe.invalid_key:
-            tally.wrong_answer(f"invalid_key naming {result.key!r}; expected {str(expect)[:40]!r} "
-                               f"naming {probe.invalid_key!r}")
+            tally.wrong_answer(
+                f"invalid_key naming {result.key!r}; expected {str(expect)[:40]!r} naming {probe.invalid_key!r}"
+            )
     else:
         tally.keys_rejected += len(probe.keys)
         _count_error(tally, result)
@@ -289,8 +295,9 @@ class _Run:
     array, one comparison for a right answer) so that the generator stays
     cheaper than what it measures; the histogram is built after the run."""
 
-    def __init__(self, cfg: Config, index: int, probes: list[Probe], progress: Any, quota: int | None,
-                 deadline: float) -> None:
+    def __init__(
+        self, cfg: Config, index: int, probes: list[Probe], progress: Any, quota: int | None, deadline: float
+    ) -> None:
         self.cfg = cfg
         self.probes = probes
         self.next_probe = 0
@@ -388,8 +395,9 @@ def _run_sync(run: _Run) -> None:
             run.settle(probe, result, clock() - started)
 
 
-def _child(cfg: Config, index: int, expected: dict[str, str], progress: Any, ready: Any, start: Any,
-           results: Any) -> None:
+def _child(
+    cfg: Config, index: int, expected: dict[str, str], progress: Any, ready: Any, start: Any, results: Any
+) -> None:
     """One client process: reach the service, wait for the start, run, report."""
     try:
         from rokv.sync import Client
@@ -433,8 +441,10 @@ def run_bench(cfg: Config, *, live: bool = False) -> Tally:
     ctx = mp.get_context("fork")
     progress = ctx.Array("q", 3 * cfg.processes, lock=False)
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_child, args=(cfg, i, expected, progress, ready, start, results), daemon=True)
-             for i in range(cfg.processes)]
+    procs = [
+        ctx.Process(target=_child, args=(cfg, i, expected, progress, ready, start, results), daemon=True)
+        for i in range(cfg.processes)
+    ]
     for proc in procs:
         proc.start()
     total = Tally()
@@ -477,7 +487,7 @@ def _collect(queue: Any, procs: list[Any], deadline: float, at_most: float | Non
         try:
             items.append(queue.get(timeout=0.1))
             continue
-        except Exception:  # queue.Empty
+        except Exception:  # noqa: BLE001 - queue.Empty, from another module's queue
             pass
         dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
         if dead:
@@ -498,16 +508,18 @@ def _live_progress(progress: Any, elapsed: float, processes: int) -> None:
 
 def _progress_line(elapsed: float, requests: int, keys: int, bad: int) -> None:
     rate = requests / elapsed if elapsed > 0 else 0.0
-    sys.stderr.write(f"\r\x1b[K{elapsed:7.2f} s  {requests:>12,} requests  {rate:>10,.0f} req/s  "
-                     f"{keys:>12,} keys  {bad:,} errors")
+    sys.stderr.write(
+        f"\r\x1b[K{elapsed:7.2f} s  {requests:>12,} requests  {rate:>10,.0f} req/s  {keys:>12,} keys  {bad:,} errors"
+    )
     sys.stderr.flush()
 
 
 def summary(cfg: Config, tally: Tally) -> dict[str, Any]:
     """The machine-readable report of a run."""
     elapsed = tally.elapsed or math.nan
-    latency = {name: tally.percentile(q) * 1000 for name, q in
-               (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))}
+    latency = {
+        name: tally.percentile(q) * 1000 for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
+    }
     latency["max"] = tally.max_latency * 1000
     return {
         "config": asdict(cfg),
@@ -574,30 +586,54 @@ def _positive_int(text: str) -> int:
 def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``rokv bench`` on the ``rokv`` command's subparsers."""
     bench = sub.add_parser(
-        "bench", parents=[common], help="load-test a running service and check every answer",
+        "bench",
+        parents=[common],
+        help="load-test a running service and check every answer",
         description="Send lookups from several processes for a bounded time or count, check every answer "
         "against the dataset, and print throughput, latency percentiles and errors by kind.",
         epilog="exit codes: 0 every answer right, 1 some answer wrong, 2 bad usage or a dataset that cannot be "
         "read, 3 some request failed or the service is unavailable",
     )
-    bench.add_argument("--data", default=os.environ.get("ROKV_DATA") or DEFAULT_DATA,
-                       help="the dataset the service serves, for keys and expected values: .json or "
-                       ".jsonl (for a .rokv file, the source it was built from; env ROKV_DATA; "
-                       "default %(default)s)")
+    bench.add_argument(
+        "--data",
+        default=os.environ.get("ROKV_DATA") or DEFAULT_DATA,
+        help="the dataset the service serves, for keys and expected values: .json or "
+        ".jsonl (for a .rokv file, the source it was built from; env ROKV_DATA; "
+        "default %(default)s)",
+    )
     bench.add_argument("-p", "--processes", type=_positive_int, default=1, help="client processes (default 1)")
-    bench.add_argument("-c", "--concurrency", type=_positive_int, default=64,
-                       help="requests in flight per process (default %(default)s)")
-    bench.add_argument("-k", "--keys", type=_positive_int, default=1, dest="keys_per_request",
-                       help="keys per request: 1 sends get, more send get_many (default 1)")
+    bench.add_argument(
+        "-c",
+        "--concurrency",
+        type=_positive_int,
+        default=64,
+        help="requests in flight per process (default %(default)s)",
+    )
+    bench.add_argument(
+        "-k",
+        "--keys",
+        type=_positive_int,
+        default=1,
+        dest="keys_per_request",
+        help="keys per request: 1 sends get, more send get_many (default 1)",
+    )
     bench.add_argument("-d", "--duration", type=float, default=10.0, help="seconds to run, at most (default 10)")
-    bench.add_argument("-n", "--requests", type=_positive_int, default=None,
-                       help="stop after this many requests in all (still bounded by --duration)")
+    bench.add_argument(
+        "-n",
+        "--requests",
+        type=_positive_int,
+        default=None,
+        help="stop after this many requests in all (still bounded by --duration)",
+    )
     bench.add_argument("--missing", type=_fraction, default=0.0, help="share of valid keys not in the dataset")
     bench.add_argument("--invalid", type=_fraction, default=0.0, help="share of invalid keys")
-    bench.add_argument("--client", choices=("async", "sync"), default="async",
-                       help="AsyncClient, or the blocking Client (one request in flight; default async)")
-    bench.add_argument("--no-coalesce", action="store_false", dest="coalesce",
-                       help="send each get as its own message")
+    bench.add_argument(
+        "--client",
+        choices=("async", "sync"),
+        default="async",
+        help="AsyncClient, or the blocking Client (one request in flight; default async)",
+    )
+    bench.add_argument("--no-coalesce", action="store_false", dest="coalesce", help="send each get as its own message")
     bench.add_argument("--max-batch", type=_positive_int, default=None, help="most gets per coalesced mget")
     bench.add_argument("--max-delay", type=float, default=None, help="seconds a get may wait to be coalesced")
     bench.add_argument("--seed", type=int, default=1, help="seed of the key draw (default 1)")
@@ -626,10 +662,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sys.stderr.write(f"rokv: error: {exc}\n")
         return Exit.USAGE
     cfg = Config(
-        endpoint=args.endpoint, data=args.data, processes=args.processes, concurrency=args.concurrency,
-        keys_per_request=args.keys_per_request, duration=args.duration, requests=args.requests,
-        missing=args.missing, invalid=args.invalid, client=args.client, coalesce=args.coalesce,
-        max_batch=args.max_batch, max_delay=args.max_delay, timeout=args.timeout, retries=args.retries,
+        endpoint=args.endpoint,
+        data=args.data,
+        processes=args.processes,
+        concurrency=args.concurrency,
+        keys_per_request=args.keys_per_request,
+        duration=args.duration,
+        requests=args.requests,
+        missing=args.missing,
+        invalid=args.invalid,
+        client=args.client,
+        coalesce=args.coalesce,
+        max_batch=args.max_batch,
+        max_delay=args.max_delay,
+        timeout=args.timeout,
+        retries=args.retries,
         seed=args.seed,
     )
     try:

@@ -23,7 +23,7 @@ Not thread-safe: one client's transport uses it from one thread at a time.
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import zmq
 
@@ -37,8 +37,9 @@ SUSPECT_SECONDS = 2.0
 DOWN_SECONDS = 0.02
 
 
-def open_dealer(ctx: zmq.Context, endpoint: str, curve: CurvePeer | None = None, *, several: bool = False
-                ) -> zmq.Socket:
+def open_dealer(
+    ctx: zmq.Context, endpoint: str, curve: CurvePeer | None = None, *, several: bool = False
+) -> zmq.Socket:
     """A DEALER connected to ``endpoint`` with linger 0, a CURVE client of
     the broker when ``curve`` is given; ``several``: one of several brokers
     (immediate sends and heartbeats, see the module's docstring).

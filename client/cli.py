@@ -14,7 +14,8 @@ import argparse
 import importlib
 import json
 import sys
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from rokv.core import resolve_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints, endpoints_argument
@@ -28,8 +29,7 @@ SERVER_COMMANDS = {
     "build": ("rokv.worker.build", "compile a .json/.jsonl dataset into a .rokv file"),
     "inspect": ("rokv.worker.build", "print a .rokv file's header as JSON"),
     "verify": ("rokv.worker.build", "check a .rokv file's digest"),
-    "deploy": ("rokv.worker.deploy", "switch the supervised workers to a new .rokv file, one at a time, "
-               "with rollback"),
+    "deploy": ("rokv.worker.deploy", "switch the supervised workers to a new .rokv file, one at a time, with rollback"),
 }
 #: Third-party modules only the server extra installs.
 SERVER_DEPENDENCIES = ("numpy", "supervisor")
@@ -87,8 +87,6 @@ def read_keys(stream: BinaryIO) -> tuple[list[str], list[int]]:
     return keys, lines
 
 
-
-
 def cmd_get_many(args: argparse.Namespace) -> int:
     lines: list[int] | None = None
     keys = args.keys
@@ -131,12 +129,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--endpoint", default=None, type=endpoints_argument(),
-        help="broker frontend, or several brokers comma-separated (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)"
+        "--endpoint",
+        default=None,
+        type=endpoints_argument(),
+        help="broker frontend, or several brokers comma-separated (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)",
     )
     common.add_argument(
-        "--timeout", type=float, default=None,
-        help=f"seconds to wait for each try (default: {DEFAULT_TIMEOUT} s, doubling on each retry)"
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"seconds to wait for each try (default: {DEFAULT_TIMEOUT} s, doubling on each retry)",
     )
     common.add_argument(
         "--retries", type=int, default=None, help=f"extra tries after a timeout (default {DEFAULT_RETRIES})"
@@ -148,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p_get = sub.add_parser(
-        "get", parents=[common], help="print the value of one key",
+        "get",
+        parents=[common],
+        help="print the value of one key",
         description="Print the value of KEY exactly as stored.",
         epilog="exit codes: 0 found, 1 not found, 2 invalid key or bad usage, 3 service unavailable, "
         "4 request refused by the server",
@@ -156,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_get.add_argument("key", metavar="KEY")
     p_get.set_defaults(run=cmd_get)
     p_many = sub.add_parser(
-        "get-many", parents=[common], help="print the values of several keys, one JSON string (or null) a line",
+        "get-many",
+        parents=[common],
+        help="print the values of several keys, one JSON string (or null) a line",
         description="Print one line per KEY, in order: its value as a JSON string, or null when not found. "
         "Give - instead of keys to read them from standard input, one a line (white space around a key is "
         "stripped, blank lines are skipped): for more keys than a command line holds. "
@@ -167,13 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_many.add_argument("keys", metavar="KEY", nargs="+", help="a key; or - to read keys from standard input")
     p_many.set_defaults(run=cmd_get_many)
     p_ping = sub.add_parser(
-        "ping", parents=[common], help="describe the worker that answers, as JSON",
+        "ping",
+        parents=[common],
+        help="describe the worker that answers, as JSON",
         description="Print, as JSON, the id, pid, host and key count of the worker that answered.",
         epilog="exit codes: 0 answered, 2 bad usage, 3 service unavailable, 4 request refused by the server",
     )
     p_ping.set_defaults(run=cmd_ping)
     p_keygen = sub.add_parser(
-        "keygen", help="make a CurveZMQ key pair for the broker, a client or a worker",
+        "keygen",
+        help="make a CurveZMQ key pair for the broker, a client or a worker",
         description="Write NAME.key (public: copy it into the broker's allow-list folder, or give it to "
         "clients and workers as ROKV_BROKER_KEY) and NAME.key_secret (private, mode 0600) into --dir. "
         "NAME must not be empty, start with '.', or contain '/', '\\' or '..'. Keep keys out of source "
@@ -182,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_keygen.add_argument("name", metavar="NAME")
     p_keygen.add_argument(
-        "--dir", default=None,
+        "--dir",
+        default=None,
         help="folder to write into, created with mode 0700 if missing "
         "(default: $XDG_CONFIG_HOME/rokv/keys, else ~/.config/rokv/keys)",
     )

@@ -12,15 +12,16 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, cast
 
 from rokv import protocol as p
 from rokv.endpoints import check_endpoints
 from rokv.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
 from rokv.keys import normalize_key, show_key
-from rokv.security import CurvePeer, peer_from_env
 from rokv.replies import check_key_type, error_from_reply, values_from_reply
+from rokv.security import CurvePeer, peer_from_env
 
 DEFAULT_ENDPOINT = p.DEFAULT_FRONTEND
 # Chosen under faults (RELIABILITY.md): with tries of 0.25, 0.5, 1 and 2 s a
@@ -33,10 +34,12 @@ DEFAULT_BACKOFF = 2.0
 #: Keys per mget message; longer get_many lists travel as several, pipelined.
 DEFAULT_BATCH_SIZE = 1000
 
+
 def resolve_endpoint(endpoint: str | None) -> str:
     """``endpoint``, else ``$ROKV_ENDPOINT``, else the loopback default (the
     text as given: one endpoint or several, comma-separated)."""
     return endpoint or os.environ.get("ROKV_ENDPOINT") or DEFAULT_ENDPOINT
+
 
 def resolve_endpoints(endpoint: str | Sequence[str] | None) -> list[str]:
     """The brokers a client talks to: ``endpoint`` (one endpoint, several
@@ -49,6 +52,7 @@ def resolve_endpoints(endpoint: str | Sequence[str] | None) -> list[str]:
     if endpoint is None or endpoint == "":
         endpoint = resolve_endpoint(None)
     return check_endpoints(endpoint)
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -76,7 +80,7 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise ValueError(f"timeout must be > 0 seconds, not {self.timeout!r}")
-        if not (type(self.retries) is int and self.retries >= 0):  # noqa: E721 - bool is not a count
+        if not (type(self.retries) is int and self.retries >= 0):
             raise ValueError(f"retries must be an integer >= 0, not {self.retries!r}")
         if not (isinstance(self.backoff, (int, float)) and self.backoff >= 1):
             raise ValueError(f"backoff must be a number >= 1, not {self.backoff!r}")
@@ -103,14 +107,22 @@ class RetryPolicy:
         tries = self.tries
         first, last = self.try_timeout(0), self.try_timeout(tries - 1)
         wait = f"{first:g} s" if first == last else f"{first:g} to {last:g} s"
-        hint = ("; CURVE is on: the broker may be refusing this client (its key not on the broker's client "
-                "allow-list, or a wrong broker public key): see the broker's log") if curve else ""
+        hint = (
+            (
+                "; CURVE is on: the broker may be refusing this client (its key not on the broker's client "
+                "allow-list, or a wrong broker public key): see the broker's log"
+            )
+            if curve
+            else ""
+        )
         return ServiceUnavailable(
             f"no reply from {endpoint} within {wait} on {tries} {'try' if tries == 1 else 'tries'}{hint}"
         )
 
+
 #: What a client uses unless told otherwise: ``RetryPolicy()`` itself.
 DEFAULT_POLICY = RetryPolicy()
+
 
 def make_policy(retry: RetryPolicy | None, timeout: float | None, retries: int | None) -> RetryPolicy:
     """The policy a client was asked for: ``retry``; or the loose ``timeout``
@@ -130,18 +142,22 @@ def make_policy(retry: RetryPolicy | None, timeout: float | None, retries: int |
         backoff=1.0,
     )
 
+
 def check_batch_size(batch_size: int) -> int:
-    if not (type(batch_size) is int and 1 <= batch_size <= p.MAX_MGET_KEYS):  # noqa: E721
+    if not (type(batch_size) is int and 1 <= batch_size <= p.MAX_MGET_KEYS):
         raise ValueError(f"batch_size must be an integer from 1 to {p.MAX_MGET_KEYS}, not {batch_size!r}")
     return batch_size
+
 
 def request_ids() -> Iterator[int]:
     """Fresh request ids for one socket. 2**64 of them outlast any process."""
     return itertools.count(1)
 
+
 def resolve_curve(curve: CurvePeer | None) -> CurvePeer | None:
     """``curve``, else the keys in ``$ROKV_CLIENT_SECRET`` and ``$ROKV_BROKER_KEY``."""
     return curve if curve is not None else peer_from_env("ROKV_CLIENT_SECRET")
+
 
 def reply_of(body: bytes) -> tuple[int, dict[str, Any]] | None:
     """The id and map of a one-frame reply, or ``None`` when it is not
@@ -151,13 +167,15 @@ def reply_of(body: bytes) -> tuple[int, dict[str, Any]] | None:
     except p.ProtocolViolation:
         return None
     rid = reply.get(p.F_ID)
-    if type(rid) is not int:  # noqa: E721
+    if type(rid) is not int:
         return None
     return rid, reply
 
+
 #: What the clients take as a key: a string, or a ``uuid.UUID`` (sent as its
 #: canonical string).
-Key = Union[str, uuid.UUID]
+Key = str | uuid.UUID
+
 
 def check_key(key: object) -> str:
     """``key`` as a get sends it: a ``uuid.UUID`` becomes its canonical
@@ -177,6 +195,7 @@ def check_key(key: object) -> str:
         raise _invalid(key)
     return key
 
+
 def check_keys(keys: Iterable[object]) -> list[str]:
     """``keys`` as a get_many sends them, in a new list: ``uuid.UUID``
     objects become their canonical strings.
@@ -193,25 +212,27 @@ def check_keys(keys: Iterable[object]) -> list[str]:
         raise TypeError(
             f"get_many takes a list of keys, not a single {type(keys).__name__}: use get(key) or get_many([key])"
         )
-    keys = list(keys)
+    given = list(keys)
     # The all-str case stays in C: str.join refuses anything but strings, and
     # costs 0.5 us for 100 keys where a set of their types costs 2 us.
     try:
-        joined = "".join(keys)  # type: ignore[arg-type]
+        joined = "".join(cast("list[str]", given))
     except TypeError:
-        keys = [str(key) if isinstance(key, uuid.UUID) else key for key in keys]
-        for index, key in enumerate(keys):
+        given = [str(key) if isinstance(key, uuid.UUID) else key for key in given]
+        for index, key in enumerate(given):
             check_key_type(key, index)
-        joined = "".join(keys)  # type: ignore[arg-type]
+        joined = "".join(cast("list[str]", given))
+    strings = cast("list[str]", given)  # every one a str now: checked above
     # 1.5 us for 100 keys (isascii is a flag of the string, not a scan): a
     # key too long or not ASCII, never valid, is refused before anything
     # travels, so 10,000 keys always fit in the broker's 1 MiB.
-    if keys and (max(map(len, keys)) > p.MAX_KEY_LENGTH or not joined.isascii()):  # type: ignore[arg-type]
-        for index, key in enumerate(keys):
-            reason = _reason(key)  # type: ignore[arg-type]
+    if strings and (max(map(len, strings)) > p.MAX_KEY_LENGTH or not joined.isascii()):
+        for index, key in enumerate(strings):
+            reason = _reason(key)
             if reason is not None:
                 raise InvalidKey(p.key_at(index, reason), key, index=index, reason=reason)
-    return keys  # type: ignore[return-value]
+    return strings
+
 
 def _reason(key: str) -> str | None:
     """Why the server refuses ``key``, or ``None`` when it is valid."""
@@ -222,15 +243,18 @@ def _reason(key: str) -> str | None:
         return exc.message
     return None
 
+
 def _invalid(key: str) -> InvalidKey:
     """The error the server answers for a get of ``key``, known to be invalid."""
     return InvalidKey(_reason(key) or f"{show_key(key)} is not a key", key)
+
 
 def split_keys(keys: list[str], batch_size: int) -> list[tuple[int, list[str]]]:
     """``keys`` as (offset, chunk) pairs of at most ``batch_size`` keys."""
     if len(keys) <= batch_size:
         return [(0, keys)]
     return [(start, keys[start : start + batch_size]) for start in range(0, len(keys), batch_size)]
+
 
 def join_batches(parts: Sequence[tuple[int, list[str], dict[str, Any]]]) -> list[str | None]:
     """The values of a get_many from its (offset, chunk, reply) parts, in
@@ -259,7 +283,9 @@ def join_batches(parts: Sequence[tuple[int, list[str], dict[str, Any]]]) -> list
         raise failure
     return values
 
+
 # ------------------------------------------------------------ coalescing
+
 
 def key_and_canonical(key: object) -> tuple[str, str]:
     """``key`` as sent (a ``uuid.UUID`` as its string) and normalised, for a
@@ -271,11 +297,13 @@ def key_and_canonical(key: object) -> tuple[str, str]:
     """
     if isinstance(key, uuid.UUID):
         key = str(key)
-    return key, normalize_key(key)  # type: ignore[return-value]
+    return cast(str, key), normalize_key(key)  # normalize_key refuses anything but a str
+
 
 def not_found(canonical: str, key: str) -> KeyNotFound:
     """The error a get of a missing key gets, worded as the server words it."""
     return KeyNotFound(p.error_message(p.NOT_FOUND, key=canonical), key)
+
 
 def batch_error(reply: dict[str, Any]) -> RokvError:
     """The error of a failed coalesced mget, for each caller in it."""

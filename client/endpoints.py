@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 #: Transports a client may use; ``inproc`` only reaches a socket bound in the
 #: same process, with the same context.
@@ -82,8 +82,7 @@ def endpoint_argument(transports: tuple[str, ...] = PROCESS_TRANSPORTS) -> Calla
     return endpoint
 
 
-def check_endpoints(endpoints: str | Sequence[str], *, transports: tuple[str, ...] = CLIENT_TRANSPORTS
-                    ) -> list[str]:
+def check_endpoints(endpoints: str | Sequence[str], *, transports: tuple[str, ...] = CLIENT_TRANSPORTS) -> list[str]:
     """Several brokers' endpoints, from a comma-separated string (as in
     ``ROKV_ENDPOINT`` or ``--endpoint``) or a sequence of strings; each is
     checked by :func:`check_endpoint`.

@@ -51,8 +51,7 @@ class InvalidKey(RokvError, ValueError):
 
     code = "invalid_key"
 
-    def __init__(self, message: str, key: object = None, index: int | None = None,
-                 reason: str | None = None) -> None:
+    def __init__(self, message: str, key: object = None, index: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.key = key
         self.index = index

@@ -50,7 +50,7 @@ def normalize_key(key: object) -> str:
         InvalidKey: ``key`` is not a string, not a UUID in an accepted form,
             not version 4, or not the RFC 4122 variant; the message says which.
     """
-    if type(key) is not str:  # noqa: E721 - str subclasses are refused too
+    if type(key) is not str:
         raise InvalidKey(f"key must be a string, not {kind(key)}", key)
     if _CANONICAL.fullmatch(key):
         return key

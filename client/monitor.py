@@ -13,8 +13,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -43,11 +43,17 @@ def handshake_failure(event: int, value: int, *, server: bool) -> str:
             return "a peer's CURVE key is not on the allow-list"
         return f"the broker refused this process's CURVE key (ZAP status {value}): it is not on the broker's allow-list"
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _MECHANISM_MISMATCH:
-        return ("a peer without CURVE tried to connect (or with CURVE to a plain side)" if server else
-                "security mismatch: one side uses CURVE and the other does not")
+        return (
+            "a peer without CURVE tried to connect (or with CURVE to a plain side)"
+            if server
+            else "security mismatch: one side uses CURVE and the other does not"
+        )
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _CRYPTOGRAPHIC:
-        return ("a peer failed the CURVE handshake (it holds a wrong broker public key, or no CURVE keys)"
-                if server else "the CURVE handshake failed: the broker's public key given here is wrong")
+        return (
+            "a peer failed the CURVE handshake (it holds a wrong broker public key, or no CURVE keys)"
+            if server
+            else "the CURVE handshake failed: the broker's public key given here is wrong"
+        )
     if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not server:
         return "the CURVE handshake failed: the broker's public key given here is probably wrong"
     return f"handshake failed (libzmq event {event}, value {value:#x})"
@@ -81,8 +87,14 @@ class ConnectionWatcher:
     given, runs in the watcher's thread.
     """
 
-    def __init__(self, log: logging.Logger, *, quiet_seconds: float = 10.0, warn_after: float = 5.0,
-                 on_event: Callable[[Link, int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        log: logging.Logger,
+        *,
+        quiet_seconds: float = 10.0,
+        warn_after: float = 5.0,
+        on_event: Callable[[Link, int, int], None] | None = None,
+    ) -> None:
         self._log = log
         self._quiet = quiet_seconds
         self._warn_after = warn_after
@@ -203,12 +215,16 @@ class ConnectionWatcher:
         worker or client would otherwise wait in silence."""
         now = time.monotonic()
         with self._lock:
-            waiting = [link for link in self._links.values()
-                       if not link.server and not link.up and now - link.since >= self._warn_after]
+            waiting = [
+                link
+                for link in self._links.values()
+                if not link.server and not link.up and now - link.since >= self._warn_after
+            ]
         for link in waiting:
             why = f" (last failure: {link.last_failure})" if link.last_failure else " (is it up and reachable?)"
-            self._limited(link, "waiting", logging.WARNING,
-                          f"no connection to {link.label} after {now - link.since:.0f} s{why}")
+            self._limited(
+                link, "waiting", logging.WARNING, f"no connection to {link.label} after {now - link.since:.0f} s{why}"
+            )
 
     def _limited(self, link: Link, kind: str, level: int, message: str) -> None:
         """Log ``message`` unless the same kind was logged for this link

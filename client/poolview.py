@@ -15,8 +15,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from rokv.hostport import show_address
 
@@ -27,8 +28,10 @@ SCRAPE_TIMEOUT = 2.0
 class MissingParser(ImportError):
     """prometheus_client is not installed."""
 
-    MESSAGE = ("rokv top reads metrics with prometheus_client: pip install prometheus_client "
-               "(it comes with the server extra, 'rokv[server]')")
+    MESSAGE = (
+        "rokv top reads metrics with prometheus_client: pip install prometheus_client "
+        "(it comes with the server extra, 'rokv[server]')"
+    )
 
 
 @dataclass
@@ -227,8 +230,13 @@ class Rates:
             for le, value in new.buckets.items():
                 buckets[le] = buckets.get(le, 0.0) + _delta(value, old.buckets.get(le) if old else None)
         seconds = max(seconds, 1e-9)
-        return cls(requests / seconds, keys / seconds, found / (found + missed) if found + missed else None,
-                   quantile(0.5, buckets), quantile(0.99, buckets))
+        return cls(
+            requests / seconds,
+            keys / seconds,
+            found / (found + missed) if found + missed else None,
+            quantile(0.5, buckets),
+            quantile(0.99, buckets),
+        )
 
 
 def majority(datasets: Iterable[str]) -> str | None:
@@ -260,18 +268,31 @@ def view(before: list[HostScrape], now: list[HostScrape]) -> dict[str, Any]:
             entry["workers"] = []
             for w, o in pairs:
                 odd = common is not None and w.dataset != common
-                row = {"name": w.name, "digest": w.digest or None, "path": w.path, "keys": w.dataset_keys,
-                       "dataset": w.dataset, "flagged": odd,
-                       **_rates(Rates.between([(w, o)], seconds) if known and o is not None else None)}
+                row = {
+                    "name": w.name,
+                    "digest": w.digest or None,
+                    "path": w.path,
+                    "keys": w.dataset_keys,
+                    "dataset": w.dataset,
+                    "flagged": odd,
+                    **_rates(Rates.between([(w, o)], seconds) if known and o is not None else None),
+                }
                 entry["workers"].append(row)
                 if odd:
                     flagged.append({"host": host.address, "worker": w.name, "dataset": w.dataset})
             old_brokers = old.brokers if old is not None and old.error is None else {}
             entry["brokers"] = [
-                {"name": b.name, "up": None if b.up is None else bool(b.up), "workers_connected": int(b.workers),
-                 "clients_connected": int(b.clients),
-                 "requests_per_second": (_delta(b.requests, old_brokers[b.name].requests) / seconds
-                                         if known and b.name in old_brokers else None)}
+                {
+                    "name": b.name,
+                    "up": None if b.up is None else bool(b.up),
+                    "workers_connected": int(b.workers),
+                    "clients_connected": int(b.clients),
+                    "requests_per_second": (
+                        _delta(b.requests, old_brokers[b.name].requests) / seconds
+                        if known and b.name in old_brokers
+                        else None
+                    ),
+                }
                 for b in host.brokers.values()
             ]
         hosts.append(entry)
@@ -280,7 +301,17 @@ def view(before: list[HostScrape], now: list[HostScrape]) -> dict[str, Any]:
 
 def _rates(rates: Rates | None) -> dict[str, float | None]:
     if rates is None:
-        return {"requests_per_second": None, "keys_per_second": None, "hit_ratio": None,
-                "p50_seconds": None, "p99_seconds": None}
-    return {"requests_per_second": rates.requests, "keys_per_second": rates.keys, "hit_ratio": rates.hit_ratio,
-            "p50_seconds": rates.p50, "p99_seconds": rates.p99}
+        return {
+            "requests_per_second": None,
+            "keys_per_second": None,
+            "hit_ratio": None,
+            "p50_seconds": None,
+            "p99_seconds": None,
+        }
+    return {
+        "requests_per_second": rates.requests,
+        "keys_per_second": rates.keys,
+        "hit_ratio": rates.hit_ratio,
+        "p50_seconds": rates.p50,
+        "p99_seconds": rates.p99,
+    }

@@ -55,6 +55,7 @@ def key_at(index: int, reason: str) -> str:
     """``reason`` for the key at ``index`` of a key list."""
     return KEY_AT.format(index=index, reason=reason)
 
+
 # Request and reply map fields
 F_VERSION = "v"
 F_ID = "id"
@@ -145,7 +146,7 @@ class Request:
 
 
 def _is_request_id(value: object) -> TypeGuard[int]:
-    return type(value) is int and 0 <= value <= MAX_REQUEST_ID  # noqa: E721 - bool is not an id
+    return type(value) is int and 0 <= value <= MAX_REQUEST_ID
 
 
 def decode_request(body: bytes) -> Request:
@@ -160,9 +161,9 @@ def decode_request(body: bytes) -> Request:
     """
     try:
         req = msgpack.unpackb(body, raw=False, max_array_len=MAX_MGET_KEYS, max_map_len=MAX_REQUEST_MAP_LEN)
-    except Exception as exc:  # msgpack raises several unrelated types
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
         raise ProtocolViolation(BAD_REQUEST, _unpack_failure(exc)) from None
-    if type(req) is not dict:  # noqa: E721
+    if type(req) is not dict:
         raise ProtocolViolation(BAD_REQUEST, f"request must be a map, not {describe(req)}")
     request_id = req.get(F_ID)
     if not _is_request_id(request_id):
@@ -172,7 +173,7 @@ def decode_request(body: bytes) -> Request:
             BAD_REQUEST, f"request id must be an unsigned 64-bit integer, not {describe(request_id)}"
         )
     version = req.get(F_VERSION)
-    if version != PROTOCOL_VERSION or type(version) is not int:  # noqa: E721
+    if version != PROTOCOL_VERSION or type(version) is not int:
         raise ProtocolViolation(UNSUPPORTED_VERSION, _version_problem(req), request_id)
     op = req.get(F_OP)
     if op == OP_GET:
@@ -181,7 +182,7 @@ def decode_request(body: bytes) -> Request:
         return Request(request_id, OP_GET, key=req[F_KEY])
     if op == OP_MGET:
         keys = req.get(F_KEYS)
-        if type(keys) is not list:  # noqa: E721
+        if type(keys) is not list:
             if F_KEYS not in req:
                 raise ProtocolViolation(BAD_REQUEST, 'mget needs a "keys" field, an array of keys', request_id)
             raise ProtocolViolation(BAD_REQUEST, f'mget needs "keys" as an array, not {describe(keys)}', request_id)
@@ -225,7 +226,7 @@ def _version_problem(req: dict[Any, Any]) -> str:
     if F_VERSION not in req:
         return f"protocol version is missing; {speaks}"
     version = req[F_VERSION]
-    if type(version) is int:  # noqa: E721
+    if type(version) is int:
         return f"protocol version {version} is not supported; {speaks}"
     return f"protocol version must be an integer, not {describe(version)}; {speaks}"
 
@@ -234,7 +235,7 @@ def _operation_problem(req: dict[Any, Any]) -> str:
     if F_OP not in req:
         return f"operation is missing; expected one of {_EXPECTED_OPS}"
     op = req[F_OP]
-    if type(op) is str:  # noqa: E721
+    if type(op) is str:
         return f"unknown operation {show_text(op)}; expected one of {_EXPECTED_OPS}"
     return f"operation must be a string, not {describe(op)}; expected one of {_EXPECTED_OPS}"
 
@@ -260,8 +261,14 @@ def kind(value: object) -> str:
 
 
 _KINDS: dict[type, str] = {
-    bool: "boolean", int: "integer", float: "float", str: "string", bytes: "binary",
-    list: "array", tuple: "array", dict: "map",
+    bool: "boolean",
+    int: "integer",
+    float: "float",
+    str: "string",
+    bytes: "binary",
+    list: "array",
+    tuple: "array",
+    dict: "map",
 }
 
 
@@ -294,14 +301,14 @@ def describe(value: object) -> str:
         return f"an integer {value}"
     if name == "float":
         return f"a float {value!r}"  # 1.5, inf, nan: close enough to JSON for a message
-    if name == "string":
-        return f"a string {show_text(value)}"  # type: ignore[arg-type]
-    if name == "binary":
-        return f"binary data of {_count(len(value), 'byte')}"  # type: ignore[arg-type]
-    if name == "array":
-        return f"an array of {_count(len(value), 'item')}"  # type: ignore[arg-type]
-    if name == "map":
-        return f"a map of {_count(len(value), 'entry', 'entries')}"  # type: ignore[arg-type]
+    if name == "string" and isinstance(value, str):
+        return f"a string {show_text(value)}"
+    if name == "binary" and isinstance(value, bytes):
+        return f"binary data of {_count(len(value), 'byte')}"
+    if name == "array" and isinstance(value, (list, tuple)):  # an ExtType is a tuple too: kind() tells
+        return f"an array of {_count(len(value), 'item')}"
+    if name == "map" and isinstance(value, dict):
+        return f"a map of {_count(len(value), 'entry', 'entries')}"
     return "nil" if name == "nil" else "an extension value"
 
 
@@ -341,8 +348,8 @@ def decode_reply(body: bytes) -> dict[str, Any]:
     """
     try:
         reply = msgpack.unpackb(body, raw=False)
-    except Exception:
+    except Exception:  # noqa: BLE001 - msgpack raises several unrelated types
         raise ProtocolViolation(BAD_REQUEST, "reply is not valid msgpack") from None
-    if type(reply) is not dict:  # noqa: E721
+    if type(reply) is not dict:
         raise ProtocolViolation(BAD_REQUEST, f"reply must be a map, not {describe(reply)}")
     return reply

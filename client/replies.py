@@ -6,7 +6,8 @@ else it holds; fields a reader does not know are ignored."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rokv import protocol as p
 from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError
@@ -31,7 +32,7 @@ def value_from_reply(reply: dict[str, Any], key: str) -> str:
     if p.F_ERROR in reply:
         raise error_from_reply(reply, key)
     value = reply.get(p.F_VALUE)
-    if type(value) is str:  # noqa: E721
+    if type(value) is str:
         return value
     raise ProtocolError(f"malformed get reply: no string value (fields: {', '.join(sorted(map(str, reply)))})")
 
@@ -47,13 +48,14 @@ def values_from_reply(reply: dict[str, Any], keys: Sequence[str], offset: int = 
     """
     if p.F_ERROR in reply:
         index = reply.get(p.F_INDEX)
-        if type(index) is int and 0 <= index < len(keys) and reply.get(p.F_ERROR) == p.INVALID_KEY:  # noqa: E721
+        if type(index) is int and 0 <= index < len(keys) and reply.get(p.F_ERROR) == p.INVALID_KEY:
             error = error_from_reply(reply, keys[index])
-            raise InvalidKey(p.key_at(offset + index, error.message), keys[index], index=offset + index,
-                             reason=error.message)
+            raise InvalidKey(
+                p.key_at(offset + index, error.message), keys[index], index=offset + index, reason=error.message
+            )
         raise error_from_reply(reply)
     values = reply.get(p.F_VALUES)
-    if type(values) is list and len(values) == len(keys):  # noqa: E721
+    if type(values) is list and len(values) == len(keys):
         return values
     raise ProtocolError(f"malformed mget reply for {len(keys)} keys")
 
@@ -63,7 +65,7 @@ def worker_from_reply(reply: dict[str, Any]) -> dict[str, Any]:
     if p.F_ERROR in reply:
         raise error_from_reply(reply)
     info = reply.get(p.F_WORKER)
-    if type(info) is dict:  # noqa: E721
+    if type(info) is dict:
         return info
     raise ProtocolError("malformed ping reply")
 

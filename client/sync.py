@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import zmq
 
@@ -31,8 +32,13 @@ from rokv.replies import value_from_reply, worker_from_reply
 from rokv.security import CurvePeer
 
 __all__ = [
-    "Client", "RetryPolicy", "resolve_endpoint",
-    "DEFAULT_ENDPOINT", "DEFAULT_TIMEOUT", "DEFAULT_RETRIES", "DEFAULT_BATCH_SIZE",
+    "Client",
+    "RetryPolicy",
+    "resolve_endpoint",
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_RETRIES",
+    "DEFAULT_BATCH_SIZE",
 ]
 
 # A plain int: pyzmq's enum flags cost a Python-level operation per use.
@@ -62,8 +68,9 @@ class Client(ClientBase):
         context: zmq.Context | None = None,
         curve: CurvePeer | None = None,
     ) -> None:
-        super().__init__(endpoint, timeout=timeout, retries=retries, retry=retry, batch_size=batch_size,
-                         context=context, curve=curve)
+        super().__init__(
+            endpoint, timeout=timeout, retries=retries, retry=retry, batch_size=batch_size, context=context, curve=curve
+        )
         self._lock = threading.Lock()
         self._rcvtimeo = -1
 
@@ -180,8 +187,9 @@ class Client(ClientBase):
                 return replies
         raise self._unavailable()
 
-    def _receive_one(self, sock: zmq.Socket, pending: dict[int, bytes], replies: dict[int, dict[str, Any]],
-                     deadline: float) -> None:
+    def _receive_one(
+        self, sock: zmq.Socket, pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
+    ) -> None:
         """Take replies from the one broker's socket until none is pending or
         ``deadline`` passes."""
         while pending:
@@ -208,8 +216,7 @@ class Client(ClientBase):
                 replies[got[0]] = got[1]
 
     @staticmethod
-    def _send_to_one(brokers: Brokers, pending: dict[int, bytes], previous: int | None, deadline: float
-                     ) -> int | None:
+    def _send_to_one(brokers: Brokers, pending: dict[int, bytes], previous: int | None, deadline: float) -> int | None:
         """Send this try of every pending request through one broker: the
         next in turn, not ``previous`` (the broker of the last try) when
         another is up. A broker with no live connection refuses the send at
@@ -234,8 +241,9 @@ class Client(ClientBase):
             order = [i for i, sock in enumerate(brokers.socks) if sock in ready] or order
 
     @staticmethod
-    def _receive_any(brokers: Brokers, pending: dict[int, bytes], replies: dict[int, dict[str, Any]],
-                     deadline: float) -> None:
+    def _receive_any(
+        brokers: Brokers, pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
+    ) -> None:
         """Take replies from every broker's socket until none is pending or
         ``deadline`` passes: a late reply to an earlier try, through another
         broker, answers the request as well."""

@@ -25,15 +25,19 @@ _HEADER = f"{'HOST / WORKER':<18}{'REQ/S':>8}{'KEYS/S':>9}{'HIT%':>6}{'P50 ms':>
 def add_command(sub: Any) -> None:
     """Register ``rokv top`` on the ``rokv`` command's subparsers."""
     top = sub.add_parser(
-        "top", help="a live view of the pool from its hosts' metrics",
+        "top",
+        help="a live view of the pool from its hosts' metrics",
         description="Show, refreshed every second, each host's and each worker's requests and keys a second, "
         "hit ratio, p50/p99 handling time, dataset digest and key count, read from the hosts' metrics "
         "addresses (rokv-metrics). Workers serving another dataset than most are flagged with '!'.",
         epilog="exit codes: 0 done (or stopped with Ctrl-C), 2 bad usage or prometheus_client missing, "
         "3 (with --once) a host did not answer",
     )
-    top.add_argument("--metrics", default=os.environ.get(METRICS_ENV) or None,
-                     help=f"HOST:PORT of each host's metrics, comma-separated (default: ${METRICS_ENV})")
+    top.add_argument(
+        "--metrics",
+        default=os.environ.get(METRICS_ENV) or None,
+        help=f"HOST:PORT of each host's metrics, comma-separated (default: ${METRICS_ENV})",
+    )
     top.add_argument("--once", action="store_true", help="print one view and exit")
     top.add_argument("--json", action="store_true", help="print JSON (one object per view)")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between readings (default 1)")
@@ -126,17 +130,21 @@ def _short(dataset: str | None, width: int) -> str:
 
 
 def _row(name: str, r: dict[str, Any], keys: int | None, dataset: str) -> str:
-    return (f"{name[:18]:<18}{_num(r['requests_per_second']):>8}{_num(r['keys_per_second']):>9}"
-            f"{_pct(r['hit_ratio']):>6}{_ms(r['p50_seconds']):>8}{_ms(r['p99_seconds']):>8}"
-            f"{'' if keys is None else _num(keys) if keys >= 1e6 else f'{keys:,}':>8}  {dataset}").rstrip()[:WIDTH]
+    return (
+        f"{name[:18]:<18}{_num(r['requests_per_second']):>8}{_num(r['keys_per_second']):>9}"
+        f"{_pct(r['hit_ratio']):>6}{_ms(r['p50_seconds']):>8}{_ms(r['p99_seconds']):>8}"
+        f"{'' if keys is None else _num(keys) if keys >= 1e6 else f'{keys:,}':>8}  {dataset}"
+    ).rstrip()[:WIDTH]
 
 
 def render(shown: dict[str, Any], interval: float) -> list[str]:
     """The lines of one view, none longer than :data:`WIDTH`."""
     hosts = shown["hosts"]
     flagged = len(shown["flagged"])
-    title = (f"rokv top  {len(hosts)} host{'s' * (len(hosts) != 1)}, {shown['workers']} "
-             f"worker{'s' * (shown['workers'] != 1)}  {time.strftime('%H:%M:%S')}  every {interval:g} s")
+    title = (
+        f"rokv top  {len(hosts)} host{'s' * (len(hosts) != 1)}, {shown['workers']} "
+        f"worker{'s' * (shown['workers'] != 1)}  {time.strftime('%H:%M:%S')}  every {interval:g} s"
+    )
     lines = [title[:WIDTH]]
     majority = shown["majority_dataset"]
     lines.append(f"dataset of most workers: {_short(majority, 52)}"[:WIDTH] if majority else "no worker reports")
@@ -154,10 +162,11 @@ def render(shown: dict[str, Any], interval: float) -> list[str]:
             lines.append(f"  {health['reason']}"[:WIDTH])
         for w in host["workers"]:
             mark = " !" if w["flagged"] else ""
-            lines.append(_row(f"  {w['name'][:16 - len(mark)]}{mark}", w, w["keys"], _short(w["dataset"], 13)))
+            lines.append(_row(f"  {w['name'][: 16 - len(mark)]}{mark}", w, w["keys"], _short(w["dataset"], 13)))
         for b in host["brokers"]:
             state = {True: "up", False: "DOWN", None: "?"}[b["up"]]
-            lines.append(f"  {b['name'][:14]} {state}: {b['workers_connected']} workers, "
-                         f"{b['clients_connected']} clients, {_num(b['requests_per_second'])} requests/s forwarded"
-                         [:WIDTH])
+            lines.append(
+                f"  {b['name'][:14]} {state}: {b['workers_connected']} workers, "
+                f"{b['clients_connected']} clients, {_num(b['requests_per_second'])} requests/s forwarded"[:WIDTH]
+            )
     return lines

@@ -20,8 +20,9 @@ import random
 import string
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import TextIO
 
 DEFAULT_COUNT = 10_000
 DEFAULT_SEED = 20261127
@@ -129,9 +130,7 @@ def _value(rng: random.Random) -> str:
     """2 to 5 words of 2 to 9 letters a-z."""
     # 2 + getrandbits(n) is uniform over exactly these ranges, and much
     # cheaper than randint.
-    return " ".join(
-        "".join(rng.choices(_ALPHABET, k=2 + rng.getrandbits(3))) for _ in range(2 + rng.getrandbits(2))
-    )
+    return " ".join("".join(rng.choices(_ALPHABET, k=2 + rng.getrandbits(3))) for _ in range(2 + rng.getrandbits(2)))
 
 
 class _BloomFilter:

@@ -35,8 +35,18 @@ def main() -> int:
             print(f"unhealthy: {url}: {exc}")
             return 1
     if role in ("all", "http"):
-        return subprocess.call(["rokv", "ping", "--endpoint", endpoint_from_env(os.environ).split(",")[0],
-                                "--timeout", "2", "--retries", "0"])
+        return subprocess.call(
+            [
+                "rokv",
+                "ping",
+                "--endpoint",
+                endpoint_from_env(os.environ).split(",")[0],
+                "--timeout",
+                "2",
+                "--retries",
+                "0",
+            ]
+        )
     if role == "broker":
         where = urlsplit(os.environ.get("ROKV_FRONTEND", "tcp://127.0.0.1:5555").replace("://*:", "://0.0.0.0:"))
         host = LOOPBACK.get(where.hostname or "", where.hostname or "127.0.0.1")

@@ -37,8 +37,15 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
+_JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 _ENDPOINTS = "POST /get_value, POST /get_values, GET /healthz"
 
 
@@ -236,8 +243,7 @@ class Gateway:
         if type(keys) is not list:
             return _message(422, f'"keys" must be an array of strings, not {_json_type(keys)}')
         if len(keys) > MAX_KEYS:
-            return _message(413, f"{len(keys):,} keys is over the limit of {MAX_KEYS:,} per request: "
-                                 "split the list")
+            return _message(413, f"{len(keys):,} keys is over the limit of {MAX_KEYS:,} per request: split the list")
         # Checked here, not by the workers: the first invalid key is named
         # without a round trip, and what travels is canonical and short.
         canonical = keys
@@ -247,8 +253,7 @@ class Gateway:
             if canonical is keys:
                 canonical = list(keys)
             if type(key) is not str:
-                return _message(422, f"keys[{index}] must be a string holding a UUID version 4, "
-                                     f"not {_json_type(key)}")
+                return _message(422, f"keys[{index}] must be a string holding a UUID version 4, not {_json_type(key)}")
             try:
                 canonical[index] = normalize_key(key)
             except InvalidKey as exc:

@@ -60,5 +60,5 @@ class _CorkedTransport:
 class CorkedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol over a :class:`_CorkedTransport`."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(_CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own stub
+        super().connection_made(_CorkedTransport(transport, self.loop))  # type: ignore[arg-type]  # a Transport in all but name

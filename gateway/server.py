@@ -36,15 +36,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="The seed service's HTTP API (POST /get_value, POST /get_values, GET /healthz) in front of "
         "a rokv pool. Every option falls back to its environment variable.",
     )
-    parser.add_argument("--bind", default=None, metavar="HOST:PORT",
-                        help=f"where to listen (default $ROKV_HTTP, else 127.0.0.1:{DEFAULT_PORT})")
-    parser.add_argument("--endpoint", default=None,
-                        help="the broker(s) to ask, comma-separated (default $ROKV_ENDPOINT, else this host's "
-                        "$ROKV_FRONTEND, else tcp://127.0.0.1:5555)")
-    parser.add_argument("--workers", default=None, metavar="N",
-                        help="server processes, each with its own client (default $ROKV_HTTP_WORKERS, else 1)")
-    parser.add_argument("--max-body", default=None, metavar="BYTES",
-                        help="largest request body (default $ROKV_HTTP_MAX_BODY, else 1048576)")
+    parser.add_argument(
+        "--bind",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"where to listen (default $ROKV_HTTP, else 127.0.0.1:{DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=None,
+        help="the broker(s) to ask, comma-separated (default $ROKV_ENDPOINT, else this host's "
+        "$ROKV_FRONTEND, else tcp://127.0.0.1:5555)",
+    )
+    parser.add_argument(
+        "--workers",
+        default=None,
+        metavar="N",
+        help="server processes, each with its own client (default $ROKV_HTTP_WORKERS, else 1)",
+    )
+    parser.add_argument(
+        "--max-body",
+        default=None,
+        metavar="BYTES",
+        help="largest request body (default $ROKV_HTTP_MAX_BODY, else 1048576)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
@@ -65,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["ROKV_ENDPOINT"] = args.endpoint
         if args.max_body is not None:
             os.environ["ROKV_HTTP_MAX_BODY"] = str(parse_size(args.max_body, "--max-body"))
-        workers = _workers(args.workers, "--workers") if args.workers is not None else \
-            _workers(os.environ.get("ROKV_HTTP_WORKERS", "") or "1", "ROKV_HTTP_WORKERS")
+        workers = (
+            _workers(args.workers, "--workers")
+            if args.workers is not None
+            else _workers(os.environ.get("ROKV_HTTP_WORKERS", "") or "1", "ROKV_HTTP_WORKERS")
+        )
         settings = Settings.from_env()
     except SettingError as exc:
         print(f"rokv-http: {exc}", file=sys.stderr)
@@ -75,20 +93,25 @@ def main(argv: list[str] | None = None) -> int:
     try:  # only here: `rokv-http --help` and bad settings need no server
         import httptools  # noqa: F401 - uvicorn names it by string; missing, it would fail later
         import uvicorn
-        import uvloop  # noqa: F401
+        import uvloop  # noqa: F401 - uvicorn names it by string too; missing, it would fail later
         from uvicorn.config import LOGGING_CONFIG
     except ModuleNotFoundError as exc:
-        print(f"rokv-http needs {exc.name}, which comes with the http extra: pip install 'rokv[http]'",
-              file=sys.stderr)
+        print(f"rokv-http needs {exc.name}, which comes with the http extra: pip install 'rokv[http]'", file=sys.stderr)
         return EXIT_BAD_SETTING
 
     # The gateway's own messages go where uvicorn's go, in every server
     # process (each configures logging from this when it starts).
     log_config = copy.deepcopy(LOGGING_CONFIG)
-    log_config["loggers"]["rokv.gateway"] = {"handlers": ["default"], "level": args.log_level.upper(),
-                                             "propagate": False}
-    print(f"rokv-http: listening on http://{settings.bind} with {workers} process(es), "
-          f"asking {settings.endpoint}", file=sys.stderr, flush=True)
+    log_config["loggers"]["rokv.gateway"] = {
+        "handlers": ["default"],
+        "level": args.log_level.upper(),
+        "propagate": False,
+    }
+    print(
+        f"rokv-http: listening on http://{settings.bind} with {workers} process(es), asking {settings.endpoint}",
+        file=sys.stderr,
+        flush=True,
+    )
     # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again
     # for the handler it found installed: with this one, the process exits 0
     # (a clean stop) instead of dying by the signal it already handled.
@@ -96,9 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: None)
     try:
         uvicorn.run(
-            APP, host=settings.bind.host, port=settings.bind.port, workers=workers,
-            http=PROTOCOL, loop="uvloop", lifespan="on", access_log=False, server_header=False, proxy_headers=False,
-            log_level=args.log_level, log_config=log_config, timeout_graceful_shutdown=GRACEFUL_STOP,
+            APP,
+            host=settings.bind.host,
+            port=settings.bind.port,
+            workers=workers,
+            http=PROTOCOL,
+            loop="uvloop",
+            lifespan="on",
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            log_level=args.log_level,
+            log_config=log_config,
+            timeout_graceful_shutdown=GRACEFUL_STOP,
         )
     except SystemExit as exc:  # uvicorn exits 3 when the app refuses to start
         return int(exc.code or 0) and 1

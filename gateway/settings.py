@@ -95,8 +95,7 @@ def endpoint_from_env(env: Mapping[str, str]) -> str:
     frontend = env.get("ROKV_FRONTEND", "").strip()
     if not frontend:
         return p.DEFAULT_FRONTEND
-    for wildcard, loopback in (("://*:", "://127.0.0.1:"), ("://0.0.0.0:", "://127.0.0.1:"),
-                               ("://[::]:", "://[::1]:")):
+    for wildcard, loopback in (("://*:", "://127.0.0.1:"), ("://0.0.0.0:", "://127.0.0.1:"), ("://[::]:", "://[::1]:")):
         frontend = frontend.replace(wildcard, loopback)
     return frontend
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from procs import EXAMPLE, REPO, child_env, scaled
-
 from rokv.security import make_key_pair
+
+from procs import EXAMPLE, REPO, child_env, scaled
 
 
 def curve_pool_keys(root: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
@@ -25,25 +25,54 @@ def curve_pool_keys(root: Path) -> tuple[dict[str, str], dict[str, str], dict[st
         (root / folder).mkdir()
         shutil.copy(public, root / folder)
     return (
-        {"ROKV_BROKER_SECRET": str(broker_secret), "ROKV_CLIENT_KEYS": str(root / "clients"),
-         "ROKV_WORKER_KEYS": str(root / "workers")},
+        {
+            "ROKV_BROKER_SECRET": str(broker_secret),
+            "ROKV_CLIENT_KEYS": str(root / "clients"),
+            "ROKV_WORKER_KEYS": str(root / "workers"),
+        },
         {"ROKV_WORKER_SECRET": str(worker_secret), "ROKV_BROKER_KEY": str(broker_public)},
         {"ROKV_CLIENT_SECRET": str(client_secret), "ROKV_BROKER_KEY": str(broker_public)},
     )
 
 
-def start_drivers(endpoint: str, *, count: int, seconds: float, min_found: int, client_env: dict[str, str],
-                  prefix: list[str] | None = None, extra: list[str] | None = None) -> list[subprocess.Popen[str]]:
+def start_drivers(
+    endpoint: str,
+    *,
+    count: int,
+    seconds: float,
+    min_found: int,
+    client_env: dict[str, str],
+    prefix: list[str] | None = None,
+    extra: list[str] | None = None,
+) -> list[subprocess.Popen[str]]:
     """``count`` load drivers against ``endpoint`` (one or several brokers),
     each for at least ``seconds`` and until it has looked ``min_found`` known
     keys up (a loaded machine runs longer rather than prove too little),
     never past four times ``seconds``; ``prefix`` runs them on another host."""
     return [
         subprocess.Popen(
-            [*(prefix or []), sys.executable, str(REPO / "tests" / "loaddriver.py"), "--endpoint", endpoint,
-             "--data", str(EXAMPLE), "--seconds", str(seconds), "--seed", str(seed), *(extra or []),
-             "--min-found", str(min_found), "--max-seconds", str(seconds * 4)],
-            env=child_env(**client_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                *(prefix or []),
+                sys.executable,
+                str(REPO / "tests" / "loaddriver.py"),
+                "--endpoint",
+                endpoint,
+                "--data",
+                str(EXAMPLE),
+                "--seconds",
+                str(seconds),
+                "--seed",
+                str(seed),
+                *(extra or []),
+                "--min-found",
+                str(min_found),
+                "--max-seconds",
+                str(seconds * 4),
+            ],
+            env=child_env(**client_env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for seed in range(count)
     ]
@@ -52,8 +81,19 @@ def start_drivers(endpoint: str, *, count: int, seconds: float, min_found: int, 
 def collect(drivers: list[subprocess.Popen[str]], timeout: float) -> dict:
     """The drivers' summed counts, their worst latencies (p50, p99, max, in
     ms), errors and per-broker timelines; fails when one did not finish."""
-    total: dict = {"requests": 0, "lookups": 0, "found": 0, "retried": 0, "lost": 0, "wrong": 0, "errors": [],
-                   "timelines": [], "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    total: dict = {
+        "requests": 0,
+        "lookups": 0,
+        "found": 0,
+        "retried": 0,
+        "lost": 0,
+        "wrong": 0,
+        "errors": [],
+        "timelines": [],
+        "p50_ms": 0.0,
+        "p99_ms": 0.0,
+        "max_ms": 0.0,
+    }
     for driver in drivers:
         try:
             out, err = driver.communicate(timeout=scaled(timeout))

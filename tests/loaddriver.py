@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rokv import (  # noqa: E402
+from rokv import (
     Client,
     InvalidKey,
     KeyNotFound,
@@ -28,7 +28,7 @@ from rokv import (  # noqa: E402
     ServiceUnavailable,
     core,
 )
-from rokv.keys import random_key  # noqa: E402
+from rokv.keys import random_key
 
 INVALID = ["not-a-key", "8a35eb59-62b3-181c-8875-1f248df4c952", "", "{8a35eb59-62b3-481c-8875-1f248df4c952"]
 
@@ -45,8 +45,12 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-lookups", type=int, default=2_000_000)
-    parser.add_argument("--min-found", type=int, default=0,
-                        help="after --seconds, go on until this many known-key lookups (a slow machine)...")
+    parser.add_argument(
+        "--min-found",
+        type=int,
+        default=0,
+        help="after --seconds, go on until this many known-key lookups (a slow machine)...",
+    )
     parser.add_argument("--max-seconds", type=float, default=60.0, help="...but never past this")
     parser.add_argument("--timeout", type=float, default=core.DEFAULT_TIMEOUT)
     parser.add_argument("--retries", type=int, default=core.DEFAULT_RETRIES)
@@ -58,8 +62,16 @@ def main() -> int:
     data: dict[str, str] = json.loads(Path(args.data).read_text(encoding="utf-8"))
     keys = list(data)
     rng = random.Random(args.seed)
-    counts = {"requests": 0, "lookups": 0, "retried": 0, "lost": 0, "wrong": 0,
-              "found": 0, "not_found": 0, "invalid": 0}
+    counts = {
+        "requests": 0,
+        "lookups": 0,
+        "retried": 0,
+        "lost": 0,
+        "wrong": 0,
+        "found": 0,
+        "not_found": 0,
+        "invalid": 0,
+    }
     latencies: list[float] = []
     errors: list[str] = []
 
@@ -126,7 +138,7 @@ def main() -> int:
                 counts["lost"] += 1
                 if len(errors) < 10:
                     errors.append(f"lost: {exc}")
-            except Exception as exc:  # anything else is a wrong answer too
+            except Exception as exc:  # noqa: BLE001 - anything else is a wrong answer too
                 wrong(f"{type(exc).__name__}: {exc}")
             elapsed = time.monotonic() - started
             counts["requests"] += 1

@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from rokv import Client, ServiceUnavailable
 from rokv.security import CurvePeer
@@ -59,7 +60,11 @@ class Proc:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
-            args, cwd=REPO, env=env or child_env(), stdout=self._log, stderr=subprocess.STDOUT,
+            args,
+            cwd=REPO,
+            env=env or child_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
 
@@ -92,16 +97,26 @@ class Proc:
 
 
 def start_broker(log_dir: Path, frontend: str, backend: str, *extra: str, name: str = "broker") -> Proc:
-    return Proc(name, [sys.executable, "-m", "rokv.broker", "--frontend", frontend, "--backend", backend, *extra], log_dir)
+    return Proc(
+        name, [sys.executable, "-m", "rokv.broker", "--frontend", frontend, "--backend", backend, *extra], log_dir
+    )
 
 
-def start_worker(log_dir: Path, backend: str, data: Path | str = EXAMPLE, *extra: str, name: str = "worker",
-                 pure_python: bool = False) -> Proc:
+def start_worker(
+    log_dir: Path,
+    backend: str,
+    data: Path | str = EXAMPLE,
+    *extra: str,
+    name: str = "worker",
+    pure_python: bool = False,
+) -> Proc:
     """A worker; ``pure_python`` runs its Python loop instead of the compiled one."""
     env = child_env(ROKV_PURE_PYTHON="1") if pure_python else None
     return Proc(
-        name, [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(data), "--name", name, *extra],
-        log_dir, env,
+        name,
+        [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(data), "--name", name, *extra],
+        log_dir,
+        env,
     )
 
 
@@ -109,12 +124,14 @@ def seen_workers(endpoint: str, count: int, timeout: float = 15.0, curve: CurveP
     """Ping until ``count`` distinct workers have answered; their ids."""
     seen: set[str] = set()
     with Client(endpoint, timeout=0.5, retries=0, curve=curve) as client:
+
         def enough() -> bool:
             try:
                 seen.add(client.ping()["id"])
             except ServiceUnavailable:
                 pass
             return len(seen) >= count
+
         wait_for(enough, timeout, f"{count} workers to answer ping at {endpoint}", interval=0.01)
     return seen
 
@@ -128,15 +145,17 @@ class Stack:
         self.frontend = f"tcp://127.0.0.1:{free_port()}"
         self.backend = f"tcp://127.0.0.1:{free_port()}"
         self.broker = start_broker(log_dir, self.frontend, self.backend)
-        self.workers = [start_worker(log_dir, self.backend, data, name=f"worker{i}", pure_python=pure_python)
-                        for i in range(workers)]
+        self.workers = [
+            start_worker(log_dir, self.backend, data, name=f"worker{i}", pure_python=pure_python)
+            for i in range(workers)
+        ]
 
     def wait_ready(self) -> Stack:
         seen_workers(self.frontend, len(self.workers))
         return self
 
     def client(self, **kwargs: float) -> Client:
-        return Client(self.frontend, **kwargs)  # type: ignore[arg-type]
+        return Client(self.frontend, **kwargs)  # type: ignore[arg-type]  # the client's own keywords
 
     def stop(self) -> None:
         for proc in [*self.workers, self.broker]:

@@ -20,8 +20,11 @@ def scrape(address: str, timeout: float = 5.0) -> Samples:
     """Every sample of ``http://address/metrics``: (name, labels) -> value."""
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout) as response:
         text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
@@ -53,13 +56,37 @@ class MeteredStack:
         self.frontend = f"tcp://127.0.0.1:{free_port()}"
         backend = f"tcp://127.0.0.1:{free_port()}"
         self.address = f"127.0.0.1:{free_port()}"
-        self.exporter = Proc("exporter", [sys.executable, "-m", "rokv.worker.exporter", "--listen", self.address,
-                                          "--dir", str(self.folder)], log_dir, env)
-        self.broker = Proc("broker", [sys.executable, "-m", "rokv.broker", "--frontend", self.frontend,
-                                      "--backend", backend], log_dir, env)
-        self.workers = [Proc(f"worker_{i:02d}", [sys.executable, "-m", "rokv.worker", "--backend", backend,
-                                                 "--data", str(EXAMPLE), "--name", f"worker_{i:02d}"], log_dir, env)
-                        for i in range(workers)]
+        self.exporter = Proc(
+            "exporter",
+            [sys.executable, "-m", "rokv.worker.exporter", "--listen", self.address, "--dir", str(self.folder)],
+            log_dir,
+            env,
+        )
+        self.broker = Proc(
+            "broker",
+            [sys.executable, "-m", "rokv.broker", "--frontend", self.frontend, "--backend", backend],
+            log_dir,
+            env,
+        )
+        self.workers = [
+            Proc(
+                f"worker_{i:02d}",
+                [
+                    sys.executable,
+                    "-m",
+                    "rokv.worker",
+                    "--backend",
+                    backend,
+                    "--data",
+                    str(EXAMPLE),
+                    "--name",
+                    f"worker_{i:02d}",
+                ],
+                log_dir,
+                env,
+            )
+            for i in range(workers)
+        ]
 
     def wait_ready(self) -> MeteredStack:
         seen_workers(self.frontend, len(self.workers))

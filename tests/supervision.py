@@ -34,13 +34,20 @@ class Supervisor:
         # prefix: e.g. ip netns exec HOST, to run the whole pool on another host.
         self.popen = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.conf)],
-            cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=root,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
-            env=self.env, capture_output=True, text=True, timeout=scaled(30),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=scaled(30),
         )
 
     def status(self) -> dict[str, tuple[str, int | None]]:

@@ -8,7 +8,8 @@ import dataclasses
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -16,8 +17,9 @@ import zmq
 from rokv import AsyncClient, Client, InvalidKey, KeyNotFound, RetryPolicy, RokvError, ServiceUnavailable
 from rokv import protocol as p
 from rokv.core import DEFAULT_POLICY
-from procs import Stack, free_port, scaled
 from rokv.worker.handler import Handler
+
+from procs import Stack, free_port, scaled
 
 #: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
 BOTH_PATHS = True
@@ -31,14 +33,14 @@ def run(coro_fn: Callable[[], Any]) -> Any:
 
 def outcome_sync(client: Client, key: object) -> tuple:
     try:
-        return ("value", client.get(key))  # type: ignore[arg-type]
+        return ("value", client.get(key))  # type: ignore[arg-type]  # a wrong type on purpose
     except (KeyNotFound, InvalidKey) as exc:
         return (type(exc).__name__, str(exc), exc.key)
 
 
 async def outcome_async(client: AsyncClient, key: object) -> tuple:
     try:
-        return ("value", await client.get(key))  # type: ignore[arg-type]
+        return ("value", await client.get(key))  # type: ignore[arg-type]  # a wrong type on purpose
     except (KeyNotFound, InvalidKey) as exc:
         return (type(exc).__name__, str(exc), exc.key)
 
@@ -46,9 +48,23 @@ async def outcome_async(client: AsyncClient, key: object) -> tuple:
 def tricky_keys(example: dict[str, str]) -> list[object]:
     k1, k2 = list(example)[:2]
     return [
-        k1, k2, k1.upper(), "{" + k1 + "}", "urn:uuid:" + k2, k1.replace("-", ""), MISSING, MISSING.upper(),
-        "not-a-key", "8a35eb59-62b3-181c-8875-1f248df4c952", "8a35eb59-62b3-481c-c875-1f248df4c952",
-        " " + k1, "", 123, None, b"bytes", ["list"],
+        k1,
+        k2,
+        k1.upper(),
+        "{" + k1 + "}",
+        "urn:uuid:" + k2,
+        k1.replace("-", ""),
+        MISSING,
+        MISSING.upper(),
+        "not-a-key",
+        "8a35eb59-62b3-181c-8875-1f248df4c952",
+        "8a35eb59-62b3-481c-c875-1f248df4c952",
+        " " + k1,
+        "",
+        123,
+        None,
+        b"bytes",
+        ["list"],
     ]
 
 
@@ -97,7 +113,7 @@ def test_get_many_matches_the_blocking_client_across_batches(stack: Stack, examp
             with pytest.raises(InvalidKey) as info:
                 await client.get_many(bad)
             with pytest.raises(InvalidKey, match=r"keys\[1\]: key must be a string"):
-                await client.get_many([keys[0], 5])  # type: ignore[list-item]
+                await client.get_many([keys[0], 5])  # type: ignore[list-item]  # a wrong type on purpose
             return values, info.value
 
     values, error = run(main)
@@ -140,8 +156,9 @@ def test_no_service_means_service_unavailable_within_the_timeouts() -> None:
         for coalesce in (True, False):
             async with AsyncClient(endpoint, timeout=0.1, retries=2, coalesce=coalesce) as client:
                 started = time.monotonic()
-                results = await asyncio.gather(client.get(MISSING), client.ping(), client.get_many([MISSING]),
-                                               return_exceptions=True)
+                results = await asyncio.gather(
+                    client.get(MISSING), client.ping(), client.get_many([MISSING]), return_exceptions=True
+                )
                 assert time.monotonic() - started < scaled(2)
                 for result in results:
                     assert isinstance(result, ServiceUnavailable) and "3 tries" in str(result)
@@ -159,10 +176,14 @@ def test_retries_recover_requests_held_by_a_stalled_worker(make_stack, example: 
     policy = RetryPolicy(timeout=0.3, retries=4, backoff=2)
 
     async def main() -> tuple[list, list]:
-        async with AsyncClient(stack.frontend, retry=policy, coalesce=False) as plain, \
-                AsyncClient(stack.frontend, retry=policy, max_batch=5) as batched:
-            return (list(await asyncio.gather(*(plain.get(k) for k in keys))),
-                    list(await asyncio.gather(*(batched.get(k) for k in keys))))
+        async with (
+            AsyncClient(stack.frontend, retry=policy, coalesce=False) as plain,
+            AsyncClient(stack.frontend, retry=policy, max_batch=5) as batched,
+        ):
+            return (
+                list(await asyncio.gather(*(plain.get(k) for k in keys))),
+                list(await asyncio.gather(*(batched.get(k) for k in keys))),
+            )
 
     stack.workers[0].signal(signal.SIGSTOP)
     try:
@@ -277,6 +298,7 @@ def test_coalescing_obeys_max_batch_max_delay_and_the_off_switch(fake, example: 
         async def later(i: int, key: str) -> str:
             await asyncio.sleep(0.001 * (i % 3))  # spread over several loop turns
             return await client.get(key)
+
         return list(await asyncio.gather(*(later(i, k) for i, k in enumerate(keys))))
 
     expected = [example[k] for k in keys]
@@ -334,7 +356,7 @@ def test_retry_policy_is_validated_and_shared_by_both_clients() -> None:
     assert "0.5 to 1.5 s on 4 tries" in str(policy.unavailable("tcp://x:1"))
     for bad in ({"timeout": 0}, {"retries": -1}, {"retries": True}, {"backoff": 0.5}, {"max_timeout": 0.1}):
         with pytest.raises(ValueError):
-            RetryPolicy(**bad)  # type: ignore[arg-type]
+            RetryPolicy(**bad)  # type: ignore[arg-type]  # a wrong type on purpose
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with Client(endpoint, retry=policy) as client:
         assert (client.timeout, client.retries, client.retry) == (0.5, 3, policy)
@@ -359,8 +381,9 @@ def test_twenty_thousand_concurrent_gets_on_one_socket_need_no_retry(stack: Stac
     keys = [list(example)[i % len(example)] for i in range(20_000)]
 
     async def main() -> list[str]:
-        async with AsyncClient(stack.frontend, coalesce=False, retry=RetryPolicy(timeout=scaled(20), retries=0)
-                               ) as client:
+        async with AsyncClient(
+            stack.frontend, coalesce=False, retry=RetryPolicy(timeout=scaled(20), retries=0)
+        ) as client:
             return list(await asyncio.gather(*(client.get(k) for k in keys)))
 
     assert run(main) == [example[k] for k in keys]
@@ -408,9 +431,11 @@ def test_a_client_never_has_more_than_max_in_flight_requests_unanswered(example:
     policy = RetryPolicy(timeout=scaled(10), retries=0)  # held requests must not be on the clock
     try:
         if kind == "async":
+
             async def main() -> list[str]:
                 async with AsyncClient(server.endpoint, coalesce=False, retry=policy) as client:
                     return list(await asyncio.gather(*(client.get(k) for k in keys)))
+
             values = run(main)
         else:
             with Client(server.endpoint, retry=policy, batch_size=1) as client:

@@ -17,6 +17,7 @@ import pytest
 
 from rokv import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
 from rokv.bench import INVALID, NOT_FOUND, Probe, Tally, check, make_probes
+
 from procs import REPO, Stack, child_env, free_port, scaled
 
 MISSING = "11111111-2222-4333-8444-555555555555"
@@ -24,8 +25,12 @@ MISSING = "11111111-2222-4333-8444-555555555555"
 
 def bench(*args: str, timeout: float = 60) -> tuple[int, dict | str, str]:
     result = subprocess.run(
-        [sys.executable, "-m", "rokv", "bench", *args], cwd=REPO, env=child_env(), capture_output=True,
-        text=True, timeout=scaled(timeout),
+        [sys.executable, "-m", "rokv", "bench", *args],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(timeout),
     )
     out: dict | str = result.stdout
     if "--json" in args and result.stdout.strip():
@@ -34,8 +39,21 @@ def bench(*args: str, timeout: float = 60) -> tuple[int, dict | str, str]:
 
 
 def test_a_mixed_load_is_all_right_and_counted_by_kind(stack: Stack) -> None:
-    code, report, err = bench("--endpoint", stack.frontend, "-p", "2", "-c", "16", "-n", "3000",
-                              "--missing", "0.2", "--invalid", "0.1", "--json")
+    code, report, err = bench(
+        "--endpoint",
+        stack.frontend,
+        "-p",
+        "2",
+        "-c",
+        "16",
+        "-n",
+        "3000",
+        "--missing",
+        "0.2",
+        "--invalid",
+        "0.1",
+        "--json",
+    )
     assert code == 0, err
     assert isinstance(report, dict)
     assert report["requests"] == report["keys"] + report["keys_rejected"] == 3000
@@ -50,8 +68,10 @@ def test_a_mixed_load_is_all_right_and_counted_by_kind(stack: Stack) -> None:
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
 
 
-@pytest.mark.parametrize("args", [["--client", "sync", "-c", "1"], ["-k", "25", "-c", "4", "--invalid", "0.01"],
-                                  ["--no-coalesce", "-c", "32"]])
+@pytest.mark.parametrize(
+    "args",
+    [["--client", "sync", "-c", "1"], ["-k", "25", "-c", "4", "--invalid", "0.01"], ["--no-coalesce", "-c", "32"]],
+)
 def test_every_mode_prints_a_table_and_finds_nothing_wrong(stack: Stack, args: list[str]) -> None:
     code, table, err = bench("--endpoint", stack.frontend, "-n", "400", "--missing", "0.1", *args)
     assert code == 0, err
@@ -88,8 +108,9 @@ def test_requests_without_an_answer_are_counted_as_unavailable(make_stack) -> No
     stopper.start()
     resumer.start()
     try:
-        code, report, err = bench("--endpoint", stack.frontend, "-d", "2", "-c", "4", "--timeout", "0.2",
-                                  "--retries", "0", "--json")
+        code, report, err = bench(
+            "--endpoint", stack.frontend, "-d", "2", "-c", "4", "--timeout", "0.2", "--retries", "0", "--json"
+        )
     finally:
         stopper.cancel()
         resumer.join()
@@ -121,20 +142,36 @@ def test_check_tells_right_from_wrong_and_counts_each_kind(example: dict[str, st
     assert many.expect == [example[k1], None, example[k2]]
     assert (many_bad.expect, many_bad.invalid_key) == (INVALID, "nope")
     tally = Tally()
-    right = [(hit, example[k1]), (miss, KeyNotFound("x", MISSING)), (bad, InvalidKey("x", "nope")),
-             (many, [example[k1], None, example[k2]]), (many_bad, InvalidKey("x", "nope"))]
+    right = [
+        (hit, example[k1]),
+        (miss, KeyNotFound("x", MISSING)),
+        (bad, InvalidKey("x", "nope")),
+        (many, [example[k1], None, example[k2]]),
+        (many_bad, InvalidKey("x", "nope")),
+    ]
     for probe, result in right:
         check(tally, probe, result)
     assert tally.wrong == 0
     assert dict(tally.answers) == {"value": 2, NOT_FOUND: 1, INVALID: 2}
     assert tally.keys_rejected == 1 + 3  # the refused get and get_many
-    wrong = [(hit, example[k2]), (hit, KeyNotFound("x", k1)), (miss, "a value"), (many, [example[k1], None, None]),
-             (many_bad, InvalidKey("x", "nope2")), (many_bad, [None, None, None]), (bad, "a value")]
+    wrong = [
+        (hit, example[k2]),
+        (hit, KeyNotFound("x", k1)),
+        (miss, "a value"),
+        (many, [example[k1], None, None]),
+        (many_bad, InvalidKey("x", "nope2")),
+        (many_bad, [None, None, None]),
+        (bad, "a value"),
+    ]
     for probe, result in wrong:
         check(tally, probe, result)
     assert tally.wrong == len(wrong)
-    for error in (ServiceUnavailable("down"), ServiceUnavailable("down"), ProtocolError("no", "bad_request"),
-                  RuntimeError("boom")):
+    for error in (
+        ServiceUnavailable("down"),
+        ServiceUnavailable("down"),
+        ProtocolError("no", "bad_request"),
+        RuntimeError("boom"),
+    ):
         check(tally, hit, error)
     assert dict(tally.errors) == {"unavailable": 2, "protocol:bad_request": 1, "other:RuntimeError": 1}
     assert tally.keys_rejected == 4 + 3 + 4  # a wrong refusal and the errors reject keys too
@@ -152,8 +189,9 @@ def test_the_probe_pool_draws_the_asked_shares(example: dict[str, str]) -> None:
 def test_keys_per_second_counts_only_answered_keys(stack: Stack) -> None:
     # With 100 keys a request and 1% invalid keys, about 63% of the requests
     # are refused whole: their keys were never answered.
-    code, report, err = bench("--endpoint", stack.frontend, "-n", "300", "-k", "100", "-c", "8",
-                              "--invalid", "0.01", "--json")
+    code, report, err = bench(
+        "--endpoint", stack.frontend, "-n", "300", "-k", "100", "-c", "8", "--invalid", "0.01", "--json"
+    )
     assert code == 0, err
     assert isinstance(report, dict)
     refused = report["answers"]["invalid_key"]
@@ -174,9 +212,14 @@ def test_keys_per_second_counts_only_answered_keys(stack: Stack) -> None:
 def test_the_live_line_ends_on_the_reports_figures(stack: Stack) -> None:
     # The live line is drawn only on a terminal: give the bench one.
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "rokv", "bench", "--endpoint", stack.frontend,
-                             "-n", "3000", "-c", "8"], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=slave, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rokv", "bench", "--endpoint", stack.frontend, "-n", "3000", "-c", "8"],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        text=True,
+    )
     try:
         os.close(slave)
         slave = -1

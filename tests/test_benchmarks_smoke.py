@@ -22,7 +22,11 @@ OTHERS = "# rokv benchmarks\n\nIntro kept.\n\n<!-- scale:begin -->\nscale figure
 def run_smoke(out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "benchmarks/run.py", "--smoke", "--out", str(out), "--cache", str(out.parent / "cache")],
-        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=scaled(120),
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
     )
 
 
@@ -65,19 +69,25 @@ def test_a_missing_file_gets_the_markers(tmp_path: Path) -> None:
 def test_the_one_hop_comparison_runs_and_prints_each_path() -> None:
     result = subprocess.run(
         [sys.executable, "benchmarks/onehop.py", "--reps", "1", "--duration", "0.3"],
-        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=scaled(120),
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for in_flight in (" 1 in flight", "16 in flight"):
         for path in ("one hop (direct)", "two hops (broker)"):
-            line = next(l for l in result.stdout.splitlines() if l.startswith(in_flight) and path in l)
+            line = next(x for x in result.stdout.splitlines() if x.startswith(in_flight) and path in x)
             assert int(line.split(path)[1].split("keys/s")[0].replace(",", "")) > 0
 
 
 # ---------------------------------------------------------------- scaleout.py
 
-SCALEOUT_OTHERS = ("# rokv benchmarks\n\nIntro kept.\n\n<!-- perf:begin -->\nperf figures kept\n<!-- perf:end -->\n"
-                   "\n<!-- scaleout:begin -->\nstale figures\n<!-- scaleout:end -->\n\nTrailer kept.\n")
+SCALEOUT_OTHERS = (
+    "# rokv benchmarks\n\nIntro kept.\n\n<!-- perf:begin -->\nperf figures kept\n<!-- perf:end -->\n"
+    "\n<!-- scaleout:begin -->\nstale figures\n<!-- scaleout:end -->\n\nTrailer kept.\n"
+)
 
 
 def _processes_naming(text: str) -> list[int]:
@@ -102,9 +112,30 @@ def test_the_scaleout_smoke_run_writes_a_well_formed_table(tmp_path: Path) -> No
     data = tmp_path / "data.json"
     shutil.copy(REPO / "data" / "example.json", data)
     result = subprocess.run(
-        [sys.executable, "benchmarks/scaleout.py", "--brokers", "1,2", "--workers", "1", "--loads", "get,mget100",
-         "--duration", "0.3", "--repeats", "1", "--no-redis", "--data", str(data), "--out", str(out)],
-        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=scaled(180),
+        [
+            sys.executable,
+            "benchmarks/scaleout.py",
+            "--brokers",
+            "1,2",
+            "--workers",
+            "1",
+            "--loads",
+            "get,mget100",
+            "--duration",
+            "0.3",
+            "--repeats",
+            "1",
+            "--no-redis",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(180),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert _processes_naming(str(tmp_path)) == []
@@ -126,8 +157,11 @@ def test_the_scaleout_smoke_run_writes_a_well_formed_table(tmp_path: Path) -> No
             cells = [c.strip() for c in line.strip("|").split("|")]
             assert len(cells) == len(columns), line
             rows[cells[0], cells[1]] = dict(zip(columns, cells))
-    assert set(rows) == {(load, config) for load in ("get, 64 callers, coalesced", "get_many of 100, 16 in flight")
-                         for config in ("1 × 1", "2 × 1")}
+    assert set(rows) == {
+        (load, config)
+        for load in ("get, 64 callers, coalesced", "get_many of 100, 16 in flight")
+        for config in ("1 × 1", "2 × 1")
+    }
     for row in rows.values():
         assert _rate(row["req/s"]) > 0 and _rate(row["keys/s"]) > 0
         cpu = [float(x) for x in row["CPU µs per request: client / broker / worker"].split(" / ")]
@@ -150,7 +184,13 @@ def _rate(text: str) -> float:
 
 
 def test_scaleout_refuses_bad_usage_with_a_message() -> None:
-    result = subprocess.run([sys.executable, "benchmarks/scaleout.py", "--brokers", "0", "--no-write"], cwd=REPO,
-                            env=child_env(), capture_output=True, text=True, timeout=scaled(60))
+    result = subprocess.run(
+        [sys.executable, "benchmarks/scaleout.py", "--brokers", "0", "--no-write"],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
     assert result.returncode == 2
     assert "--brokers" in result.stderr and "Traceback" not in result.stderr

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from procs import REPO, Proc, child_env, free_port, scaled, seen_workers, start_broker, start_worker, wait_for
 from rokv import AsyncClient, Client, RetryPolicy
+
+from procs import REPO, Proc, child_env, free_port, scaled, seen_workers, start_broker, start_worker, wait_for
 
 
 class TwoBrokers:
@@ -84,7 +85,8 @@ def test_requests_spread_over_every_broker(pool: TwoBrokers, example: dict[str, 
 
 
 def test_a_client_given_a_broker_that_was_never_up_works_at_full_speed_from_its_first_call(
-        tmp_path: Path, example: dict[str, str]) -> None:
+    tmp_path: Path, example: dict[str, str]
+) -> None:
     pool = TwoBrokers(tmp_path, start_b=False)
     try:
         seen_workers(pool.fa, 2)
@@ -127,7 +129,8 @@ def test_a_worker_joins_a_broker_that_appears_after_it_started(tmp_path: Path, e
 
 
 def test_a_killed_broker_costs_a_call_at_most_one_try_and_workers_rejoin_its_successor(
-        pool: TwoBrokers, example: dict[str, str]) -> None:
+    pool: TwoBrokers, example: dict[str, str]
+) -> None:
     keys = list(example)[:300]
     policy = RetryPolicy(timeout=0.25, retries=3)
     with Client(pool.endpoints, retry=policy) as client:
@@ -143,8 +146,11 @@ def test_a_killed_broker_costs_a_call_at_most_one_try_and_workers_rejoin_its_suc
         assert client._brokers is not None
         before = list(client._brokers.replies)
         timed_gets(client, keys, example)
-        wait_for(lambda: client.get(keys[0]) and client._brokers is not None
-                 and client._brokers.replies[0] > before[0] + 50, 10, "broker A to carry traffic again")
+        wait_for(
+            lambda: client.get(keys[0]) and client._brokers is not None and client._brokers.replies[0] > before[0] + 50,
+            10,
+            "broker A to carry traffic again",
+        )
     for worker in pool.workers:
         assert worker.popen.poll() is None
 
@@ -152,9 +158,12 @@ def test_a_killed_broker_costs_a_call_at_most_one_try_and_workers_rejoin_its_suc
 def test_a_broker_given_a_list_of_backends_asks_for_the_one_it_binds() -> None:
     # ROKV_BACKEND lists every broker for the workers of a host; the broker
     # of a host that runs both must be told which one it binds.
-    env = child_env(ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}",
-                    ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}")
-    result = subprocess.run([sys.executable, "-m", "rokv.broker"], env=env, cwd=REPO, capture_output=True,
-                            text=True, timeout=scaled(30))
+    env = child_env(
+        ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}",
+        ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "rokv.broker"], env=env, cwd=REPO, capture_output=True, text=True, timeout=scaled(30)
+    )
     assert result.returncode == 2
     assert "set ROKV_BROKER_BACKEND" in result.stderr

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from procs import REPO, child_env, scaled, wait_for
 from rokv.worker.build import build
 from rokv.worker.dataset import DatasetError, load_dataset
 from rokv.worker.store import open_store
+
+from procs import REPO, child_env, scaled, wait_for
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 K2 = "0b7e1f3a-9c4d-4e2f-a1b2-c3d4e5f60718"
@@ -24,7 +25,11 @@ K3 = "f0e1d2c3-b4a5-4968-b7a6-958473625140"
 
 def rokv(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rokv", *args], cwd=REPO, env=child_env(), capture_output=True, text=True,
+        [sys.executable, "-m", "rokv", *args],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
         timeout=scaled(60),
     )
 
@@ -37,7 +42,7 @@ BAD_JSONL = {
     "invalid key": line("nope", "v"),
     "version 1 key": line(K1.replace("-481c-", "-181c-"), "v"),
     "key not a string": line(5, "v"),
-    "value not a string": line(K1, 5) ,
+    "value not a string": line(K1, 5),
     "null value": line(K1, None),
     "lone surrogate": '{"key": "%s", "value": "a\\udc00b"}\n' % K1,
     "syntax error": '{"key": "%s", "value": "v"\n' % K1,
@@ -78,14 +83,17 @@ def test_invalid_utf8_refused_like_the_loader(tmp_path: Path) -> None:
     assert str(got.value) == str(expected.value) and "not valid UTF-8" in str(got.value)
 
 
-@pytest.mark.parametrize(("name", "content"), [
-    ("d.json", '{"%s": "a", "%s": "b"}' % (K1, K1.upper())),
-    ("d.json", '{"%s": 1}' % K1),
-    ("d.json", "[]"),
-    ("d.txt", "{}"),
-    ("d.rokv", "{}"),
-    ("missing.jsonl", None),
-])
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("d.json", '{"%s": "a", "%s": "b"}' % (K1, K1.upper())),
+        ("d.json", '{"%s": 1}' % K1),
+        ("d.json", "[]"),
+        ("d.txt", "{}"),
+        ("d.rokv", "{}"),
+        ("missing.jsonl", None),
+    ],
+)
 def test_other_refusals_match_the_loader(tmp_path: Path, name: str, content: str | None) -> None:
     src = tmp_path / name
     if content is not None:
@@ -120,13 +128,20 @@ def test_a_killed_build_leaves_no_file_at_the_target(tmp_path: Path) -> None:
             f.write(line(f"{i:08x}-0000-4000-8000-{i * 7919 % 10**12:012d}", "v" * 200))
     out = tmp_path / "out.rokv"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rokv", "build", str(src), "-o", str(out), "--quiet"], cwd=REPO, env=child_env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "rokv", "build", str(src), "-o", str(out), "--quiet"],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         # The output's temporary file appears when writing starts: kill then.
-        tmp = wait_for(lambda: [n for n in os.listdir(tmp_path) if n.startswith(".out.rokv.")], 60,
-                       "the build to start writing", interval=0.002)
+        tmp = wait_for(
+            lambda: [n for n in os.listdir(tmp_path) if n.startswith(".out.rokv.")],
+            60,
+            "the build to start writing",
+            interval=0.002,
+        )
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(scaled(10)) == -signal.SIGKILL
     finally:
@@ -176,8 +191,10 @@ def test_cli_refusals_and_exit_codes(tmp_path: Path) -> None:
     src.write_text(line(K1, "one") + line("nope", "x"))
     result = rokv("build", str(src), "-o", str(tmp_path / "s.rokv"))
     assert result.returncode == 1
-    assert result.stderr == f"rokv: {src}: line 2: invalid key: \"nope\" is not a UUID " \
-                            f"(expected 8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:)\n"
+    assert (
+        result.stderr == f'rokv: {src}: line 2: invalid key: "nope" is not a UUID '
+        f"(expected 8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:)\n"
+    )
     result = rokv("build", str(src), "-o", str(tmp_path / "s.bin"))
     assert result.returncode == 2 and "must end in .rokv" in result.stderr
     assert rokv("build", str(src)).returncode == 2  # -o is required

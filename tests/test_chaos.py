@@ -15,16 +15,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-
-from procs import free_port, seen_workers, wait_for
-from supervision import Supervisor
-
 import drivers
+import pytest
 from drivers import curve_pool_keys
 
 from rokv.security import CurvePeer
+
+from procs import free_port, seen_workers, wait_for
+from supervision import Supervisor
 
 pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` leaves these out of the inner loop
 
@@ -35,8 +33,11 @@ MIN_LOOKUPS = 50_000
 #: policies can be compared under the same faults.
 POLICY = [
     f"--{name}={os.environ[var]}"
-    for name, var in (("timeout", "ROKV_CHAOS_TIMEOUT"), ("retries", "ROKV_CHAOS_RETRIES"),
-                      ("backoff", "ROKV_CHAOS_BACKOFF"))
+    for name, var in (
+        ("timeout", "ROKV_CHAOS_TIMEOUT"),
+        ("retries", "ROKV_CHAOS_RETRIES"),
+        ("backoff", "ROKV_CHAOS_BACKOFF"),
+    )
     if var in os.environ
 ]
 
@@ -62,22 +63,33 @@ class Pool:
     def __init__(self, supervisor_factory, security: dict[str, dict[str, str]]) -> None:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.client_env = security["drivers"]
-        self.sup: Supervisor = supervisor_factory(ROKV_FRONTEND=self.endpoint, ROKV_WORKERS="2",
-                                                  ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}", **security["pool"])
+        self.sup: Supervisor = supervisor_factory(
+            ROKV_FRONTEND=self.endpoint,
+            ROKV_WORKERS="2",
+            ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}",
+            **security["pool"],
+        )
         curve = None
         if self.client_env:
             curve = CurvePeer(self.client_env["ROKV_CLIENT_SECRET"], self.client_env["ROKV_BROKER_KEY"])
         seen_workers(self.endpoint, 2, timeout=30, curve=curve)
-        wait_for(lambda: {"broker", "worker:worker_00", "worker:worker_01"} <= set(self.sup.running()), 15,
-                 "stack RUNNING")
+        wait_for(
+            lambda: {"broker", "worker:worker_00", "worker:worker_01"} <= set(self.sup.running()), 15, "stack RUNNING"
+        )
 
     def running(self) -> dict[str, int]:
         return self.sup.running()
 
 
 def start_drivers(pool: Pool) -> list[subprocess.Popen[str]]:
-    return drivers.start_drivers(pool.endpoint, count=DRIVERS, seconds=SCENARIO_SECONDS, extra=POLICY,
-                                 min_found=MIN_LOOKUPS // DRIVERS + 5_000, client_env=pool.client_env)
+    return drivers.start_drivers(
+        pool.endpoint,
+        count=DRIVERS,
+        seconds=SCENARIO_SECONDS,
+        extra=POLICY,
+        min_found=MIN_LOOKUPS // DRIVERS + 5_000,
+        client_env=pool.client_env,
+    )
 
 
 def drivers_running(drivers: list[subprocess.Popen[str]]) -> bool:
@@ -167,7 +179,7 @@ def test_a_rolling_restart_of_every_worker(supervisor_factory, security) -> None
             done = pool.sup.ctl("restart", name)
             assert "started" in done.stdout, done.stdout + done.stderr
             restarts += 1
-            wait_for(lambda: name in pool.running(), 15, f"{name} RUNNING again")
+            wait_for(lambda: name in pool.running(), 15, f"{name} RUNNING again")  # noqa: B023 - called before the loop moves on
             time.sleep(0.5)
     result = collect(drivers)
     report(f"rolling restart{label(security)}", result, f"{restarts} restarts")

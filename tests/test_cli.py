@@ -79,8 +79,14 @@ def test_get_many_reads_50000_keys_from_standard_input(stack: Stack, example: di
     # As arguments, 50,000 keys exceed what a command line holds.
     keys = [*list(example) * 5][:49_990] + [MISSING] * 10
     text = "".join(f"  {k}\t\r\n" + ("\n \n" if i % 1000 == 0 else "") for i, k in enumerate(keys))
-    result = subprocess.run([*rokv_command(), "get-many", "-", "--endpoint", stack.frontend], input=text.encode(),
-                            cwd=REPO, env=child_env(), capture_output=True, timeout=scaled(60))
+    result = subprocess.run(
+        [*rokv_command(), "get-many", "-", "--endpoint", stack.frontend],
+        input=text.encode(),
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        timeout=scaled(60),
+    )
     assert result.returncode == 1, result.stderr  # the missing ones
     lines = result.stdout.decode().splitlines()
     assert len(lines) == 50_000
@@ -89,13 +95,27 @@ def test_get_many_reads_50000_keys_from_standard_input(stack: Stack, example: di
 
 def test_get_many_from_standard_input_names_the_line_of_an_invalid_key(stack: Stack, example: dict[str, str]) -> None:
     text = f"{next(iter(example))}\n\n{MISSING}\n  bogus  \n"
-    result = subprocess.run([*rokv_command(), "get-many", "-", "--endpoint", stack.frontend], input=text.encode(),
-                            cwd=REPO, env=child_env(), capture_output=True, timeout=scaled(30))
+    result = subprocess.run(
+        [*rokv_command(), "get-many", "-", "--endpoint", stack.frontend],
+        input=text.encode(),
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        timeout=scaled(30),
+    )
     assert result.returncode == 2 and result.stdout == b""
-    assert result.stderr.decode() == 'rokv: line 4: "bogus" is not a UUID ' \
+    assert (
+        result.stderr.decode() == 'rokv: line 4: "bogus" is not a UUID '
         "(expected 8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:)\n"
-    empty = subprocess.run([*rokv_command(), "get-many", "-", "--endpoint", stack.frontend], input=b"\n  \n",
-                           cwd=REPO, env=child_env(), capture_output=True, timeout=scaled(30))
+    )
+    empty = subprocess.run(
+        [*rokv_command(), "get-many", "-", "--endpoint", stack.frontend],
+        input=b"\n  \n",
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        timeout=scaled(30),
+    )
     assert (empty.returncode, empty.stdout) == (0, b"")
     mixed = rokv("get-many", MISSING, "-", "--endpoint", stack.frontend)
     assert mixed.returncode == 2 and b"not both" in mixed.stderr
@@ -184,7 +204,9 @@ def test_keygen_refuses_to_overwrite_a_key(tmp_path: Path) -> None:
 
 EXIT_CODES = {
     "get": "0 found, 1 not found, 2 invalid key or bad usage, 3 service unavailable, 4 request refused",
-    "get-many": "0 all found, 1 some not found, 2 an invalid key or bad usage, 3 service unavailable, 4 request refused",
+    "get-many": (
+        "0 all found, 1 some not found, 2 an invalid key or bad usage, 3 service unavailable, 4 request refused"
+    ),
     "ping": "0 answered, 2 bad usage, 3 service unavailable, 4 request refused",
     "keygen": "0 written, 2 a key file exists or cannot be written, or bad usage",
     "top": "0 done (or stopped with Ctrl-C), 2 bad usage or prometheus_client missing, 3 (with --once) a host "
@@ -210,4 +232,4 @@ def test_every_subcommand_is_covered_by_the_exit_code_test() -> None:
     from rokv.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == set(EXIT_CODES)  # type: ignore[arg-type]
+    assert set(sub.choices) == set(EXIT_CODES)  # type: ignore[arg-type]  # argparse types choices loosely

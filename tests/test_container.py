@@ -36,11 +36,18 @@ BASE = os.environ.get("ROKV_TEST_DOCKER_BASE", "rokv-base:bookworm")
 
 
 def docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=scaled(timeout),
-                            env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    result = subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=scaled(timeout),
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args[:3])} failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"docker {' '.join(args[:3])} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -81,8 +88,9 @@ def image() -> Iterator[str]:
 class Container:
     """One container started by a test, removed after it."""
 
-    def __init__(self, image: str, *args: str, command: tuple[str, ...] = (),
-                 registry: list[Container] | None = None) -> None:
+    def __init__(
+        self, image: str, *args: str, command: tuple[str, ...] = (), registry: list[Container] | None = None
+    ) -> None:
         self.name = f"rokv-test-{uuid.uuid4().hex[:12]}"
         if registry is not None:
             registry.append(self)  # before the run: a container made but not started is removed too
@@ -122,6 +130,7 @@ def test_the_image_serves_every_role_in_one_container_and_stops_cleanly_on_sigte
             return requests.get(f"{url}/healthz", timeout=5).status_code == 200
         except requests.ConnectionError:
             return False
+
     wait_for(healthy, 60, f"the container's gateway to answer /healthz\n{c.logs()}", interval=0.2)
 
     keys = list(example)[:100]
@@ -134,8 +143,7 @@ def test_the_image_serves_every_role_in_one_container_and_stops_cleanly_on_sigte
         assert kv.get_many(keys) == [example[k] for k in keys]
 
     assert docker("exec", c.name, "id", "-u").stdout.strip() != "0"
-    tools = docker("exec", c.name, "sh", "-c", "command -v gcc cc make pip pip3; python3 -m pip --version",
-                   check=False)
+    tools = docker("exec", c.name, "sh", "-c", "command -v gcc cc make pip pip3; python3 -m pip --version", check=False)
     assert tools.stdout.strip() == "" and tools.returncode != 0, tools.stdout
     assert docker("exec", c.name, "rokv-container", "health").returncode == 0
     wait_for(lambda: c.state().get("Health", {}).get("Status") == "healthy", 60, "docker to report healthy")
@@ -158,6 +166,7 @@ def test_the_image_serves_every_role_in_one_container_and_stops_cleanly_on_sigte
                 if (res.status_code, res.json()) != (200, {"value": example[key]}):
                     wrong.append(f"{res.status_code} {res.text[:200]}")
                 answered[0] += 1
+
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
@@ -182,19 +191,39 @@ def test_the_image_serves_every_role_in_one_container_and_stops_cleanly_on_sigte
         assert f"stopped: {program} (exit status 0)" in logs, logs
 
 
-def test_the_compose_layout_two_brokers_a_worker_container_and_a_gateway(image: str, containers: list[Container],
-                                                                         example: dict[str, str]) -> None:
+def test_the_compose_layout_two_brokers_a_worker_container_and_a_gateway(
+    image: str, containers: list[Container], example: dict[str, str]
+) -> None:
     # compose.yaml's services, started with plain docker (no compose here).
     network = f"rokv-test-{uuid.uuid4().hex[:12]}"
     docker("network", "create", network)
     try:
         b1 = Container(image, "--network", network, "-e", "ROKV_ROLE=broker", registry=containers)
         b2 = Container(image, "--network", network, "-e", "ROKV_ROLE=broker", registry=containers)
-        workers = Container(image, "--network", network, "-e", "ROKV_ROLE=worker", "-e", "ROKV_WORKERS=2",
-                            "-e", f"ROKV_BACKEND=tcp://{b1.name}:5556,tcp://{b2.name}:5556", registry=containers)
-        gateway = Container(image, "--network", network, "-e", "ROKV_ROLE=http", "-e",
-                            f"ROKV_ENDPOINT=tcp://{b1.name}:5555,tcp://{b2.name}:5555", "-p", "127.0.0.1::8080",
-                            registry=containers)
+        workers = Container(
+            image,
+            "--network",
+            network,
+            "-e",
+            "ROKV_ROLE=worker",
+            "-e",
+            "ROKV_WORKERS=2",
+            "-e",
+            f"ROKV_BACKEND=tcp://{b1.name}:5556,tcp://{b2.name}:5556",
+            registry=containers,
+        )
+        gateway = Container(
+            image,
+            "--network",
+            network,
+            "-e",
+            "ROKV_ROLE=http",
+            "-e",
+            f"ROKV_ENDPOINT=tcp://{b1.name}:5555,tcp://{b2.name}:5555",
+            "-p",
+            "127.0.0.1::8080",
+            registry=containers,
+        )
         url = f"http://127.0.0.1:{gateway.port(8080)}"
 
         def healthy() -> bool:
@@ -202,14 +231,17 @@ def test_the_compose_layout_two_brokers_a_worker_container_and_a_gateway(image: 
                 return requests.get(f"{url}/healthz", timeout=5).status_code == 200
             except requests.ConnectionError:
                 return False
+
         wait_for(healthy, 60, f"the gateway container to answer /healthz\n{gateway.logs()}", interval=0.2)
         keys = list(example)[100:300]
         with requests.Session() as http:
             assert http.post(f"{url}/get_values", json={"keys": keys}, timeout=10).json() == {
-                "values": [example[k] for k in keys]}
+                "values": [example[k] for k in keys]
+            }
             # The worker container runs workers only, under supervisor.
-            status = docker("exec", workers.name, "supervisorctl", "-c", "/app/supervisord.conf", "status",
-                            check=False).stdout
+            status = docker(
+                "exec", workers.name, "supervisorctl", "-c", "/app/supervisord.conf", "status", check=False
+            ).stdout
             assert "worker:worker_00" in status and "worker:worker_01" in status and "broker" not in status
             assert "http" not in status, status
             for c in (b1, b2, workers, gateway):
@@ -231,17 +263,33 @@ def test_the_compose_layout_two_brokers_a_worker_container_and_a_gateway(image: 
         docker("network", "rm", network, check=False)
 
 
-def test_broker_worker_and_gateway_roles_in_containers_of_their_own(image: str, containers: list[Container],
-                                                                     example: dict[str, str]) -> None:
+def test_broker_worker_and_gateway_roles_in_containers_of_their_own(
+    image: str, containers: list[Container], example: dict[str, str]
+) -> None:
     network = f"rokv-test-{uuid.uuid4().hex[:12]}"
     docker("network", "create", network)
     try:
         broker = Container(image, "--network", network, "-e", "ROKV_ROLE=broker", registry=containers)
         # A command after the image replaces the role: one worker process.
-        Container(image, "--network", network, command=("rokv-worker", "--backend", f"tcp://{broker.name}:5556"),
-                  registry=containers)
-        gateway = Container(image, "--network", network, "-e", "ROKV_ROLE=http", "-e",
-                            f"ROKV_ENDPOINT=tcp://{broker.name}:5555", "-p", "127.0.0.1::8080", registry=containers)
+        Container(
+            image,
+            "--network",
+            network,
+            command=("rokv-worker", "--backend", f"tcp://{broker.name}:5556"),
+            registry=containers,
+        )
+        gateway = Container(
+            image,
+            "--network",
+            network,
+            "-e",
+            "ROKV_ROLE=http",
+            "-e",
+            f"ROKV_ENDPOINT=tcp://{broker.name}:5555",
+            "-p",
+            "127.0.0.1::8080",
+            registry=containers,
+        )
         url = f"http://127.0.0.1:{gateway.port(8080)}"
 
         def healthy() -> bool:
@@ -249,6 +297,7 @@ def test_broker_worker_and_gateway_roles_in_containers_of_their_own(image: str, 
                 return requests.get(f"{url}/healthz", timeout=5).status_code == 200
             except requests.ConnectionError:
                 return False
+
         wait_for(healthy, 60, f"the gateway container to answer /healthz\n{gateway.logs()}", interval=0.2)
         keys = list(example)[100:150]
         res = requests.post(f"{url}/get_values", json={"keys": keys}, timeout=10)

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from procs import child_env, free_port, scaled, seen_workers, wait_for
-from supervision import Supervisor
-
 from rokv import Client, ServiceUnavailable
+from rokv.exitcodes import Exit
 from rokv.keys import random_key
 from rokv.worker import deploy
 from rokv.worker.build import build
-from rokv.exitcodes import Exit
 from rokv.worker.deploy import target_for
 from rokv.worker.store import HEADER_SIZE, open_store, read_header
 from rokv.worker.supervisor_rpc import Supervisor as SupervisorRPC
+
+from procs import child_env, free_port, scaled, seen_workers, wait_for
+from supervision import Supervisor
 
 pytestmark = pytest.mark.slow  # every test here runs the real supervisord under load
 
@@ -78,7 +78,7 @@ class Load:
                 batch = rng.sample(self.keys, 20)
                 try:
                     values = client.get_many(batch) if rng.random() < 0.5 else [client.get(batch[0])]
-                except Exception as exc:  # every kind counts as a failed lookup
+                except Exception as exc:  # noqa: BLE001 - every kind counts as a failed lookup
                     with self._lock:
                         self.failures.append(repr(exc))
                     continue
@@ -106,8 +106,11 @@ def test_rolling_dataset_swap_under_load_fails_no_lookup(supervisor_factory, tmp
         ROKV_WORKERS="2", ROKV_DATA=str(current), ROKV_FRONTEND=frontend, ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}"
     )
     seen_workers(frontend, 2, timeout=30)
-    workers = wait_for(lambda: (r := {n: p for n, p in sup.running().items() if n.startswith("worker:")})
-                       and len(r) == 2 and r, 15, "two workers RUNNING")
+    workers = wait_for(
+        lambda: (r := {n: p for n, p in sup.running().items() if n.startswith("worker:")}) and len(r) == 2 and r,
+        15,
+        "two workers RUNNING",
+    )
 
     allowed = {k: {f"one {i} é", f"two {i} é"} for i, k in enumerate(all_keys)}
     load = Load(frontend, all_keys, allowed)
@@ -119,9 +122,10 @@ def test_rolling_dataset_swap_under_load_fails_no_lookup(supervisor_factory, tmp
         for name in sorted(workers):  # one at a time: the other keeps serving
             result = sup.ctl("restart", name)
             assert result.returncode == 0, result.stdout + result.stderr
-            new_pid = wait_for(lambda: (p := sup.running().get(name)) and p != workers[name] and p, 20,
-                               f"{name} to run again")
-            wait_for(lambda: new_pid in answering_pids(frontend, digest2), 20, f"{name} to serve v2")
+            new_pid = wait_for(
+                lambda n=name: (p := sup.running().get(n)) and p != workers[n] and p, 20, f"{name} to run again"
+            )
+            wait_for(lambda pid=new_pid: pid in answering_pids(frontend, digest2), 20, f"{name} to serve v2")
         before = load.lookups
         wait_for(lambda: load.lookups > before + 500, 30, "the load to run on v2")
     finally:
@@ -162,8 +166,12 @@ def rokv_deploy(sup: Supervisor, *args: str, script: str | None = None) -> subpr
     (or ``script``, a Python program that runs it, given ARGS in sys.argv)."""
     command = ["-m", "rokv", "deploy"] if script is None else ["-c", script]
     return subprocess.run(
-        [sys.executable, *command, *args, "-c", str(sup.conf)], cwd=sup.conf.parent, env=child_env(),
-        capture_output=True, text=True, timeout=scaled(120),
+        [sys.executable, *command, *args, "-c", str(sup.conf)],
+        cwd=sup.conf.parent,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
     )
 
 
@@ -180,7 +188,9 @@ class Service:
         point(self.link, self.v1)
         self.frontend = f"tcp://127.0.0.1:{free_port()}"
         self.sup: Supervisor = supervisor_factory(
-            ROKV_WORKERS="2", ROKV_DATA=str(self.link), ROKV_FRONTEND=self.frontend,
+            ROKV_WORKERS="2",
+            ROKV_DATA=str(self.link),
+            ROKV_FRONTEND=self.frontend,
             ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}",
         )
         seen_workers(self.frontend, 2, timeout=30)
@@ -188,12 +198,27 @@ class Service:
 
     def workers(self) -> dict[str, int]:
         """The RUNNING workers' pids, once both run."""
-        return wait_for(lambda: (r := {n: p for n, p in self.sup.running().items() if n.startswith("worker:")})
-                        and len(r) == 2 and r, 15, "two workers RUNNING")
+        return wait_for(
+            lambda: (
+                (r := {n: p for n, p in self.sup.running().items() if n.startswith("worker:")}) and len(r) == 2 and r
+            ),
+            15,
+            "two workers RUNNING",
+        )
 
     def deploy(self, new: Path, *extra: str, script: str | None = None) -> subprocess.CompletedProcess[str]:
-        return rokv_deploy(self.sup, str(new), "--link", str(self.link), "--endpoint", self.frontend,
-                           "--timeout", str(scaled(30)), *extra, script=script)
+        return rokv_deploy(
+            self.sup,
+            str(new),
+            "--link",
+            str(self.link),
+            "--endpoint",
+            self.frontend,
+            "--timeout",
+            str(scaled(30)),
+            *extra,
+            script=script,
+        )
 
     def load(self, *tags: str) -> Load:
         allowed = {k: {f"{tag} {i} é" for tag in tags} for i, k in enumerate(self.keys)}
@@ -206,7 +231,7 @@ def corrupt_index(good: Path, out: Path) -> Path:
     """A copy of ``good`` whose header is intact (so ``rokv inspect`` and
     ``--no-verify`` accept it) but whose bucket table a worker refuses."""
     data = bytearray(good.read_bytes())
-    data[HEADER_SIZE:HEADER_SIZE + 4] = struct.pack("<I", 1)  # the table must start at 0
+    data[HEADER_SIZE : HEADER_SIZE + 4] = struct.pack("<I", 1)  # the table must start at 0
     out.write_bytes(bytes(data))
     read_header(out)
     return out
@@ -364,8 +389,19 @@ def test_deploy_rolls_back_when_stopped_by_sigterm(supervisor_factory, tmp_path:
     pool = Service(supervisor_factory, tmp_path)
     load = pool.load("one", "two")
     try:
-        command = [sys.executable, "-m", "rokv", "deploy", str(pool.v2), "--link", str(pool.link),
-                   "--endpoint", pool.frontend, "-c", str(pool.sup.conf)]
+        command = [
+            sys.executable,
+            "-m",
+            "rokv",
+            "deploy",
+            str(pool.v2),
+            "--link",
+            str(pool.link),
+            "--endpoint",
+            pool.frontend,
+            "-c",
+            str(pool.sup.conf),
+        ]
         proc = subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None
@@ -375,8 +411,11 @@ def test_deploy_rolls_back_when_stopped_by_sigterm(supervisor_factory, tmp_path:
                 if line.startswith("worker:worker_00: pid"):
                     break
             # Stopped while the second worker restarts (at least its 1 s of startsecs).
-            wait_for(lambda: pool.sup.running().get("worker:worker_01") != pool.pids["worker:worker_01"], 15,
-                     "worker_01's restart to begin")
+            wait_for(
+                lambda: pool.sup.running().get("worker:worker_01") != pool.pids["worker:worker_01"],
+                15,
+                "worker_01's restart to begin",
+            )
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=scaled(60))
         finally:
@@ -421,8 +460,14 @@ def test_deploy_usage_errors_change_nothing(tmp_path: Path) -> None:
     conf.write_text(f"[supervisorctl]\nserverurl=unix://{tmp_path}/nobody.sock\n")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "rokv", "deploy", *args], cwd=tmp_path, env=child_env(),
-                              capture_output=True, text=True, timeout=scaled(30))
+        return subprocess.run(
+            [sys.executable, "-m", "rokv", "deploy", *args],
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=scaled(30),
+        )
 
     result = run(str(v2), "-c", str(conf))  # no --link, no ROKV_DATA
     assert result.returncode == Exit.USAGE and "give --link or set ROKV_DATA" in result.stderr

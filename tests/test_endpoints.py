@@ -11,11 +11,19 @@ import pytest
 
 from rokv import AsyncClient, Client
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoint
+
 from procs import REPO, child_env, free_port, scaled
 
 GOOD = [
-    "tcp://127.0.0.1:5555", "tcp://localhost:1", "tcp://*:65535", "tcp://[::1]:5555", "tcp://[fe80::1%eth0]:5555",
-    "tcp://eth0;192.0.2.1:5555", "tcp://rokv.example.com:5555", "ipc:///tmp/rokv.sock", "ipc://@abstract",
+    "tcp://127.0.0.1:5555",
+    "tcp://localhost:1",
+    "tcp://*:65535",
+    "tcp://[::1]:5555",
+    "tcp://[fe80::1%eth0]:5555",
+    "tcp://eth0;192.0.2.1:5555",
+    "tcp://rokv.example.com:5555",
+    "ipc:///tmp/rokv.sock",
+    "ipc://@abstract",
     "inproc://rokv-test",
 ]
 
@@ -61,7 +69,7 @@ def test_the_transports_can_be_narrowed_and_a_non_string_is_refused() -> None:
     with pytest.raises(ValueError, match="'inproc' is not supported here: expected tcp://HOST:PORT or ipc://PATH"):
         check_endpoint("inproc://x", transports=PROCESS_TRANSPORTS)
     with pytest.raises(ValueError, match="must be a string, not int"):
-        check_endpoint(5555)  # type: ignore[arg-type]
+        check_endpoint(5555)  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 def test_both_clients_refuse_a_bad_endpoint_at_construction() -> None:
@@ -78,8 +86,14 @@ def test_both_clients_refuse_a_bad_endpoint_at_construction() -> None:
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=child_env(**env), capture_output=True,
-                          text=True, timeout=scaled(30))
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env=child_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
 
 
 MISSING = "11111111-2222-4333-8444-555555555555"

@@ -19,8 +19,12 @@ ROUTE = b"\x00route"
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats()
-    | st.text(max_size=50) | st.binary(max_size=50),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=50)
+    | st.binary(max_size=50),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=20,
 )
@@ -32,8 +36,9 @@ request_like = st.fixed_dictionaries(
         "id": st.one_of(st.integers(min_value=0, max_value=2**64 - 1), msgpack_values),
         "op": st.one_of(st.sampled_from(["get", "mget", "ping"]), msgpack_values),
         "key": st.one_of(st.just(K), st.text(max_size=40), msgpack_values),
-        "keys": st.one_of(st.lists(st.one_of(st.just(K), st.text(max_size=40), msgpack_values), max_size=8),
-                          msgpack_values),
+        "keys": st.one_of(
+            st.lists(st.one_of(st.just(K), st.text(max_size=40), msgpack_values), max_size=8), msgpack_values
+        ),
     },
 )
 

@@ -34,8 +34,11 @@ class Gateway:
     def __init__(self, log_dir: Path, endpoint: str, *extra: str, name: str = "gateway") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = Proc(name, [sys.executable, "-m", "rokv.gateway", "--bind", f"127.0.0.1:{self.port}",
-                                "--endpoint", endpoint, *extra], log_dir)
+        self.proc = Proc(
+            name,
+            [sys.executable, "-m", "rokv.gateway", "--bind", f"127.0.0.1:{self.port}", "--endpoint", endpoint, *extra],
+            log_dir,
+        )
 
     def wait_listening(self) -> Gateway:
         def up() -> bool:
@@ -45,13 +48,17 @@ class Gateway:
                 return True
             except requests.ConnectionError:
                 return False
+
         wait_for(up, 30, f"rokv-http to listen on {self.url}", interval=0.1)
         return self
 
     def wait_healthy(self) -> Gateway:
         self.wait_listening()
-        wait_for(lambda: requests.get(f"{self.url}/healthz", timeout=5).status_code == 200, 30,
-                 "rokv-http /healthz to answer 200")
+        wait_for(
+            lambda: requests.get(f"{self.url}/healthz", timeout=5).status_code == 200,
+            30,
+            "rokv-http /healthz to answer 200",
+        )
         return self
 
 
@@ -108,16 +115,29 @@ def test_the_seed_readme_curl_command_works_unchanged(gateway: Gateway, example:
         pytest.skip("curl is not installed")
     key = list(example)[1]
     result = subprocess.run(
-        ["curl", f"http://localhost:{gateway.port}/get_value", "-d", json.dumps({"key": key}, separators=(",", ":")),
-         "-X", "POST", "-H", "Content-Type: application/json"],
-        capture_output=True, text=True, timeout=scaled(30),
+        [
+            "curl",
+            f"http://localhost:{gateway.port}/get_value",
+            "-d",
+            json.dumps({"key": key}, separators=(",", ":")),
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"value": example[key]}
 
 
-@pytest.mark.parametrize("form", [str.upper, lambda k: "{" + k + "}", lambda k: "urn:uuid:" + k,
-                                  lambda k: k.replace("-", "")], ids=["upper", "braces", "urn", "hex32"])
+@pytest.mark.parametrize(
+    "form",
+    [str.upper, lambda k: "{" + k + "}", lambda k: "urn:uuid:" + k, lambda k: k.replace("-", "")],
+    ids=["upper", "braces", "urn", "hex32"],
+)
 def test_every_key_form_rokv_accepts_is_accepted(gateway: Gateway, example: dict[str, str], form) -> None:
     key, value = list(example.items())[2]
     res = post(gateway, "/get_value", json={"key": form(key)})
@@ -130,19 +150,22 @@ def test_a_valid_key_not_in_the_dataset_is_404_with_a_message(gateway: Gateway) 
     assert MISSING in message_of(res) and "not found" in message_of(res)
 
 
-@pytest.mark.parametrize("key, why", [
-    ("nope", "not a UUID"),
-    ("", "not a UUID"),
-    ("8a35eb59-62b3-181c-8875-1f248df4c952", "version 1"),
-    ("8a35eb59-62b3-481c-c875-1f248df4c952", "variant"),
-    ("8a35eb59_62b3_481c_8875_1f248df4c952", "not a UUID"),
-    ("x" * 5000, "not a UUID"),
-    (5, "not a number"),
-    (None, "not null"),
-    ([MISSING], "not an array"),
-    ({"key": MISSING}, "not an object"),
-    (True, "not a boolean"),
-])
+@pytest.mark.parametrize(
+    "key, why",
+    [
+        ("nope", "not a UUID"),
+        ("", "not a UUID"),
+        ("8a35eb59-62b3-181c-8875-1f248df4c952", "version 1"),
+        ("8a35eb59-62b3-481c-c875-1f248df4c952", "variant"),
+        ("8a35eb59_62b3_481c_8875_1f248df4c952", "not a UUID"),
+        ("x" * 5000, "not a UUID"),
+        (5, "not a number"),
+        (None, "not null"),
+        ([MISSING], "not an array"),
+        ({"key": MISSING}, "not an object"),
+        (True, "not a boolean"),
+    ],
+)
 def test_an_invalid_key_is_422_saying_why(gateway: Gateway, key: object, why: str) -> None:
     res = post(gateway, "/get_value", json={"key": key})
     assert res.status_code == 422
@@ -151,18 +174,21 @@ def test_an_invalid_key_is_422_saying_why(gateway: Gateway, key: object, why: st
     assert len(message) < 300  # a long key is cut in the message
 
 
-@pytest.mark.parametrize("body, why", [
-    (b"", "no body"),
-    (b"   ", "no body"),
-    (b"key=8a35eb59-62b3-481c-8875-1f248df4c952", "not valid JSON"),
-    (b'{"key": "8a35eb59-62b3-481c-8875-1f248df4c952"', "not valid JSON"),
-    (b"\xff\xfe{}", "not valid JSON"),
-    (b"[" * 100_000, "not valid JSON"),
-    (b'["8a35eb59-62b3-481c-8875-1f248df4c952"]', "an array, not a JSON object"),
-    (b'"8a35eb59-62b3-481c-8875-1f248df4c952"', "a string, not a JSON object"),
-    (b'{"kee": "8a35eb59-62b3-481c-8875-1f248df4c952"}', 'no "key" field'),
-    (b"{}", 'no "key" field'),
-])
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        (b"", "no body"),
+        (b"   ", "no body"),
+        (b"key=8a35eb59-62b3-481c-8875-1f248df4c952", "not valid JSON"),
+        (b'{"key": "8a35eb59-62b3-481c-8875-1f248df4c952"', "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b"[" * 100_000, "not valid JSON"),
+        (b'["8a35eb59-62b3-481c-8875-1f248df4c952"]', "an array, not a JSON object"),
+        (b'"8a35eb59-62b3-481c-8875-1f248df4c952"', "a string, not a JSON object"),
+        (b'{"kee": "8a35eb59-62b3-481c-8875-1f248df4c952"}', 'no "key" field'),
+        (b"{}", 'no "key" field'),
+    ],
+)
 def test_a_missing_or_broken_body_is_422_saying_why(gateway: Gateway, body: bytes, why: str) -> None:
     res = post(gateway, "/get_value", data=body, headers={"Content-Type": "application/json"})
     assert res.status_code == 422
@@ -176,10 +202,16 @@ def test_a_body_without_a_json_content_type_is_still_read(gateway: Gateway, exam
     assert (res.status_code, res.json()) == (200, {"value": example[key]})
 
 
-@pytest.mark.parametrize("method, path, allow", [
-    ("GET", "/get_value", "POST"), ("PUT", "/get_value", "POST"), ("DELETE", "/get_values", "POST"),
-    ("GET", "/get_values", "POST"), ("POST", "/healthz", "GET, HEAD"),
-])
+@pytest.mark.parametrize(
+    "method, path, allow",
+    [
+        ("GET", "/get_value", "POST"),
+        ("PUT", "/get_value", "POST"),
+        ("DELETE", "/get_values", "POST"),
+        ("GET", "/get_values", "POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+    ],
+)
 def test_a_wrong_method_is_405_naming_the_right_one(gateway: Gateway, method: str, path: str, allow: str) -> None:
     res = requests.request(method, f"{gateway.url}{path}", timeout=10)
     assert res.status_code == 405
@@ -193,14 +225,15 @@ def test_an_unknown_path_is_404_listing_the_endpoints(gateway: Gateway) -> None:
     assert "/get_value" in message_of(res)
 
 
-def test_pipelined_requests_on_one_connection_are_answered_in_order(gateway: Gateway,
-                                                                    example: dict[str, str]) -> None:
+def test_pipelined_requests_on_one_connection_are_answered_in_order(gateway: Gateway, example: dict[str, str]) -> None:
     # Responses leave in one write per event-loop turn (gateway/protocol.py):
     # several on one connection must still come whole and in order.
     keys = list(example)[10:16]
     requests_bytes = b"".join(
         b"POST /get_value HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(body), body) for body in (json.dumps({"key": k}).encode() for k in keys))
+        % (len(body), body)
+        for body in (json.dumps({"key": k}).encode() for k in keys)
+    )
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as conn:
         conn.sendall(requests_bytes)
         received = b""
@@ -220,8 +253,16 @@ def test_a_batch_is_aligned_with_null_for_missing_keys(gateway: Gateway, example
     asked = [keys[0], MISSING, keys[1].upper(), "{" + keys[2] + "}", keys[0], *keys[3:]]
     res = post(gateway, "/get_values", json={"keys": asked})
     assert res.status_code == 200
-    assert res.json() == {"values": [example[keys[0]], None, example[keys[1]], example[keys[2]], example[keys[0]],
-                                     *(example[k] for k in keys[3:])]}
+    assert res.json() == {
+        "values": [
+            example[keys[0]],
+            None,
+            example[keys[1]],
+            example[keys[2]],
+            example[keys[0]],
+            *(example[k] for k in keys[3:]),
+        ]
+    }
 
 
 def test_an_empty_batch_is_an_empty_list(gateway: Gateway) -> None:
@@ -229,19 +270,31 @@ def test_an_empty_batch_is_an_empty_list(gateway: Gateway) -> None:
     assert (res.status_code, res.json()) == (200, {"values": []})
 
 
-@pytest.mark.parametrize("bad, why", [("nope", f"keys[2]: {show_key('nope')} is not a UUID"),
-                                      (7, "keys[2] must be a string"),
-                                      (None, "keys[2] must be a string")])
-def test_one_invalid_key_in_a_batch_is_422_naming_it(gateway: Gateway, example: dict[str, str], bad: object,
-                                                    why: str) -> None:
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("nope", f"keys[2]: {show_key('nope')} is not a UUID"),
+        (7, "keys[2] must be a string"),
+        (None, "keys[2] must be a string"),
+    ],
+)
+def test_one_invalid_key_in_a_batch_is_422_naming_it(
+    gateway: Gateway, example: dict[str, str], bad: object, why: str
+) -> None:
     keys = list(example)[:5]
     res = post(gateway, "/get_values", json={"keys": [keys[0], MISSING, bad, keys[1]]})
     assert res.status_code == 422
     assert why in message_of(res), message_of(res)
 
 
-@pytest.mark.parametrize("body, why", [({"keys": MISSING}, '"keys" must be an array'), ({"key": [MISSING]},
-                                       'no "keys" field'), ([MISSING], "not a JSON object")])
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        ({"keys": MISSING}, '"keys" must be an array'),
+        ({"key": [MISSING]}, 'no "keys" field'),
+        ([MISSING], "not a JSON object"),
+    ],
+)
 def test_a_batch_body_of_the_wrong_shape_is_422(gateway: Gateway, body: object, why: str) -> None:
     res = post(gateway, "/get_values", json=body)
     assert res.status_code == 422
@@ -269,6 +322,7 @@ def test_a_body_over_the_size_limit_is_413_and_the_gateway_lives_on(gateway: Gat
         for _ in range(30_000):
             yield json.dumps(MISSING).encode() + b", "
         yield b'"x"]}'
+
     res = post(gateway, "/get_values", data=chunks())
     assert res.status_code == 413
     key = next(iter(example))
@@ -311,8 +365,7 @@ def test_with_the_pool_down_healthz_and_lookups_are_503(make_gateway) -> None:
     assert post(g, "/get_value", json={"key": "nope"}).status_code == 422
 
 
-def test_sigterm_answers_the_requests_in_flight_then_exits_0(make_stack, make_gateway,
-                                                             example: dict[str, str]) -> None:
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(make_stack, make_gateway, example: dict[str, str]) -> None:
     stack = make_stack().wait_ready()
     g = make_gateway(stack.frontend).wait_healthy()
     keys = list(example)[:24]
@@ -364,8 +417,9 @@ def test_a_concurrent_mix_gets_every_answer_right(gateway: Gateway, example: dic
                     res = session.post(f"{gateway.url}/get_value", json={"key": key}, timeout=10)
                     want = (422, {"message": f"{show_key(key)} is not a UUID (expected {FORMS})"})
                 else:
-                    batch = [rng.choice(keys) if rng.random() < 0.8 else random_key(rng)
-                             for _ in range(rng.randint(1, 200))]
+                    batch = [
+                        rng.choice(keys) if rng.random() < 0.8 else random_key(rng) for _ in range(rng.randint(1, 200))
+                    ]
                     res = session.post(f"{gateway.url}/get_values", json={"keys": batch}, timeout=10)
                     want = (200, {"values": [example.get(k) for k in batch]})
                 got = (res.status_code, res.json())
@@ -383,10 +437,16 @@ def test_a_concurrent_mix_gets_every_answer_right(gateway: Gateway, example: dic
 # ------------------------------------------------------------ settings
 
 
-@pytest.mark.parametrize("text, bind", [
-    ("0.0.0.0:9000", Bind("0.0.0.0", 9000)), ("localhost", Bind("localhost", 8080)),
-    (":9001", Bind("127.0.0.1", 9001)), ("[::1]:9002", Bind("::1", 9002)), ("[::]", Bind("::", 8080)),
-])
+@pytest.mark.parametrize(
+    "text, bind",
+    [
+        ("0.0.0.0:9000", Bind("0.0.0.0", 9000)),
+        ("localhost", Bind("localhost", 8080)),
+        (":9001", Bind("127.0.0.1", 9001)),
+        ("[::1]:9002", Bind("::1", 9002)),
+        ("[::]", Bind("::", 8080)),
+    ],
+)
 def test_rokv_http_forms(text: str, bind: Bind) -> None:
     assert parse_bind(text) == bind
 
@@ -405,21 +465,31 @@ def test_the_endpoint_defaults_to_this_hosts_broker() -> None:
     assert endpoint_from_env({"ROKV_FRONTEND": "tcp://*:6000", "ROKV_ENDPOINT": both}) == both
 
 
-@pytest.mark.parametrize("env, said", [({"ROKV_HTTP": "nowhere:http"}, "ROKV_HTTP='nowhere:http'"),
-                                       ({"ROKV_HTTP_WORKERS": "0"}, "ROKV_HTTP_WORKERS='0'"),
-                                       ({"ROKV_HTTP_MAX_BODY": "1k"}, "ROKV_HTTP_MAX_BODY='1k'")])
+@pytest.mark.parametrize(
+    "env, said",
+    [
+        ({"ROKV_HTTP": "nowhere:http"}, "ROKV_HTTP='nowhere:http'"),
+        ({"ROKV_HTTP_WORKERS": "0"}, "ROKV_HTTP_WORKERS='0'"),
+        ({"ROKV_HTTP_MAX_BODY": "1k"}, "ROKV_HTTP_MAX_BODY='1k'"),
+    ],
+)
 def test_a_bad_setting_exits_2_with_the_reason(env: dict[str, str], said: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "rokv.gateway"], env=child_env(**env), capture_output=True,
-                            text=True, timeout=scaled(30))
+    result = subprocess.run(
+        [sys.executable, "-m", "rokv.gateway"], env=child_env(**env), capture_output=True, text=True, timeout=scaled(30)
+    )
     assert result.returncode == 2
     assert said in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_bad_endpoint_stops_the_start_with_the_reason(tmp_path: Path) -> None:
     port = free_port()
-    result = subprocess.run([sys.executable, "-m", "rokv.gateway", "--bind", f"127.0.0.1:{port}",
-                             "--endpoint", "nonsense"], env=child_env(), capture_output=True, text=True,
-                            timeout=scaled(30))
+    result = subprocess.run(
+        [sys.executable, "-m", "rokv.gateway", "--bind", f"127.0.0.1:{port}", "--endpoint", "nonsense"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
     assert result.returncode == 1
     assert "nonsense" in result.stderr
 

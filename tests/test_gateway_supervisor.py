@@ -18,8 +18,11 @@ def test_rokv_http_adds_a_supervised_gateway_that_asks_this_hosts_broker(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # No ROKV_ENDPOINT: the gateway finds the broker through ROKV_FRONTEND.
-    sup = supervisor_factory(ROKV_HTTP=f"127.0.0.1:{port}", ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
-                             ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}")
+    sup = supervisor_factory(
+        ROKV_HTTP=f"127.0.0.1:{port}",
+        ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
+        ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}",
+    )
     wanted = {"pool", "broker", "worker:worker_00", "worker:worker_01", "http"}
     running = wait_for(lambda: (r := sup.running()) and set(r) == wanted and r, 30, "the pool and http RUNNING")
     assert sup.status_code() == 0
@@ -29,6 +32,7 @@ def test_rokv_http_adds_a_supervised_gateway_that_asks_this_hosts_broker(
             return requests.get(f"{url}/healthz", timeout=5).status_code == 200
         except requests.ConnectionError:
             return False
+
     wait_for(healthy, 30, "the gateway's /healthz to answer 200")
     key = next(iter(example))
     assert requests.post(f"{url}/get_value", json={"key": key}, timeout=10).json() == {"value": example[key]}
@@ -46,15 +50,19 @@ def test_rokv_http_adds_a_supervised_gateway_that_asks_this_hosts_broker(
 
 
 def test_without_rokv_http_there_is_no_gateway(supervisor_factory) -> None:
-    sup = supervisor_factory(ROKV_WORKERS="1", ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
-                             ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}")
+    sup = supervisor_factory(
+        ROKV_WORKERS="1", ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}", ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}"
+    )
     wait_for(lambda: set(sup.running()) == {"pool", "broker", "worker:worker_00"}, 30, "the pool RUNNING")
     assert "http" not in sup.status()
 
 
 def test_a_bad_rokv_http_starts_nothing_and_says_why(supervisor_factory) -> None:
-    sup = supervisor_factory(ROKV_HTTP="0.0.0.0:http", ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
-                             ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}")
+    sup = supervisor_factory(
+        ROKV_HTTP="0.0.0.0:http",
+        ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
+        ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}",
+    )
     # The reason, not the FATAL state: on a loaded machine rokv-pool may take
     # over startsecs (1 s) to refuse, and supervisor then retries it for good.
     wait_for(lambda: "ROKV_HTTP='0.0.0.0:http'" in sup.ctl("tail", "pool").stdout, 30, "the refusal in pool's log")

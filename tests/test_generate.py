@@ -213,9 +213,7 @@ def test_output_mode_follows_the_umask(tmp_path: Path) -> None:
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60, check=False
-    )
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_command_line(tmp_path: Path) -> None:

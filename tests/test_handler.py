@@ -48,8 +48,15 @@ def test_get_of_a_missing_key_says_not_found(handler: Handler) -> None:
 
 @pytest.mark.parametrize(
     ("key", "says"),
-    [("nope", "is not a UUID"), (5, "not integer"), (None, "not nil"), ([K1], "not array"),
-     ({"k": 1}, "not map"), (K1.replace("-481c-", "-181c-"), "version 1"), (K1.encode(), "not binary")],
+    [
+        ("nope", "is not a UUID"),
+        (5, "not integer"),
+        (None, "not nil"),
+        ([K1], "not array"),
+        ({"k": 1}, "not map"),
+        (K1.replace("-481c-", "-181c-"), "version 1"),
+        (K1.encode(), "not binary"),
+    ],
 )
 def test_get_of_an_invalid_key_says_why(handler: Handler, key: object, says: str) -> None:
     reply = ask(handler, req("get", key=key))

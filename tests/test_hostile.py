@@ -13,6 +13,7 @@ import zmq
 
 from rokv import Client
 from rokv import protocol as p
+
 from procs import Stack, scaled, wait_for
 
 K = "11111111-2222-4333-8444-555555555555"
@@ -165,8 +166,10 @@ def test_a_thousand_connections_opened_and_closed_leave_no_trace(hostile_stack: 
         return rss_mb(broker)
 
     rounds = [thousand_connections() for _ in range(4)]
-    print(f"1,000 connections, 4 times: broker fds {baseline_fds} -> {fd_count(broker)}, "
-          f"RSS {baseline_rss:.1f} -> " + " -> ".join(f"{r:.1f}" for r in rounds) + " MB")
+    print(
+        f"1,000 connections, 4 times: broker fds {baseline_fds} -> {fd_count(broker)}, "
+        f"RSS {baseline_rss:.1f} -> " + " -> ".join(f"{r:.1f}" for r in rounds) + " MB"
+    )
     # libzmq's allocator keeps freed memory for reuse, so the first round
     # raises RSS by a few MB and later rounds wobble by a MB or two; a leak of
     # even 1.5 KB per connection would add 4.5 MB over the last 3,000.
@@ -180,7 +183,7 @@ def test_a_million_lookups_leave_rss_flat(hostile_stack: Stack, example: dict[st
     keys = list(example)
     chunk = keys[:1000]
     with Client(stack.frontend, timeout=scaled(5.0), batch_size=100) as client:
-        for i in range(10):  # the first 10,000 lookups
+        for _ in range(10):  # the first 10,000 lookups
             assert client.get_many(chunk) == [example[k] for k in chunk]
         early = {proc.name: rss_mb(proc.pid) for proc in procs}
         for i in range(990):  # the remaining 990,000, bounded by count

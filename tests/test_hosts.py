@@ -15,17 +15,18 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 import drivers
-import netns
+import pytest
 from drivers import curve_pool_keys
-from procs import child_env, scaled, wait_for
+
 from rokv import Client, ServiceUnavailable
 from rokv.security import CurvePeer
+
+import netns
+from procs import child_env, scaled, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -60,21 +61,29 @@ class Pool:
         self.endpoints = [self.b1.endpoint(FRONT), self.b2.endpoint(FRONT)]
         self.backends = ",".join(b.endpoint(BACK) for b in (self.b1, self.b2))
         for broker in (self.b1, self.b2):
-            broker.supervise(root / broker.name, child_env(
-                ROKV_ROLE="broker", ROKV_FRONTEND=broker.endpoint(FRONT), ROKV_BACKEND=broker.endpoint(BACK),
-                **self.brokers_env))
+            broker.supervise(
+                root / broker.name,
+                child_env(
+                    ROKV_ROLE="broker",
+                    ROKV_FRONTEND=broker.endpoint(FRONT),
+                    ROKV_BACKEND=broker.endpoint(BACK),
+                    **self.brokers_env,
+                ),
+            )
         for worker in (self.w1, self.w2):
             self.start_worker_host(worker)
 
     def start_worker_host(self, host: netns.Host) -> None:
-        host.supervise(self.root / host.name, child_env(
-            ROKV_ROLE="worker", ROKV_WORKERS="1", ROKV_BACKEND=self.backends, **self.workers_env))
+        host.supervise(
+            self.root / host.name,
+            child_env(ROKV_ROLE="worker", ROKV_WORKERS="1", ROKV_BACKEND=self.backends, **self.workers_env),
+        )
 
     def client(self, endpoints: list[str] | None = None, **kwargs: float) -> Client:
         curve = None
         if self.clients_env:
             curve = CurvePeer(self.clients_env["ROKV_CLIENT_SECRET"], self.clients_env["ROKV_BROKER_KEY"])
-        return Client(endpoints or self.endpoints, curve=curve, **kwargs)  # type: ignore[arg-type]
+        return Client(endpoints or self.endpoints, curve=curve, **kwargs)  # type: ignore[arg-type]  # the client's own keywords
 
     def worker_pid(self, host: netns.Host) -> int | None:
         return host.supervisors[0].running().get("worker:worker_00")
@@ -98,12 +107,17 @@ class Pool:
             return None not in wanted and wanted <= self.answering_pids([endpoint])
 
         for endpoint in self.endpoints:
-            wait_for(lambda: serving(endpoint), 60, f"both workers to serve through {endpoint}")
+            wait_for(lambda: serving(endpoint), 60, f"both workers to serve through {endpoint}")  # noqa: B023 - called before the loop moves on
 
     def start_drivers(self, seconds: float) -> list[subprocess.Popen[str]]:
-        return drivers.start_drivers(",".join(self.endpoints), count=DRIVERS, seconds=seconds,
-                                     min_found=MIN_LOOKUPS // DRIVERS + 5_000, client_env=self.clients_env,
-                                     prefix=self.client_host.prefix())
+        return drivers.start_drivers(
+            ",".join(self.endpoints),
+            count=DRIVERS,
+            seconds=seconds,
+            min_found=MIN_LOOKUPS // DRIVERS + 5_000,
+            client_env=self.clients_env,
+            prefix=self.client_host.prefix(),
+        )
 
 
 def replies_between(timelines: list[list], broker: int, start: float, end: float) -> int:
@@ -117,8 +131,9 @@ def replies_between(timelines: list[list], broker: int, start: float, end: float
 
 
 @pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
-def test_hosts_vanish_die_and_join_under_load_and_nothing_is_lost(network: netns.Network, tmp_path: Path,
-                                                                  curve: bool) -> None:
+def test_hosts_vanish_die_and_join_under_load_and_nothing_is_lost(
+    network: netns.Network, tmp_path: Path, curve: bool
+) -> None:
     pool = Pool(network, tmp_path, curve)
     pool.wait_ready()
     running = pool.start_drivers(seconds=30)
@@ -147,8 +162,11 @@ def test_hosts_vanish_die_and_join_under_load_and_nothing_is_lost(network: netns
         # 4. A new worker host joins and answers.
         pool.start_worker_host(pool.w3)
         events["w3 started"] = time.monotonic()
-        wait_for(lambda: (pid := pool.worker_pid(pool.w3)) is not None and pid in pool.answering_pids(
-            pool.endpoints, 40), 60, "the new worker host to answer")
+        wait_for(
+            lambda: (pid := pool.worker_pid(pool.w3)) is not None and pid in pool.answering_pids(pool.endpoints, 40),
+            60,
+            "the new worker host to answer",
+        )
         events["w3 answers"] = time.monotonic()
     finally:
         result = drivers.collect(running, 200)
@@ -167,8 +185,9 @@ def test_hosts_vanish_die_and_join_under_load_and_nothing_is_lost(network: netns
     assert b1_after > 500, result["timelines"]
 
 
-def test_a_broker_cut_off_costs_a_call_at_most_one_try(network: netns.Network, tmp_path: Path,
-                                                      example: dict[str, str]) -> None:
+def test_a_broker_cut_off_costs_a_call_at_most_one_try(
+    network: netns.Network, tmp_path: Path, example: dict[str, str]
+) -> None:
     pool = Pool(network, tmp_path, curve=False)
     pool.wait_ready()
     keys = list(example)[:2000]

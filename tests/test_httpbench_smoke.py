@@ -24,9 +24,14 @@ def test_the_smoke_run_checks_every_answer_and_fills_only_its_section(tmp_path: 
         pytest.skip("the seed's FastAPI app needs the bench extra: pip install -e '.[bench]'")
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\nKept.\n\n<!-- http:begin -->\nstale\n<!-- http:end -->\n\nTrailer kept.\n")
-    result = subprocess.run([sys.executable, "benchmarks/httpbench.py", "--smoke", "--systems", "seed,gateway",
-                             "--out", str(out)], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                            timeout=scaled(120))
+    result = subprocess.run(
+        [sys.executable, "benchmarks/httpbench.py", "--smoke", "--systems", "seed,gateway", "--out", str(out)],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Benchmarks\n\nKept.\n") and text.rstrip().endswith("Trailer kept.")

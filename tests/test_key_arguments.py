@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import pytest
@@ -13,6 +14,7 @@ import zmq
 
 from rokv import AsyncClient, Client, InvalidKey, KeyNotFound
 from rokv import protocol as p
+
 from procs import Stack, free_port, scaled
 
 MISSING = "11111111-2222-4333-8444-555555555555"
@@ -55,9 +57,12 @@ def test_uuid_objects_are_keys_for_both_clients(stack: Stack, example: dict[str,
     k1, k2 = list(example)[:2]
     version1 = uuid.UUID("8a35eb59-62b3-181c-8875-1f248df4c952")
     keys = [uuid.UUID(k1), uuid.UUID(k2.upper()), uuid.UUID(MISSING), version1]
-    expected = [("value", example[k1]), ("value", example[k2]),
-                ("KeyNotFound", f"key {MISSING} not found", MISSING),
-                ("InvalidKey", f'"{version1}" is a version 1 UUID, not version 4', str(version1))]
+    expected = [
+        ("value", example[k1]),
+        ("value", example[k2]),
+        ("KeyNotFound", f"key {MISSING} not found", MISSING),
+        ("InvalidKey", f'"{version1}" is a version 1 UUID, not version 4', str(version1)),
+    ]
     with stack.client() as client:
         assert [outcome(lambda k=k: client.get(k)) for k in keys] == expected
         assert client.get_many(keys[:3] + [k1]) == [example[k1], example[k2], None, example[k1]]
@@ -83,12 +88,12 @@ def test_get_many_refuses_a_bare_string_with_a_clear_type_error(keys: object) ->
     endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: nothing may be sent
     with Client(endpoint, timeout=0.1, retries=0) as client:
         with pytest.raises(TypeError, match=r"list of keys, not a single .*get\(key\) or get_many\(\[key\]\)"):
-            client.get_many(keys)  # type: ignore[arg-type]
+            client.get_many(keys)  # type: ignore[arg-type]  # a wrong type on purpose
 
     async def main() -> None:
         async with AsyncClient(endpoint, timeout=0.1, retries=0) as client:
             with pytest.raises(TypeError, match="list of keys, not a single"):
-                await client.get_many(keys)  # type: ignore[arg-type]
+                await client.get_many(keys)  # type: ignore[arg-type]  # a wrong type on purpose
 
     run(main)
 
@@ -106,17 +111,24 @@ def test_a_key_longer_than_any_valid_one_is_refused_locally_with_the_servers_mes
         assert outcome(lambda: client.get(HUGE))[0] == "InvalidKey"
 
     async def main() -> list[tuple]:
-        async with AsyncClient(endpoint, timeout=0.1, retries=0) as coalescing, \
-                AsyncClient(endpoint, timeout=0.1, retries=0, coalesce=False) as plain:
-            return [await outcome_async(lambda: coalescing.get(LONG)), await outcome_async(lambda: plain.get(LONG)),
-                    await outcome_async(lambda: plain.get_many([MISSING, LONG]))]
+        async with (
+            AsyncClient(endpoint, timeout=0.1, retries=0) as coalescing,
+            AsyncClient(endpoint, timeout=0.1, retries=0, coalesce=False) as plain,
+        ):
+            return [
+                await outcome_async(lambda: coalescing.get(LONG)),
+                await outcome_async(lambda: plain.get(LONG)),
+                await outcome_async(lambda: plain.get_many([MISSING, LONG])),
+            ]
 
-    assert run(main) == [("InvalidKey", said["message"], LONG)] * 2 + [("InvalidKey", f"keys[1]: {said['message']}",
-                                                                        LONG)]
+    assert run(main) == [("InvalidKey", said["message"], LONG)] * 2 + [
+        ("InvalidKey", f"keys[1]: {said['message']}", LONG)
+    ]
 
 
-def test_get_many_with_a_long_key_names_the_first_invalid_key_as_the_server_would(stack: Stack,
-                                                                                 example: dict[str, str]) -> None:
+def test_get_many_with_a_long_key_names_the_first_invalid_key_as_the_server_would(
+    stack: Stack, example: dict[str, str]
+) -> None:
     # 10,000 keys of 46 characters and more would make requests over the
     # broker's 1 MiB limit, which costs the sender its connection.
     keys = list(example) * 2
@@ -129,8 +141,10 @@ def test_get_many_with_a_long_key_names_the_first_invalid_key_as_the_server_woul
         assert str(info.value).startswith('keys[7000]: "8a35eb59') and info.value.key is HUGE
         with pytest.raises(InvalidKey) as info:
             client.get_many(short_first)
-        assert str(info.value) == 'keys[3000]: "bogus" is not a UUID ' \
+        assert (
+            str(info.value) == 'keys[3000]: "bogus" is not a UUID '
             "(expected 8-4-4-4-12 or 32 hex digits, optionally in braces or after urn:uuid:)"
+        )
     with stack.client() as client:  # what the server says of the same short key
         with pytest.raises(InvalidKey) as served:
             client.get_many(short_first[:3001])
@@ -140,7 +154,7 @@ def test_get_many_with_a_long_key_names_the_first_invalid_key_as_the_server_woul
 def test_a_key_of_non_ascii_characters_is_refused_locally_so_no_request_outgrows_the_limit() -> None:
     # 45 characters of 4 UTF-8 bytes each: 10,000 of them would be 1.8 MB,
     # over the broker's 1 MiB, which costs the sender its connection.
-    wide = "\U0001F600" * 45
+    wide = "\U0001f600" * 45
     endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: a request that travelled would time out
     with Client(endpoint, timeout=0.1, retries=0) as client:
         assert outcome(lambda: client.get(wide))[0] == "InvalidKey"

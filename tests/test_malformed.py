@@ -7,6 +7,7 @@ import pytest
 import zmq
 
 from rokv import protocol as p
+
 from procs import Stack, scaled
 
 #: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
@@ -54,8 +55,22 @@ def assert_still_serving(stack: Stack, example: dict[str, str]) -> None:
         ([b"\x91" * 100_000 + b"\xc0"], p.BAD_REQUEST, None),  # deep nesting
         ([b"\xdf\xff\xff\xff\xff"], p.BAD_REQUEST, None),  # a map header claiming 4G entries
     ],
-    ids=["empty", "garbage", "truncated", "many-frames", "body-and-more", "array", "nested-key", "keys-map",
-         "unknown-op", "string-id", "big-ignored-array", "int-map-key", "deep-nesting", "huge-map-header"],
+    ids=[
+        "empty",
+        "garbage",
+        "truncated",
+        "many-frames",
+        "body-and-more",
+        "array",
+        "nested-key",
+        "keys-map",
+        "unknown-op",
+        "string-id",
+        "big-ignored-array",
+        "int-map-key",
+        "deep-nesting",
+        "huge-map-header",
+    ],
 )
 def test_malformed_requests_get_an_error_and_the_service_keeps_serving(
     stack: Stack, example: dict[str, str], frames: list[bytes], code: str, rid: int | None

@@ -9,14 +9,14 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import msgpack
 import pytest
 import zmq
+from scrape import MeteredStack, health, label_values, scrape, total
 
-from procs import wait_for
 from rokv import Client, KeyNotFound
 from rokv import protocol as p
 from rokv.keys import random_key
@@ -25,7 +25,8 @@ from rokv.top import WIDTH, render
 from rokv.worker import metricfiles
 from rokv.worker.handler import Handler
 from rokv.worker.stats import BUCKETS, KEY_OUTCOMES, RequestStats, request_index
-from scrape import MeteredStack, health, label_values, scrape, total
+
+from procs import wait_for
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 MISSING = "11111111-2222-4333-8444-555555555555"
@@ -40,19 +41,46 @@ def test_the_handler_counts_each_request_by_operation_and_outcome() -> None:
     def send(request: dict) -> None:
         handler.handle([b"r", msgpack.packb({"v": 1, "id": 1, **request})])
 
-    for request in ([{"op": "get", "key": K1}] * 3 + [{"op": "get", "key": K1.upper()}]
-                    + [{"op": "get", "key": MISSING}] * 2 + [{"op": "get", "key": "nope"}]
-                    + [{"op": "mget", "keys": [K1, K1]}, {"op": "mget", "keys": [K1, MISSING, MISSING]},
-                       {"op": "mget", "keys": [K1, "bad", MISSING]}, {"op": "mget", "keys": []}, {"op": "ping"}]):
+    for request in (
+        [{"op": "get", "key": K1}] * 3
+        + [{"op": "get", "key": K1.upper()}]
+        + [{"op": "get", "key": MISSING}] * 2
+        + [{"op": "get", "key": "nope"}]
+        + [
+            {"op": "mget", "keys": [K1, K1]},
+            {"op": "mget", "keys": [K1, MISSING, MISSING]},
+            {"op": "mget", "keys": [K1, "bad", MISSING]},
+            {"op": "mget", "keys": []},
+            {"op": "ping"},
+        ]
+    ):
         send(request)
     handler.handle([b"r", b"\xc1"])  # not msgpack
     handler.handle([b"r", b"a", b"b"])  # two frames
     snap = handler.stats.snapshot()
-    counts = {(op, outcome): snap.requests[request_index(op, outcome)]
-              for op, outcome in [("get", "found"), ("get", "not_found"), ("get", "invalid"), ("mget", "found"),
-                                  ("mget", "not_found"), ("mget", "invalid"), ("ping", "ok"), ("other", "refused")]}
-    assert counts == {("get", "found"): 4, ("get", "not_found"): 2, ("get", "invalid"): 1, ("mget", "found"): 2,
-                      ("mget", "not_found"): 1, ("mget", "invalid"): 1, ("ping", "ok"): 1, ("other", "refused"): 2}
+    counts = {
+        (op, outcome): snap.requests[request_index(op, outcome)]
+        for op, outcome in [
+            ("get", "found"),
+            ("get", "not_found"),
+            ("get", "invalid"),
+            ("mget", "found"),
+            ("mget", "not_found"),
+            ("mget", "invalid"),
+            ("ping", "ok"),
+            ("other", "refused"),
+        ]
+    }
+    assert counts == {
+        ("get", "found"): 4,
+        ("get", "not_found"): 2,
+        ("get", "invalid"): 1,
+        ("mget", "found"): 2,
+        ("mget", "not_found"): 1,
+        ("mget", "invalid"): 1,
+        ("ping", "ok"): 1,
+        ("other", "refused"): 2,
+    }
     # An mget refused for an invalid key counts that key only: the others got no answer.
     assert dict(zip(KEY_OUTCOMES, snap.keys)) == {"found": 4 + 3, "not_found": 2 + 2, "invalid": 1 + 1}
     assert sum(snap.buckets) == 14 and snap.seconds > 0
@@ -94,13 +122,26 @@ def _raw(frontend: str, requests: list[tuple[str, object]]) -> list[dict]:
         ctx.term()
 
 
-COUNTERS = [("rokv_worker_requests_total", {"op": op, "outcome": o})
-            for op, o in [("get", "found"), ("get", "not_found"), ("get", "invalid"), ("mget", "found"),
-                          ("mget", "not_found"), ("mget", "invalid"), ("ping", "ok")]] + \
-    [("rokv_worker_keys_total", {"outcome": o}) for o in KEY_OUTCOMES] + \
-    [("rokv_worker_request_duration_seconds_count", {}),
-     ("rokv_broker_forwarded_frames_total", {"direction": "request"}),
-     ("rokv_broker_forwarded_frames_total", {"direction": "reply"})]
+COUNTERS = (
+    [
+        ("rokv_worker_requests_total", {"op": op, "outcome": o})
+        for op, o in [
+            ("get", "found"),
+            ("get", "not_found"),
+            ("get", "invalid"),
+            ("mget", "found"),
+            ("mget", "not_found"),
+            ("mget", "invalid"),
+            ("ping", "ok"),
+        ]
+    ]
+    + [("rokv_worker_keys_total", {"outcome": o}) for o in KEY_OUTCOMES]
+    + [
+        ("rokv_worker_request_duration_seconds_count", {}),
+        ("rokv_broker_forwarded_frames_total", {"direction": "request"}),
+        ("rokv_broker_forwarded_frames_total", {"direction": "reply"}),
+    ]
+)
 
 
 def _counts(address: str) -> dict[str, float]:
@@ -112,6 +153,7 @@ def test_counters_match_a_known_load_exactly(metered: MeteredStack, example: dic
     rng = random.Random(12)
     found = list(example)[:200]
     missing = [random_key(rng) for _ in range(100)]
+
     # The readiness pings are done: what follows is counted from here.
     def settled() -> dict[str, float] | None:
         first = _counts(metered.address)
@@ -126,18 +168,23 @@ def test_counters_match_a_known_load_exactly(metered: MeteredStack, example: dic
             with pytest.raises(KeyNotFound):
                 client.get(key)
         for i in range(4):  # 10 found and 5 missing each: mget not_found
-            client.get_many(found[30 + 10 * i: 40 + 10 * i] + missing[20 + 5 * i: 25 + 5 * i])
+            client.get_many(found[30 + 10 * i : 40 + 10 * i] + missing[20 + 5 * i : 25 + 5 * i])
         for i in range(3):  # all found
-            assert client.get_many(found[100 + 10 * i: 110 + 10 * i]) == [example[k] for k in
-                                                                           found[100 + 10 * i: 110 + 10 * i]]
+            assert client.get_many(found[100 + 10 * i : 110 + 10 * i]) == [
+                example[k] for k in found[100 + 10 * i : 110 + 10 * i]
+            ]
     replies = _raw(metered.frontend, [("get", "not-a-key")] * 7 + [("mget", [found[0], found[1], "x", "y"])] * 2)
     assert [r.get("error") for r in replies] == ["invalid_key"] * 9
     expected = {
-        ("rokv_worker_requests_total", "get", "found"): 30, ("rokv_worker_requests_total", "get", "not_found"): 20,
-        ("rokv_worker_requests_total", "get", "invalid"): 7, ("rokv_worker_requests_total", "mget", "found"): 3,
+        ("rokv_worker_requests_total", "get", "found"): 30,
+        ("rokv_worker_requests_total", "get", "not_found"): 20,
+        ("rokv_worker_requests_total", "get", "invalid"): 7,
+        ("rokv_worker_requests_total", "mget", "found"): 3,
         ("rokv_worker_requests_total", "mget", "not_found"): 4,
-        ("rokv_worker_requests_total", "mget", "invalid"): 2, ("rokv_worker_requests_total", "ping", "ok"): 0,
-        ("rokv_worker_keys_total", "found"): 30 + 40 + 30, ("rokv_worker_keys_total", "not_found"): 20 + 20,
+        ("rokv_worker_requests_total", "mget", "invalid"): 2,
+        ("rokv_worker_requests_total", "ping", "ok"): 0,
+        ("rokv_worker_keys_total", "found"): 30 + 40 + 30,
+        ("rokv_worker_keys_total", "not_found"): 20 + 20,
         ("rokv_worker_keys_total", "invalid"): 7 + 2,
         ("rokv_worker_request_duration_seconds_count",): 66,
         # libzmq counts frames: a routing id and a body each way.
@@ -176,8 +223,11 @@ def test_a_stopped_worker_leaves_no_ghost_and_its_totals_stay(metered: MeteredSt
         client.get_many(list(example)[:500])
         for key in list(example)[:50]:
             client.get(key)
-    settled = wait_for(lambda: (t := total(scrape(metered.address), "rokv_worker_keys_total")) >= 550 and t, 10,
-                       "the load to be published")
+    settled = wait_for(
+        lambda: (t := total(scrape(metered.address), "rokv_worker_keys_total")) >= 550 and t,
+        10,
+        "the load to be published",
+    )
     metered.workers[1].stop()  # SIGTERM: it publishes its last counts and retires its gauges
     samples = scrape(metered.address)
     assert label_values(samples, "rokv_worker_dataset_info", "worker") == ["worker_00"]
@@ -199,8 +249,9 @@ def test_a_stuck_worker_makes_the_host_unhealthy_until_it_serves_again(metered: 
 
     metered.workers[0].signal(signal.SIGSTOP)
     try:
-        status, report = wait_for(lambda: (r := health(metered.address))[0] == 503 and r, 15,
-                                  "/healthz to see the stopped worker")
+        status, report = wait_for(
+            lambda: (r := health(metered.address))[0] == 503 and r, 15, "/healthz to see the stopped worker"
+        )
         assert "worker_00" in report["reason"] and "stuck" in report["reason"], report
     finally:
         metered.workers[0].signal(signal.SIGCONT)
@@ -279,22 +330,34 @@ def test_quantiles_interpolate_within_a_bucket_like_prometheus() -> None:
 
 
 def _worker(name: str, requests: float, digest: str = "blake2b-256:" + "a" * 64) -> WorkerTotals:
-    return WorkerTotals(name, requests, {"found": requests * 9, "not_found": requests}, {
-        1e-5: requests * 0.5, 1e-4: requests, float("inf"): requests}, digest, "/data/x.rokv", 10_000_000)
+    return WorkerTotals(
+        name,
+        requests,
+        {"found": requests * 9, "not_found": requests},
+        {1e-5: requests * 0.5, 1e-4: requests, float("inf"): requests},
+        digest,
+        "/data/x.rokv",
+        10_000_000,
+    )
 
 
 def test_the_view_rates_flags_the_odd_dataset_and_fits_80_columns() -> None:
-    before = [HostScrape("198.18.0.1:9555", 0.0, {f"worker_{i:02d}": _worker(f"worker_{i:02d}", 100) for i in range(3)}),
-              HostScrape("198.18.0.2:9555", 0.0, {"a-very-long-worker-name-indeed": _worker("x", 0, "blake2b-256:"
-                                                                                           + "b" * 64)})]
-    now = [HostScrape("198.18.0.1:9555", 2.0, {f"worker_{i:02d}": _worker(f"worker_{i:02d}", 2100) for i in range(3)}),
-           HostScrape("198.18.0.2:9555", 2.0, {"a-very-long-worker-name-indeed": _worker("x", 50, "blake2b-256:"
-                                                                                       + "b" * 64)}),
-           HostScrape("198.18.0.3:9555", 2.0, error="timed out")]
+    before = [
+        HostScrape("198.18.0.1:9555", 0.0, {f"worker_{i:02d}": _worker(f"worker_{i:02d}", 100) for i in range(3)}),
+        HostScrape(
+            "198.18.0.2:9555", 0.0, {"a-very-long-worker-name-indeed": _worker("x", 0, "blake2b-256:" + "b" * 64)}
+        ),
+    ]
+    now = [
+        HostScrape("198.18.0.1:9555", 2.0, {f"worker_{i:02d}": _worker(f"worker_{i:02d}", 2100) for i in range(3)}),
+        HostScrape(
+            "198.18.0.2:9555", 2.0, {"a-very-long-worker-name-indeed": _worker("x", 50, "blake2b-256:" + "b" * 64)}
+        ),
+        HostScrape("198.18.0.3:9555", 2.0, error="timed out"),
+    ]
     shown = view(before, now)
     assert shown["majority_dataset"] == "blake2b-256:" + "a" * 64
-    assert shown["flagged"] == [{"host": "198.18.0.2:9555", "worker": "x",
-                                 "dataset": "blake2b-256:" + "b" * 64}]
+    assert shown["flagged"] == [{"host": "198.18.0.2:9555", "worker": "x", "dataset": "blake2b-256:" + "b" * 64}]
     first = shown["hosts"][0]
     assert first["requests_per_second"] == pytest.approx(3000)
     assert first["keys_per_second"] == pytest.approx(30000)
@@ -307,16 +370,28 @@ def test_the_view_rates_flags_the_odd_dataset_and_fits_80_columns() -> None:
 
 
 def test_rokv_top_says_what_is_wrong_with_its_arguments() -> None:
-    for argv, says in ((["top", "--once"], "give --metrics"), (["top", "--once", "--metrics", "nohost"], "HOST:PORT"),
-                       (["top", "--once", "--metrics", "h:99999"], "1 to 65535")):
-        result = subprocess.run([sys.executable, "-m", "rokv", *argv], capture_output=True, text=True, timeout=60,
-                                env={k: v for k, v in __import__("os").environ.items() if k != "ROKV_METRICS"})
+    for argv, says in (
+        (["top", "--once"], "give --metrics"),
+        (["top", "--once", "--metrics", "nohost"], "HOST:PORT"),
+        (["top", "--once", "--metrics", "h:99999"], "1 to 65535"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "rokv", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in __import__("os").environ.items() if k != "ROKV_METRICS"},
+        )
         assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 def test_rokv_top_once_json_reports_a_running_pool(metered: MeteredStack, example: dict[str, str]) -> None:
-    result = subprocess.run([sys.executable, "-m", "rokv", "top", "--once", "--json", "--interval", "0.5",
-                             "--metrics", metered.address], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "rokv", "top", "--once", "--json", "--interval", "0.5", "--metrics", metered.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     (host,) = shown["hosts"]

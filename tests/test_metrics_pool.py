@@ -14,15 +14,16 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from scrape import health, label_values, scrape, total
+
+from rokv import Client, ServiceUnavailable
 
 import netns
-from procs import EXAMPLE, REPO, Proc, child_env, free_port, scaled, seen_workers, wait_for
-from rokv import Client, ServiceUnavailable
-from scrape import health, label_values, scrape, total
+from procs import Proc, child_env, free_port, scaled, seen_workers, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +67,9 @@ class Load:
 def _pool(supervisor_factory, **extra: str) -> tuple[object, str, str]:
     address = f"127.0.0.1:{free_port()}"
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    sup = supervisor_factory(ROKV_METRICS=address, ROKV_FRONTEND=endpoint,
-                             ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}", **extra)
+    sup = supervisor_factory(
+        ROKV_METRICS=address, ROKV_FRONTEND=endpoint, ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}", **extra
+    )
     seen_workers(endpoint, 2, timeout=30)
     wait_for(lambda: _healthy(address), 30, "/healthz to say ok")
     return sup, address, endpoint
@@ -81,7 +83,8 @@ def _healthy(address: str) -> bool:
 
 
 def test_a_worker_killed_under_load_neither_lowers_totals_nor_leaves_a_ghost(
-        supervisor_factory, example: dict[str, str]) -> None:
+    supervisor_factory, example: dict[str, str]
+) -> None:
     sup, address, endpoint = _pool(supervisor_factory)
     load = Load(endpoint, list(example)[:2000], seconds=60)
     seen: list[dict[str, float]] = []
@@ -98,8 +101,11 @@ def test_a_worker_killed_under_load_neither_lowers_totals_nor_leaves_a_ghost(
         wait_for(lambda: record()["worker_00"] > 200 and seen[-1]["worker_01"] > 200, 30, "load on both workers")
         victim = sup.running()["worker:worker_00"]
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: record() and (pid := sup.running().get("worker:worker_00")) not in (None, victim), 30,
-                 "worker_00 to be restarted")
+        wait_for(
+            lambda: record() and sup.running().get("worker:worker_00") not in (None, victim),
+            30,
+            "worker_00 to be restarted",
+        )
         before = seen[-1]["worker_00"]
         wait_for(lambda: record()["worker_00"] > before + 200, 30, "the restarted worker_00 to count again")
         statuses = [health(address)[0] for _ in range(3)]
@@ -111,8 +117,12 @@ def test_a_worker_killed_under_load_neither_lowers_totals_nor_leaves_a_ghost(
         assert series == sorted(series), f"{name} went down: {series}"
     samples = scrape(address)
     # One entry per worker name: the killed process's gauges were retired.
-    for gauge in ("rokv_worker_dataset_info", "rokv_worker_heartbeat_timestamp_seconds", "rokv_worker_dataset_keys",
-                  "rokv_worker_start_time_seconds"):
+    for gauge in (
+        "rokv_worker_dataset_info",
+        "rokv_worker_heartbeat_timestamp_seconds",
+        "rokv_worker_dataset_keys",
+        "rokv_worker_start_time_seconds",
+    ):
         assert label_values(samples, gauge, "worker") == ["worker_00", "worker_01"], gauge
     assert statuses == [200] * 3
     # A worker stopped on purpose: gone from the gauges at once, the host still healthy.
@@ -157,7 +167,8 @@ def _query(port: int, query: str, at: float) -> list[dict]:
 
 
 def test_a_real_prometheus_scrapes_the_pool_and_sees_the_load_rate(
-        supervisor_factory, tmp_path: Path, example: dict[str, str]) -> None:
+    supervisor_factory, tmp_path: Path, example: dict[str, str]
+) -> None:
     binary = _prometheus()
     sup, address, endpoint = _pool(supervisor_factory)
     port = free_port()
@@ -171,9 +182,19 @@ scrape_configs:
     static_configs:
       - targets: ["{address}"]
 """)
-    prometheus = Proc("prometheus", [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                     f"--web.listen-address=127.0.0.1:{port}"], tmp_path, child_env())
+    prometheus = Proc(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp_path,
+        child_env(),
+    )
     try:
+
         def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as r:
@@ -182,8 +203,14 @@ scrape_configs:
                 return False
 
         wait_for(ready, 60, "Prometheus to be ready")
-        wait_for(lambda: _query(port, 'up{job="rokv"}', time.time()) and
-                 _query(port, 'up{job="rokv"}', time.time())[0]["value"][1] == "1", 30, "Prometheus to scrape rokv")
+        wait_for(
+            lambda: (
+                _query(port, 'up{job="rokv"}', time.time())
+                and _query(port, 'up{job="rokv"}', time.time())[0]["value"][1] == "1"
+            ),
+            30,
+            "Prometheus to scrape rokv",
+        )
         load = Load(endpoint, list(example), seconds=40, rate=300)
         try:
             time.sleep(scaled(16))
@@ -225,15 +252,20 @@ def _build(tmp_path: Path, name: str, pairs: dict[str, str]) -> Path:
     source = tmp_path / f"{name}.json"
     source.write_text(json.dumps(pairs))
     out = tmp_path / f"{name}.rokv"
-    result = subprocess.run([sys.executable, "-m", "rokv", "build", str(source), "-o", str(out)], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "rokv", "build", str(source), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return out
 
 
 def _digest(path: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "rokv", "inspect", str(path)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "rokv", "inspect", str(path)], capture_output=True, text=True, timeout=60
+    )
     return json.loads(result.stdout)["digest"]
 
 
@@ -242,36 +274,56 @@ def _answering(endpoint: str, count: int) -> None:
     a worker_00)."""
     pids: set[int] = set()
     with Client(endpoint, timeout=0.5, retries=0) as client:
+
         def enough() -> bool:
             try:
                 pids.add(int(client.ping()["pid"]))
             except ServiceUnavailable:
                 pass
             return len(pids) >= count
+
         wait_for(enough, 60, f"{count} workers to answer at {endpoint}", interval=0.01)
 
 
 def test_rokv_top_reports_every_worker_of_two_hosts_and_flags_the_odd_dataset(
-        network: netns.Network, tmp_path: Path, example: dict[str, str]) -> None:
+    network: netns.Network, tmp_path: Path, example: dict[str, str]
+) -> None:
     main = _build(tmp_path, "main", example)
     odd = _build(tmp_path, "odd", dict(list(example.items())[:100]))
     network.attach_root()
     h1, h2 = network.add_host("h1"), network.add_host("h2")
     backend = h1.endpoint(5556)
-    h1.supervise(tmp_path / "h1", child_env(ROKV_METRICS=f"{h1.address}:9555", ROKV_FRONTEND=h1.endpoint(5555),
-                                            ROKV_BACKEND=backend, ROKV_DATA=str(main)))
-    h2.supervise(tmp_path / "h2", child_env(ROKV_ROLE="worker", ROKV_METRICS=f"{h2.address}:9555",
-                                                   ROKV_BACKEND=backend, ROKV_DATA=str(main)))
+    h1.supervise(
+        tmp_path / "h1",
+        child_env(
+            ROKV_METRICS=f"{h1.address}:9555",
+            ROKV_FRONTEND=h1.endpoint(5555),
+            ROKV_BACKEND=backend,
+            ROKV_DATA=str(main),
+        ),
+    )
+    h2.supervise(
+        tmp_path / "h2",
+        child_env(ROKV_ROLE="worker", ROKV_METRICS=f"{h2.address}:9555", ROKV_BACKEND=backend, ROKV_DATA=str(main)),
+    )
     _answering(h1.endpoint(5555), 4)
     # A worker started by hand on h2 with another dataset, publishing with the others.
-    h2.start("odd", [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(odd), "--name", "odd"],
-             tmp_path, child_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "h2" / "run" / "metrics")))
+    h2.start(
+        "odd",
+        [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(odd), "--name", "odd"],
+        tmp_path,
+        child_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "h2" / "run" / "metrics")),
+    )
     _answering(h1.endpoint(5555), 5)
     addresses = f"{h1.address}:9555,{h2.address}:9555"
 
     def top() -> dict:
-        result = subprocess.run([sys.executable, "-m", "rokv", "top", "--once", "--json", "--interval", "0.5",
-                                 "--metrics", addresses], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "rokv", "top", "--once", "--json", "--interval", "0.5", "--metrics", addresses],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -281,14 +333,18 @@ def test_rokv_top_reports_every_worker_of_two_hosts_and_flags_the_odd_dataset(
     assert sorted(by_host[f"{h2.address}:9555"]) == ["odd", "worker_00", "worker_01"]
     main_digest, odd_digest = _digest(main), _digest(odd)
     assert shown["majority_dataset"] == main_digest
-    for host, workers in by_host.items():
+    for workers in by_host.values():
         for name, w in workers.items():
             assert w["digest"] == (odd_digest if name == "odd" else main_digest)
             assert w["flagged"] is (name == "odd")
     assert shown["flagged"] == [{"host": f"{h2.address}:9555", "worker": "odd", "dataset": odd_digest}]
     assert [b["workers_connected"] for b in shown["hosts"][0]["brokers"]] == [5]
-    text = subprocess.run([sys.executable, "-m", "rokv", "top", "--once", "--interval", "0.5", "--metrics", addresses],
-                          capture_output=True, text=True, timeout=60).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "rokv", "top", "--once", "--interval", "0.5", "--metrics", addresses],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     print("\n" + text)
     assert all(len(line) <= 80 for line in text.splitlines())
     assert any(line.strip().startswith("odd !") for line in text.splitlines()), text

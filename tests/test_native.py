@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from procs import EXAMPLE, REPO, child_env, scaled
 from rokv import native
 from rokv import protocol as p
 from rokv.keys import random_key
@@ -29,8 +28,11 @@ from rokv.worker.build import build
 from rokv.worker.handler import Handler
 from rokv.worker.store import open_store
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                        HealthCheck.function_scoped_fixture])
+from procs import EXAMPLE, REPO, child_env, scaled
+
+FUZZ = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 def compiled() -> Any:
@@ -47,12 +49,20 @@ def test_the_compiled_path_is_built_wherever_a_compiler_is() -> None:
 
 
 def test_rokv_pure_python_forces_the_python_path_and_says_so() -> None:
-    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
-            "from rokv import native\n"
-            "assert native.load() is None and native.load() is None\n"
-            "print(native.reason())\n")
-    result = subprocess.run([sys.executable, "-c", code], env=child_env(ROKV_PURE_PYTHON="1"), cwd=REPO,
-                            capture_output=True, text=True, timeout=scaled(30))
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "from rokv import native\n"
+        "assert native.load() is None and native.load() is None\n"
+        "print(native.reason())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=child_env(ROKV_PURE_PYTHON="1"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ROKV_PURE_PYTHON is set"
     assert result.stderr.count("pure-Python path in use") == 1  # said once
@@ -102,18 +112,30 @@ def test_hits_misses_and_batches_are_answered_in_compiled_code(pair: tuple[Any, 
 
 def test_what_needs_validation_goes_to_the_handler(pair: tuple[Any, Handler]) -> None:
     key = KEYS[0]
-    for odd in ("nope", "{" + key + "}", "urn:uuid:" + key, key.replace("-", ""), "ABCDEFAB-CDEF-4ABC-9DEF-ABCDEFABCDEF", "",
-                key[:14] + "1" + key[15:]):  # a version 1 UUID
+    for odd in (
+        "nope",
+        "{" + key + "}",
+        "urn:uuid:" + key,
+        key.replace("-", ""),
+        "ABCDEFAB-CDEF-4ABC-9DEF-ABCDEFABCDEF",
+        "",
+        key[:14] + "1" + key[15:],
+    ):  # a version 1 UUID
         body = p.encode_request(1, p.OP_GET, odd)
         assert compiled().answer(pair[0], body) is None, odd
         assert compiled().answer(pair[0], p.encode_request(1, p.OP_MGET, [key, odd])) is None, odd
-    for body in (p.encode_request(1, p.OP_PING), b"", b"\x80", msgpack.packb({"v": 1, "id": 1, "op": "get"}),
-                 msgpack.packb({"v": 2, "id": 1, "op": "get", "key": key}),
-                 msgpack.packb({"v": 1, "id": -1, "op": "get", "key": key}),
-                 msgpack.packb({"v": 1, "id": 1, "op": "get", "key": key, "extra": 1}),
-                 msgpack.packb({"v": True, "id": 1, "op": "get", "key": key}),
-                 msgpack.packb({"v": 1, "id": 1.0, "op": "get", "key": key}),
-                 p.encode_request(1, p.OP_GET, key) + b"\x00"):
+    for body in (
+        p.encode_request(1, p.OP_PING),
+        b"",
+        b"\x80",
+        msgpack.packb({"v": 1, "id": 1, "op": "get"}),
+        msgpack.packb({"v": 2, "id": 1, "op": "get", "key": key}),
+        msgpack.packb({"v": 1, "id": -1, "op": "get", "key": key}),
+        msgpack.packb({"v": 1, "id": 1, "op": "get", "key": key, "extra": 1}),
+        msgpack.packb({"v": True, "id": 1, "op": "get", "key": key}),
+        msgpack.packb({"v": 1, "id": 1.0, "op": "get", "key": key}),
+        p.encode_request(1, p.OP_GET, key) + b"\x00",
+    ):
         assert compiled().answer(pair[0], body) is None, body
 
 
@@ -144,13 +166,22 @@ def test_small_and_one_key_stores(tmp_path: Path) -> None:
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats()
-    | st.text(max_size=50) | st.binary(max_size=50),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=50)
+    | st.binary(max_size=50),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=20,
 )
-keyish = st.one_of(st.sampled_from(KEYS[:50]), st.just(MISSING), st.text(max_size=40),
-                   st.sampled_from(KEYS[:50]).map(str.upper), msgpack_values)
+keyish = st.one_of(
+    st.sampled_from(KEYS[:50]),
+    st.just(MISSING),
+    st.text(max_size=40),
+    st.sampled_from(KEYS[:50]).map(str.upper),
+    msgpack_values,
+)
 request_like = st.fixed_dictionaries(
     {},
     optional={
@@ -171,14 +202,16 @@ def test_arbitrary_bytes_are_answered_as_the_handler_answers(pair: tuple[Any, Ha
 
 @FUZZ
 @given(request=request_like)
-def test_request_shaped_maps_are_answered_as_the_handler_answers(pair: tuple[Any, Handler],
-                                                                 request: dict[str, Any]) -> None:
+def test_request_shaped_maps_are_answered_as_the_handler_answers(
+    pair: tuple[Any, Handler], request: dict[str, Any]
+) -> None:
     same(pair, msgpack.packb(request))
 
 
 @FUZZ
 @given(request=request_like, cut=st.integers(min_value=0, max_value=400))
-def test_truncated_requests_are_answered_as_the_handler_answers(pair: tuple[Any, Handler], request: dict[str, Any],
-                                                                cut: int) -> None:
+def test_truncated_requests_are_answered_as_the_handler_answers(
+    pair: tuple[Any, Handler], request: dict[str, Any], cut: int
+) -> None:
     body = msgpack.packb(request)
     same(pair, body[: cut % (len(body) + 1)])

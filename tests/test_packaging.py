@@ -20,8 +20,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(out)],
-                   check=True, capture_output=True, timeout=scaled(300))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=scaled(300),
+    )
     return next(out.glob("rokv-*.whl"))
 
 
@@ -29,8 +33,13 @@ def test_the_wheel_holds_only_the_rokv_package(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert tops == {"rokv", next(t for t in tops if t.endswith(".dist-info"))}
-    for module in ("rokv/__init__.py", "rokv/py.typed", "rokv/broker/main.py", "rokv/worker/main.py",
-                   "rokv/gateway/app.py"):
+    for module in (
+        "rokv/__init__.py",
+        "rokv/py.typed",
+        "rokv/broker/main.py",
+        "rokv/worker/main.py",
+        "rokv/gateway/app.py",
+    ):
         assert module in names
 
 
@@ -40,20 +49,27 @@ def light_env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("venv")
     venv.create(root, with_pip=True)
     python = root / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True,
-                   timeout=scaled(300))
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=scaled(300)
+    )
     return python
 
 
 def test_a_plain_install_brings_only_pyzmq_and_msgpack(light_env: Path) -> None:
-    listed = subprocess.run([str(light_env), "-m", "pip", "list", "--format=json"], check=True,
-                            capture_output=True, text=True, timeout=scaled(60)).stdout
+    listed = subprocess.run(
+        [str(light_env), "-m", "pip", "list", "--format=json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    ).stdout
     installed = {p["name"].lower() for p in json.loads(listed)} - {"pip", "setuptools", "wheel"}
     assert installed == {"rokv", "pyzmq", "msgpack"}
 
 
 def test_the_light_client_looks_keys_up_and_server_commands_name_their_extra(
-        light_env: Path, tmp_path: Path, example: dict[str, str]) -> None:
+    light_env: Path, tmp_path: Path, example: dict[str, str]
+) -> None:
     stack = Stack(tmp_path).wait_ready()
     key = next(iter(example))
     code = (
@@ -65,26 +81,32 @@ def test_the_light_client_looks_keys_up_and_server_commands_name_their_extra(
         "    assert importlib.util.find_spec(name) is None, name\n"
     )
     try:
-        looked_up = subprocess.run([str(light_env), "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                                   timeout=scaled(60))
+        looked_up = subprocess.run(
+            [str(light_env), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=scaled(60)
+        )
         assert looked_up.returncode == 0, looked_up.stderr
         assert looked_up.stdout.strip() == example[key]
         rokv = light_env.parent / "rokv"
-        got = subprocess.run([str(rokv), "get", key, "--endpoint", stack.frontend], capture_output=True,
-                             text=True, timeout=scaled(60))
+        got = subprocess.run(
+            [str(rokv), "get", key, "--endpoint", stack.frontend], capture_output=True, text=True, timeout=scaled(60)
+        )
         assert got.returncode == 0 and got.stdout.strip() == example[key]
         src = tmp_path / "d.json"
         src.write_text(json.dumps({key: "v"}), encoding="utf-8")
-        built = subprocess.run([str(rokv), "build", str(src), "-o", str(tmp_path / "d.rokv")], capture_output=True,
-                               text=True, timeout=scaled(60))
+        built = subprocess.run(
+            [str(rokv), "build", str(src), "-o", str(tmp_path / "d.rokv")],
+            capture_output=True,
+            text=True,
+            timeout=scaled(60),
+        )
         assert built.returncode == 2
         assert "pip install 'rokv[server]'" in built.stderr and "Traceback" not in built.stderr
-        http = subprocess.run([str(light_env.parent / "rokv-http")], capture_output=True, text=True,
-                              timeout=scaled(60))
+        http = subprocess.run([str(light_env.parent / "rokv-http")], capture_output=True, text=True, timeout=scaled(60))
         assert http.returncode == 2
         assert "pip install 'rokv[http]'" in http.stderr and "Traceback" not in http.stderr
-        top = subprocess.run([str(rokv), "top", "--once", "--metrics", "127.0.0.1:9"], capture_output=True,
-                             text=True, timeout=scaled(60))
+        top = subprocess.run(
+            [str(rokv), "top", "--once", "--metrics", "127.0.0.1:9"], capture_output=True, text=True, timeout=scaled(60)
+        )
         assert top.returncode == 2 and "pip install prometheus_client" in top.stderr, top.stderr
         assert "Traceback" not in top.stderr
     finally:

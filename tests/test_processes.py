@@ -14,8 +14,9 @@ import zmq
 
 from rokv import Client
 from rokv import protocol as p
-from procs import REPO, Proc, child_env, free_port, scaled, seen_workers, start_broker, start_worker, wait_for
 from rokv.worker.build import build
+
+from procs import REPO, Proc, child_env, free_port, scaled, seen_workers, start_broker, start_worker, wait_for
 
 
 def endpoints() -> tuple[str, str]:
@@ -61,7 +62,7 @@ def test_worker_logs_one_line_at_start_and_exits_0_on_sigterm(tmp_path: Path) ->
     try:
         with Client(frontend, timeout=1, retries=5) as client:
             assert client.ping()["keys"] == 10_000
-        line = wait_for(lambda: [l for l in worker.log().splitlines() if "serving" in l], 5, "the start line")[0]
+        line = wait_for(lambda: [x for x in worker.log().splitlines() if "serving" in x], 5, "the start line")[0]
         assert "data/example.json" in line and "10000 keys" in line and backend in line and " s;" in line
         started = time.monotonic()
         worker.signal(signal.SIGTERM)
@@ -151,8 +152,12 @@ def test_worker_refuses_an_empty_dataset_unless_allowed(tmp_path: Path, name: st
     assert "Traceback" not in log
     broker = start_broker(tmp_path, frontend, backend)
     by_flag = start_worker(tmp_path, backend, data, "--allow-empty", name="by-flag")
-    by_env = Proc("by-env", [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(data),
-                             "--name", "by-env"], tmp_path, child_env(ROKV_ALLOW_EMPTY="1"))
+    by_env = Proc(
+        "by-env",
+        [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(data), "--name", "by-env"],
+        tmp_path,
+        child_env(ROKV_ALLOW_EMPTY="1"),
+    )
     try:
         assert seen_workers(frontend, 2) == {"by-flag", "by-env"}
         with Client(frontend, timeout=2) as client:
@@ -165,8 +170,12 @@ def test_worker_refuses_an_empty_dataset_unless_allowed(tmp_path: Path, name: st
 def test_worker_refuses_an_unclear_rokv_allow_empty(tmp_path: Path) -> None:
     data = tmp_path / "d.json"
     data.write_text("{}")
-    worker = Proc("worker", [sys.executable, "-m", "rokv.worker", "--backend", f"tcp://127.0.0.1:{free_port()}",
-                             "--data", str(data)], tmp_path, child_env(ROKV_ALLOW_EMPTY="yes"))
+    worker = Proc(
+        "worker",
+        [sys.executable, "-m", "rokv.worker", "--backend", f"tcp://127.0.0.1:{free_port()}", "--data", str(data)],
+        tmp_path,
+        child_env(ROKV_ALLOW_EMPTY="yes"),
+    )
     try:
         assert worker.wait(10) == 2
     finally:
@@ -238,8 +247,13 @@ def test_a_refused_dataset_is_refused_at_once_until_the_file_changes(tmp_path: P
     frontend, backend = endpoints()
 
     def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "rokv.worker", "--data", str(data), "--backend", backend],
-                              cwd=REPO, capture_output=True, text=True, timeout=scaled(30))
+        return subprocess.run(
+            [sys.executable, "-m", "rokv.worker", "--data", str(data), "--backend", backend],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=scaled(30),
+        )
 
     first, second = run(), run()
     assert first.returncode == second.returncode == 1

@@ -44,15 +44,31 @@ MALFORMED = [
     (raw({"v": 1, "id": 1, "op": "get", "key": "k"})[:-2], p.BAD_REQUEST, None, "it ends too early"),
     (raw({"v": 1, "id": 1, "op": "ping"}) + b"\x00", p.BAD_REQUEST, None, "more bytes follow it"),
     (b"\x84\xa1v\x01\xa2id\x01\xa2op\xa4ping\xa1x\xa2\xff\xfe", p.BAD_REQUEST, None, "not valid UTF-8"),
-    (raw({"v": 1, "id": 5, "op": "mget", "keys": ["k"] * (p.MAX_MGET_KEYS + 1)}), p.BAD_REQUEST, None,
-     "an array of over 10,000 items"),
+    (
+        raw({"v": 1, "id": 5, "op": "mget", "keys": ["k"] * (p.MAX_MGET_KEYS + 1)}),
+        p.BAD_REQUEST,
+        None,
+        "an array of over 10,000 items",
+    ),
     # Even in a field the server would ignore.
-    (raw({"v": 1, "id": 5, "op": "ping", "pad": [0] * (p.MAX_MGET_KEYS + 1)}), p.BAD_REQUEST, None,
-     "an array of over 10,000 items"),
-    (raw({"v": 1, "id": 5, "op": "ping", **{str(i): 0 for i in range(30)}}), p.BAD_REQUEST, None,
-     "a map of over 32 entries"),
-    (raw({"v": 1, "id": 5, "op": "ping", "pad": {str(i): 0 for i in range(33)}}), p.BAD_REQUEST, None,
-     "a map of over 32 entries"),
+    (
+        raw({"v": 1, "id": 5, "op": "ping", "pad": [0] * (p.MAX_MGET_KEYS + 1)}),
+        p.BAD_REQUEST,
+        None,
+        "an array of over 10,000 items",
+    ),
+    (
+        raw({"v": 1, "id": 5, "op": "ping", **{str(i): 0 for i in range(30)}}),
+        p.BAD_REQUEST,
+        None,
+        "a map of over 32 entries",
+    ),
+    (
+        raw({"v": 1, "id": 5, "op": "ping", "pad": {str(i): 0 for i in range(33)}}),
+        p.BAD_REQUEST,
+        None,
+        "a map of over 32 entries",
+    ),
     (raw({1: 2}), p.BAD_REQUEST, None, "a map key that is neither a string nor binary"),
     (raw({"v": 1, "id": 5, "op": "ping", "pad": {None: 0}}), p.BAD_REQUEST, None, "neither a string nor binary"),
     (b"\x91" * (p.MAX_NESTING + 1) + b"\xc0", p.BAD_REQUEST, None, "over 1,024 levels deep"),
@@ -67,11 +83,19 @@ MALFORMED = [
     (raw({"v": 1, "id": True, "op": "ping"}), p.BAD_REQUEST, None, "not a boolean true"),
     (raw({"v": 1, "id": "5", "op": "ping"}), p.BAD_REQUEST, None, 'not a string "5"'),
     (raw({"v": 1, "id": 5.0, "op": "ping"}), p.BAD_REQUEST, None, "not a float 5.0"),
-    (raw({"v": 2, "id": None, "op": "ping"}), p.BAD_REQUEST, None,
-     "request id must be an unsigned 64-bit integer, not nil"),
+    (
+        raw({"v": 2, "id": None, "op": "ping"}),
+        p.BAD_REQUEST,
+        None,
+        "request id must be an unsigned 64-bit integer, not nil",
+    ),
     # v, with the id echoed from here on.
-    (raw({"v": 2, "id": 5, "op": "pang"}), p.UNSUPPORTED_VERSION, 5, "protocol version 2 is not supported; "
-     "this server speaks version 1"),
+    (
+        raw({"v": 2, "id": 5, "op": "pang"}),
+        p.UNSUPPORTED_VERSION,
+        5,
+        "protocol version 2 is not supported; this server speaks version 1",
+    ),
     (raw({"id": 5, "op": "ping"}), p.UNSUPPORTED_VERSION, 5, "protocol version is missing"),
     (raw({"v": "1", "id": 5, "op": "ping"}), p.UNSUPPORTED_VERSION, 5, 'must be an integer, not a string "1"'),
     (raw({"v": True, "id": 5, "op": "ping"}), p.UNSUPPORTED_VERSION, 5, "not a boolean true"),
@@ -84,15 +108,20 @@ MALFORMED = [
     (raw({"v": 1, "id": 5, "op": "x" * 100}), p.BAD_REQUEST, 5, 'unknown operation "' + "x" * 32 + '..."'),
     # The operation's fields.
     (raw({"v": 1, "id": 5, "op": "get"}), p.BAD_REQUEST, 5, 'get needs a "key" field'),
-    (raw({"v": 1, "id": 5, "op": "mget", "keys": "abc"}), p.BAD_REQUEST, 5,
-     'mget needs "keys" as an array, not a string "abc"'),
+    (
+        raw({"v": 1, "id": 5, "op": "mget", "keys": "abc"}),
+        p.BAD_REQUEST,
+        5,
+        'mget needs "keys" as an array, not a string "abc"',
+    ),
     (raw({"v": 1, "id": 5, "op": "mget", "keys": {"a": 1}}), p.BAD_REQUEST, 5, "not a map of 1 entry"),
     (raw({"v": 1, "id": 5, "op": "mget"}), p.BAD_REQUEST, 5, 'mget needs a "keys" field'),
 ]
 
 
 @pytest.mark.parametrize(
-    ("body", "code", "request_id", "says"), MALFORMED,
+    ("body", "code", "request_id", "says"),
+    MALFORMED,
     ids=lambda v: v if isinstance(v, str) and len(v) < 60 else None,  # not kilobytes of bytes
 )
 def test_malformed_requests_are_refused_with_a_code(body: bytes, code: str, request_id: int | None, says: str) -> None:
@@ -117,11 +146,28 @@ def test_refusals_speak_msgpack_not_python(body: bytes) -> None:
 
 def test_values_are_described_with_msgpack_type_names() -> None:
     assert [p.kind(v) for v in (None, True, 3, 1.5, "s", b"b", [1], {}, msgpack.ExtType(1, b""))] == [
-        "nil", "boolean", "integer", "float", "string", "binary", "array", "map", "extension"]
+        "nil",
+        "boolean",
+        "integer",
+        "float",
+        "string",
+        "binary",
+        "array",
+        "map",
+        "extension",
+    ]
     values = (None, False, -1, 2.5, "pang", b"ab", [1, 2], {"a": 1}, msgpack.ExtType(1, b""))
     assert [p.describe(v) for v in values] == [
-        "nil", "a boolean false", "an integer -1", "a float 2.5", 'a string "pang"', "binary data of 2 bytes",
-        "an array of 2 items", "a map of 1 entry", "an extension value"]
+        "nil",
+        "a boolean false",
+        "an integer -1",
+        "a float 2.5",
+        'a string "pang"',
+        "binary data of 2 bytes",
+        "an array of 2 items",
+        "a map of 1 entry",
+        "an extension value",
+    ]
     assert p.describe([1]) == "an array of 1 item" and p.describe(b"a" * 2000) == "binary data of 2,000 bytes"
 
 

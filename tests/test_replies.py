@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -20,6 +21,7 @@ from rokv import AsyncClient, Client, KeyNotFound, ProtocolError
 from rokv import protocol as p
 from rokv.core import DEFAULT_POLICY
 from rokv.replies import value_from_reply
+
 from procs import free_port
 
 K1 = "11111111-2222-4333-8444-555555555555"
@@ -72,6 +74,7 @@ def serve() -> Iterator[Callable[[Answer], CraftedServer]]:
 def both_clients(endpoint: str, call: str, arg: Any = None) -> list[tuple[str, str]]:
     """What a blocking Client and an AsyncClient (coalescing gets into mgets)
     make of the same service: ("value", result) or (exception name, message)."""
+
     def outcome(fn: Callable[[], Any]) -> tuple[str, str]:
         try:
             return ("value", fn())
@@ -91,8 +94,13 @@ def both_clients(endpoint: str, call: str, arg: Any = None) -> list[tuple[str, s
 def test_a_reply_with_an_error_is_an_error_whatever_else_it_holds(serve) -> None:
     def answer(req: p.Request) -> dict[str, Any]:
         values = [f"value of {k}" for k in req.keys or []]
-        return {"value": "a value", "values": values, "worker": {"id": "w"},
-                "error": "internal", "message": "internal error; see the worker's log"}
+        return {
+            "value": "a value",
+            "values": values,
+            "worker": {"id": "w"},
+            "error": "internal",
+            "message": "internal error; see the worker's log",
+        }
 
     server = serve(answer)
     for call, arg in (("get", K1), ("get_many", [K1, K2]), ("ping", None)):
@@ -102,11 +110,15 @@ def test_a_reply_with_an_error_is_an_error_whatever_else_it_holds(serve) -> None
 
 def test_an_error_reply_without_a_message_is_described_in_plain_words(serve) -> None:
     server = serve(lambda req: {"error": "not_found", "value": "ignored"})
-    assert both_clients(server.endpoint, "get", K1) == [("KeyNotFound", 'server answered error "not_found" '
-                                                          "without a message")] * 2
+    assert (
+        both_clients(server.endpoint, "get", K1)
+        == [("KeyNotFound", 'server answered error "not_found" without a message')] * 2
+    )
     server = serve(lambda req: {"error": None})
-    assert both_clients(server.endpoint, "get", K1) == [("ProtocolError", "server answered error nil "
-                                                          "without a message")] * 2
+    assert (
+        both_clients(server.endpoint, "get", K1)
+        == [("ProtocolError", "server answered error nil without a message")] * 2
+    )
 
 
 def test_unknown_reply_fields_are_ignored(serve) -> None:
@@ -115,8 +127,7 @@ def test_unknown_reply_fields_are_ignored(serve) -> None:
     def answer(req: p.Request) -> dict[str, Any]:
         if req.op == p.OP_PING:
             return {"worker": {"id": "w", "new_field": 1}, **extra}
-        return {"values": ["v"] * len(req.keys or []), **extra} if req.op == p.OP_MGET else \
-            {"value": "v", **extra}
+        return {"values": ["v"] * len(req.keys or []), **extra} if req.op == p.OP_MGET else {"value": "v", **extra}
 
     server = serve(answer)
     assert both_clients(server.endpoint, "get", K1) == [("value", "v")] * 2
@@ -126,8 +137,10 @@ def test_unknown_reply_fields_are_ignored(serve) -> None:
 
 def test_error_classes_do_not_depend_on_reply_field_order() -> None:
     # msgpack maps have an order; a reader must not depend on it.
-    for reply in ({"error": "not_found", "message": "m", "id": 1, "value": "v"},
-                  {"value": "v", "id": 1, "message": "m", "error": "not_found"}):
+    for reply in (
+        {"error": "not_found", "message": "m", "id": 1, "value": "v"},
+        {"value": "v", "id": 1, "message": "m", "error": "not_found"},
+    ):
         with pytest.raises(KeyNotFound):
             value_from_reply(reply, K1)
     with pytest.raises(ProtocolError, match="no string value"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
-import signal
 import shutil
+import signal
+import stat
 import time
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from zmq.utils import z85
 
 from rokv import Client, ServiceUnavailable
 from rokv.security import CurvePeer, KeyNameError, load_public, load_secret, make_key_pair
+
 from procs import EXAMPLE, Proc, free_port, start_broker, start_worker, wait_for
 
 
@@ -39,8 +40,14 @@ class Keys:
         return CurvePeer(str(self.root / name / f"{name}.key_secret"), str(self.broker_public))
 
     def broker_args(self) -> list[str]:
-        return ["--curve-secret", str(self.broker_secret), "--client-keys", str(self.clients),
-                "--worker-keys", str(self.workers)]
+        return [
+            "--curve-secret",
+            str(self.broker_secret),
+            "--client-keys",
+            str(self.clients),
+            "--worker-keys",
+            str(self.workers),
+        ]
 
     def worker_args(self, name: str) -> list[str]:
         return ["--curve-secret", str(self.root / name / f"{name}.key_secret"), "--broker-key", str(self.broker_public)]
@@ -56,7 +63,7 @@ class SecureStack:
         self.procs: list[Proc] = [self.broker, self.worker]
 
     def client(self, name: str = "client", **kwargs: float) -> Client:
-        return Client(self.frontend, curve=self.keys.peer(name), **kwargs)  # type: ignore[arg-type]
+        return Client(self.frontend, curve=self.keys.peer(name), **kwargs)  # type: ignore[arg-type]  # the client's own keywords
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -93,13 +100,15 @@ def test_a_client_without_curve_gets_nothing(secure: SecureStack, example: dict[
             client.get(next(iter(example)))
 
 
-def test_a_stranger_worker_never_receives_a_request(secure: SecureStack, tmp_path: Path,
-                                                    example: dict[str, str]) -> None:
+def test_a_stranger_worker_never_receives_a_request(
+    secure: SecureStack, tmp_path: Path, example: dict[str, str]
+) -> None:
     # The stranger would serve wrong values for every key: one answer from it would show.
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({k: "WRONG" for k in list(example)[:500]}), encoding="utf-8")
-    stranger = start_worker(tmp_path, secure.backend, wrong, *secure.keys.worker_args("stranger-worker"),
-                            name="stranger")
+    stranger = start_worker(
+        tmp_path, secure.backend, wrong, *secure.keys.worker_args("stranger-worker"), name="stranger"
+    )
     plain = start_worker(tmp_path, secure.backend, wrong, name="plain")
     secure.procs += [stranger, plain]
     wait_for(lambda: "serving" in stranger.log() and "serving" in plain.log(), 10, "the strangers to start")
@@ -125,17 +134,30 @@ def test_sighup_reloads_the_allow_lists(secure: SecureStack, example: dict[str, 
 
 def test_curve_without_allow_lists_is_refused(tmp_path: Path) -> None:
     keys = Keys(tmp_path / "keys")
-    broker = start_broker(tmp_path, f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}",
-                          "--curve-secret", str(keys.broker_secret))
+    broker = start_broker(
+        tmp_path,
+        f"tcp://127.0.0.1:{free_port()}",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--curve-secret",
+        str(keys.broker_secret),
+    )
     assert broker.wait(10) == 2
     assert "needs --client-keys and --worker-keys" in broker.log()
 
 
 def test_a_public_key_given_as_the_secret_is_refused_clearly(tmp_path: Path) -> None:
     keys = Keys(tmp_path / "keys")
-    broker = start_broker(tmp_path, f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}",
-                          "--curve-secret", str(keys.broker_public), "--client-keys", str(keys.clients),
-                          "--worker-keys", str(keys.workers))
+    broker = start_broker(
+        tmp_path,
+        f"tcp://127.0.0.1:{free_port()}",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--curve-secret",
+        str(keys.broker_public),
+        "--client-keys",
+        str(keys.clients),
+        "--worker-keys",
+        str(keys.workers),
+    )
     assert broker.wait(10) != 0
     assert "holds no secret key" in broker.log() and "Traceback" not in broker.log()
 
@@ -162,20 +184,31 @@ def test_a_curve_pool_with_no_client_keeps_serving(tmp_path: Path, example: dict
 
 
 def test_refused_peers_are_named_in_the_brokers_log_and_say_so_themselves(
-        secure: SecureStack, tmp_path: Path, example: dict[str, str]) -> None:
-    stranger = start_worker(tmp_path, secure.backend, EXAMPLE, *secure.keys.worker_args("stranger-worker"),
-                            name="stranger")
+    secure: SecureStack, tmp_path: Path, example: dict[str, str]
+) -> None:
+    stranger = start_worker(
+        tmp_path, secure.backend, EXAMPLE, *secure.keys.worker_args("stranger-worker"), name="stranger"
+    )
     plain = start_worker(tmp_path, secure.backend, EXAMPLE, name="plain")
     secure.procs += [stranger, plain]
     raw_key = z85.decode(load_public(secure.keys.root / "stranger-worker" / "stranger-worker.key"))
     fingerprint = hashlib.sha256(raw_key).hexdigest()[:16]
-    wait_for(lambda: f"refused a worker from 127.0.0.1: mechanism CURVE, key {fingerprint}" in secure.broker.log(),
-             10, "the broker to log the stranger worker")
+    wait_for(
+        lambda: f"refused a worker from 127.0.0.1: mechanism CURVE, key {fingerprint}" in secure.broker.log(),
+        10,
+        "the broker to log the stranger worker",
+    )
     assert "workers allow-list" in secure.broker.log()
-    wait_for(lambda: "not admitted" in stranger.log() and "allow-list" in stranger.log(), 10,
-             "the stranger to log that it is refused")
-    wait_for(lambda: "not admitted" in plain.log() and "CURVE" in plain.log(), 10,
-             "the plain worker to log the security mismatch")
+    wait_for(
+        lambda: "not admitted" in stranger.log() and "allow-list" in stranger.log(),
+        10,
+        "the stranger to log that it is refused",
+    )
+    wait_for(
+        lambda: "not admitted" in plain.log() and "CURVE" in plain.log(),
+        10,
+        "the plain worker to log the security mismatch",
+    )
     wait_for(lambda: "without CURVE" in secure.broker.log(), 10, "the broker to log the plain worker")
     with secure.client("stranger-client", timeout=0.2, retries=1) as client:
         with pytest.raises(ServiceUnavailable, match="CURVE is on: the broker may be refusing this client"):
@@ -186,8 +219,7 @@ def test_refused_peers_are_named_in_the_brokers_log_and_say_so_themselves(
     assert secure.broker.log().count(f"key {fingerprint}") <= 2
 
 
-def test_a_revoked_client_loses_its_connection_at_the_next_sighup(
-        secure: SecureStack, example: dict[str, str]) -> None:
+def test_a_revoked_client_loses_its_connection_at_the_next_sighup(secure: SecureStack, example: dict[str, str]) -> None:
     key = next(iter(example))
     with secure.client("client", timeout=0.3, retries=1) as revoked, secure.client("late-client") as _:
         shutil.copy(secure.keys.root / "late-client" / "late-client.key", secure.keys.clients)

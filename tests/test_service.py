@@ -11,6 +11,7 @@ import zmq
 
 from rokv import Client, InvalidKey, KeyNotFound, ServiceUnavailable
 from rokv import protocol as p
+
 from procs import Stack, free_port, scaled, seen_workers, wait_for
 
 #: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
@@ -57,13 +58,17 @@ def test_a_missing_key_raises_key_not_found(stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     ("key", "says"),
-    [("not-a-key", "is not a UUID"), ("8a35eb59-62b3-181c-8875-1f248df4c952", "version 1"), (123, "not int"),
-     (None, "not nil")],
+    [
+        ("not-a-key", "is not a UUID"),
+        ("8a35eb59-62b3-181c-8875-1f248df4c952", "version 1"),
+        (123, "not int"),
+        (None, "not nil"),
+    ],
 )
 def test_an_invalid_key_raises_invalid_key_with_the_reason(stack: Stack, key: object, says: str) -> None:
     with stack.client() as client:
         with pytest.raises(InvalidKey, match=says):
-            client.get(key)  # type: ignore[arg-type]
+            client.get(key)  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 def test_get_many_with_an_invalid_key_names_it(stack: Stack, example: dict[str, str]) -> None:
@@ -74,7 +79,7 @@ def test_get_many_with_an_invalid_key_names_it(stack: Stack, example: dict[str, 
         assert info.value.key == "bogus"
         assert "keys[2]" in str(info.value)
         with pytest.raises(InvalidKey, match=r"keys\[1\]: key must be a string"):
-            client.get_many([k1, 5])  # type: ignore[list-item]
+            client.get_many([k1, 5])  # type: ignore[list-item]  # a wrong type on purpose
 
 
 def test_ping_says_which_worker_answered(stack: Stack) -> None:
@@ -88,8 +93,7 @@ def test_ping_says_which_worker_answered(stack: Stack) -> None:
 def test_ping_reports_the_limits_a_client_must_respect(stack: Stack) -> None:
     with stack.client() as client:
         limits = client.ping()["limits"]
-    assert limits == {"max_message_size": 1 << 20, "max_in_flight": 1000, "max_mget_keys": 10_000,
-                      "max_key_length": 45}
+    assert limits == {"max_message_size": 1 << 20, "max_in_flight": 1000, "max_mget_keys": 10_000, "max_key_length": 45}
 
 
 def test_the_client_is_a_context_manager_and_close_is_idempotent(stack: Stack) -> None:

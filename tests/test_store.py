@@ -12,7 +12,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-from procs import REPO, Stack, child_env, scaled, seen_workers
 
 from rokv.keys import random_key
 from rokv.worker.build import build
@@ -24,6 +23,8 @@ from rokv.worker.store import (
     open_store,
     verify_store,
 )
+
+from procs import REPO, Stack, child_env, scaled, seen_workers
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 MISSING = "11111111-2222-4333-8444-555555555555"
@@ -50,8 +51,9 @@ def tricky_pairs() -> dict[str, str]:
 
 
 def write_jsonl(path: Path, pairs: dict[str, str], spell=lambda k: k) -> Path:
-    path.write_text("".join(json.dumps({"key": spell(k), "value": v}) + "\n" for k, v in pairs.items()),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"key": spell(k), "value": v}) + "\n" for k, v in pairs.items()), encoding="utf-8"
+    )
     return path
 
 
@@ -81,21 +83,38 @@ def test_get_many_matches_get_on_random_batches(tricky: tuple[dict[str, str], Pa
     pairs, path = tricky
     rng = random.Random(7)
     keys = list(pairs)
-    noise = [MISSING, K1.upper(), K1.replace("-", ""), "{" + K1 + "}", "urn:uuid:" + K1, "nope", 5, None, b"x",
-             K1[:8] + "-" + K1[9:13] + "-" + K1[14:], K1.replace("-", " ", 1), K1[:35] + "é", "-" * 36,
-             K1[:8] + "-" + K1[9:12] + "-" + K1[12:]]
+    noise = [
+        MISSING,
+        K1.upper(),
+        K1.replace("-", ""),
+        "{" + K1 + "}",
+        "urn:uuid:" + K1,
+        "nope",
+        5,
+        None,
+        b"x",
+        K1[:8] + "-" + K1[9:13] + "-" + K1[14:],
+        K1.replace("-", " ", 1),
+        K1[:35] + "é",
+        "-" * 36,
+        K1[:8] + "-" + K1[9:12] + "-" + K1[12:],
+    ]
     with open_store(path) as store:
         for _ in range(300):
             batch = rng.sample(keys, rng.randint(0, 40)) + rng.sample(noise, rng.randint(0, 3))
             rng.shuffle(batch)
             assert store.get_many(batch) == [store.get(k) for k in batch]
-            assert store.get_many(batch) == [pairs.get(k.lower()) if _canonical_any_case(k) else None
-                                             for k in batch]
+            assert store.get_many(batch) == [pairs.get(k.lower()) if _canonical_any_case(k) else None for k in batch]
 
 
 def _canonical_any_case(key: object) -> bool:
-    return type(key) is str and len(key) == 36 and key.count("-") == 4 and key[8:24:5] == "----" and all(
-        c in "0123456789abcdefABCDEF" for c in key.replace("-", ""))
+    return (
+        type(key) is str
+        and len(key) == 36
+        and key.count("-") == 4
+        and key[8:24:5] == "----"
+        and all(c in "0123456789abcdefABCDEF" for c in key.replace("-", ""))
+    )
 
 
 def test_only_the_8_4_4_4_12_form_is_found(tricky: tuple[dict[str, str], Path]) -> None:
@@ -103,9 +122,21 @@ def test_only_the_8_4_4_4_12_form_is_found(tricky: tuple[dict[str, str], Path]) 
     with open_store(path) as store:
         assert store.get(K1) == "the one"
         assert store.get(K1.upper()) == "the one"  # the same UUID: any case is a hit
-        for other in (K1.replace("-", ""), "{" + K1 + "}", "urn:uuid:" + K1, K1 + " ", " " + K1[:-1],
-                      K1.replace("-", "", 1) + "0", MISSING, "", None, 12, [K1], K1.encode()):
-            assert store.get(other) is None, other  # type: ignore[arg-type]
+        for other in (
+            K1.replace("-", ""),
+            "{" + K1 + "}",
+            "urn:uuid:" + K1,
+            K1 + " ",
+            " " + K1[:-1],
+            K1.replace("-", "", 1) + "0",
+            MISSING,
+            "",
+            None,
+            12,
+            [K1],
+            K1.encode(),
+        ):
+            assert store.get(other) is None, other  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 def test_a_crowded_bucket_is_searched_past_the_probe(tmp_path: Path) -> None:
@@ -115,8 +146,12 @@ def test_a_crowded_bucket_is_searched_past_the_probe(tmp_path: Path) -> None:
     pairs = {"abcdef01" + uuid4(rng)[8:]: f"crowd {i}" for i in range(12)}
     pairs.update({uuid4(rng): f"v{i}" for i in range(20)})
     # Keys sharing their first 8 bytes: the build's sort must look further.
-    pairs.update({f"abcdef01-2345-4678-{tail}": tail for tail in ("b000-000000000001", "8fff-ffffffffffff",
-                                                                   "a000-000000000000", "8000-000000000000")})
+    pairs.update(
+        {
+            f"abcdef01-2345-4678-{tail}": tail
+            for tail in ("b000-000000000001", "8fff-ffffffffffff", "a000-000000000000", "8000-000000000000")
+        }
+    )
     out = tmp_path / "c.rokv"
     build(write_jsonl(tmp_path / "c.jsonl", pairs), out)
     with open_store(out) as store:
@@ -162,7 +197,7 @@ def test_json_source_same_as_the_loader(tmp_path: Path) -> None:
     assert header.count == 10000
     example = load_dataset(src)
     store = open_dataset(out)
-    assert dict(store.items()) == example  # type: ignore[union-attr]
+    assert dict(store.items()) == example  # type: ignore[union-attr]  # a Store here, not a dict
 
 
 def test_digest_names_the_content_not_the_build(tmp_path: Path, tricky: tuple[dict[str, str], Path]) -> None:
@@ -205,7 +240,10 @@ CASES = {
     "trailing data": (lambda d: d + b"\0", "has trailing data"),
     "wrong magic": (lambda d: b"PK\x03\x04" + d[4:], "not a .rokv file (wrong magic number)"),
     "json instead": (lambda d: bytearray(b'{"a": "b"}'), "not a .rokv file"),
-    "future version": (lambda d: set_version(d, FORMAT_VERSION + 1), f"unknown .rokv format version {FORMAT_VERSION + 1}"),
+    "future version": (
+        lambda d: set_version(d, FORMAT_VERSION + 1),
+        f"unknown .rokv format version {FORMAT_VERSION + 1}",
+    ),
     "version 0": (lambda d: set_version(d, 0), "unknown .rokv format version 0"),
     "header bit flip": (lambda d: d[:20] + bytes([d[20] ^ 1]) + d[21:], "corrupt header (checksum mismatch)"),
     "inconsistent sizes": (lambda d: with_crc(d[:16] + struct.pack("<Q", 3) + d[24:]), "corrupt header"),
@@ -248,7 +286,11 @@ def test_a_worker_exits_non_zero_on_a_damaged_file(tmp_path: Path, tricky: tuple
     path = damaged(tmp_path, tricky[1], lambda d: set_version(d, 99))
     result = subprocess.run(
         [sys.executable, "-m", "rokv.worker", "--backend", "tcp://127.0.0.1:9", "--data", str(path)],
-        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=scaled(30),
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
     )
     assert result.returncode == 1
     assert f"rokv-worker: {path}: unknown .rokv format version 99" in result.stderr

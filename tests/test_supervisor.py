@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rokv import Client, ServiceUnavailable
+
 from procs import REPO, child_env, free_port, scaled, seen_workers, wait_for
 from supervision import Supervisor, alive, ports_free
 
@@ -30,7 +31,8 @@ def test_defaults_run_a_broker_and_two_workers_that_are_restarted_and_stopped(
     assert len(seen_workers(endpoint, 2, timeout=30)) == 2
     running = wait_for(
         lambda: (r := sup.running()) and {"broker", "worker:worker_00", "worker:worker_01"} <= set(r) and r,
-        15, "broker and two workers RUNNING",
+        15,
+        "broker and two workers RUNNING",
     )
     assert "worker:worker_02" not in running
     keys = list(example)[:200]
@@ -42,7 +44,8 @@ def test_defaults_run_a_broker_and_two_workers_that_are_restarted_and_stopped(
             assert client.get(key) == example[key]
         restarted = wait_for(
             lambda: (pid := sup.running().get("worker:worker_00")) and pid != victim and pid,
-            20, "worker_00 to be restarted",
+            20,
+            "worker_00 to be restarted",
         )
         assert client.get_many(keys) == [example[k] for k in keys]
     assert not alive(victim)
@@ -60,12 +63,14 @@ def test_defaults_run_a_broker_and_two_workers_that_are_restarted_and_stopped(
 def _ping_until(endpoint: str, pid: int) -> dict:
     """Ping until the worker with ``pid`` answers (proves it serves)."""
     with Client(endpoint, timeout=0.5, retries=0) as client:
+
         def hit() -> dict | None:
             try:
                 info = client.ping()
             except ServiceUnavailable:
                 return None
             return info if info["pid"] == pid else None
+
         return wait_for(hit, 20, f"worker pid {pid} to answer", interval=0.01)
 
 
@@ -134,19 +139,24 @@ def test_a_big_broken_dataset_ends_fatal_after_one_parse(supervisor_factory, tmp
     # every time. The worker now remembers the refusal of an unchanged file
     # and refuses it at once, which supervisor counts as failed starts.
     data = tmp_path / "big.jsonl"
-    subprocess.run([sys.executable, str(REPO / "data" / "generate.py"), "-o", str(data), "--count", "600000"],
-                   check=True, capture_output=True, timeout=scaled(120))
+    subprocess.run(
+        [sys.executable, str(REPO / "data" / "generate.py"), "-o", str(data), "--count", "600000"],
+        check=True,
+        capture_output=True,
+        timeout=scaled(120),
+    )
     with data.open("rb+") as f:
         first = f.readline()
         f.seek(0, 2)
         f.write(first)  # a duplicate key on the last line
     frontend = f"tcp://127.0.0.1:{free_port()}"
-    sup = supervisor_factory(ROKV_WORKERS="1", ROKV_DATA=str(data), ROKV_FRONTEND=frontend,
-                             ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}")
+    sup = supervisor_factory(
+        ROKV_WORKERS="1", ROKV_DATA=str(data), ROKV_FRONTEND=frontend, ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}"
+    )
     wait_for(lambda: sup.status().get("worker:worker_00", ("",))[0] == "FATAL", 90, "the worker to be FATAL")
     log = (tmp_path / "run" / "worker_00.log").read_text()
     refusals = [line for line in log.splitlines() if "duplicate key" in line]
-    assert f"line 600001: duplicate key" in refusals[0]
+    assert "line 600001: duplicate key" in refusals[0]
     parses = [line for line in refusals if "found by the start at" not in line]
     assert len(parses) == 1, log  # every later start refused the unchanged file at once
     assert len(refusals) >= 2
@@ -155,17 +165,22 @@ def test_a_big_broken_dataset_ends_fatal_after_one_parse(supervisor_factory, tmp
 
 
 @pytest.mark.slow
-def test_one_configuration_runs_a_broker_host_a_worker_host_or_both(supervisor_factory, tmp_path: Path,
-                                                                     example: dict[str, str]) -> None:
+def test_one_configuration_runs_a_broker_host_a_worker_host_or_both(
+    supervisor_factory, tmp_path: Path, example: dict[str, str]
+) -> None:
     frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     env = {"ROKV_FRONTEND": frontend, "ROKV_BACKEND": backend}
     broker_host = Supervisor(tmp_path / "broker-host", child_env(ROKV_ROLE="broker", **env), fresh=True)
-    worker_host = Supervisor(tmp_path / "worker-host", child_env(ROKV_ROLE="worker", ROKV_WORKERS="2", **env),
-                             fresh=True)
+    worker_host = Supervisor(
+        tmp_path / "worker-host", child_env(ROKV_ROLE="worker", ROKV_WORKERS="2", **env), fresh=True
+    )
     try:
         wait_for(lambda: set(broker_host.running()) == {"pool", "broker"}, 30, "the broker host")
-        wait_for(lambda: set(worker_host.running()) == {"pool", "worker:worker_00", "worker:worker_01"}, 30,
-                 "the worker host")
+        wait_for(
+            lambda: set(worker_host.running()) == {"pool", "worker:worker_00", "worker:worker_01"},
+            30,
+            "the worker host",
+        )
         assert broker_host.status_code() == worker_host.status_code() == 0
         assert len(seen_workers(frontend, 2, timeout=30)) == 2
         key = next(iter(example))
@@ -177,8 +192,11 @@ def test_one_configuration_runs_a_broker_host_a_worker_host_or_both(supervisor_f
 
 
 def test_an_unknown_role_starts_nothing_and_says_why(supervisor_factory) -> None:
-    sup = supervisor_factory(ROKV_ROLE="gateway", ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
-                             ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}")
+    sup = supervisor_factory(
+        ROKV_ROLE="gateway",
+        ROKV_FRONTEND=f"tcp://127.0.0.1:{free_port()}",
+        ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}",
+    )
     wait_for(lambda: sup.status().get("pool", ("",))[0] == "FATAL", 30, "the pool program to be FATAL")
     assert set(sup.status()) == {"pool"}
     assert "ROKV_ROLE='gateway': expected one of all, broker, worker" in sup.ctl("tail", "pool").stdout

@@ -37,7 +37,10 @@ def main() -> int:
         build_tree(root)
         result = subprocess.run(
             [sys.executable, "-m", "mypy", "--config-file", str(REPO / "pyproject.toml"), "-p", "rokv"],
-            cwd=root, capture_output=True, text=True, env={**os.environ, "MYPYPATH": str(root)},
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MYPYPATH": str(root)},
         )
         out = result.stdout + result.stderr
         for package, folder in sorted(LAYOUT.items(), key=lambda item: -len(item[0])):

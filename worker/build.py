@@ -20,13 +20,21 @@ import sys
 import tempfile
 import time
 from array import array
-from typing import Callable, Iterator, IO
-
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING
 
 from rokv.exitcodes import Exit
 from rokv.worker.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
-from rokv.worker.store import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header, verify_store, write_store
+from rokv.worker.store import (
+    DIGEST_ALGORITHM,
+    SEPARATOR,
+    SUFFIX,
+    Header,
+    StoreError,
+    read_header,
+    verify_store,
+    write_store,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,8 +50,11 @@ Progress = Callable[[str, float], None]
 
 
 def build(
-    src: str | os.PathLike[str], out: str | os.PathLike[str], progress: Progress | None = None,
-    *, allow_empty: bool = False,
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    progress: Progress | None = None,
+    *,
+    allow_empty: bool = False,
 ) -> Header:
     """Compile the dataset at ``src`` (``.json`` or ``.jsonl``) into the
     ``.rokv`` file ``out``, atomically (see :func:`worker.store.write_store`).
@@ -80,9 +91,7 @@ def build(
     return _write(src_name, out_name, keys, sizes, values, started, progress)
 
 
-def _read_jsonl(
-    src: str, spill: IO[bytes], progress: Progress | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_jsonl(src: str, spill: IO[bytes], progress: Progress | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keys (V16), value sizes (with separator), and the values
     end to end (mapped from ``spill``), in file order."""
     import numpy as np
@@ -115,8 +124,13 @@ def _read_jsonl(
 
 
 def _write(
-    src: str, out: str, keys: np.ndarray, sizes: np.ndarray, values: np.ndarray,
-    started: int, progress: Progress | None,
+    src: str,
+    out: str,
+    keys: np.ndarray,
+    sizes: np.ndarray,
+    values: np.ndarray,
+    started: int,
+    progress: Progress | None,
 ) -> Header:
     import numpy as np
 
@@ -182,7 +196,9 @@ class _Bar:
             return
         self._next = now + 0.2
         filled = int(30 * min(max(fraction, 0.0), 1.0))
-        sys.stderr.write(f"\r{phase:<8} [{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {now - self._started:6.1f} s")
+        sys.stderr.write(
+            f"\r{phase:<8} [{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} {now - self._started:6.1f} s"
+        )
         sys.stderr.flush()
 
     def done(self) -> None:
@@ -237,7 +253,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``build``, ``inspect`` and ``verify`` on the ``rokv`` parser
     (rokv.cli loads this module when one of them runs; their one-line help
     is in rokv.cli.SERVER_COMMANDS)."""
@@ -251,8 +267,11 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.add_argument("src", metavar="SRC")
     p.add_argument("-o", "--output", metavar="OUT.rokv", required=True)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--allow-empty", action="store_true",
-                   help="compile a dataset of no keys (refused by default: an empty export is usually a mistake)")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="compile a dataset of no keys (refused by default: an empty export is usually a mistake)",
+    )
     p.set_defaults(run=cmd_build)
     p = sub.add_parser(
         "inspect",

@@ -21,7 +21,8 @@ import itertools
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Callable, Iterator, NoReturn, Union
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NoReturn
 
 from rokv.errors import InvalidKey
 from rokv.keys import is_canonical, normalize_key, show_key
@@ -112,7 +113,7 @@ def empty_error(path: str | os.PathLike[str]) -> DatasetError:
     )
 
 
-def open_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> Union[dict[str, str], "Store"]:
+def open_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> dict[str, str] | Store:
     """The dataset at ``path`` ready to serve: a compiled ``.rokv`` file is
     memory-mapped (see :func:`worker.store.open_store`: opening costs the same
     whatever its size); ``.json`` and ``.jsonl`` are read by
@@ -297,9 +298,7 @@ def duplicate_error(path: str | os.PathLike[str], line: int) -> DatasetError:
     return _error(name, f"line {line}: duplicate key", line)  # the file changed meanwhile
 
 
-def _jsonl_records(
-    path: str, progress: Callable[[int], None] | None = None
-) -> Iterator[tuple[int, object, object]]:
+def _jsonl_records(path: str, progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, object, object]]:
     """Yield (line number, key, value) for each record line of the file;
     ``progress`` gets the bytes read every 65536 lines."""
     try:
@@ -406,9 +405,7 @@ def _member_error(
         )
     first = f" at line {first_line}" if first_line is not None else ""
     if first_key is not None and first_key != key:
-        return _error(
-            path, f"{where}duplicate key {show_key(key)}: same UUID as {show_key(first_key)}{first}", line
-        )
+        return _error(path, f"{where}duplicate key {show_key(key)}: same UUID as {show_key(first_key)}{first}", line)
     return _error(path, f"{where}duplicate key {show_key(key)}" + (f" (first{first})" if first else ""), line)
 
 

@@ -143,8 +143,11 @@ def check_link(link: str) -> str:
     """
     if not os.path.islink(link):
         what = "is not a symbolic link" if os.path.lexists(link) else "does not exist"
-        raise Stop(Exit.USAGE, f"{link} {what}: deploy repoints the symbolic link the workers load "
-                               f"(their ROKV_DATA); see README 'Compiled datasets and deploying a new version'")
+        raise Stop(
+            Exit.USAGE,
+            f"{link} {what}: deploy repoints the symbolic link the workers load "
+            f"(their ROKV_DATA); see README 'Compiled datasets and deploying a new version'",
+        )
     if not link.lower().endswith(SUFFIX):
         raise Stop(Exit.USAGE, f"{link}: workers pick the format by the name they load: it must end in {SUFFIX}")
     return os.readlink(link)
@@ -242,14 +245,20 @@ class Pool:
                     continue
             waited = time.monotonic() - started
             if not replied and waited > min(REACH_TIMEOUT, self.timeout):
-                raise Stop(Exit.UNAVAILABLE, f"no answer from {self.endpoint} in {waited:.0f} s: is it the "
-                                             f"broker these workers serve (--endpoint, $ROKV_ENDPOINT)? "
-                                             f"Nothing was changed.")
+                raise Stop(
+                    Exit.UNAVAILABLE,
+                    f"no answer from {self.endpoint} in {waited:.0f} s: is it the "
+                    f"broker these workers serve (--endpoint, $ROKV_ENDPOINT)? "
+                    f"Nothing was changed.",
+                )
             if waited > self.timeout:
                 silent = ", ".join(f"{w.name} (pid {w.pid})" for w in pending.values())
-                raise Stop(Exit.UNAVAILABLE, f"{silent} did not answer through {self.endpoint} in "
-                                             f"{self.timeout:.0f} s (is it the broker these workers serve?). "
-                                             f"Nothing was changed.")
+                raise Stop(
+                    Exit.UNAVAILABLE,
+                    f"{silent} did not answer through {self.endpoint} in "
+                    f"{self.timeout:.0f} s (is it the broker these workers serve?). "
+                    f"Nothing was changed.",
+                )
             time.sleep(PING_INTERVAL)
         return answers
 
@@ -271,12 +280,16 @@ class Pool:
                 self.supervisor.call("supervisor.startProcess", name, True, timeout=_left(deadline))
             except Refused as exc:
                 if exc.fault != "ALREADY_STARTED":
-                    raise StepFailed(f"did not start (supervisor: {exc.fault}{self._spawn_error(name)})",
-                                     self.supervisor.log_since(name, log_at, LOG_LINES)) from None
+                    raise StepFailed(
+                        f"did not start (supervisor: {exc.fault}{self._spawn_error(name)})",
+                        self.supervisor.log_since(name, log_at, LOG_LINES),
+                    ) from None
             process = self.supervisor.process(name)
             if process.state != "RUNNING":
-                raise StepFailed(f"is {process.state} after starting ({process.description})",
-                                 self.supervisor.log_since(name, log_at, LOG_LINES))
+                raise StepFailed(
+                    f"is {process.state} after starting ({process.description})",
+                    self.supervisor.log_since(name, log_at, LOG_LINES),
+                )
             self._await(process, digest, deadline, log_at)
         except SupervisorUnreachable as exc:
             raise StepFailed(str(exc)) from None
@@ -309,20 +322,26 @@ class Pool:
             if info is not None and self._from(info, process.pid):
                 if info.get("digest") == digest:
                     return
-                raise StepFailed(f"answers with {short(info.get('digest'))} from {info.get('dataset')}, "
-                                 f"not {short(digest)}: does it load {self.link}?")
+                raise StepFailed(
+                    f"answers with {short(info.get('digest'))} from {info.get('dataset')}, "
+                    f"not {short(digest)}: does it load {self.link}?"
+                )
             now = time.monotonic()
             if now > deadline:
-                raise StepFailed(f"its new process (pid {process.pid}) did not answer with {short(digest)} "
-                                 f"within {self.timeout:g} s (--timeout)",
-                                 self.supervisor.log_since(process.name, log_at, LOG_LINES))
+                raise StepFailed(
+                    f"its new process (pid {process.pid}) did not answer with {short(digest)} "
+                    f"within {self.timeout:g} s (--timeout)",
+                    self.supervisor.log_since(process.name, log_at, LOG_LINES),
+                )
             if now >= next_check:
                 next_check = now + STATE_INTERVAL
                 current = self.supervisor.process(process.name)
                 if current.state != "RUNNING" or current.pid != process.pid:
-                    raise StepFailed(f"its new process (pid {process.pid}) stopped before answering "
-                                     f"(now {current.state}: {current.description})",
-                                     self.supervisor.log_since(process.name, log_at, LOG_LINES))
+                    raise StepFailed(
+                        f"its new process (pid {process.pid}) stopped before answering "
+                        f"(now {current.state}: {current.description})",
+                        self.supervisor.log_since(process.name, log_at, LOG_LINES),
+                    )
             time.sleep(PING_INTERVAL)
 
     def _spawn_error(self, name: str) -> str:
@@ -383,11 +402,15 @@ def deploy(opts: Options) -> Exit:
     started = time.monotonic()
     new_header = check_new(opts.new, opts.verify)
     new_digest = digest_of(new_header)
-    say(f"{opts.new}: {'verified' if opts.verify else 'header checked (--no-verify)'}: "
-        f"{new_header.count} keys, digest {new_digest}")
+    say(
+        f"{opts.new}: {'verified' if opts.verify else 'header checked (--no-verify)'}: "
+        f"{new_header.count} keys, digest {new_digest}"
+    )
     if new_header.count == 0:
-        warn("note: it holds no keys: workers refuse it (and the deploy rolls back) unless they run "
-             "with ROKV_ALLOW_EMPTY=1")
+        warn(
+            "note: it holds no keys: workers refuse it (and the deploy rolls back) unless they run "
+            "with ROKV_ALLOW_EMPTY=1"
+        )
     resume = os.path.realpath(opts.link) == os.path.realpath(opts.new)
     if resume:
         old_digest = None
@@ -395,8 +418,11 @@ def deploy(opts: Options) -> Exit:
         try:
             old_digest = digest_of(read_header(os.path.realpath(opts.link)))
         except StoreError as exc:
-            raise Stop(Exit.FAILED, f"refused: {opts.link} points at {old_target}, which cannot be served "
-                                    f"({exc}): a rollback to it would fail. Nothing was changed.") from None
+            raise Stop(
+                Exit.FAILED,
+                f"refused: {opts.link} points at {old_target}, which cannot be served "
+                f"({exc}): a rollback to it would fail. Nothing was changed.",
+            ) from None
 
     try:
         supervisor = Supervisor.from_config(opts.configuration)
@@ -405,21 +431,31 @@ def deploy(opts: Options) -> Exit:
     try:
         group = supervisor.processes(GROUP)
     except SupervisorUnreachable as exc:
-        raise Stop(Exit.UNAVAILABLE, f"{exc} (is it running? is -c {opts.configuration} its configuration?). "
-                                     f"Nothing was changed.") from None
+        raise Stop(
+            Exit.UNAVAILABLE,
+            f"{exc} (is it running? is -c {opts.configuration} its configuration?). Nothing was changed.",
+        ) from None
     if not group:
-        raise Stop(Exit.FAILED, f"supervisord at {supervisor.serverurl} has no process group {GROUP!r}. "
-                                f"Nothing was changed.")
+        raise Stop(
+            Exit.FAILED, f"supervisord at {supervisor.serverurl} has no process group {GROUP!r}. Nothing was changed."
+        )
     busy = [p for p in group if p.state in _TRANSITIONS]
     if busy:
-        raise Stop(Exit.FAILED, "refused: " + ", ".join(f"{p.name} is {p.state}" for p in busy)
-                   + ": wait until it settles (supervisorctl status), then deploy. Nothing was changed.")
+        raise Stop(
+            Exit.FAILED,
+            "refused: "
+            + ", ".join(f"{p.name} is {p.state}" for p in busy)
+            + ": wait until it settles (supervisorctl status), then deploy. Nothing was changed.",
+        )
     running = [p for p in group if p.state == "RUNNING"]
     if not running:
-        raise Stop(Exit.FAILED, f"refused: no {GROUP} process is RUNNING under supervisord at "
-                                f"{supervisor.serverurl}, so none would keep serving. Nothing was changed. "
-                                f"If the pool is down, point {opts.link} at a good file by hand and start "
-                                f"the workers (supervisorctl -c {opts.configuration} start {GROUP}:NAME).")
+        raise Stop(
+            Exit.FAILED,
+            f"refused: no {GROUP} process is RUNNING under supervisord at "
+            f"{supervisor.serverurl}, so none would keep serving. Nothing was changed. "
+            f"If the pool is down, point {opts.link} at a good file by hand and start "
+            f"the workers (supervisorctl -c {opts.configuration} start {GROUP}:NAME).",
+        )
     for p in group:
         if p.state in {"FATAL", "EXITED", "UNKNOWN"}:
             warn(f"note: {p.name} is {p.state}: left alone (it loads {opts.link} when started)")
@@ -433,17 +469,23 @@ def deploy(opts: Options) -> Exit:
         _check_datasets(opts.link, running, answers)
         for w in running:
             if not resume and answers[w.name].digest != old_digest:
-                warn(f"note: {w.name} serves {short(answers[w.name].digest)}, not {old_target}'s "
-                     f"{short(old_digest)} ({opts.link} was repointed without a restart): a rollback "
-                     f"would bring it to {old_target}")
+                warn(
+                    f"note: {w.name} serves {short(answers[w.name].digest)}, not {old_target}'s "
+                    f"{short(old_digest)} ({opts.link} was repointed without a restart): a rollback "
+                    f"would bring it to {old_target}"
+                )
         if resume:
             todo = [w for w in running if answers[w.name].digest != new_digest]
             if not todo:
-                say(f"{opts.link} already points at {old_target}, and all {len(running)} workers serve "
-                    f"{new_digest}: nothing to do")
+                say(
+                    f"{opts.link} already points at {old_target}, and all {len(running)} workers serve "
+                    f"{new_digest}: nothing to do"
+                )
                 return Exit.OK
-            say(f"{opts.link} already points at {old_target}; {len(todo)} of {len(running)} workers do not "
-                f"serve it yet: restarting those (no older file to roll back to)")
+            say(
+                f"{opts.link} already points at {old_target}; {len(todo)} of {len(running)} workers do not "
+                f"serve it yet: restarting those (no older file to roll back to)"
+            )
         else:
             todo = running
         if len(running) == 1:
@@ -469,13 +511,21 @@ def _check_datasets(link: str, workers: list[Process], answers: dict[str, Answer
         except OSError:
             same = False
         if not same:
-            raise Stop(Exit.FAILED, f"refused: {w.name} loads {dataset}, not {link}: repointing {link} would "
-                                    f"not change what it serves (--link, $ROKV_DATA). Nothing was changed.")
+            raise Stop(
+                Exit.FAILED,
+                f"refused: {w.name} loads {dataset}, not {link}: repointing {link} would "
+                f"not change what it serves (--link, $ROKV_DATA). Nothing was changed.",
+            )
 
 
 def _switch(
-    opts: Options, pool: Pool, todo: list[Process], old_target: str, old_digest: str | None,
-    new_digest: str, started: float,
+    opts: Options,
+    pool: Pool,
+    todo: list[Process],
+    old_target: str,
+    old_digest: str | None,
+    new_digest: str,
+    started: float,
 ) -> Exit:
     """Steps 4 to 6: repoint, restart one by one, roll back on failure."""
     link = opts.link
@@ -488,8 +538,9 @@ def _switch(
                 try:
                     repoint(link, new_target)
                 except OSError as exc:
-                    raise Stop(Exit.FAILED, f"cannot repoint {link}: {exc.strerror or exc}. "
-                                            f"Nothing was changed.") from None
+                    raise Stop(
+                        Exit.FAILED, f"cannot repoint {link}: {exc.strerror or exc}. Nothing was changed."
+                    ) from None
                 say(f"{link}: {old_target} -> {new_target}")
             for worker in todo:
                 current = worker
@@ -503,20 +554,25 @@ def _switch(
             failure = exc
         except KeyboardInterrupt:
             failure = StepFailed("interrupted (Ctrl-C, SIGTERM or SIGHUP)")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure rolls back; see below
             # Once the link has moved, going back to a known state beats a
             # traceback that leaves the pool half-switched.
             failure = StepFailed(f"unexpected error: {exc!r}")
         else:
-            say(f"deployed {new_target} ({new_digest}) to {len(todo)} worker(s) in "
-                f"{time.monotonic() - started:.1f} s")
+            say(f"deployed {new_target} ({new_digest}) to {len(todo)} worker(s) in {time.monotonic() - started:.1f} s")
             return Exit.OK
         return _fail(opts, pool, current, failure, switched, todo, old_target, old_digest)
 
 
 def _fail(
-    opts: Options, pool: Pool, failed: Process | None, failure: StepFailed, switched: list[Process],
-    todo: list[Process], old_target: str, old_digest: str | None,
+    opts: Options,
+    pool: Pool,
+    failed: Process | None,
+    failure: StepFailed,
+    switched: list[Process],
+    todo: list[Process],
+    old_target: str,
+    old_digest: str | None,
 ) -> Exit:
     """Say what failed, and put the link and the workers touched back."""
     untouched = [w.name for w in todo if w not in switched and w is not failed]
@@ -529,10 +585,12 @@ def _fail(
         else:
             warn(f"deploy of {opts.new} stopped: {failure.reason}")
         if old_digest is None:
-            warn(f"NOT ROLLED BACK: {opts.link} already pointed at {old_target} before this run: there is no "
-                 f"older file to go back to. Switched: {', '.join(w.name for w in switched) or 'none'}; "
-                 f"not reached: {', '.join(untouched) or 'none'}. See supervisorctl -c {opts.configuration} "
-                 f"status.")
+            warn(
+                f"NOT ROLLED BACK: {opts.link} already pointed at {old_target} before this run: there is no "
+                f"older file to go back to. Switched: {', '.join(w.name for w in switched) or 'none'}; "
+                f"not reached: {', '.join(untouched) or 'none'}. See supervisorctl -c {opts.configuration} "
+                f"status."
+            )
             return Exit.ROLLBACK_FAILED
         say(f"rolling back: {opts.link} -> {old_target}, then {len(back)} worker(s)")
         try:
@@ -542,19 +600,25 @@ def _fail(
         for rolling in back:
             pid, took = pool.restart(rolling, old_digest)
             say(f"{rolling.name}: back on {short(old_digest)}, pid {pid}, after {took:.1f} s")
-    except (StepFailed, KeyboardInterrupt, Exception) as exc:  # noqa: BLE001  (say so, never a traceback)
+    except (StepFailed, KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - say so, never a traceback
         where = f" at {rolling.name}" if rolling is not None else ""
         if isinstance(exc, StepFailed):
             warn(f"ROLLBACK FAILED{where}: {exc.reason}")
             _show_log(rolling.name if rolling is not None else "", exc.log)
         else:
-            warn(f"ROLLBACK FAILED{where}: "
-                 + ("interrupted" if isinstance(exc, KeyboardInterrupt) else f"unexpected error: {exc!r}"))
-        warn(f"the pool may serve two versions or have a worker down: act by hand "
-             f"(supervisorctl -c {opts.configuration} status; rokv ping)")
+            warn(
+                f"ROLLBACK FAILED{where}: "
+                + ("interrupted" if isinstance(exc, KeyboardInterrupt) else f"unexpected error: {exc!r}")
+            )
+        warn(
+            f"the pool may serve two versions or have a worker down: act by hand "
+            f"(supervisorctl -c {opts.configuration} status; rokv ping)"
+        )
         return Exit.ROLLBACK_FAILED
-    warn(f"rolled back: {opts.link} -> {old_target} again; every worker serves {old_digest}"
-         + (f" ({', '.join(untouched)} never left it)" if untouched else ""))
+    warn(
+        f"rolled back: {opts.link} -> {old_target} again; every worker serves {old_digest}"
+        + (f" ({', '.join(untouched)} never left it)" if untouched else "")
+    )
     return Exit.FAILED
 
 
@@ -596,9 +660,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from rokv.core import resolve_endpoint
 
     opts = Options(
-        new=args.new, link=link,
+        new=args.new,
+        link=link,
         configuration=args.configuration or os.environ.get("ROKV_SUPERVISOR_CONF") or DEFAULT_CONF,
-        endpoint=resolve_endpoint(args.endpoint), timeout=args.timeout, verify=args.verify,
+        endpoint=resolve_endpoint(args.endpoint),
+        timeout=args.timeout,
+        verify=args.verify,
     )
     try:
         return deploy(opts)
@@ -610,7 +677,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return Exit.FAILED
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``deploy`` on the ``rokv`` parser (rokv.cli loads this
     module when the command runs)."""
     from rokv.endpoints import endpoints_argument
@@ -627,16 +694,34 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         "5 failed and could not roll back (act by hand)",
     )
     p.add_argument("new", metavar="NEW.rokv", help="the file to serve, built by `rokv build`")
-    p.add_argument("--link", metavar="PATH", default=None,
-                   help="the symbolic link the workers load (default: $ROKV_DATA)")
-    p.add_argument("-c", "--configuration", metavar="FILE", default=None,
-                   help=f"supervisord.conf whose [supervisorctl] serverurl is used "
-                        f"(default: $ROKV_SUPERVISOR_CONF, else ./{DEFAULT_CONF})")
-    p.add_argument("--endpoint", default=None, type=endpoints_argument(),
-                   help="broker frontend for the pings (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help="longest one worker's stop, start and first answer may take (default %(default)g)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="check NEW's header only, not its digest (after `rokv verify NEW` on a huge file)")
+    p.add_argument(
+        "--link", metavar="PATH", default=None, help="the symbolic link the workers load (default: $ROKV_DATA)"
+    )
+    p.add_argument(
+        "-c",
+        "--configuration",
+        metavar="FILE",
+        default=None,
+        help=f"supervisord.conf whose [supervisorctl] serverurl is used "
+        f"(default: $ROKV_SUPERVISOR_CONF, else ./{DEFAULT_CONF})",
+    )
+    p.add_argument(
+        "--endpoint",
+        default=None,
+        type=endpoints_argument(),
+        help="broker frontend for the pings (default: $ROKV_ENDPOINT, else tcp://127.0.0.1:5555)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="longest one worker's stop, start and first answer may take (default %(default)g)",
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="check NEW's header only, not its digest (after `rokv verify NEW` on a huge file)",
+    )
     p.set_defaults(run=cmd_deploy)
-

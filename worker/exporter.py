@@ -26,8 +26,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from rokv.hostport import METRICS_ENV, parse_address
 from rokv.worker import metricfiles
@@ -81,15 +82,18 @@ class Host:
             processes = self.processes()
         except Exception:  # noqa: BLE001 - supervisord away: no extra samples
             return families
-        down = [info["name"] for info in processes or [] if info["group"] == "broker" and info["statename"] != "RUNNING"]
+        down = [
+            info["name"] for info in processes or [] if info["group"] == "broker" and info["statename"] != "RUNNING"
+        ]
         if not down:
             return families
         from prometheus_client.metrics_core import GaugeMetricFamily
 
         up = next((f for f in families if f.name == "rokv_broker_up"), None)
         if up is None:
-            up = GaugeMetricFamily("rokv_broker_up", "1 while the broker forwards, 0 when its proxy stopped",
-                                   labels=["broker"])
+            up = GaugeMetricFamily(
+                "rokv_broker_up", "1 while the broker forwards, 0 when its proxy stopped", labels=["broker"]
+            )
             families.append(up)
         named = {s.labels.get("broker") for s in up.samples}
         for name in down:
@@ -133,8 +137,11 @@ class Host:
                 if state in INTENDED:
                     states[full] = state.lower()
                     continue
-                why = f"is {state}" if state != "RUNNING" else (
-                    serving(info["name"]) if info["group"] in ("broker", "worker") else None)
+                why = (
+                    f"is {state}"
+                    if state != "RUNNING"
+                    else (serving(info["name"]) if info["group"] in ("broker", "worker") else None)
+                )
                 states[full] = "serving" if why is None else why
                 if why is not None:
                     problems.append(f"{full} {why}")
@@ -193,7 +200,7 @@ def make_handler(host: Host) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "rokv-metrics"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             path = self.path.partition("?")[0]
             if path == "/metrics":
                 try:
@@ -204,15 +211,19 @@ def make_handler(host: Host) -> type[BaseHTTPRequestHandler]:
                 self._send(200, body, content_type)
             elif path == "/healthz":
                 healthy, report = host.health()
-                self._send(200 if healthy else 503, (json.dumps(report, sort_keys=True) + "\n").encode(),
-                           "application/json")
+                self._send(
+                    200 if healthy else 503, (json.dumps(report, sort_keys=True) + "\n").encode(), "application/json"
+                )
             elif path == "/":
-                self._send(200, b"rokv-metrics: /metrics (Prometheus), /healthz (200 or 503, JSON)\n",
-                           "text/plain; charset=utf-8")
+                self._send(
+                    200,
+                    b"rokv-metrics: /metrics (Prometheus), /healthz (200 or 503, JSON)\n",
+                    "text/plain; charset=utf-8",
+                )
             else:
                 self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._head_only = True
             self.do_GET()
 
@@ -225,7 +236,7 @@ def make_handler(host: Host) -> type[BaseHTTPRequestHandler]:
             if not getattr(self, "_head_only", False):
                 self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # a scrape a second would flood the log
 
     return Handler
@@ -271,10 +282,16 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve the metrics of every rokv process of this host (GET /metrics) and their health "
         "(GET /healthz). Exits 0 on SIGTERM/SIGINT.",
     )
-    parser.add_argument("--listen", default=os.environ.get(METRICS_ENV) or None,
-                        help=f"HOST:PORT to serve on (env {METRICS_ENV}, e.g. 127.0.0.1:9555)")
-    parser.add_argument("--dir", default=os.environ.get(DIR_ENV) or None,
-                        help=f"the folder the rokv processes publish into (env {DIR_ENV})")
+    parser.add_argument(
+        "--listen",
+        default=os.environ.get(METRICS_ENV) or None,
+        help=f"HOST:PORT to serve on (env {METRICS_ENV}, e.g. 127.0.0.1:9555)",
+    )
+    parser.add_argument(
+        "--dir",
+        default=os.environ.get(DIR_ENV) or None,
+        help=f"the folder the rokv processes publish into (env {DIR_ENV})",
+    )
     args = parser.parse_args(argv)
     if not args.listen:
         parser.error(f"give --listen HOST:PORT or set {METRICS_ENV}")
@@ -284,8 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         parse_address(args.listen)
     except ValueError as exc:
         parser.error(f"--listen / {METRICS_ENV}: {exc}")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s rokv-metrics[{os.getpid()}] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s rokv-metrics[{os.getpid()}] %(levelname)s %(message)s",
+    )
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         os.makedirs(args.dir, exist_ok=True)

@@ -8,14 +8,28 @@ import os
 import socket
 import time
 from bisect import bisect_left
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from rokv import protocol as p
 from rokv.errors import InvalidKey
 from rokv.keys import normalize_key
 from rokv.worker.stats import (
-    BUCKETS, GET_FOUND, GET_INVALID, GET_NOT_FOUND, KEY_FOUND, KEY_INVALID, KEY_NOT_FOUND, MGET_FOUND, MGET_INVALID,
-    MGET_NOT_FOUND, OTHER_ERROR, OTHER_REFUSED, PING_OK, RequestStats, clock,
+    BUCKETS,
+    GET_FOUND,
+    GET_INVALID,
+    GET_NOT_FOUND,
+    KEY_FOUND,
+    KEY_INVALID,
+    KEY_NOT_FOUND,
+    MGET_FOUND,
+    MGET_INVALID,
+    MGET_NOT_FOUND,
+    OTHER_ERROR,
+    OTHER_REFUSED,
+    PING_OK,
+    RequestStats,
+    clock,
 )
 
 log = logging.getLogger("rokv.worker")
@@ -101,8 +115,7 @@ class Handler:
             if len(frames) != 2:
                 self._requests[OTHER_REFUSED] += 1
                 self._drop_log.warning(f"refused a request of {len(frames) - 1} frames")
-                return [route, p.encode_error(None, p.BAD_REQUEST,
-                                              f"a request is one frame, not {len(frames) - 1}")]
+                return [route, p.encode_error(None, p.BAD_REQUEST, f"a request is one frame, not {len(frames) - 1}")]
             try:
                 return [route, self.answer(frames[1])]
             except Exception:  # a bug must cost one reply, never the worker
@@ -132,7 +145,7 @@ class Handler:
         return p.encode_worker(req.request_id, {**self._info, "uptime": time.monotonic() - self._started})
 
     def _get(self, rid: int, key: Any) -> bytes:
-        value = self.data.get(key) if type(key) is str else None  # noqa: E721
+        value = self.data.get(key) if type(key) is str else None
         if value is not None:
             self._requests[GET_FOUND] += 1
             return p.encode_value(rid, value)
@@ -185,4 +198,3 @@ class Handler:
         self._mget_keys[KEY_FOUND] += len(values) - missing
         self._mget_keys[KEY_NOT_FOUND] += missing
         return p.encode_values(rid, values)
-

@@ -10,7 +10,8 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -117,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         reason = str(exc)
         if args.data == DEFAULT_DATA and not os.path.exists(DEFAULT_DATA):
-            reason += (f" (the default {DEFAULT_DATA} exists only in a checkout of rokv, where supervisord.conf "
-                       "runs workers; give a dataset with ROKV_DATA or --data)")
+            reason += (
+                f" (the default {DEFAULT_DATA} exists only in a checkout of rokv, where supervisord.conf "
+                "runs workers; give a dataset with ROKV_DATA or --data)"
+            )
         print(f"rokv-worker: {reason}", file=sys.stderr)
         refusal.remember(args.data, rules, reason)
         return EXIT_DATASET_REFUSED
@@ -155,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     handler = Handler(data, worker_id=args.name, dataset=args.data, extra_info=extra)
     log.info(
         "serving %s: %d keys %s in %.2f s%s; connecting to %s as %s",
-        args.data, len(data), "mapped" if digest else "loaded", load_seconds,
-        f" (digest {digest})" if digest else "", ", ".join(backends), args.name,
+        args.data,
+        len(data),
+        "mapped" if digest else "loaded",
+        load_seconds,
+        f" (digest {digest})" if digest else "",
+        ", ".join(backends),
+        args.name,
     )
     published = _publisher(handler, args, digest, len(data), load_seconds, watcher)
     module = native.load()
@@ -176,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _publisher(handler: Handler, args: argparse.Namespace, digest: str | None, keys: int, load_seconds: float,
-               watcher: ConnectionWatcher) -> metrics.WorkerMetrics | None:
+def _publisher(
+    handler: Handler,
+    args: argparse.Namespace,
+    digest: str | None,
+    keys: int,
+    load_seconds: float,
+    watcher: ConnectionWatcher,
+) -> metrics.WorkerMetrics | None:
     """This worker's metrics when the host publishes them (ROKV_METRICS set,
     so rokv-pool set PROMETHEUS_MULTIPROC_DIR); None otherwise, or when they
     cannot be published (logged: serving matters more than metrics)."""
@@ -187,8 +201,14 @@ def _publisher(handler: Handler, args: argparse.Namespace, digest: str | None, k
     try:
         metrics.prepare(folder)
         return metrics.WorkerMetrics(
-            args.name, handler.stats, dataset=os.path.abspath(args.data), digest=digest, keys=keys,
-            load_seconds=load_seconds, brokers_connected=lambda: sum(link.up for link in watcher.links()))
+            args.name,
+            handler.stats,
+            dataset=os.path.abspath(args.data),
+            digest=digest,
+            keys=keys,
+            load_seconds=load_seconds,
+            brokers_connected=lambda: sum(link.up for link in watcher.links()),
+        )
     except ImportError as exc:
         log.error("metrics are off: %s (it comes with the server extra: pip install 'rokv[server]')", exc)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -239,7 +259,7 @@ def _rules(*, allow_empty: bool) -> str:
         from importlib.metadata import version
 
         return f"rokv {version('rokv')}; allow_empty={allow_empty}"
-    except Exception:  # not installed (run from a checkout): judge afresh
+    except Exception:  # noqa: BLE001 - not installed (run from a checkout): judge afresh
         return f"rokv unknown {time.time()}"
 
 
@@ -269,8 +289,13 @@ class _StopFlag:
         self.raised = True
 
 
-def serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None] = _nothing,
-          compiled: Compiled | None = None) -> None:
+def serve(
+    socks: list[zmq.Socket],
+    handler: Handler,
+    stop: _StopFlag,
+    tick: Callable[[], None] = _nothing,
+    compiled: Compiled | None = None,
+) -> None:
     """Answer requests on ``socks`` (one per broker) until ``stop`` is
     raised, then answer what has already arrived and return. ``tick`` is
     called at least every :data:`TICK_EVERY` messages and at every idle
@@ -286,8 +311,9 @@ def serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Call
             compiled.collect()
 
 
-def _serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None],
-           answer: Answer) -> None:
+def _serve(
+    socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None], answer: Answer
+) -> None:
     if len(socks) > 1:
         _serve_several(socks, handler, stop, tick, answer)
         return
@@ -313,8 +339,9 @@ def _serve(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Cal
 BURST = 64
 
 
-def _serve_several(socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None],
-                   answer: Answer) -> None:
+def _serve_several(
+    socks: list[zmq.Socket], handler: Handler, stop: _StopFlag, tick: Callable[[], None], answer: Answer
+) -> None:
     """:func:`serve` for several brokers: a poll, then a burst from each
     socket that has requests, each answered on the socket it came from."""
     poller = zmq.Poller()
@@ -363,8 +390,14 @@ _SNDMORE, _RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
 Answer = Callable[[zmq.Socket, Handler, Callable[[], bool], bool, int, Callable[[], None]], int]
 
 
-def _answer(sock: zmq.Socket, handler: Handler, done: Callable[[], bool], stop_when_idle: bool,
-            limit: int = 1 << 62, tick: Callable[[], None] = _nothing) -> int:
+def _answer(
+    sock: zmq.Socket,
+    handler: Handler,
+    done: Callable[[], bool],
+    stop_when_idle: bool,
+    limit: int = 1 << 62,
+    tick: Callable[[], None] = _nothing,
+) -> int:
     """Answer one message after another until ``done()``, or ``limit`` were
     answered, or until a wait for the next one times out when
     ``stop_when_idle``; the count answered. ``tick()`` runs at every receive
@@ -417,8 +450,15 @@ class Compiled:
         self._handle = handler.handle
         self._stats = handler.stats
 
-    def answer(self, sock: zmq.Socket, handler: Handler, done: Callable[[], bool], stop_when_idle: bool,
-               limit: int = 1 << 62, tick: Callable[[], None] = _nothing) -> int:
+    def answer(
+        self,
+        sock: zmq.Socket,
+        handler: Handler,
+        done: Callable[[], bool],
+        stop_when_idle: bool,
+        limit: int = 1 << 62,
+        tick: Callable[[], None] = _nothing,
+    ) -> int:
         """:func:`_answer`'s contract, the loop in compiled code: it comes back
         every :data:`TICK_EVERY` messages, at a receive timeout and at a
         signal, so that ``done`` and ``tick`` are looked at as often."""
@@ -429,8 +469,7 @@ class Compiled:
             answered, dropped, interrupted = serve(address, lookup, handle, asked, False)
             count += answered
             if dropped:
-                log.warning("dropped %d replies: the broker did not take them within %d ms", dropped,
-                            SEND_TIMEOUT_MS)
+                log.warning("dropped %d replies: the broker did not take them within %d ms", dropped, SEND_TIMEOUT_MS)
             if answered < asked and not interrupted:  # the receive timed out: nothing came
                 tick()
                 if stop_when_idle:

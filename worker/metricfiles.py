@@ -78,8 +78,7 @@ def sweep(path: str | Path) -> list[int]:
 
 
 def _names(folder: Path, typ: str) -> tuple[Path, Path, Path]:
-    return (folder / f"{typ}_{ARCHIVE}.db", folder / f"{typ}_{ARCHIVE}.db.new",
-            folder / f"{typ}_{ARCHIVE}.journal")
+    return (folder / f"{typ}_{ARCHIVE}.db", folder / f"{typ}_{ARCHIVE}.db.new", folder / f"{typ}_{ARCHIVE}.journal")
 
 
 def _merge(folder: Path, typ: str, files: list[Path]) -> None:

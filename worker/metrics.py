@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
-from rokv.worker.stats import BUCKETS, KEY_OUTCOMES, OPS, OUTCOMES, RequestStats, Snapshot, request_index
+from rokv.worker.stats import BUCKETS, KEY_OUTCOMES, OPS, OUTCOMES, RequestStats, Snapshot
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge
@@ -43,9 +44,11 @@ PUBLISH_SECONDS = 0.25
 LIVE: Final = "livemostrecent"
 #: The (op, outcome) pairs that can happen: their series exist from the start
 #: at 0, so that a rate over them is defined before the first one occurs.
-POSSIBLE = [("get", o) for o in ("found", "not_found", "invalid")] + \
-    [("mget", o) for o in ("found", "not_found", "invalid")] + [("ping", "ok"), ("other", "refused"),
-                                                                 ("other", "error")]
+POSSIBLE = (
+    [("get", o) for o in ("found", "not_found", "invalid")]
+    + [("mget", o) for o in ("found", "not_found", "invalid")]
+    + [("ping", "ok"), ("other", "refused"), ("other", "error")]
+)
 
 
 def metrics_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
@@ -95,8 +98,17 @@ class WorkerMetrics:
     """A worker's published metrics, labelled ``worker=NAME`` (supervisor's
     stable process name, so a restarted worker continues its own series)."""
 
-    def __init__(self, name: str, stats: RequestStats, *, dataset: str, digest: str | None, keys: int,
-                 load_seconds: float, brokers_connected: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        name: str,
+        stats: RequestStats,
+        *,
+        dataset: str,
+        digest: str | None,
+        keys: int,
+        load_seconds: float,
+        brokers_connected: Callable[[], int],
+    ) -> None:
         from prometheus_client import Histogram
 
         self.name = name
@@ -105,16 +117,25 @@ class WorkerMetrics:
         self._last = Snapshot.zero()
         self._next = time.monotonic()
         worker = ("worker",)
-        requests = _counter("rokv_worker_requests_total", "Requests answered, by operation and outcome",
-                            ("worker", "op", "outcome"))
-        self._requests = [requests.labels(name, op, outcome) if (op, outcome) in POSSIBLE else None
-                          for op in OPS for outcome in OUTCOMES]
-        keys_total = _counter("rokv_worker_keys_total", "Keys looked up (get and mget), by outcome",
-                              ("worker", "outcome"))
+        requests = _counter(
+            "rokv_worker_requests_total", "Requests answered, by operation and outcome", ("worker", "op", "outcome")
+        )
+        self._requests = [
+            requests.labels(name, op, outcome) if (op, outcome) in POSSIBLE else None
+            for op in OPS
+            for outcome in OUTCOMES
+        ]
+        keys_total = _counter(
+            "rokv_worker_keys_total", "Keys looked up (get and mget), by outcome", ("worker", "outcome")
+        )
         self._keys = [keys_total.labels(name, outcome) for outcome in KEY_OUTCOMES]
-        histogram = Histogram("rokv_worker_request_duration_seconds",
-                              "Time to handle one request: decode, look up, encode", worker,
-                              buckets=BUCKETS, registry=None)
+        histogram = Histogram(
+            "rokv_worker_request_duration_seconds",
+            "Time to handle one request: decode, look up, encode",
+            worker,
+            buckets=BUCKETS,
+            registry=None,
+        )
         self._histogram = histogram.labels(name)
         # prometheus_client has no way to add n observations to a bucket at
         # once; its children keep one value per bucket (the +Inf one last)
@@ -123,18 +144,26 @@ class WorkerMetrics:
         self._sum_value: Any = self._histogram._sum
         if len(self._bucket_values) != len(BUCKETS) + 1:
             raise RuntimeError("prometheus_client's Histogram changed: cannot publish rokv's bucket counts")
-        self._heartbeat = _gauge("rokv_worker_heartbeat_timestamp_seconds",
-                                 "When the worker's serving loop last published (Unix time); "
-                                 "old when the loop is stuck", worker).labels(name)
-        self._brokers = _gauge("rokv_worker_brokers_connected", "Brokers this worker is connected to",
-                               worker).labels(name)
+        self._heartbeat = _gauge(
+            "rokv_worker_heartbeat_timestamp_seconds",
+            "When the worker's serving loop last published (Unix time); old when the loop is stuck",
+            worker,
+        ).labels(name)
+        self._brokers = _gauge("rokv_worker_brokers_connected", "Brokers this worker is connected to", worker).labels(
+            name
+        )
         _gauge("rokv_worker_dataset_keys", "Keys in the dataset served", worker).labels(name).set(keys)
-        _gauge("rokv_worker_dataset_info", "The dataset served: its content digest (empty for JSON) and path",
-               ("worker", "digest", "path")).labels(name, digest or "", dataset).set(1)
-        _gauge("rokv_worker_dataset_load_seconds", "Time the worker took to load or map its dataset",
-               worker).labels(name).set(load_seconds)
-        _gauge("rokv_worker_start_time_seconds", "When the worker process started (Unix time)",
-               worker).labels(name).set(process_start_time())
+        _gauge(
+            "rokv_worker_dataset_info",
+            "The dataset served: its content digest (empty for JSON) and path",
+            ("worker", "digest", "path"),
+        ).labels(name, digest or "", dataset).set(1)
+        _gauge("rokv_worker_dataset_load_seconds", "Time the worker took to load or map its dataset", worker).labels(
+            name
+        ).set(load_seconds)
+        _gauge("rokv_worker_start_time_seconds", "When the worker process started (Unix time)", worker).labels(
+            name
+        ).set(process_start_time())
         self.publish()
 
     def maybe_publish(self) -> None:
@@ -172,33 +201,45 @@ class BrokerMetrics:
     def __init__(self, name: str) -> None:
         self.name = name
         broker = ("broker",)
-        self._up = _gauge("rokv_broker_up", "1 while the broker forwards, 0 when its proxy stopped",
-                          broker).labels(name)
-        self._workers = _gauge("rokv_broker_workers_connected", "Workers connected to this broker",
-                               broker).labels(name)
-        self._clients = _gauge("rokv_broker_clients_connected", "Client connections open to this broker",
-                               broker).labels(name)
-        self._heartbeat = _gauge("rokv_broker_heartbeat_timestamp_seconds",
-                                 "When the broker last published (Unix time)", broker).labels(name)
-        _gauge("rokv_broker_start_time_seconds", "When the broker process started (Unix time)",
-               broker).labels(name).set(process_start_time())
+        self._up = _gauge("rokv_broker_up", "1 while the broker forwards, 0 when its proxy stopped", broker).labels(
+            name
+        )
+        self._workers = _gauge("rokv_broker_workers_connected", "Workers connected to this broker", broker).labels(name)
+        self._clients = _gauge(
+            "rokv_broker_clients_connected", "Client connections open to this broker", broker
+        ).labels(name)
+        self._heartbeat = _gauge(
+            "rokv_broker_heartbeat_timestamp_seconds", "When the broker last published (Unix time)", broker
+        ).labels(name)
+        _gauge("rokv_broker_start_time_seconds", "When the broker process started (Unix time)", broker).labels(
+            name
+        ).set(process_start_time())
         # libzmq 4.3.5's proxy counts frames, not messages (measured: a
         # request or a reply is 2, the routing id and the body).
-        messages = _counter("rokv_broker_forwarded_frames_total",
-                            "ZeroMQ frames forwarded: of requests (clients to workers) and of replies (workers to "
-                            "clients); a well-formed request or reply is 2 frames", ("broker", "direction"))
-        volume = _counter("rokv_broker_forwarded_bytes_total", "Bytes of the messages forwarded, by direction",
-                          ("broker", "direction"))
+        messages = _counter(
+            "rokv_broker_forwarded_frames_total",
+            "ZeroMQ frames forwarded: of requests (clients to workers) and of replies (workers to "
+            "clients); a well-formed request or reply is 2 frames",
+            ("broker", "direction"),
+        )
+        volume = _counter(
+            "rokv_broker_forwarded_bytes_total",
+            "Bytes of the messages forwarded, by direction",
+            ("broker", "direction"),
+        )
         self._messages = [messages.labels(name, d) for d in self.DIRECTIONS]
         self._bytes = [volume.labels(name, d) for d in self.DIRECTIONS]
-        self._restarts = _counter("rokv_broker_proxy_restarts_total",
-                                  "Times the proxy resumed after libzmq woke it with nothing to read "
-                                  "(forwarded counts since the last publication are lost then)",
-                                  broker).labels(name)
+        self._restarts = _counter(
+            "rokv_broker_proxy_restarts_total",
+            "Times the proxy resumed after libzmq woke it with nothing to read "
+            "(forwarded counts since the last publication are lost then)",
+            broker,
+        ).labels(name)
         self._last = (0, 0, 0, 0, 0)
 
-    def publish(self, *, up: bool, workers: int, clients: int, messages: tuple[int, int], volume: tuple[int, int],
-                restarts: int) -> None:
+    def publish(
+        self, *, up: bool, workers: int, clients: int, messages: tuple[int, int], volume: tuple[int, int], restarts: int
+    ) -> None:
         """Publish the broker's state; ``messages`` (frames), ``volume`` (bytes), each (requests,
         replies), and ``restarts`` are totals since the start, never lower
         than at the last call."""
@@ -209,7 +250,7 @@ class BrokerMetrics:
         for child, new, old in zip([*self._messages, *self._bytes, self._restarts], now, self._last):
             if new > old:
                 child.inc(new - old)
-        self._last = tuple(max(n, o) for n, o in zip(now, self._last))  # type: ignore[assignment]
+        self._last = tuple(max(n, o) for n, o in zip(now, self._last))  # type: ignore[assignment]  # same length as before
         self._heartbeat.set(time.time())
 
 

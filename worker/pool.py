@@ -87,8 +87,9 @@ class Settings:
         """
         role = env.get("ROKV_ROLE", "").strip().lower() or DEFAULT_ROLE
         if role not in ROLES:
-            raise SettingError(f"ROKV_ROLE={env.get('ROKV_ROLE')!r}: expected one of {', '.join(ROLES)} "
-                               f"(default {DEFAULT_ROLE})")
+            raise SettingError(
+                f"ROKV_ROLE={env.get('ROKV_ROLE')!r}: expected one of {', '.join(ROLES)} (default {DEFAULT_ROLE})"
+            )
         scrape = env.get(METRICS_ENV, "").strip() or None
         if scrape is not None:
             try:
@@ -103,8 +104,10 @@ class Settings:
         try:
             workers = int(raw)
         except ValueError:
-            raise SettingError(f"ROKV_WORKERS={raw!r} is not a whole number: expected a count of workers, "
-                               f"1 or more (default {DEFAULT_WORKERS})") from None
+            raise SettingError(
+                f"ROKV_WORKERS={raw!r} is not a whole number: expected a count of workers, "
+                f"1 or more (default {DEFAULT_WORKERS})"
+            ) from None
         if workers < 1:
             raise SettingError(f"ROKV_WORKERS={raw!r}: a pool needs at least 1 worker")
         return cls(role=role, workers=workers, metrics=scrape)
@@ -160,20 +163,24 @@ def render(settings: Settings, here: Path, http: str | None = None) -> str:
         "; copy read at supervisord's start never runs.\n"
     ]
     if settings.metrics:
-        sections.append(f"[program:metrics]\ncommand=rokv-metrics --listen {settings.metrics}\npriority=5\n{common}"
-                        f"stdout_logfile={here}/run/metrics.log\n")
+        sections.append(
+            f"[program:metrics]\ncommand=rokv-metrics --listen {settings.metrics}\npriority=5\n{common}"
+            f"stdout_logfile={here}/run/metrics.log\n"
+        )
     if settings.broker:
-        sections.append(f"[program:broker]\ncommand=rokv-broker\npriority=10\n{common}"
-                        f"stdout_logfile={here}/run/broker.log\n")
+        sections.append(
+            f"[program:broker]\ncommand=rokv-broker\npriority=10\n{common}stdout_logfile={here}/run/broker.log\n"
+        )
     if settings.workers:
-        sections.append(f"[program:worker]\ncommand=rokv-worker\nprocess_name=worker_%(process_num)02d\n"
-                        f"numprocs={settings.workers}\npriority=20\n{common}"
-                        f"stdout_logfile={here}/run/worker_%(process_num)02d.log\n")
+        sections.append(
+            f"[program:worker]\ncommand=rokv-worker\nprocess_name=worker_%(process_num)02d\n"
+            f"numprocs={settings.workers}\npriority=20\n{common}"
+            f"stdout_logfile={here}/run/worker_%(process_num)02d.log\n"
+        )
     if http:
         # rokv-http reads ROKV_HTTP itself; stopped first (highest priority),
         # it answers what is in flight while the workers still run.
-        sections.append(f"[program:http]\ncommand=rokv-http\npriority=30\n{common}"
-                        f"stdout_logfile={here}/run/http.log\n")
+        sections.append(f"[program:http]\ncommand=rokv-http\npriority=30\n{common}stdout_logfile={here}/run/http.log\n")
     return "\n".join(sections)
 
 
@@ -202,8 +209,9 @@ def apply(rpc: Any, metrics_folder: Path | None = None) -> list[str]:
     emptied first when no rokv program runs (supervisord's start): totals
     start again at 0 with the pool, never under a running process."""
     if metrics_folder is not None and not any(
-            info["group"] in MANAGED and info["statename"] not in ("STOPPED", "EXITED", "FATAL")
-            for info in rpc.supervisor.getAllProcessInfo()):
+        info["group"] in MANAGED and info["statename"] not in ("STOPPED", "EXITED", "FATAL")
+        for info in rpc.supervisor.getAllProcessInfo()
+    ):
         metricfiles.clear(metrics_folder)
     added, changed, removed = rpc.supervisor.reloadConfig()[0]
     for name in [*removed, *changed]:
@@ -213,8 +221,7 @@ def apply(rpc: Any, metrics_folder: Path | None = None) -> list[str]:
     for name in [*added, *changed]:
         if name in MANAGED:
             rpc.supervisor.addProcessGroup(name)
-    groups = sorted({info["group"] for info in rpc.supervisor.getAllProcessInfo()} & set(MANAGED),
-                    key=MANAGED.index)
+    groups = sorted({info["group"] for info in rpc.supervisor.getAllProcessInfo()} & set(MANAGED), key=MANAGED.index)
     for group in groups:
         # wait=False: a worker that takes a minute to map a big dataset must
         # not hold up the others; supervisor reports each start in its log.
@@ -228,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Run this host's rokv programs under supervisord, from the ROKV_* variables "
         "(started by supervisord itself, which sets SUPERVISOR_SERVER_URL).",
     )
-    parser.add_argument("--here", required=True, type=Path,
-                        help="the folder of supervisord.conf: relative paths and logs are under it")
-    parser.add_argument("--include", type=Path, default=None,
-                        help="the file supervisord.conf includes (default HERE/run/pool.conf)")
+    parser.add_argument(
+        "--here", required=True, type=Path, help="the folder of supervisord.conf: relative paths and logs are under it"
+    )
+    parser.add_argument(
+        "--include", type=Path, default=None, help="the file supervisord.conf includes (default HERE/run/pool.conf)"
+    )
     args = parser.parse_args(argv)
     include: Path = args.include or args.here / "run" / "pool.conf"
     try:
@@ -243,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     if "SUPERVISOR_SERVER_URL" not in os.environ:
         parser.error("SUPERVISOR_SERVER_URL is not set: supervisord runs me")
     if settings.workers > 4 * (os.cpu_count() or 1):
-        print(f"rokv-pool: warning: {settings.workers} workers on {os.cpu_count()} cores; "
-              "more workers than cores add no throughput", file=sys.stderr, flush=True)
+        print(
+            f"rokv-pool: warning: {settings.workers} workers on {os.cpu_count()} cores; "
+            "more workers than cores add no throughput",
+            file=sys.stderr,
+            flush=True,
+        )
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     write_if_changed(include, render(settings, args.here.resolve(), http))
@@ -259,12 +272,18 @@ def main(argv: list[str] | None = None) -> int:
             break
         except (Fault, OSError) as exc:
             if time.monotonic() > deadline:
-                print(f"rokv-pool: supervisord refused the generated configuration {include}: {exc}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"rokv-pool: supervisord refused the generated configuration {include}: {exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return 1
             time.sleep(0.5)
-    print(f"rokv-pool: role {settings.role}: started {' and '.join(groups) or 'nothing'} "
-          f"({settings.workers} workers) from {include}", flush=True)
+    print(
+        f"rokv-pool: role {settings.role}: started {' and '.join(groups) or 'nothing'} "
+        f"({settings.workers} workers) from {include}",
+        flush=True,
+    )
     # Stay up: a RUNNING pool program is part of "everything is running".
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     return 0

@@ -37,7 +37,11 @@ def _identity(path: str, rules: str) -> tuple[Path, dict[str, object]] | None:
     except OSError:
         return None
     ident: dict[str, object] = {
-        "path": real, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        "path": real,
+        "dev": st.st_dev,
+        "ino": st.st_ino,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
         "rules": rules,
     }
     name = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:24]

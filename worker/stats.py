@@ -27,8 +27,7 @@ KEY_OUTCOMES = ("found", "not_found", "invalid")
 
 #: Upper bounds (seconds) of the handling-time histogram's buckets: a get
 #: takes a few microseconds, an mget of 1,000 keys about a millisecond.
-BUCKETS = (2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05,
-           0.1, 0.25, 1.0)
+BUCKETS = (2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 def request_index(op: str, outcome: str) -> int:
@@ -70,7 +69,7 @@ class RequestStats:
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.seconds = 0.0
 
-    def observe(self, seconds: float, _bisect=bisect_left, _bounds=BUCKETS) -> None:  # noqa: ANN001
+    def observe(self, seconds: float, _bisect=bisect_left, _bounds=BUCKETS) -> None:
         """Count one request's handling time (``le`` semantics: a time equal
         to a bound falls in that bound's bucket)."""
         self.buckets[_bisect(_bounds, seconds)] += 1

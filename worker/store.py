@@ -18,8 +18,9 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from rokv.worker.dataset import DatasetError
 
@@ -155,12 +156,30 @@ def read_header(path: str | os.PathLike[str], data: bytes | None = None, size: i
     if len(data) < HEADER_SIZE:
         raise StoreError(f"{name}: truncated: {size} bytes, shorter than the {HEADER_SIZE}-byte header", path=name)
     fields = _HEADER.unpack_from(data)
-    (_, _, header_size, count, built, bits, _flags, table, keys, offsets, values, values_size, file_size,
-     digest, crc, _) = fields
+    (
+        _,
+        _,
+        header_size,
+        count,
+        built,
+        bits,
+        _flags,
+        table,
+        keys,
+        offsets,
+        values,
+        values_size,
+        file_size,
+        digest,
+        crc,
+        _,
+    ) = fields
     if crc != zlib.crc32(data[:_CRC_AT]):
         raise StoreError(f"{name}: corrupt header (checksum mismatch)", path=name)
     if (
-        header_size != HEADER_SIZE or count > MAX_KEYS or bits != bucket_bits_for(count)
+        header_size != HEADER_SIZE
+        or count > MAX_KEYS
+        or bits != bucket_bits_for(count)
         or (table, keys, offsets, values, file_size) != _layout(count, bits, values_size)
         or values_size < count
     ):
@@ -218,8 +237,12 @@ class Store:
         self._table = view[h.table_offset : h.table_offset + 4 * buckets].cast("I")
         self._offsets = view[h.offsets_offset : h.offsets_offset + 8 * (n + 1)].cast("Q")
         self._np_keys: np.ndarray | None = None  # numpy views, made by the first batch
-        if self._table[0] != 0 or self._table[buckets - 1] != n or self._offsets[0] != 0 \
-                or self._offsets[n] != h.values_size:
+        if (
+            self._table[0] != 0
+            or self._table[buckets - 1] != n
+            or self._offsets[0] != 0
+            or self._offsets[n] != h.values_size
+        ):
             self.close()
             raise StoreError(f"{self.path}: corrupt index (bucket table or value offsets)", path=self.path)
         self._get = self._make_get()
@@ -241,11 +264,12 @@ class Store:
         """This store as ``rokv._native`` reads it: the mapping and where its
         sections are (FORMAT.md), for lookups in compiled code."""
         h = self.header
-        return native.store_lookup(self._mm, h.table_offset, h.keys_offset, h.offsets_offset, h.values_offset,
-                                   h.count, h.bucket_bits)
+        return native.store_lookup(
+            self._mm, h.table_offset, h.keys_offset, h.offsets_offset, h.values_offset, h.count, h.bucket_bits
+        )
 
     def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None  # type: ignore[arg-type]
+        return self.get(key) is not None  # type: ignore[arg-type]  # get answers None for any non-key
 
     def get(self, key: str, default: None = None) -> str | None:
         """The value of ``key`` (``8-4-4-4-12``, either case), else None.
@@ -304,8 +328,13 @@ class Store:
             return list(map(self._get, keys))
         dashes = b"-" * m
         if (
-            len(raw) != 36 * m or raw.count(b"-") != 4 * m or max(map(len, keys)) != 36
-            or raw[8::36] != dashes or raw[13::36] != dashes or raw[18::36] != dashes or raw[23::36] != dashes
+            len(raw) != 36 * m
+            or raw.count(b"-") != 4 * m
+            or max(map(len, keys)) != 36
+            or raw[8::36] != dashes
+            or raw[13::36] != dashes
+            or raw[18::36] != dashes
+            or raw[23::36] != dashes
         ):
             return list(map(self._get, keys))
         # Every key is 36 characters with its four hyphens in place: 32 hex
@@ -399,8 +428,6 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
 
 
 def verify_store(path: str | os.PathLike[str], chunk: int = 1 << 22) -> Header:
@@ -504,8 +531,22 @@ def write_store(
                 raise ValueError(f"values: {written} bytes written, {values_size} expected")
             assert f.tell() == file_size
             header = _HEADER.pack(
-                MAGIC, FORMAT_VERSION, HEADER_SIZE, count, built, bits, 0, table_at, keys_at, offsets_at, values_at,
-                values_size, file_size, digest.digest(), 0, 0,
+                MAGIC,
+                FORMAT_VERSION,
+                HEADER_SIZE,
+                count,
+                built,
+                bits,
+                0,
+                table_at,
+                keys_at,
+                offsets_at,
+                values_at,
+                values_size,
+                file_size,
+                digest.digest(),
+                0,
+                0,
             )
             header = header[:_CRC_AT] + struct.pack("<II", zlib.crc32(header[:_CRC_AT]), 0)
             f.seek(0)

@@ -60,8 +60,12 @@ class Process:
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> Process:
         return cls(
-            name=f"{info['group']}:{info['name']}", process=info["name"], group=info["group"],
-            state=info["statename"], pid=int(info["pid"]), description=info.get("description", ""),
+            name=f"{info['group']}:{info['name']}",
+            process=info["name"],
+            group=info["group"],
+            state=info["statename"],
+            pid=int(info["pid"]),
+            description=info.get("description", ""),
             spawnerr=info.get("spawnerr", ""),
         )
 
@@ -120,8 +124,9 @@ class Supervisor:
         except xmlrpc.client.Fault as fault:
             raise Refused(str(getFaultDescription(fault.faultCode)), fault.faultString) from None
         except TimeoutError:
-            raise SupervisorUnreachable(f"supervisord at {self.serverurl} did not answer {method} within "
-                                        f"{timeout:.0f} s") from None
+            raise SupervisorUnreachable(
+                f"supervisord at {self.serverurl} did not answer {method} within {timeout:.0f} s"
+            ) from None
         except (OSError, xmlrpc.client.ProtocolError, xmlrpc.client.ResponseError) as exc:
             raise SupervisorUnreachable(f"cannot reach supervisord at {self.serverurl}: {exc}") from None
         finally:
