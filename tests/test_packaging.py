@@ -4,6 +4,8 @@ needs only pyzmq and msgpack, and server commands that say which extra they need
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from procs import REPO, Stack, scaled
+from rokv import Client
+
+from procs import EXAMPLE, REPO, Proc, Stack, child_env, free_port, scaled
 
 pytestmark = pytest.mark.slow
 
@@ -111,3 +115,51 @@ def test_the_light_client_looks_keys_up_and_server_commands_name_their_extra(
         assert "Traceback" not in top.stderr
     finally:
         stack.stop()
+
+
+def test_without_a_compiler_rokv_installs_and_runs_its_python_path(tmp_path: Path, example: dict[str, str]) -> None:
+    # The compiled loop is optional: a machine without a C compiler builds
+    # rokv without it, and workers run the Python loop, saying so once.
+    out, src = tmp_path / "wheel", tmp_path / "src"
+    # A copy of the tracked files: nothing built before in this checkout may slip in.
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    for name in tracked.decode().split("\0"):
+        if name and (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(out)],
+        env={**os.environ, "CC": "/bin/false", "LDSHARED": "/bin/false"},
+        capture_output=True,
+        text=True,
+        timeout=scaled(300),
+    )
+    assert build.returncode == 0, build.stderr
+    wheel = next(out.glob("rokv-*.whl"))
+    assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".so")]
+    root = tmp_path / "venv"
+    venv.create(root, with_pip=True)  # not this environment's rokv: its own, without the compiled module
+    python = root / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=scaled(300),
+    )
+    frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    env = child_env()
+    broker = Proc(
+        "broker", [str(python), "-m", "rokv.broker", "--frontend", frontend, "--backend", backend], tmp_path, env
+    )
+    worker = Proc(
+        "worker", [str(python), "-m", "rokv.worker", "--backend", backend, "--data", str(EXAMPLE)], tmp_path, env
+    )
+    try:
+        key = next(iter(example))
+        with Client(frontend, timeout=1, retries=5) as client:
+            assert client.get(key) == example[key]
+        log = worker.log()
+        assert log.count("pure-Python path in use") == 1 and "compiled module is not installed" in log, log
+    finally:
+        worker.stop()
+        broker.stop()
