@@ -19,13 +19,19 @@ LABEL rokv.stage=build
 ARG EXTRA_CA_CERTS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/rokv
-COPY pyproject.toml README.md /src/
+# A C compiler for rokv's compiled hot path (rokv._native), in this stage
+# only; where it cannot be installed the build goes on and the image runs
+# rokv's pure-Python path (its workers say which in their log).
+RUN (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        gcc libc6-dev python3-dev >/dev/null) || echo "no C compiler: the image runs rokv's pure-Python path"
+COPY pyproject.toml setup.py README.md /src/
 COPY client /src/client
 COPY broker /src/broker
 COPY worker /src/worker
 COPY gateway /src/gateway
 # Every dependency ships as a wheel (pyzmq, msgpack, numpy, uvloop,
-# httptools): nothing is compiled. pip leaves with this stage.
+# httptools); only rokv._native is compiled. pip and the compiler stay in
+# this stage.
 RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
         cat "$(/opt/rokv/bin/python -c 'import ssl; print(ssl.get_default_verify_paths().openssl_cafile)')" \
             > /tmp/ca.pem 2>/dev/null || true; \

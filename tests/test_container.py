@@ -143,6 +143,9 @@ def test_the_image_serves_every_role_in_one_container_and_stops_cleanly_on_sigte
         assert kv.get_many(keys) == [example[k] for k in keys]
 
     assert docker("exec", c.name, "id", "-u").stdout.strip() != "0"
+    # The build stage had a compiler: the workers run the compiled loop.
+    worker_log = docker("exec", c.name, "cat", "/app/run/worker_00.log").stdout
+    assert "compiled hot path in use" in worker_log, worker_log
     tools = docker("exec", c.name, "sh", "-c", "command -v gcc cc make pip pip3; python3 -m pip --version", check=False)
     assert tools.stdout.strip() == "" and tools.returncode != 0, tools.stdout
     assert docker("exec", c.name, "rokv-container", "health").returncode == 0
