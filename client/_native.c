@@ -358,25 +358,25 @@ static const signed char HEX[256] = {
     ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
 };
 
+/* Where the 32 hex digits of an 8-4-4-4-12 key are. */
+static const unsigned char HEX_AT[32] = {0,  1,  2,  3,  4,  5,  6,  7,  9,  10, 11, 12, 14, 15, 16, 17,
+                                         19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35};
+
 /* 36 characters, hyphens at 8, 13, 18, 23, hex digits elsewhere (either
  * case): its 16 bytes. The spelling the store's get accepts. */
-static int
+static inline int
 key_bytes(const char *k, size_t n, unsigned char out[16])
 {
     if (n != 36 || k[8] != '-' || k[13] != '-' || k[18] != '-' || k[23] != '-')
         return 0;
-    int j = 0;
-    for (int i = 0; i < 36; i += 2) {
-        if (i == 8 || i == 13 || i == 18 || i == 23)
-            i++;
-        int hi = HEX[(unsigned char)k[i]], lo = HEX[(unsigned char)k[i + 1]];
-        if (!hi || !lo)
-            return 0;
-        out[j++] = (unsigned char)(((hi - 1) << 4) | (lo - 1));
-        if (i + 1 == 8 || i + 1 == 13 || i + 1 == 18 || i + 1 == 23)
-            i++;
+    unsigned bad = 0;
+    for (int i = 0; i < 16; i++) {
+        unsigned hi = (unsigned char)HEX[(unsigned char)k[HEX_AT[2 * i]]];
+        unsigned lo = (unsigned char)HEX[(unsigned char)k[HEX_AT[2 * i + 1]]];
+        bad |= (hi == 0) | (lo == 0);
+        out[i] = (unsigned char)(((hi - 1) << 4) | ((lo - 1) & 0x0f));
     }
-    return j == 16;
+    return !bad;
 }
 
 /* The canonical form of a valid key: lowercase 8-4-4-4-12, version 4, RFC
@@ -509,13 +509,35 @@ native_dict_lookup(PyObject *self, PyObject *d)
     return (PyObject *)l;
 }
 
+/* Lowercase hex digits only, plus one: the canonical form's alphabet. */
+static const unsigned char HEXL[256] = {
+    ['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8, ['8'] = 9,
+    ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
+
+/* In one pass: is the key canonical (as is_canonical says), and its 16
+ * bytes. 1 when it is. */
+static inline int
+canonical_bytes(const char *k, size_t n, unsigned char out[16])
+{
+    if (n != 36 || k[8] != '-' || k[13] != '-' || k[18] != '-' || k[23] != '-' || k[14] != '4')
+        return 0;
+    char variant = k[19];
+    if (variant != '8' && variant != '9' && variant != 'a' && variant != 'b')
+        return 0;
+    unsigned bad = 0;
+    for (int i = 0; i < 16; i++) {
+        unsigned hi = HEXL[(unsigned char)k[HEX_AT[2 * i]]], lo = HEXL[(unsigned char)k[HEX_AT[2 * i + 1]]];
+        bad |= (hi == 0) | (lo == 0);
+        out[i] = (unsigned char)(((hi - 1) << 4) | ((lo - 1) & 0x0f));
+    }
+    return !bad;
+}
+
 /* An indexed dict's value for a canonical key: 1 found, 0 missing. */
 static int
-slots_get(Lookup *l, const char *k, size_t n, const char **v, size_t *vn)
+slots_get(Lookup *l, const unsigned char kb[16], const char **v, size_t *vn)
 {
-    unsigned char kb[16];
-    if (!key_bytes(k, n, kb))
-        return 0;
     size_t at = slot_hash(kb) & l->mask;
     while (l->slots[at].size >= 0) {
         if (memcmp(l->slots[at].key, kb, 16) == 0) {
@@ -631,11 +653,12 @@ pack_one(Lookup *l, buf_t *out, const char *k, size_t n, int *hit)
     if (l->slots != NULL) {
         /* The dict holds canonical keys only: any other spelling misses here
          * and goes to Python, which normalises it and looks again. */
-        if (!is_canonical(k, n))
+        unsigned char kb[16];
+        if (!canonical_bytes(k, n, kb))
             return 0;
         const char *v;
         size_t vn;
-        if (slots_get(l, k, n, &v, &vn)) {
+        if (slots_get(l, kb, &v, &vn)) {
             *hit = 1;
             return pack_str(out, v, vn) < 0 ? -1 : 1;
         }
