@@ -10,6 +10,7 @@ limited, so a peer retrying every 100 ms cannot flood the log).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -56,6 +57,13 @@ def handshake_failure(event: int, value: int, *, server: bool) -> str:
         )
     if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not server:
         return "the CURVE handshake failed: the broker's public key given here is probably wrong"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        # The connection closed mid-handshake: what a peer without CURVE, or
+        # with keys that do not match, does after its first try.
+        return (
+            f"a peer's handshake broke off ({os.strerror(value) if 0 < value < 4096 else value}): "
+            "a peer without CURVE, or with other keys, gives up this way"
+        )
     return f"handshake failed (libzmq event {event}, value {value:#x})"
 
 
