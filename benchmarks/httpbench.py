@@ -48,6 +48,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.sections import write_block  # noqa: E402 - after sys.path is set
+
 BEGIN, END = "<!-- http:begin -->", "<!-- http:end -->"
 LUA = REPO / "benchmarks" / "wrk_check.lua"
 DATA = REPO / "data" / "example.json"
@@ -387,15 +390,8 @@ def render(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace,
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        before, rest = text.split(BEGIN, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Replace this script's block of ``path`` (``section`` holds its markers)."""
+    write_block(path, BEGIN, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:

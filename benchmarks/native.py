@@ -44,6 +44,7 @@ from rokv import Client, ServiceUnavailable  # noqa: E402 - after sys.path is se
 
 from benchmarks.run import free_endpoint, machine  # noqa: E402 - after sys.path is set
 from benchmarks.scaleout import child_env, process_table, stop_all, tree_cpu  # noqa: E402 - after sys.path is set
+from benchmarks.sections import write_block  # noqa: E402 - after sys.path is set
 
 BEGIN, END = "<!-- native:begin -->", "<!-- native:end -->"
 
@@ -236,13 +237,8 @@ def render(results: dict[tuple[str, str], list[dict[str, Any]]], args: argparse.
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# rokv benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    """Replace this script's block of ``path`` (``section`` holds its markers)."""
+    write_block(path, BEGIN, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from rokv import Client, ServiceUnavailable  # noqa: E402 - after sys.path is set
 
 from benchmarks import redisbench  # noqa: E402 - after sys.path is set
+from benchmarks.sections import write_block  # noqa: E402 - after sys.path is set
 
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 #: The old FastAPI app under wrk with 50 connections, as measured while
@@ -648,16 +649,8 @@ def render(datasets: list[dict], args: argparse.Namespace, command: str) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# rokv benchmarks\n"
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Replace this script's block of ``path`` (``section`` holds its markers)."""
+    write_block(path, BEGIN, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:

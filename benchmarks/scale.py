@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import random
-import re
 import resource
 import shutil
 import socket
@@ -44,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rokv import Client, ServiceUnavailable  # noqa: E402 - after sys.path is set
+
+from benchmarks.sections import write_block  # noqa: E402 - after sys.path is set
 
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
 SCENARIOS = {
@@ -363,18 +364,8 @@ def targets(r: dict[str, Any]) -> list[str]:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace what lies between the markers in ``path`` (appending the
-    markers if absent), keeping every other byte of the file."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}{END}"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Replace what lies between this script's markers in ``path``."""
+    write_block(path, BEGIN, END, f"{BEGIN}\n{section}{END}")
 
 
 def main() -> int:

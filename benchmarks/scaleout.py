@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import re
 import select
 import shutil
 import signal
@@ -62,6 +61,7 @@ from rokv.bench import Tally, load_expected  # noqa: E402 - after sys.path is se
 from benchmarks import redisbench  # noqa: E402 - after sys.path is set
 from benchmarks.run import free_endpoint, machine  # noqa: E402 - after sys.path is set
 from benchmarks.scaleout_client import tally_from_json  # noqa: E402 - after sys.path is set
+from benchmarks.sections import write_block  # noqa: E402 - after sys.path is set
 
 BEGIN, END = "<!-- scaleout:begin -->", "<!-- scaleout:end -->"
 CLIENT = REPO / "benchmarks" / "scaleout_client.py"
@@ -661,18 +661,8 @@ def projections(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> li
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace what lies between the markers in ``path`` (appending them when
-    absent), keeping every other byte of the file."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section}{END}"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Replace what lies between this script's markers in ``path``."""
+    write_block(path, BEGIN, END, f"{BEGIN}\n{section}{END}")
 
 
 # ---------------------------------------------------------------- the command

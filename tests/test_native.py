@@ -20,6 +20,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_fuzz import msgpack_values
 
 from rokv import native
 from rokv import protocol as p
@@ -165,16 +166,6 @@ def test_small_and_one_key_stores(tmp_path: Path) -> None:
         assert module.answer(lookup, body) == handler.answer(body)
 
 
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats()
-    | st.text(max_size=50)
-    | st.binary(max_size=50),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
-    max_leaves=20,
-)
 keyish = st.one_of(
     st.sampled_from(KEYS[:50]),
     st.just(MISSING),
