@@ -26,7 +26,7 @@ from rokv import Client, ServiceUnavailable
 from rokv.security import CurvePeer
 
 import netns
-from procs import child_env, scaled, wait_for
+from procs import child_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -205,4 +205,4 @@ def test_a_broker_cut_off_costs_a_call_at_most_one_try(
             network.restore(pool.b1)
     print(f"\nb1 cut off: slowest of 600 sequential gets {worst * 1000:.0f} ms")
     # One try's timeout (0.25 s) and the retry through b2, plus slack for a busy machine.
-    assert worst < 0.25 + scaled(0.25)
+    assert worst < 0.7  # two lost tries would take 0.25 + 0.5 s and more
