@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import redisbench
 from procs import REPO, child_env, scaled
+
+# The benchmark scripts are not installed: import them from the checkout, as
+# they import each other.
+sys.path.insert(0, str(REPO))
+from benchmarks import redisbench
 
 pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` leaves these out of the inner loop
 
