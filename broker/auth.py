@@ -78,9 +78,10 @@ class GateKeeper(ThreadAuthenticator):
         domain, address, mechanism = (msg[i].decode("utf-8", "replace") if len(msg) > i else "?" for i in (2, 3, 5))
         key = msg[6] if mechanism == "CURVE" and len(msg) > 6 else b""
         now = time.monotonic()
-        if now - self._last_logged.get((key, msg[3] if len(msg) > 3 else b""), -1e9) < REFUSAL_LOG_INTERVAL:
+        peer = (key, msg[3] if len(msg) > 3 else b"")
+        if now - self._last_logged.get(peer, -1e9) < REFUSAL_LOG_INTERVAL:
             return
-        self._last_logged[(key, msg[3] if len(msg) > 3 else b"")] = now
+        self._last_logged[peer] = now
         if len(self._last_logged) > 10_000:  # forget old peers rather than grow without bound
             self._last_logged.clear()
         side = {CLIENTS_DOMAIN: "client", WORKERS_DOMAIN: "worker"}.get(domain, domain)

@@ -85,6 +85,11 @@ class Brokers:
             self.close()
             raise
         self.count = len(self.socks)
+        #: Every socket, for reading replies from whichever broker sends them
+        #: (built once: the blocking client polls it on every call).
+        self.readable = zmq.Poller()
+        for sock in self.socks:
+            self.readable.register(sock, zmq.POLLIN)
         self._next = 0
         # Monotonic times before which a broker is avoided: suspect (a try
         # went unanswered) or down (it refused a send: no connection).

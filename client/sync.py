@@ -247,15 +247,12 @@ class Client(ClientBase):
         """Take replies from every broker's socket until none is pending or
         ``deadline`` passes: a late reply to an earlier try, through another
         broker, answers the request as well."""
-        poller = zmq.Poller()
-        for sock in brokers.socks:
-            poller.register(sock, zmq.POLLIN)
         socks = brokers.socks
         while pending:
             wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
             if wait_ms <= 0:
                 return
-            for sock, _ in poller.poll(wait_ms):
+            for sock, _ in brokers.readable.poll(wait_ms):
                 index = socks.index(sock)
                 while True:
                     try:

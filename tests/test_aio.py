@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from rokv.core import DEFAULT_POLICY
 from rokv.worker.handler import Handler
 
 from procs import Stack, free_port, scaled
+from routers import ServingRouter
 
 #: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
 BOTH_PATHS = True
@@ -218,22 +218,16 @@ def test_cancelled_and_abandoned_calls_leave_the_client_usable(make_stack, examp
     run(main)
 
 
-class FakeWorker:
+class FakeWorker(ServingRouter):
     """A ROUTER standing in for broker + worker, answering with the worker's
     own Handler, that counts the requests it sees and can ignore the first
     tries: it shows what travels on the wire."""
 
     def __init__(self, data: dict[str, str], drop_first: int = 0) -> None:
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.requests: list[dict[str, Any]] = []
         self._handler = Handler(data, worker_id="fake", dataset="-")
         self._drop = drop_first
-        self._stop = threading.Event()
-        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self._sock.linger = 0
-        self._sock.bind(self.endpoint)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def _serve(self) -> None:
         poller = zmq.Poller()
@@ -249,11 +243,6 @@ class FakeWorker:
             reply = self._handler.handle(frames)
             if reply is not None:
                 self._sock.send_multipart(reply)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
 
 
 @pytest.fixture()
@@ -389,23 +378,16 @@ def test_twenty_thousand_concurrent_gets_on_one_socket_need_no_retry(stack: Stac
     assert run(main) == [example[k] for k in keys]
 
 
-class HoldingServer:
+class HoldingServer(ServingRouter):
     """A ROUTER that takes requests without answering for ``hold`` seconds,
     then answers all of them, and so on: ``largest`` is the most requests a
     client had unanswered at once."""
 
     def __init__(self, data: dict[str, str], hold: float = 0.3) -> None:
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.largest = 0
         self._handler = Handler(data, worker_id="holding", dataset="-")
         self._hold = hold
-        self._stop = threading.Event()
-        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self._sock.linger = 0
-        self._sock.rcvhwm = self._sock.sndhwm = 0
-        self._sock.bind(self.endpoint)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(unbounded=True)
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -417,11 +399,6 @@ class HoldingServer:
             self.largest = max(self.largest, len(held))
             for frames in held:
                 self._sock.send_multipart(self._handler.handle(frames))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])

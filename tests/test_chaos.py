@@ -15,12 +15,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import drivers
 import pytest
-from drivers import curve_pool_keys
 
 from rokv.security import CurvePeer
 
+import drivers
+from drivers import curve_pool_keys
 from procs import free_port, seen_workers, wait_for
 from supervision import Supervisor
 

@@ -111,6 +111,18 @@ class Container:
         docker("rm", "-f", "-v", self.name, check=False)
 
 
+def wait_healthy(url: str, container: Container, what: str) -> None:
+    """Wait until the gateway at ``url`` answers /healthz with 200."""
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{url}/healthz", timeout=5).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(healthy, 60, f"{what} to answer /healthz\n{container.logs()}", interval=0.2)
+
+
 @pytest.fixture()
 def containers() -> Iterator[list[Container]]:
     made: list[Container] = []
@@ -125,13 +137,7 @@ def test_the_image_serves_every_role_in_one_container_and_stops_cleanly_on_sigte
     c = Container(image, "-p", "127.0.0.1::8080", "-p", "127.0.0.1::5555", registry=containers)
     url = f"http://127.0.0.1:{c.port(8080)}"
 
-    def healthy() -> bool:
-        try:
-            return requests.get(f"{url}/healthz", timeout=5).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, 60, f"the container's gateway to answer /healthz\n{c.logs()}", interval=0.2)
+    wait_healthy(url, c, "the container's gateway")
 
     keys = list(example)[:100]
     with requests.Session() as http:
@@ -229,13 +235,7 @@ def test_the_compose_layout_two_brokers_a_worker_container_and_a_gateway(
         )
         url = f"http://127.0.0.1:{gateway.port(8080)}"
 
-        def healthy() -> bool:
-            try:
-                return requests.get(f"{url}/healthz", timeout=5).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(healthy, 60, f"the gateway container to answer /healthz\n{gateway.logs()}", interval=0.2)
+        wait_healthy(url, gateway, "the gateway container")
         keys = list(example)[100:300]
         with requests.Session() as http:
             assert http.post(f"{url}/get_values", json={"keys": keys}, timeout=10).json() == {
@@ -295,13 +295,7 @@ def test_broker_worker_and_gateway_roles_in_containers_of_their_own(
         )
         url = f"http://127.0.0.1:{gateway.port(8080)}"
 
-        def healthy() -> bool:
-            try:
-                return requests.get(f"{url}/healthz", timeout=5).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_for(healthy, 60, f"the gateway container to answer /healthz\n{gateway.logs()}", interval=0.2)
+        wait_healthy(url, gateway, "the gateway container")
         keys = list(example)[100:150]
         res = requests.post(f"{url}/get_values", json={"keys": keys}, timeout=10)
         assert res.json() == {"values": [example[k] for k in keys]}

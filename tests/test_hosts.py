@@ -18,14 +18,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import drivers
 import pytest
-from drivers import curve_pool_keys
 
 from rokv import Client, ServiceUnavailable
 from rokv.security import CurvePeer
 
+import drivers
 import netns
+from drivers import curve_pool_keys
 from procs import child_env, wait_for
 
 pytestmark = pytest.mark.slow

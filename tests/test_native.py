@@ -20,7 +20,6 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_fuzz import msgpack_values
 
 from rokv import native
 from rokv import protocol as p
@@ -30,6 +29,7 @@ from rokv.worker.handler import Handler
 from rokv.worker.store import open_store
 
 from procs import EXAMPLE, REPO, child_env, scaled
+from test_fuzz import msgpack_values
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

@@ -9,20 +9,18 @@ stands in for the service here and answers each request with a crafted map.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
 import pytest
-import zmq
 
 from rokv import AsyncClient, Client, KeyNotFound, ProtocolError
 from rokv import protocol as p
 from rokv.core import DEFAULT_POLICY
 from rokv.replies import value_from_reply
 
-from procs import free_port
+from routers import ServingRouter
 
 K1 = "11111111-2222-4333-8444-555555555555"
 K2 = "21111111-2222-4333-8444-555555555555"
@@ -31,18 +29,12 @@ K2 = "21111111-2222-4333-8444-555555555555"
 Answer = Callable[[p.Request], dict[str, Any]]
 
 
-class CraftedServer:
+class CraftedServer(ServingRouter):
     """A ROUTER that answers every request with ``answer(request)``."""
 
     def __init__(self, answer: Answer) -> None:
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self._answer = answer
-        self._stop = threading.Event()
-        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self._sock.linger = 0
-        self._sock.bind(self.endpoint)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -51,11 +43,6 @@ class CraftedServer:
             route, body = self._sock.recv_multipart()
             reply = {"id": p.decode_request(body).request_id, **self._answer(p.decode_request(body))}
             self._sock.send_multipart([route, msgpack.packb(reply)])
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
 
 
 @pytest.fixture()
