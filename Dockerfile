@@ -19,7 +19,7 @@ LABEL rokv.stage=build
 ARG EXTRA_CA_CERTS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/rokv
-# A C compiler for rokv's compiled hot path (rokv._native), in this stage
+# A C compiler for rokv's compiled hot path (rokv.worker._native), in this stage
 # only; where it cannot be installed the build goes on and the image runs
 # rokv's pure-Python path (its workers say which in their log).
 RUN (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -30,7 +30,7 @@ COPY broker /src/broker
 COPY worker /src/worker
 COPY gateway /src/gateway
 # Every dependency ships as a wheel (pyzmq, msgpack, numpy, uvloop,
-# httptools); only rokv._native is compiled. pip and the compiler stay in
+# httptools); only rokv.worker._native is compiled. pip and the compiler stay in
 # this stage.
 RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
         cat "$(/opt/rokv/bin/python -c 'import ssl; print(ssl.get_default_verify_paths().openssl_cafile)')" \

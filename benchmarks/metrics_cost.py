@@ -86,7 +86,7 @@ class Pool:
             self.scrape_address = f"127.0.0.1:{free_port()}"
             self.procs.append(
                 subprocess.Popen(
-                    [py, "-m", "rokv.worker.exporter", "--listen", self.scrape_address, "--dir", str(folder)],
+                    [py, "-m", "rokv.ops.exporter", "--listen", self.scrape_address, "--dir", str(folder)],
                     env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,

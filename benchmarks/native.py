@@ -4,7 +4,7 @@
     python benchmarks/native.py --duration 0.5 --repeats 1 --out /tmp/B.md   # a quick look
 
 Two stacks on free loopback ports, a broker and 2 workers each on the same
-dataset: one whose workers run rokv._native (the default), one whose workers
+dataset: one whose workers run rokv.worker._native (the default), one whose workers
 run with ROKV_PURE_PYTHON=1. Round after round, every load runs against both
 (the order alternating), driven by `rokv bench` (which checks every answer):
 
@@ -210,7 +210,7 @@ def render(results: dict[tuple[str, str], list[dict[str, Any]]], args: argparse.
         "## The compiled hot path (issue 14)",
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')}; {machine()}. A broker and 2 workers per "
-        f"path on `{Path(args.data).name}`, the workers running rokv._native (compiled) or Python "
+        f"path on `{Path(args.data).name}`, the workers running rokv.worker._native (compiled) or Python "
         "(`ROKV_PURE_PYTHON=1`); `rokv bench` checking every answer; medians of "
         f"{args.repeats} interleaved rounds of {args.duration:g} s. CPU per request from /proc, for the client "
         "process tree, the broker and both workers together.",

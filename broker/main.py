@@ -18,12 +18,13 @@ import zmq
 from rokv import protocol as p
 from rokv.broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
 from rokv.endpoints import endpoint_argument
-from rokv.monitor import ConnectionWatcher
+from rokv.exitcodes import Exit, epilog
 from rokv.security import KeyFileError, load_secret
-from rokv.worker import metrics
+from rokv.server import metrics
+from rokv.server.monitor import ConnectionWatcher
 
 if TYPE_CHECKING:
-    from rokv.worker.metrics import BrokerMetrics
+    from rokv.server.metrics import BrokerMetrics
 
 log = logging.getLogger("rokv.broker")
 
@@ -40,7 +41,8 @@ def _int_env(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        sys.exit(f"rokv-broker: {name}={raw!r} is not an integer")
+        print(f"rokv-broker: {name}={raw!r} is not an integer", file=sys.stderr)
+        raise SystemExit(Exit.USAGE) from None
 
 
 def _default_backend() -> str | None:
@@ -56,7 +58,8 @@ def _default_backend() -> str | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="rokv-broker",
-        description="Forward client requests to workers. Exits 0 on SIGTERM/SIGINT.",
+        description="Forward client requests to workers.",
+        epilog=epilog("rokv-broker"),
     )
     parser.add_argument(
         "--frontend",
@@ -297,7 +300,7 @@ class Broker:
             return
         if not self.stop_proxy():
             log.error("proxy did not stop within 3 s to reopen a side; exiting without cleanup")
-            os._exit(1)
+            os._exit(Exit.NO)
         for side, keys in removed.items():
             old = self.frontend if side == CLIENTS_DOMAIN else self.backend
             assert old is not None
@@ -370,7 +373,7 @@ class ForwardedCounts:
 
 def _published(args: argparse.Namespace) -> BrokerMetrics | None:
     """This broker's metrics when the host publishes them (see
-    rokv.worker.metrics); None when off or impossible (logged)."""
+    rokv.server.metrics); None when off or impossible (logged)."""
     folder = metrics.metrics_dir()
     if folder is None:
         return None
@@ -426,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             # Never seen; but closing sockets under a running proxy is unsafe
             # and ctx.term() would then hang, so leave without cleaning up.
             log.error("proxy did not stop within 3 s; exiting without cleanup")
-            os._exit(0)
+            os._exit(Exit.OK)
     if published is not None and broker.failure:
         published.publish(
             up=False,
@@ -441,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics.retire()
     if broker.failure:
         log.error("proxy failed: %s", broker.failure[0])
-        return 1
+        return Exit.NO
     log.info("stopped")
-    return 0
+    return Exit.OK
 
 
 if __name__ == "__main__":

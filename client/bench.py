@@ -40,7 +40,7 @@ from rokv.errors import (
     RokvError,
     ServiceUnavailable,
 )
-from rokv.exitcodes import Exit
+from rokv.exitcodes import Exit, epilog
 from rokv.keys import normalize_key, random_key
 
 DEFAULT_DATA = "data/example.json"
@@ -560,7 +560,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def exit_code(report: dict[str, Any]) -> int:
     if report["wrong"]:
-        return Exit.FAILED
+        return Exit.NO
     if report["errors"]:
         return Exit.UNAVAILABLE
     return Exit.OK
@@ -591,8 +591,7 @@ def add_command(sub: Any, common: argparse.ArgumentParser) -> None:
         help="load-test a running service and check every answer",
         description="Send lookups from several processes for a bounded time or count, check every answer "
         "against the dataset, and print throughput, latency percentiles and errors by kind.",
-        epilog="exit codes: 0 every answer right, 1 some answer wrong, 2 bad usage or a dataset that cannot be "
-        "read, 3 some request failed or the service is unavailable",
+        epilog=epilog("rokv bench"),
     )
     bench.add_argument(
         "--data",

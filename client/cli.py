@@ -2,10 +2,11 @@
 
 Exit statuses are :class:`rokv.exitcodes.Exit` for every command.
 
-The server-side commands (``build``, ``inspect``, ``verify``, ``deploy``) live
-in ``rokv.worker`` and need the ``server`` extra (numpy, supervisor): this
-module only names them, and imports their code when one of them runs, so
-``import rokv`` and ``rokv get`` never load server code.
+The commands on the server's side (``build``, ``inspect``, ``verify`` in
+``rokv.worker``; ``deploy`` and ``top`` in ``rokv.ops``) need the ``server``
+extra (numpy, supervisor, prometheus_client): this module only names them,
+and imports their code when one of them runs, so ``import rokv`` and ``rokv
+get`` never load server code.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import BinaryIO
 from rokv.core import resolve_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints, endpoints_argument
 from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
-from rokv.exitcodes import Exit
+from rokv.exitcodes import Exit, epilog, overview
 from rokv.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 
 #: Commands whose code is server code: name -> (module, one-line help). The
@@ -29,10 +30,11 @@ SERVER_COMMANDS = {
     "build": ("rokv.worker.build", "compile a .json/.jsonl dataset into a .rokv file"),
     "inspect": ("rokv.worker.build", "print a .rokv file's header as JSON"),
     "verify": ("rokv.worker.build", "check a .rokv file's digest"),
-    "deploy": ("rokv.worker.deploy", "switch the supervised workers to a new .rokv file, one at a time, with rollback"),
+    "deploy": ("rokv.ops.deploy", "switch the supervised workers to a new .rokv file, one at a time, with rollback"),
+    "top": ("rokv.ops.top", "a live view of the pool from its hosts' metrics"),
 }
 #: Third-party modules only the server extra installs.
-SERVER_DEPENDENCIES = ("numpy", "supervisor")
+SERVER_DEPENDENCIES = ("numpy", "supervisor", "prometheus_client")
 
 # json.dumps leaves these unescaped with ensure_ascii=False, yet some line
 # readers (Python's str.splitlines among them) break lines on them.
@@ -104,7 +106,7 @@ def cmd_get_many(args: argparse.Namespace) -> int:
                 raise InvalidKey(f"line {lines[exc.index]}: {exc.reason}", exc.key) from None
             raise
     sys.stdout.buffer.write("".join(_json_line(v) + "\n" for v in values).encode("utf-8"))
-    return Exit.NOT_FOUND if None in values else Exit.OK
+    return Exit.NO if None in values else Exit.OK
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rokv",
         description="Look up values by UUIDv4 key in a rokv service.",
-        epilog="exit codes: 0 found, 1 not found, 2 invalid key, 3 service unavailable, 4 request refused",
+        epilog=overview(),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p_get = sub.add_parser(
@@ -154,8 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="print the value of one key",
         description="Print the value of KEY exactly as stored.",
-        epilog="exit codes: 0 found, 1 not found, 2 invalid key or bad usage, 3 service unavailable, "
-        "4 request refused by the server",
+        epilog=epilog("rokv get"),
     )
     p_get.add_argument("key", metavar="KEY")
     p_get.set_defaults(run=cmd_get)
@@ -167,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Give - instead of keys to read them from standard input, one a line (white space around a key is "
         "stripped, blank lines are skipped): for more keys than a command line holds. "
         "When a key is invalid, nothing is printed.",
-        epilog="exit codes: 0 all found, 1 some not found, 2 an invalid key or bad usage, 3 service unavailable, "
-        "4 request refused by the server",
+        epilog=epilog("rokv get-many"),
     )
     p_many.add_argument("keys", metavar="KEY", nargs="+", help="a key; or - to read keys from standard input")
     p_many.set_defaults(run=cmd_get_many)
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="describe the worker that answers, as JSON",
         description="Print, as JSON, the id, pid, host and key count of the worker that answered.",
-        epilog="exit codes: 0 answered, 2 bad usage, 3 service unavailable, 4 request refused by the server",
+        epilog=epilog("rokv ping"),
     )
     p_ping.set_defaults(run=cmd_ping)
     p_keygen = sub.add_parser(
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "clients and workers as ROKV_BROKER_KEY) and NAME.key_secret (private, mode 0600) into --dir. "
         "NAME must not be empty, start with '.', or contain '/', '\\' or '..'. Keep keys out of source "
         "checkouts: the default folder is in your configuration directory.",
-        epilog="exit codes: 0 written, 2 a key file exists or cannot be written, or bad usage",
+        epilog=epilog("rokv keygen"),
     )
     p_keygen.add_argument("name", metavar="NAME")
     p_keygen.add_argument(
@@ -202,9 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
     from rokv.bench import add_command as add_bench_command
 
     add_bench_command(sub, common)
-    from rokv.top import add_command as add_top_command
-
-    add_top_command(sub)
     for name, (_, summary) in SERVER_COMMANDS.items():
         # Listed for --help only: main() hands these commands, with all their
         # arguments, to their own parser once their module is loaded.
@@ -240,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except KeyNotFound as exc:
         _err(str(exc))
-        return Exit.NOT_FOUND
+        return Exit.NO
     except InvalidKey as exc:
         _err(str(exc))
         return Exit.USAGE

@@ -1,7 +1,12 @@
-"""The exit statuses of every ``rokv`` command, in one table.
+"""The exit statuses of every rokv program, in one table.
 
-A status means the same kind of outcome whatever the command; README
-"Exit codes" lists what each command returns.
+:class:`Exit` names each status once, with the same kind of outcome whatever
+the program; :data:`PROGRAMS` says which statuses each program (every
+``rokv`` command and every daemon) uses, in its own words. Every ``--help``
+epilog is built from it (:func:`epilog`), and so is the table in
+docs/operations.md (:func:`markdown_table`; a test keeps the two equal):
+
+    python -m rokv.exitcodes        # prints the Markdown table
 """
 
 from __future__ import annotations
@@ -10,22 +15,157 @@ from enum import IntEnum
 
 
 class Exit(IntEnum):
-    """What a ``rokv`` command's exit status means."""
+    """What a rokv program's exit status means."""
 
-    #: Done: found, built, intact, deployed, every answer right.
+    #: Done: found, built, intact, deployed, serving, every answer right; a
+    #: daemon stopped by SIGTERM or SIGINT.
     OK = 0
-    #: ``get``/``get-many``: a key is not in the dataset.
-    NOT_FOUND = 1
-    #: ``build``/``inspect``/``verify``: the source is refused or the file is
-    #: corrupt; ``bench``: an answer was wrong; ``deploy``: refused, or failed
-    #: and rolled back. (The same status as NOT_FOUND: "the answer is no".)
-    FAILED = 1
-    #: Bad usage: an unknown option, a malformed endpoint, an invalid key.
+    #: The answer is no: a key not found, a source refused, a file corrupt, a
+    #: wrong answer, a deploy refused or rolled back; a daemon that could not
+    #: serve (its dataset refused, its port taken, its proxy failed).
+    NO = 1
+    #: Bad usage or setting: an unknown option, a malformed endpoint, an
+    #: invalid key, a bad ROKV_* value, a command without the extra it needs.
     USAGE = 2
-    #: No reply: the service (or, for ``deploy``, supervisord) is unreachable;
-    #: ``bench``: some requests got no answer.
+    #: No reply, or not everything serving: the service (or supervisord) is
+    #: unreachable, some request got no answer, a program of the pool is down.
     UNAVAILABLE = 3
     #: The server refused the request (``bad_request``, ``unsupported_version``).
     REFUSED = 4
-    #: ``deploy``: failed, and the pool could not be put back: act by hand.
+    #: ``rokv deploy`` failed and could not put the pool back: act by hand.
     ROLLBACK_FAILED = 5
+
+
+#: Program -> the statuses it exits with and what each means for it. The
+#: ``rokv`` commands first, then the daemons.
+PROGRAMS: dict[str, dict[Exit, str]] = {
+    "rokv get": {
+        Exit.OK: "found",
+        Exit.NO: "not found",
+        Exit.USAGE: "invalid key or bad usage",
+        Exit.UNAVAILABLE: "service unavailable",
+        Exit.REFUSED: "request refused by the server",
+    },
+    "rokv get-many": {
+        Exit.OK: "all found",
+        Exit.NO: "some not found",
+        Exit.USAGE: "an invalid key or bad usage",
+        Exit.UNAVAILABLE: "service unavailable",
+        Exit.REFUSED: "request refused by the server",
+    },
+    "rokv ping": {
+        Exit.OK: "answered",
+        Exit.USAGE: "bad usage",
+        Exit.UNAVAILABLE: "service unavailable",
+        Exit.REFUSED: "request refused by the server",
+    },
+    "rokv keygen": {
+        Exit.OK: "written",
+        Exit.USAGE: "a key file exists or cannot be written, or bad usage",
+    },
+    "rokv bench": {
+        Exit.OK: "every answer right",
+        Exit.NO: "some answer wrong",
+        Exit.USAGE: "bad usage or a dataset that cannot be read",
+        Exit.UNAVAILABLE: "some request got no answer or was refused (none wrong)",
+    },
+    "rokv build": {
+        Exit.OK: "built",
+        Exit.NO: "SRC refused or OUT cannot be written",
+        Exit.USAGE: "bad usage or the server extra missing",
+    },
+    "rokv inspect": {
+        Exit.OK: "printed",
+        Exit.NO: "not a readable .rokv file",
+        Exit.USAGE: "bad usage or the server extra missing",
+    },
+    "rokv verify": {
+        Exit.OK: "intact",
+        Exit.NO: "corrupt or unreadable",
+        Exit.USAGE: "bad usage or the server extra missing",
+    },
+    "rokv deploy": {
+        Exit.OK: "deployed or nothing to do",
+        Exit.NO: "refused or failed and rolled back (the old version serves)",
+        Exit.USAGE: "bad usage or the server extra missing",
+        Exit.UNAVAILABLE: "supervisord or the service unreachable (nothing changed)",
+        Exit.ROLLBACK_FAILED: "failed and could not roll back (act by hand)",
+    },
+    "rokv top": {
+        Exit.OK: "done (or stopped with Ctrl-C)",
+        Exit.USAGE: "bad usage or prometheus_client missing",
+        Exit.UNAVAILABLE: "(with --once) a host did not answer",
+    },
+    "rokv-broker": {
+        Exit.OK: "stopped by SIGTERM or SIGINT",
+        Exit.NO: "cannot serve: an endpoint cannot be bound, a key file is bad, or the proxy failed",
+        Exit.USAGE: "bad usage or setting",
+    },
+    "rokv-worker": {
+        Exit.OK: "stopped by SIGTERM or SIGINT",
+        Exit.NO: "cannot serve: the dataset is refused, a key file is bad, or an endpoint cannot be used",
+        Exit.USAGE: "bad usage or setting",
+    },
+    "rokv-pool": {
+        Exit.OK: "stopped by supervisord",
+        Exit.NO: "supervisord refused the generated configuration",
+        Exit.USAGE: "a bad ROKV_* setting (nothing started), or the server extra missing",
+    },
+    "rokv-http": {
+        Exit.OK: "stopped by SIGTERM or SIGINT (requests in flight answered)",
+        Exit.NO: "the server could not start (its port taken, say)",
+        Exit.USAGE: "bad usage or setting, or the http extra missing",
+    },
+    "rokv-metrics": {
+        Exit.OK: "stopped by SIGTERM or SIGINT",
+        Exit.NO: "cannot serve: the address cannot be bound, or the folder cannot be used",
+        Exit.USAGE: "bad usage or setting, or the server extra missing",
+    },
+}
+
+
+def epilog(program: str) -> str:
+    """The ``--help`` epilog of ``program``: ``exit codes: 0 found, 1 ...``."""
+    return "exit codes: " + ", ".join(f"{int(code)} {meaning}" for code, meaning in PROGRAMS[program].items())
+
+
+def overview() -> str:
+    """The ``rokv --help`` epilog: every status in a word or two."""
+    return (
+        "exit codes: "
+        + ", ".join(f"{int(code)} {word}" for code, word in _WORDS.items())
+        + "; each command's --help says what each means for it"
+    )
+
+
+_WORDS = {
+    Exit.OK: "done",
+    Exit.NO: "the answer is no (not found, refused, wrong)",
+    Exit.USAGE: "bad usage",
+    Exit.UNAVAILABLE: "no reply",
+    Exit.REFUSED: "request refused",
+    Exit.ROLLBACK_FAILED: "deploy could not roll back",
+}
+
+
+def markdown_table() -> str:
+    """Every status, what it means, and which programs use it, as Markdown."""
+    rows = ["| code | meaning | programs |", "|---|---|---|"]
+    for code in Exit:
+        doc = _MEANINGS[code]
+        users = ", ".join(f"`{name}`" for name, codes in PROGRAMS.items() if code in codes)
+        rows.append(f"| {int(code)} | {doc} | {users} |")
+    return "\n".join(rows) + "\n"
+
+
+_MEANINGS = {
+    Exit.OK: "done: found, built, intact, deployed, serving, every answer right; a daemon stopped by a signal",
+    Exit.NO: "the answer is no: not found, refused, corrupt, a wrong answer, rolled back; a daemon that cannot serve",
+    Exit.USAGE: "bad usage or setting: an unknown option, a malformed endpoint, an invalid key, a missing extra",
+    Exit.UNAVAILABLE: "no reply, or not everything serving: the service or supervisord unreachable",
+    Exit.REFUSED: "the server refused the request (`bad_request`, `unsupported_version`)",
+    Exit.ROLLBACK_FAILED: "`deploy` failed and could not roll back: act by hand",
+}
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -12,9 +12,9 @@ import os
 import signal
 import sys
 
+from rokv.exitcodes import Exit, epilog
 from rokv.gateway.settings import DEFAULT_PORT, SettingError, Settings, parse_bind, parse_size
 
-EXIT_BAD_SETTING = 2
 #: Seconds a stopping server lets in-flight requests finish: well inside
 #: supervisor's stopwaitsecs and docker stop's 10 s.
 GRACEFUL_STOP = 5
@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="rokv-http",
         description="The seed service's HTTP API (POST /get_value, POST /get_values, GET /healthz) in front of "
         "a rokv pool. Every option falls back to its environment variable.",
+        epilog=epilog("rokv-http"),
     )
     parser.add_argument(
         "--bind",
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
     except SettingError as exc:
         print(f"rokv-http: {exc}", file=sys.stderr)
-        return EXIT_BAD_SETTING
+        return Exit.USAGE
 
     try:  # only here: `rokv-http --help` and bad settings need no server
         import httptools  # noqa: F401 - uvicorn names it by string; missing, it would fail later
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         from uvicorn.config import LOGGING_CONFIG
     except ModuleNotFoundError as exc:
         print(f"rokv-http needs {exc.name}, which comes with the http extra: pip install 'rokv[http]'", file=sys.stderr)
-        return EXIT_BAD_SETTING
+        return Exit.USAGE
 
     # The gateway's own messages go where uvicorn's go, in every server
     # process (each configures logging from this when it starts).
@@ -134,5 +135,5 @@ def main(argv: list[str] | None = None) -> int:
             timeout_graceful_shutdown=GRACEFUL_STOP,
         )
     except SystemExit as exc:  # uvicorn exits 3 when the app refuses to start
-        return int(exc.code or 0) and 1
-    return 0
+        return Exit.NO if exc.code else Exit.OK
+    return Exit.OK

@@ -16,7 +16,7 @@ def example() -> dict[str, str]:
     return json.loads(EXAMPLE.read_text(encoding="utf-8"))
 
 
-#: Workers answer through the compiled loop (rokv._native) when it is built,
+#: Workers answer through the compiled loop (rokv.worker._native) when it is built,
 #: else through Python; modules that set BOTH_PATHS = True run their tests
 #: that use `stack` against each (protocol, lookup and client tests).
 PATHS = ("compiled", "python")

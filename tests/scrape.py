@@ -58,7 +58,7 @@ class MeteredStack:
         self.address = f"127.0.0.1:{free_port()}"
         self.exporter = Proc(
             "exporter",
-            [sys.executable, "-m", "rokv.worker.exporter", "--listen", self.address, "--dir", str(self.folder)],
+            [sys.executable, "-m", "rokv.ops.exporter", "--listen", self.address, "--dir", str(self.folder)],
             log_dir,
             env,
         )

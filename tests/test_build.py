@@ -14,7 +14,7 @@ import pytest
 
 from rokv.worker.build import build
 from rokv.worker.dataset import DatasetError, load_dataset
-from rokv.worker.store import open_store
+from rokv.worker.reader import open_store
 
 from procs import REPO, child_env, scaled, wait_for
 

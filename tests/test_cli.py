@@ -216,7 +216,7 @@ EXIT_CODES = {
     "inspect": "0 printed, 1 not a readable .rokv file, 2 bad usage",
     "verify": "0 intact, 1 corrupt or unreadable, 2 bad usage",
     "deploy": "0 deployed or nothing to do, 1 refused or failed and rolled back (the old version serves), "
-    "2 bad usage, 3 supervisord or the service unreachable (nothing changed), 5 failed and could not roll back",
+    "2 bad usage or the server extra missing, 3 supervisord or the service unreachable (nothing changed), 5 failed and could not roll back",
 }
 
 
@@ -233,3 +233,34 @@ def test_every_subcommand_is_covered_by_the_exit_code_test() -> None:
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == set(EXIT_CODES)  # type: ignore[arg-type]  # argparse types choices loosely
+
+
+DAEMONS = ("rokv-broker", "rokv-worker", "rokv-pool", "rokv-http", "rokv-metrics")
+
+
+def test_one_exit_code_table_covers_every_program_and_names_each_code_once() -> None:
+    from rokv.exitcodes import PROGRAMS, Exit
+
+    assert set(PROGRAMS) == {f"rokv {c}" for c in EXIT_CODES} | set(DAEMONS)
+    assert len({code.name for code in Exit}) == len({int(code) for code in Exit}) == len(Exit.__members__)
+    assert Exit(1).name == "NO"  # no alias: a status has one name
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+def test_every_daemons_help_lists_its_exit_codes_from_the_table(daemon: str) -> None:
+    from rokv.exitcodes import epilog
+
+    result = subprocess.run([daemon, "--help"], capture_output=True, timeout=scaled(30))
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.decode().split())
+    assert " ".join(epilog(daemon).split()) in text
+    assert text.count("exit codes:") == 1
+
+
+def test_rokv_help_names_every_exit_code() -> None:
+    from rokv.exitcodes import Exit
+
+    text = " ".join(rokv("--help").stdout.decode().split())
+    listed = text[text.index("exit codes:") :]
+    for code in Exit:
+        assert f"{int(code)} " in listed

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rokv.worker.dataset import DatasetError, load_dataset, open_dataset
+from rokv.worker.dataset import DatasetError, load_dataset
+from rokv.worker.load import open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "data" / "example.json"

@@ -22,11 +22,12 @@ import pytest
 from rokv import Client, ServiceUnavailable
 from rokv.exitcodes import Exit
 from rokv.keys import random_key
-from rokv.worker import deploy
+from rokv.ops import deploy
+from rokv.ops.deploy import target_for
+from rokv.ops.supervisor_rpc import Supervisor as SupervisorRPC
 from rokv.worker.build import build
-from rokv.worker.deploy import target_for
-from rokv.worker.store import HEADER_SIZE, open_store, read_header
-from rokv.worker.supervisor_rpc import Supervisor as SupervisorRPC
+from rokv.worker.layout import HEADER_SIZE, read_header
+from rokv.worker.reader import open_store
 
 from procs import child_env, free_port, scaled, seen_workers, wait_for
 from supervision import Supervisor
@@ -273,7 +274,7 @@ def test_deploy_refuses_a_truncated_file_before_touching_anything(supervisor_fac
     bad.write_bytes(pool.v2.read_bytes()[: pool.v2.stat().st_size // 2])
     for extra in ([], ["--no-verify"]):  # the size is in the header: caught either way
         result = pool.deploy(bad, *extra)
-        assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+        assert result.returncode == Exit.NO, result.stdout + result.stderr
         assert f"rokv: refused: {bad}: truncated" in result.stderr
         assert "Nothing was changed" in result.stderr
         assert os.readlink(pool.link) == "v1.rokv"
@@ -282,14 +283,14 @@ def test_deploy_refuses_a_truncated_file_before_touching_anything(supervisor_fac
 
     corrupt = corrupt_index(pool.v2, pool.folder / "corrupt.rokv")  # only the full check sees this one
     result = pool.deploy(corrupt)
-    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert result.returncode == Exit.NO, result.stdout + result.stderr
     assert f"rokv: refused: {corrupt}: corrupt" in result.stderr
     assert pool.workers() == pool.pids
 
     other = pool.folder / "other.rokv"  # a link the workers do not load
     point(other, pool.v1)
     result = rokv_deploy(pool.sup, str(pool.v2), "--link", str(other), "--endpoint", pool.frontend)
-    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert result.returncode == Exit.NO, result.stdout + result.stderr
     assert f"worker:worker_00 loads {pool.link}, not {other}" in result.stderr
     assert os.readlink(other) == "v1.rokv"
 
@@ -311,7 +312,7 @@ def test_deploy_refuses_a_truncated_file_before_touching_anything(supervisor_fac
     # A pool that is down has no worker to keep serving: refused, link untouched.
     assert pool.sup.ctl("stop", "worker:worker_00", "worker:worker_01").returncode == 0
     result = pool.deploy(pool.v1)
-    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert result.returncode == Exit.NO, result.stdout + result.stderr
     assert "no worker process is RUNNING" in result.stderr
     assert os.readlink(pool.link) == "v2.rokv"
 
@@ -326,7 +327,7 @@ def test_deploy_rolls_back_when_the_first_worker_fails(supervisor_factory, tmp_p
         wait_for(lambda: load.lookups > before + 300, 30, "the load to run after the rollback")
     finally:
         load.finish()
-    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert result.returncode == Exit.NO, result.stdout + result.stderr
     assert f"deploy of {corrupt} failed at worker:worker_00: did not start" in result.stderr
     assert "corrupt index" in result.stderr  # the end of the worker's log
     assert "rolled back" in result.stderr
@@ -344,7 +345,7 @@ def test_deploy_rolls_back_when_the_first_worker_fails(supervisor_factory, tmp_p
 # before the second restart) is injected around the real command.
 _FAIL_SECOND = """
 import os, shutil, sys
-import rokv.worker.deploy as d
+import rokv.ops.deploy as d
 from rokv.cli import main
 real = d.Pool.restart
 def restart(self, worker, digest):
@@ -373,7 +374,7 @@ def test_deploy_rolls_back_the_workers_already_switched(
         wait_for(lambda: load.lookups > before + 300, 30, "the load to run after the rollback")
     finally:
         load.finish()
-    assert result.returncode == Exit.FAILED, result.stdout + result.stderr
+    assert result.returncode == Exit.NO, result.stdout + result.stderr
     assert "worker:worker_00: pid" in result.stdout  # switched first
     assert "failed at worker:worker_01: did not start" in result.stderr
     assert "worker:worker_00: back on" in result.stdout
@@ -426,7 +427,7 @@ def test_deploy_rolls_back_when_stopped_by_sigterm(supervisor_factory, tmp_path:
         wait_for(lambda: load.lookups > before + 300, 30, "the load to run after the rollback")
     finally:
         load.finish()
-    assert proc.returncode == Exit.FAILED, "".join(seen) + out + err
+    assert proc.returncode == Exit.NO, "".join(seen) + out + err
     assert "failed at worker:worker_01: interrupted" in err, err
     assert "worker:worker_00: back on" in out
     assert "rolled back" in err

@@ -20,11 +20,11 @@ from scrape import MeteredStack, health, label_values, scrape, total
 from rokv import Client, KeyNotFound
 from rokv import protocol as p
 from rokv.keys import random_key
-from rokv.poolview import HostScrape, WorkerTotals, quantile, view
-from rokv.top import WIDTH, render
-from rokv.worker import metricfiles
+from rokv.ops import metricfiles
+from rokv.ops.poolview import HostScrape, WorkerTotals, quantile, view
+from rokv.ops.top import WIDTH, render
+from rokv.server.stats import BUCKETS, KEY_OUTCOMES, RequestStats, request_index
 from rokv.worker.handler import Handler
-from rokv.worker.stats import BUCKETS, KEY_OUTCOMES, RequestStats, request_index
 
 from procs import wait_for
 

@@ -1,6 +1,6 @@
 """The compiled hot path answers exactly as the Python handler does.
 
-rokv._native answers well-formed gets and mgets itself and hands everything
+rokv.worker._native answers well-formed gets and mgets itself and hands everything
 else to the handler; wherever it answers, its reply must be the handler's, byte
 for byte, over a dict and over a .rokv store. Property tests throw arbitrary
 bytes, msgpack values and request-shaped maps at it.
@@ -21,12 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rokv import native
 from rokv import protocol as p
 from rokv.keys import random_key
+from rokv.worker import native
 from rokv.worker.build import build
 from rokv.worker.handler import Handler
-from rokv.worker.store import open_store
+from rokv.worker.reader import open_store
 
 from procs import EXAMPLE, REPO, child_env, scaled
 from test_fuzz import msgpack_values
@@ -52,7 +52,7 @@ def test_the_compiled_path_is_built_wherever_a_compiler_is() -> None:
 def test_rokv_pure_python_forces_the_python_path_and_says_so() -> None:
     code = (
         "import logging; logging.basicConfig(level=logging.INFO)\n"
-        "from rokv import native\n"
+        "from rokv.worker import native\n"
         "assert native.load() is None and native.load() is None\n"
         "print(native.reason())\n"
     )

@@ -40,9 +40,13 @@ def test_the_wheel_holds_only_the_rokv_package(wheel: Path) -> None:
     for module in (
         "rokv/__init__.py",
         "rokv/py.typed",
+        "rokv/server/monitor.py",
         "rokv/broker/main.py",
         "rokv/worker/main.py",
+        "rokv/worker/loop.py",
+        "rokv/worker/_native.pyi",
         "rokv/gateway/app.py",
+        "rokv/ops/pool.py",
     ):
         assert module in names
 

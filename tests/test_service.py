@@ -181,8 +181,8 @@ def test_the_broker_stops_routing_to_a_stopped_worker(make_stack, example: dict[
 
 
 def test_the_workers_answer_through_the_path_under_test(stack: Stack) -> None:
-    # Which loop answers is said once in each worker's log (rokv.native).
-    from rokv import native
+    # Which loop answers is said once in each worker's log (rokv.worker.native).
+    from rokv.worker import native
 
     wanted = "pure-Python path in use" if stack.pure_python or native.load() is None else "compiled hot path in use"
     for worker in stack.workers:

@@ -15,14 +15,10 @@ import pytest
 
 from rokv.keys import random_key
 from rokv.worker.build import build
-from rokv.worker.dataset import DatasetError, load_dataset, open_dataset
-from rokv.worker.store import (
-    FORMAT_VERSION,
-    HEADER_SIZE,
-    StoreError,
-    open_store,
-    verify_store,
-)
+from rokv.worker.dataset import DatasetError, load_dataset
+from rokv.worker.layout import FORMAT_VERSION, HEADER_SIZE, StoreError
+from rokv.worker.load import open_dataset
+from rokv.worker.reader import open_store, verify_store
 
 from procs import REPO, Stack, child_env, scaled, seen_workers
 

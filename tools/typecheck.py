@@ -1,10 +1,11 @@
 """Type-check the installed package `rokv` from the checkout's folders.
 
-The folders client/, broker/, worker/ and gateway/ install as rokv,
-rokv.broker, rokv.worker and rokv.gateway (pyproject.toml's package-dir), a
-mapping mypy cannot follow by itself. This script builds that layout as a tree of symbolic links in a
-temporary folder and runs mypy on it with the configuration in
-pyproject.toml; paths in its report are mapped back to the checkout's files.
+The folders install under other names (client/ is rokv, server/ is
+rokv.server, ...): pyproject.toml's [tool.setuptools] package-dir, read here,
+is the one place that says so, a mapping mypy cannot follow by itself. This
+script builds that layout as a tree of symbolic links in a temporary folder
+and runs mypy on it with the configuration in pyproject.toml; paths in its
+report are mapped back to the checkout's files.
 
     python tools/typecheck.py          # exits with mypy's status
 """
@@ -17,9 +18,22 @@ import sys
 import tempfile
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 REPO = Path(__file__).resolve().parents[1]
-#: Installed package -> folder, as pyproject.toml's package-dir says.
-LAYOUT = {"rokv": "client", "rokv/broker": "broker", "rokv/worker": "worker", "rokv/gateway": "gateway"}
+
+
+def package_dirs() -> dict[str, str]:
+    """Installed package (as a path: rokv/server) -> folder, from pyproject.toml."""
+    with open(REPO / "pyproject.toml", "rb") as f:
+        mapping = tomllib.load(f)["tool"]["setuptools"]["package-dir"]
+    return {package.replace(".", "/"): folder for package, folder in mapping.items()}
+
+
+LAYOUT = package_dirs()
 
 
 def build_tree(root: Path) -> None:

@@ -23,18 +23,11 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING
 
-from rokv.exitcodes import Exit
+from rokv.exitcodes import Exit, epilog
 from rokv.worker.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
-from rokv.worker.store import (
-    DIGEST_ALGORITHM,
-    SEPARATOR,
-    SUFFIX,
-    Header,
-    StoreError,
-    read_header,
-    verify_store,
-    write_store,
-)
+from rokv.worker.layout import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header
+from rokv.worker.reader import verify_store
+from rokv.worker.writer import write_store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,7 +50,7 @@ def build(
     allow_empty: bool = False,
 ) -> Header:
     """Compile the dataset at ``src`` (``.json`` or ``.jsonl``) into the
-    ``.rokv`` file ``out``, atomically (see :func:`worker.store.write_store`).
+    ``.rokv`` file ``out``, atomically (see :func:`rokv.worker.writer.write_store`).
 
     ``progress(phase, fraction)`` is called now and then, if given.
     ``allow_empty``: compile a dataset of no keys, which is otherwise refused.
@@ -218,12 +211,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         if bar:
             bar.done()
         sys.stderr.write(f"rokv: {exc}\n")
-        return Exit.FAILED
+        return Exit.NO
     except OSError as exc:
         if bar:
             bar.done()
         sys.stderr.write(f"rokv: cannot write {args.output}: {exc.strerror or exc}\n")
-        return Exit.FAILED
+        return Exit.NO
     if bar:
         bar.done()
     print(
@@ -238,7 +231,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         header = read_header(args.file)
     except StoreError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return Exit.FAILED
+        return Exit.NO
     print(json.dumps(header.as_dict(), indent=2))
     return Exit.OK
 
@@ -248,7 +241,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         header = verify_store(args.file)
     except StoreError as exc:
         sys.stderr.write(f"rokv: {exc}\n")
-        return Exit.FAILED
+        return Exit.NO
     print(f"{args.file}: ok: {header.count} keys, digest {DIGEST_ALGORITHM}:{header.digest_hex}")
     return Exit.OK
 
@@ -262,7 +255,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description="Compile SRC (.json or .jsonl) into one immutable .rokv file that workers memory-map. "
         "SRC is checked exactly as a worker checks it; one of no keys is refused unless --allow-empty. "
         "The output appears atomically.",
-        epilog="exit codes: 0 built, 1 SRC refused or OUT cannot be written, 2 bad usage",
+        epilog=epilog("rokv build"),
     )
     p.add_argument("src", metavar="SRC")
     p.add_argument("-o", "--output", metavar="OUT.rokv", required=True)
@@ -276,14 +269,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "inspect",
         description="Print the header of a .rokv file (format version, key count, build time, digest).",
-        epilog="exit codes: 0 printed, 1 not a readable .rokv file, 2 bad usage",
+        epilog=epilog("rokv inspect"),
     )
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_inspect)
     p = sub.add_parser(
         "verify",
         description="Read the whole .rokv file and check its structure and content digest.",
-        epilog="exit codes: 0 intact, 1 corrupt or unreadable, 2 bad usage",
+        epilog=epilog("rokv verify"),
     )
     p.add_argument("file", metavar="FILE")
     p.set_defaults(run=cmd_verify)

@@ -22,14 +22,11 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from rokv.errors import InvalidKey
 from rokv.keys import is_canonical, normalize_key, show_key
 from rokv.protocol import quote
-
-if TYPE_CHECKING:
-    from rokv.worker.store import Store
 
 _BOM = "\ufeff"
 _JSON_WS = " \t\r\n"
@@ -93,13 +90,13 @@ def load_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> 
     elif suffix == ".jsonl":
         dataset = _load_jsonl(name)
     else:
-        raise _unsupported(name, suffix, ".json or .jsonl")
+        raise unsupported_error(name, suffix, ".json or .jsonl")
     if not dataset and not allow_empty:
         raise empty_error(name)
     return dataset
 
 
-def _unsupported(path: str, suffix: str, accepted: str) -> DatasetError:
+def unsupported_error(path: str, suffix: str, accepted: str) -> DatasetError:
     what = quote(suffix) if suffix else "(no suffix)"
     return _error(path, f"unsupported dataset format {what}: use {accepted}")
 
@@ -111,35 +108,6 @@ def empty_error(path: str | os.PathLike[str]) -> DatasetError:
         "the dataset holds no keys; an empty dataset is refused unless allowed "
         "(--allow-empty, or ROKV_ALLOW_EMPTY=1 for rokv-worker)",
     )
-
-
-def open_dataset(path: str | os.PathLike[str], *, allow_empty: bool = False) -> dict[str, str] | Store:
-    """The dataset at ``path`` ready to serve: a compiled ``.rokv`` file is
-    memory-mapped (see :func:`worker.store.open_store`: opening costs the same
-    whatever its size); ``.json`` and ``.jsonl`` are read by
-    :func:`load_dataset`. Both results have ``get(key)`` (canonical keys) and
-    ``len()``. A dataset of no keys is refused unless ``allow_empty``.
-
-    Raises:
-        DatasetError: the suffix is none of ``.rokv``, ``.json`` and
-            ``.jsonl``; the file cannot be served (a :class:`worker.store.StoreError`
-            for a ``.rokv`` that is truncated, of another format or version),
-            or holds no keys and ``allow_empty`` is false.
-    """
-    name = os.fsdecode(path)
-    suffix = os.path.splitext(name)[1].lower()
-    if suffix == ".rokv":
-        from rokv.worker.store import open_store  # numpy is only needed here
-
-        store = open_store(path)
-        if not len(store) and not allow_empty:
-            store.close()
-            raise empty_error(path)
-        return store
-    if suffix not in (".json", ".jsonl"):
-        # load_dataset's own message names only its formats: it reads sources.
-        raise _unsupported(name, suffix, ".rokv, .json or .jsonl")
-    return load_dataset(path, allow_empty=allow_empty)
 
 
 # --- .json -----------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from rokv import protocol as p
 from rokv.errors import InvalidKey
 from rokv.keys import normalize_key
-from rokv.worker.stats import (
+from rokv.server.stats import (
     BUCKETS,
     GET_FOUND,
     GET_INVALID,
@@ -74,7 +74,7 @@ class Handler:
     only on a miss. ``extra_info`` is added to the ping reply (for a .rokv
     dataset: its digest). ``stats`` counts every request by operation and
     outcome, and its handling time, in plain integers (see
-    :mod:`rokv.worker.stats`).
+    :mod:`rokv.server.stats`).
     """
 
     def __init__(

@@ -6,7 +6,7 @@ run/metrics under supervisor), and says whether they serve:
 
 - ``GET /metrics``: every process's metrics in Prometheus' text format (or
   OpenMetrics when the scraper asks for it). Before each reading, processes
-  that are gone are retired (:mod:`rokv.worker.metricfiles`): no ghost
+  that are gone are retired (:mod:`rokv.ops.metricfiles`): no ghost
   outlives the next scrape.
 - ``GET /healthz``: 200 when this host's rokv processes are up and serving,
   503 otherwise; the body is a short JSON object with the reason.
@@ -30,9 +30,10 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from rokv.exitcodes import Exit, epilog
 from rokv.hostport import METRICS_ENV, parse_address
-from rokv.worker import metricfiles
-from rokv.worker.metrics import DIR_ENV
+from rokv.ops import metricfiles
+from rokv.server.metrics import DIR_ENV
 
 log = logging.getLogger("rokv.metrics")
 
@@ -280,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rokv-metrics",
         description="Serve the metrics of every rokv process of this host (GET /metrics) and their health "
-        "(GET /healthz). Exits 0 on SIGTERM/SIGINT.",
+        "(GET /healthz).",
+        epilog=epilog("rokv-metrics"),
     )
     parser.add_argument(
         "--listen",
@@ -312,16 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         server = serve(args.listen, args.dir, _supervisor_from_env())
     except ImportError as exc:
         print(f"rokv-metrics: {exc}: it comes with the server extra: pip install 'rokv[server]'", file=sys.stderr)
-        return 1
+        return Exit.USAGE
     except OSError as exc:
         print(f"rokv-metrics: cannot serve on {args.listen} from {args.dir}: {exc}", file=sys.stderr)
-        return 1
+        return Exit.NO
     log.info("serving the metrics of %s on http://%s/metrics and /healthz", args.dir, args.listen)
     received = signal.sigwait({signal.SIGTERM, signal.SIGINT})
     log.info("received %s: stopping", signal.Signals(received).name)
     server.shutdown()
     server.server_close()
-    return 0
+    return Exit.OK
 
 
 if __name__ == "__main__":

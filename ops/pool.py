@@ -39,14 +39,15 @@ from xmlrpc.client import Fault
 
 from supervisor import childutils
 
+from rokv.exitcodes import Exit, epilog
 from rokv.hostport import METRICS_ENV, parse_address
-from rokv.worker import metricfiles, metrics
+from rokv.ops import metricfiles
+from rokv.server import metrics
 
 DEFAULT_WORKERS = 2
 #: The process groups this program owns; any others in the configuration are
 #: left to the operator.
 MANAGED = ("metrics", "broker", "worker", "http")
-EXIT_BAD_SETTING = 2
 #: How long rokv-pool keeps asking a busy supervisord to load its programs.
 RPC_PATIENCE_SECONDS = 30.0
 
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="rokv-pool",
         description="Run this host's rokv programs under supervisord, from the ROKV_* variables "
         "(started by supervisord itself, which sets SUPERVISOR_SERVER_URL).",
+        epilog=epilog("rokv-pool"),
     )
     parser.add_argument(
         "--here", required=True, type=Path, help="the folder of supervisord.conf: relative paths and logs are under it"
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         http = http_from_env(os.environ)
     except SettingError as exc:
         print(f"rokv-pool: refusing to start the pool: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BAD_SETTING
+        return Exit.USAGE
     if "SUPERVISOR_SERVER_URL" not in os.environ:
         parser.error("SUPERVISOR_SERVER_URL is not set: supervisord runs me")
     if settings.workers > 4 * (os.cpu_count() or 1):
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                return 1
+                return Exit.NO
             time.sleep(0.5)
     print(
         f"rokv-pool: role {settings.role}: started {' and '.join(groups) or 'nothing'} "
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Stay up: a RUNNING pool program is part of "everything is running".
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    return 0
+    return Exit.OK
 
 
 if __name__ == "__main__":

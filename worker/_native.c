@@ -1,4 +1,4 @@
-/* rokv._native: the compiled hot paths (issue 14).
+/* rokv.worker._native: the worker's compiled serving loop.
  *
  * What it does, and nothing more:
  *   - the worker's receive-answer-reply loop for the common requests (get and
@@ -7,8 +7,13 @@
  *   - everything else (ping, malformed or unusual requests, invalid or
  *     non-canonical keys, several frames) is handed, frames and all, to the
  *     Python handler, so every error reply stays exactly what
- *     rokv.worker.handler answers;
- *   - the client's reply reading: id and value(s) of a reply in one call.
+ *     rokv.worker.handler answers.
+ *
+ * The protocol's constants (field names, operations, version, the mget
+ * limit, the not-found code and message) and the layout of the counters
+ * (rokv.server.stats) are not restated here: configure() takes them from
+ * Python (rokv.worker.native.constants()), and config() gives them back, so
+ * a test pins what the loop was given.
  *
  * libzmq is the one pyzmq loaded: its path is given to init(), which finds it
  * with dlopen(RTLD_NOLOAD) (pyzmq loads it privately) and looks up the few
@@ -76,6 +81,177 @@ native_init(PyObject *self, PyObject *arg)
 #undef SYM
     zmq_ready = 1;
     Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ constants from Python */
+
+/* A short string given by configure(): a field name, an operation, part of a message. */
+typedef struct {
+    char s[64];
+    size_t n;
+} name_t;
+
+static name_t F_VERSION, F_ID, F_OP, F_KEY, F_KEYS, F_VALUE, F_VALUES, F_ERROR, F_MESSAGE;
+static name_t OP_GET_NAME, OP_MGET_NAME, NOT_FOUND_CODE, NOT_FOUND_BEFORE, NOT_FOUND_AFTER;
+static uint64_t protocol_version;
+static size_t max_mget_keys;
+static int configured = 0;
+
+/* Counters, in rokv.server.stats.RequestStats' layout: requests by (op,
+ * outcome), mget keys by outcome, a histogram of handling times. */
+#define MAX_COUNTERS 64
+#define MAX_BUCKETS 64
+static Py_ssize_t n_requests, n_key_outcomes;
+static Py_ssize_t r_get_found, r_get_not_found, r_mget_found, r_mget_not_found, k_found, k_not_found;
+static unsigned long long st_requests[MAX_COUNTERS], st_keys[MAX_COUNTERS], st_buckets[MAX_BUCKETS + 1];
+static double st_seconds, st_bounds[MAX_BUCKETS];
+static int st_nbounds = 0;
+
+static int
+take_name(PyObject *map, const char *field, name_t *out)
+{
+    PyObject *value = PyDict_GetItemString(map, field);
+    if (value == NULL || !PyUnicode_Check(value)) {
+        PyErr_Format(PyExc_ValueError, "configure: %s must be a string", field);
+        return -1;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(value, &n);
+    if (s == NULL)
+        return -1;
+    if ((size_t)n >= sizeof out->s) {
+        PyErr_Format(PyExc_ValueError, "configure: %s is longer than %d bytes", field, (int)sizeof out->s - 1);
+        return -1;
+    }
+    memcpy(out->s, s, (size_t)n);
+    out->s[n] = 0;
+    out->n = (size_t)n;
+    return 0;
+}
+
+static int
+take_index(PyObject *map, const char *field, Py_ssize_t below, Py_ssize_t *out)
+{
+    PyObject *value = PyDict_GetItemString(map, field);
+    Py_ssize_t v = value ? PyLong_AsSsize_t(value) : -1;
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v >= below) {
+        PyErr_Format(PyExc_ValueError, "configure: %s must be an integer from 0 to %zd", field, below - 1);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static PyObject *
+sub_dict(PyObject *map, const char *field)
+{
+    PyObject *value = PyDict_GetItemString(map, field);
+    if (value == NULL || !PyDict_Check(value)) {
+        PyErr_Format(PyExc_ValueError, "configure: %s must be a dict", field);
+        return NULL;
+    }
+    return value;
+}
+
+/* configure(constants): see rokv.worker.native.constants() for the shape. */
+static PyObject *
+native_configure(PyObject *self, PyObject *arg)
+{
+    if (!PyDict_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "configure takes a dict");
+        return NULL;
+    }
+    PyObject *fields = sub_dict(arg, "fields"), *ops, *nf, *stats, *bounds;
+    if (fields == NULL || take_name(fields, "version", &F_VERSION) < 0 || take_name(fields, "id", &F_ID) < 0 ||
+        take_name(fields, "op", &F_OP) < 0 || take_name(fields, "key", &F_KEY) < 0 ||
+        take_name(fields, "keys", &F_KEYS) < 0 || take_name(fields, "value", &F_VALUE) < 0 ||
+        take_name(fields, "values", &F_VALUES) < 0 || take_name(fields, "error", &F_ERROR) < 0 ||
+        take_name(fields, "message", &F_MESSAGE) < 0)
+        return NULL;
+    if ((ops = sub_dict(arg, "ops")) == NULL || take_name(ops, "get", &OP_GET_NAME) < 0 ||
+        take_name(ops, "mget", &OP_MGET_NAME) < 0)
+        return NULL;
+    if ((nf = sub_dict(arg, "not_found")) == NULL || take_name(nf, "code", &NOT_FOUND_CODE) < 0 ||
+        take_name(nf, "before", &NOT_FOUND_BEFORE) < 0 || take_name(nf, "after", &NOT_FOUND_AFTER) < 0)
+        return NULL;
+    Py_ssize_t version, limit;
+    if (take_index(arg, "version", 128, &version) < 0 || take_index(arg, "max_mget_keys", 1 << 30, &limit) < 0)
+        return NULL;
+    if ((stats = sub_dict(arg, "stats")) == NULL || take_index(stats, "requests", MAX_COUNTERS + 1, &n_requests) < 0 ||
+        take_index(stats, "key_outcomes", MAX_COUNTERS + 1, &n_key_outcomes) < 0 ||
+        take_index(stats, "get_found", n_requests, &r_get_found) < 0 ||
+        take_index(stats, "get_not_found", n_requests, &r_get_not_found) < 0 ||
+        take_index(stats, "mget_found", n_requests, &r_mget_found) < 0 ||
+        take_index(stats, "mget_not_found", n_requests, &r_mget_not_found) < 0 ||
+        take_index(stats, "key_found", n_key_outcomes, &k_found) < 0 ||
+        take_index(stats, "key_not_found", n_key_outcomes, &k_not_found) < 0)
+        return NULL;
+    bounds = PyDict_GetItemString(stats, "buckets");
+    PyObject *seq = bounds ? PySequence_Fast(bounds, "configure: stats buckets must be a sequence") : NULL;
+    if (seq == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "configure: stats needs buckets");
+        return NULL;
+    }
+    Py_ssize_t nb = PySequence_Fast_GET_SIZE(seq);
+    if (nb > MAX_BUCKETS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "configure: too many buckets");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        st_bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    st_nbounds = (int)nb;
+    protocol_version = (uint64_t)version;
+    max_mget_keys = (size_t)limit;
+    memset(st_requests, 0, sizeof st_requests);
+    memset(st_keys, 0, sizeof st_keys);
+    memset(st_buckets, 0, sizeof st_buckets);
+    st_seconds = 0;
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
+/* config() -> the constants configure() was given, in its shape, read back. */
+static PyObject *
+native_config(PyObject *self, PyObject *unused)
+{
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "rokv.worker._native.configure() was not called");
+        return NULL;
+    }
+    PyObject *bounds = PyTuple_New(st_nbounds);
+    if (bounds == NULL)
+        return NULL;
+    for (int i = 0; i < st_nbounds; i++)
+        PyTuple_SET_ITEM(bounds, i, PyFloat_FromDouble(st_bounds[i]));
+    return Py_BuildValue(
+        "{s:{s:s#,s:s#,s:s#,s:s#,s:s#,s:s#,s:s#,s:s#,s:s#},s:{s:s#,s:s#},s:{s:s#,s:s#,s:s#},s:K,s:n,"
+        "s:{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:N}}",
+        "fields", "version", F_VERSION.s, (Py_ssize_t)F_VERSION.n, "id", F_ID.s, (Py_ssize_t)F_ID.n, "op", F_OP.s,
+        (Py_ssize_t)F_OP.n, "key", F_KEY.s, (Py_ssize_t)F_KEY.n, "keys", F_KEYS.s, (Py_ssize_t)F_KEYS.n, "value",
+        F_VALUE.s, (Py_ssize_t)F_VALUE.n, "values", F_VALUES.s, (Py_ssize_t)F_VALUES.n, "error", F_ERROR.s,
+        (Py_ssize_t)F_ERROR.n, "message", F_MESSAGE.s, (Py_ssize_t)F_MESSAGE.n, "ops", "get", OP_GET_NAME.s,
+        (Py_ssize_t)OP_GET_NAME.n, "mget", OP_MGET_NAME.s, (Py_ssize_t)OP_MGET_NAME.n, "not_found", "code",
+        NOT_FOUND_CODE.s, (Py_ssize_t)NOT_FOUND_CODE.n, "before", NOT_FOUND_BEFORE.s, (Py_ssize_t)NOT_FOUND_BEFORE.n,
+        "after", NOT_FOUND_AFTER.s, (Py_ssize_t)NOT_FOUND_AFTER.n, "version", (unsigned long long)protocol_version,
+        "max_mget_keys", (Py_ssize_t)max_mget_keys, "stats", "requests", n_requests, "key_outcomes", n_key_outcomes,
+        "get_found", r_get_found, "get_not_found", r_get_not_found, "mget_found", r_mget_found, "mget_not_found",
+        r_mget_not_found, "key_found", k_found, "key_not_found", k_not_found, "buckets", bounds);
+}
+
+static inline int
+is_name(const char *s, size_t n, const name_t *name)
+{
+    return n == name->n && memcmp(s, name->s, n) == 0;
 }
 
 /* ------------------------------------------------------------ output buffer */
@@ -157,6 +333,12 @@ pack_str(buf_t *b, const char *s, size_t n)
     else
         rc = put_be(b, 0xdb, n, 4);
     return rc < 0 ? -1 : buf_put(b, s, n);
+}
+
+static inline int
+pack_name(buf_t *b, const name_t *name)
+{
+    return pack_str(b, name->s, name->n);
 }
 
 static int
@@ -296,24 +478,24 @@ parse_request(const unsigned char *body, size_t size, req_t *q)
         size_t name_len;
         if (!read_str(&r, &name, &name_len))
             return 0;
-        if (name_len == 1 && name[0] == 'v') {
+        if (is_name(name, name_len, &F_VERSION)) {
             uint64_t v;
-            if (seen_v++ || !read_uint(&r, &v) || v != 1)
+            if (seen_v++ || !read_uint(&r, &v) || v != protocol_version)
                 return 0;
         }
-        else if (name_len == 2 && memcmp(name, "id", 2) == 0) {
+        else if (is_name(name, name_len, &F_ID)) {
             if (seen_id++ || !read_uint(&r, &q->id))
                 return 0;
         }
-        else if (name_len == 2 && memcmp(name, "op", 2) == 0) {
+        else if (is_name(name, name_len, &F_OP)) {
             if (seen_op++ || !read_str(&r, &op, &op_len))
                 return 0;
         }
-        else if (name_len == 3 && memcmp(name, "key", 3) == 0) {
+        else if (is_name(name, name_len, &F_KEY)) {
             if (seen_key++ || !read_str(&r, &q->key, &q->key_len))
                 return 0;
         }
-        else if (name_len == 4 && memcmp(name, "keys", 4) == 0) {
+        else if (is_name(name, name_len, &F_KEYS)) {
             if (seen_keys++ || r.p >= r.end)
                 return 0;
             unsigned char a = *r.p;
@@ -326,10 +508,14 @@ parse_request(const unsigned char *body, size_t size, req_t *q)
                 n = ((size_t)r.p[1] << 8) | r.p[2];
                 r.p += 3;
             }
+            else if (a == 0xdd && r.end - r.p >= 5) {
+                n = ((size_t)r.p[1] << 24) | ((size_t)r.p[2] << 16) | ((size_t)r.p[3] << 8) | r.p[4];
+                r.p += 5;
+            }
             else
-                return 0; /* array32 is over the 10,000 limit anyway */
-            if (n > 10000)
                 return 0;
+            if (n > max_mget_keys)
+                return 0; /* Python words the refusal */
             q->keys = r.p;
             q->nkeys = n;
             if (scan_keys(&r, n) < 0)
@@ -341,9 +527,9 @@ parse_request(const unsigned char *body, size_t size, req_t *q)
     }
     if (r.p != r.end || !seen_v || !seen_id || !seen_op)
         return 0;
-    if (op_len == 3 && memcmp(op, "get", 3) == 0 && seen_key && !seen_keys)
+    if (is_name(op, op_len, &OP_GET_NAME) && seen_key && !seen_keys)
         q->op = OP_GET;
-    else if (op_len == 4 && memcmp(op, "mget", 4) == 0 && seen_keys && !seen_key)
+    else if (is_name(op, op_len, &OP_MGET_NAME) && seen_keys && !seen_key)
         q->op = OP_MGET;
     else
         return 0;
@@ -700,45 +886,6 @@ pack_one(Lookup *l, buf_t *out, const char *k, size_t n, int *hit)
 
 /* ------------------------------------------------------------ counters */
 
-/* What the compiled loop answered, for metrics, in the layout of
- * rokv.worker.stats.RequestStats: requests by (op, outcome) at op * 6 +
- * outcome, mget keys by outcome, and a histogram of handling times over the
- * bounds given to set_buckets(). take_stats() returns them and starts again
- * from zero; what the Python handler answers it counts itself. */
-#define N_REQUESTS 24
-#define R_GET_FOUND 0
-#define R_GET_NOT_FOUND 1
-#define R_MGET_FOUND 6
-#define R_MGET_NOT_FOUND 7
-#define MAX_BUCKETS 64
-static unsigned long long st_requests[N_REQUESTS], st_keys[3], st_buckets[MAX_BUCKETS + 1];
-static double st_seconds, st_bounds[MAX_BUCKETS];
-static int st_nbounds = 0;
-
-static PyObject *
-native_set_buckets(PyObject *self, PyObject *arg)
-{
-    PyObject *seq = PySequence_Fast(arg, "set_buckets takes a sequence of upper bounds in seconds");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > MAX_BUCKETS) {
-        Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "too many buckets");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        st_bounds[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
-        if (PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return NULL;
-        }
-    }
-    st_nbounds = (int)n;
-    Py_DECREF(seq);
-    Py_RETURN_NONE;
-}
-
 static inline double
 now_seconds(void)
 {
@@ -762,12 +909,13 @@ observe(double seconds)
 static PyObject *
 native_take_stats(PyObject *self, PyObject *unused)
 {
-    PyObject *requests = PyList_New(N_REQUESTS), *keys = PyList_New(3), *buckets = PyList_New(st_nbounds + 1);
+    PyObject *requests = PyList_New(n_requests), *keys = PyList_New(n_key_outcomes),
+             *buckets = PyList_New(st_nbounds + 1);
     if (requests == NULL || keys == NULL || buckets == NULL)
         goto fail;
-    for (int i = 0; i < N_REQUESTS; i++)
+    for (Py_ssize_t i = 0; i < n_requests; i++)
         PyList_SET_ITEM(requests, i, PyLong_FromUnsignedLongLong(st_requests[i]));
-    for (int i = 0; i < 3; i++)
+    for (Py_ssize_t i = 0; i < n_key_outcomes; i++)
         PyList_SET_ITEM(keys, i, PyLong_FromUnsignedLongLong(st_keys[i]));
     for (int i = 0; i <= st_nbounds; i++)
         PyList_SET_ITEM(buckets, i, PyLong_FromUnsignedLongLong(st_buckets[i]));
@@ -786,42 +934,58 @@ fail:
 
 /* ------------------------------------------------------------ answering */
 
+/* A msgpack str made of three pieces, header sized for all of them. */
+static int
+pack_str3(buf_t *b, const name_t *before, const char *middle, size_t n, const name_t *after)
+{
+    size_t total = before->n + n + after->n;
+    int rc;
+    if (total < 32)
+        rc = buf_byte(b, (unsigned char)(0xa0 | total));
+    else if (total < 256)
+        rc = put_be(b, 0xd9, total, 1);
+    else if (total < 65536)
+        rc = put_be(b, 0xda, total, 2);
+    else
+        rc = put_be(b, 0xdb, total, 4);
+    if (rc < 0 || buf_put(b, before->s, before->n) < 0 || buf_put(b, middle, n) < 0)
+        return -1;
+    return buf_put(b, after->s, after->n);
+}
+
 /* The reply for a parsed request in *out: 1 done, 0 Python must answer, -1 error. */
 static int
 answer(Lookup *l, const req_t *q, buf_t *out)
 {
     out->len = 0;
     if (q->op == OP_GET) {
-        /* {"id": id, "value": v} or {"id": id, "error": "not_found", "message": "key K not found"} */
+        /* {id: id, value: v} or {id: id, error: not_found, message: "key K not found"} */
         size_t mark;
-        if (buf_byte(out, 0x82) < 0 || buf_put(out, "\xa2id", 3) < 0 || pack_uint(out, q->id) < 0)
+        if (buf_byte(out, 0x82) < 0 || pack_name(out, &F_ID) < 0 || pack_uint(out, q->id) < 0)
             return -1;
         mark = out->len;
-        if (buf_put(out, "\xa5value", 6) < 0)
+        if (pack_name(out, &F_VALUE) < 0)
             return -1;
         int hit = 0;
         int rc = pack_one(l, out, q->key, q->key_len, &hit);
         if (rc <= 0)
             return rc;
         if (rc == 1) {
-            st_requests[R_GET_FOUND]++;
+            st_requests[r_get_found]++;
             return 1;
         }
         out->len = mark;
         out->data[0] = (char)0x83;
-        if (buf_put(out, "\xa5" "error\xa9not_found\xa7message", 24) < 0)
+        /* The key is canonical here: the message names it as the handler does. */
+        if (pack_name(out, &F_ERROR) < 0 || pack_name(out, &NOT_FOUND_CODE) < 0 || pack_name(out, &F_MESSAGE) < 0 ||
+            pack_str3(out, &NOT_FOUND_BEFORE, q->key, q->key_len, &NOT_FOUND_AFTER) < 0)
             return -1;
-        /* "key K not found": K is canonical here, 36 characters */
-        char message[64];
-        size_t mlen = (size_t)snprintf(message, sizeof message, "key %.*s not found", (int)q->key_len, q->key);
-        if (pack_str(out, message, mlen) < 0)
-            return -1;
-        st_requests[R_GET_NOT_FOUND]++;
+        st_requests[r_get_not_found]++;
         return 1;
     }
-    /* mget: {"id": id, "values": [...]} */
-    if (buf_byte(out, 0x82) < 0 || buf_put(out, "\xa2id", 3) < 0 || pack_uint(out, q->id) < 0 ||
-        buf_put(out, "\xa6values", 7) < 0 || pack_array_header(out, q->nkeys) < 0)
+    /* mget: {id: id, values: [...]} */
+    if (buf_byte(out, 0x82) < 0 || pack_name(out, &F_ID) < 0 || pack_uint(out, q->id) < 0 ||
+        pack_name(out, &F_VALUES) < 0 || pack_array_header(out, q->nkeys) < 0)
         return -1;
     rd_t r = {q->keys, q->keys_end};
     unsigned long long found = 0, missing = 0;
@@ -841,9 +1005,9 @@ answer(Lookup *l, const req_t *q, buf_t *out)
         else
             found++;
     }
-    st_requests[missing ? R_MGET_NOT_FOUND : R_MGET_FOUND]++;
-    st_keys[0] += found;
-    st_keys[1] += missing;
+    st_requests[missing ? r_mget_not_found : r_mget_found]++;
+    st_keys[k_found] += found;
+    st_keys[k_not_found] += missing;
     return 1;
 }
 
@@ -927,8 +1091,8 @@ native_serve(PyObject *self, PyObject *args)
     int dontwait;
     if (!PyArg_ParseTuple(args, "KO!Onp", &address, &LookupType, &lookup_obj, &handler, &limit, &dontwait))
         return NULL;
-    if (!zmq_ready) {
-        PyErr_SetString(PyExc_RuntimeError, "rokv._native.init() was not called");
+    if (!zmq_ready || !configured) {
+        PyErr_SetString(PyExc_RuntimeError, "rokv.worker._native: init() and configure() must be called first");
         return NULL;
     }
     void *sock = (void *)(uintptr_t)address;
@@ -1019,6 +1183,11 @@ native_answer(PyObject *self, PyObject *args)
     Py_buffer body;
     if (!PyArg_ParseTuple(args, "O!y*", &LookupType, &lookup_obj, &body))
         return NULL;
+    if (!configured) {
+        PyBuffer_Release(&body);
+        PyErr_SetString(PyExc_RuntimeError, "rokv.worker._native.configure() was not called");
+        return NULL;
+    }
     req_t q = {0};
     buf_t out = {NULL, 0, 0};
     PyObject *result = NULL;
@@ -1050,14 +1219,17 @@ static PyMethodDef methods[] = {
     {"serve", native_serve, METH_VARARGS,
      "serve(socket_address, lookup, handler, limit, dontwait) -> (answered, dropped, interrupted)"},
     {"answer", native_answer, METH_VARARGS, "answer(lookup, body) -> bytes or None (Python answers)"},
-    {"set_buckets", native_set_buckets, METH_O, "set_buckets(bounds): the handling-time histogram's upper bounds"},
+    {"configure", native_configure, METH_O,
+     "configure(constants): the protocol's constants and the counters' layout (rokv.worker.native.constants())"},
+    {"config", native_config, METH_NOARGS, "config() -> the constants configure() was given"},
     {"take_stats", native_take_stats, METH_NOARGS,
-     "take_stats() -> (requests, mget_keys, buckets, seconds) since the last call (see rokv.worker.stats)"},
+     "take_stats() -> (requests, mget_keys, buckets, seconds) since the last call (see rokv.server.stats)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "rokv._native", "rokv's compiled hot paths (see rokv.native).", -1, methods,
+    PyModuleDef_HEAD_INIT, "rokv.worker._native", "The worker's compiled serving loop (see rokv.worker.native).", -1,
+    methods,
 };
 
 PyMODINIT_FUNC

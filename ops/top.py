@@ -14,24 +14,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rokv.exitcodes import Exit
+from rokv.exitcodes import Exit, epilog
 from rokv.hostport import METRICS_ENV, parse_addresses
-from rokv.poolview import HostScrape, MissingParser, scrape, view
+from rokv.ops.poolview import HostScrape, MissingParser, scrape, view
 
 WIDTH = 80
 _HEADER = f"{'HOST / WORKER':<18}{'REQ/S':>8}{'KEYS/S':>9}{'HIT%':>6}{'P50 ms':>8}{'P99 ms':>8}{'KEYS':>8}  DATASET"
 
 
-def add_command(sub: Any) -> None:
-    """Register ``rokv top`` on the ``rokv`` command's subparsers."""
+def add_commands(sub: Any) -> None:
+    """Register ``rokv top`` on the ``rokv`` parser (rokv.cli loads this
+    module when the command runs)."""
     top = sub.add_parser(
         "top",
         help="a live view of the pool from its hosts' metrics",
         description="Show, refreshed every second, each host's and each worker's requests and keys a second, "
         "hit ratio, p50/p99 handling time, dataset digest and key count, read from the hosts' metrics "
         "addresses (rokv-metrics). Workers serving another dataset than most are flagged with '!'.",
-        epilog="exit codes: 0 done (or stopped with Ctrl-C), 2 bad usage or prometheus_client missing, "
-        "3 (with --once) a host did not answer",
+        epilog=epilog("rokv top"),
     )
     top.add_argument(
         "--metrics",

@@ -53,9 +53,10 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from rokv.exitcodes import Exit
-from rokv.worker.store import DIGEST_ALGORITHM, SUFFIX, Header, StoreError, read_header, verify_store
-from rokv.worker.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
+from rokv.exitcodes import Exit, epilog
+from rokv.ops.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
+from rokv.worker.layout import DIGEST_ALGORITHM, SUFFIX, Header, StoreError, read_header
+from rokv.worker.reader import verify_store
 
 GROUP = "worker"
 DEFAULT_CONF = "supervisord.conf"
@@ -388,7 +389,7 @@ def check_new(new: str, verify: bool) -> Header:
     try:
         return verify_store(new) if verify else read_header(new)
     except StoreError as exc:
-        raise Stop(Exit.FAILED, f"refused: {exc}. Nothing was changed.") from None
+        raise Stop(Exit.NO, f"refused: {exc}. Nothing was changed.") from None
 
 
 def deploy(opts: Options) -> Exit:
@@ -419,7 +420,7 @@ def deploy(opts: Options) -> Exit:
             old_digest = digest_of(read_header(os.path.realpath(opts.link)))
         except StoreError as exc:
             raise Stop(
-                Exit.FAILED,
+                Exit.NO,
                 f"refused: {opts.link} points at {old_target}, which cannot be served "
                 f"({exc}): a rollback to it would fail. Nothing was changed.",
             ) from None
@@ -437,12 +438,12 @@ def deploy(opts: Options) -> Exit:
         ) from None
     if not group:
         raise Stop(
-            Exit.FAILED, f"supervisord at {supervisor.serverurl} has no process group {GROUP!r}. Nothing was changed."
+            Exit.NO, f"supervisord at {supervisor.serverurl} has no process group {GROUP!r}. Nothing was changed."
         )
     busy = [p for p in group if p.state in _TRANSITIONS]
     if busy:
         raise Stop(
-            Exit.FAILED,
+            Exit.NO,
             "refused: "
             + ", ".join(f"{p.name} is {p.state}" for p in busy)
             + ": wait until it settles (supervisorctl status), then deploy. Nothing was changed.",
@@ -450,7 +451,7 @@ def deploy(opts: Options) -> Exit:
     running = [p for p in group if p.state == "RUNNING"]
     if not running:
         raise Stop(
-            Exit.FAILED,
+            Exit.NO,
             f"refused: no {GROUP} process is RUNNING under supervisord at "
             f"{supervisor.serverurl}, so none would keep serving. Nothing was changed. "
             f"If the pool is down, point {opts.link} at a good file by hand and start "
@@ -512,7 +513,7 @@ def _check_datasets(link: str, workers: list[Process], answers: dict[str, Answer
             same = False
         if not same:
             raise Stop(
-                Exit.FAILED,
+                Exit.NO,
                 f"refused: {w.name} loads {dataset}, not {link}: repointing {link} would "
                 f"not change what it serves (--link, $ROKV_DATA). Nothing was changed.",
             )
@@ -538,9 +539,7 @@ def _switch(
                 try:
                     repoint(link, new_target)
                 except OSError as exc:
-                    raise Stop(
-                        Exit.FAILED, f"cannot repoint {link}: {exc.strerror or exc}. Nothing was changed."
-                    ) from None
+                    raise Stop(Exit.NO, f"cannot repoint {link}: {exc.strerror or exc}. Nothing was changed.") from None
                 say(f"{link}: {old_target} -> {new_target}")
             for worker in todo:
                 current = worker
@@ -619,7 +618,7 @@ def _fail(
         f"rolled back: {opts.link} -> {old_target} again; every worker serves {old_digest}"
         + (f" ({', '.join(untouched)} never left it)" if untouched else "")
     )
-    return Exit.FAILED
+    return Exit.NO
 
 
 def _show_log(name: str, lines: list[str]) -> None:
@@ -674,7 +673,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return stop.code
     except KeyboardInterrupt:  # before the link changed: past it, the deploy rolls back instead
         warn("interrupted. Nothing was changed.")
-        return Exit.FAILED
+        return Exit.NO
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -689,9 +688,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "At the first failure the link goes back to its old target and the workers already restarted "
         "are restarted on it; the others are never touched. Roll back a finished deploy with "
         "`rokv deploy OLD.rokv`.",
-        epilog="exit codes: 0 deployed or nothing to do, 1 refused or failed and rolled back (the old "
-        "version serves), 2 bad usage, 3 supervisord or the service unreachable (nothing changed), "
-        "5 failed and could not roll back (act by hand)",
+        epilog=epilog("rokv deploy"),
     )
     p.add_argument("new", metavar="NEW.rokv", help="the file to serve, built by `rokv build`")
     p.add_argument(

@@ -2,7 +2,7 @@
 
 The serving loop pays one list increment per request here (and a clock read
 and a bucket search for the handling time); nothing in this module imports
-prometheus_client. :mod:`rokv.worker.metrics` reads these counts about once a
+prometheus_client. :mod:`rokv.server.metrics` reads these counts about once a
 second and publishes the increase since its last reading, so the cost of
 Prometheus' bookkeeping is paid a few times a second, not once a request.
 """

@@ -1,11 +1,8 @@
-"""The ``.rokv`` file: a compiled, immutable dataset that workers memory-map.
-
-:func:`open_store` maps a file and checks its header (cost independent of the
-file's size; the pages are read on demand and shared through the page cache
-by every process that maps the file); :class:`Store` looks keys up in it;
-:func:`write_store` writes one atomically; :func:`verify_store` re-reads it all
-and checks its digest. The layout is described in FORMAT.md; the constants
-below are the reference.
+"""Reading ``.rokv`` files: :func:`open_store` maps a file and checks its
+header (cost independent of the file's size; the pages are read on demand and
+shared through the page cache by every process that maps the file);
+:class:`Store` looks keys up in it; :func:`verify_store` re-reads it all and
+checks its digest.
 
 A ``Store`` is read-only and may be shared by threads.
 """
@@ -15,38 +12,17 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-import struct
-import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from rokv.worker.dataset import DatasetError
+from rokv.worker.layout import DIGEST_ALGORITHM, DIGEST_SIZE, HEADER_SIZE, Header, StoreError, read_header
 
 if TYPE_CHECKING:
     import numpy as np
 
-# numpy is imported where used (batches of keys, writing): a worker that
-# opens a file starts without paying for it (0.1 to 0.2 s here).
+# numpy is imported where used (batches of keys): a worker that opens a file
+# starts without paying for it (0.1 to 0.2 s here).
 
-MAGIC = b"ROKV\r\n\x1a\n"
-FORMAT_VERSION = 1
-SUFFIX = ".rokv"
-#: How a digest is named wherever it is shown: "blake2b-256:<64 hex digits>".
-DIGEST_ALGORITHM = "blake2b-256"
-#: magic, version, header size, key count, build time (ns), bucket bits,
-#: flags, 6 offsets/sizes, digest, header CRC, reserved. Little-endian.
-_HEADER = struct.Struct("<8sIIQQII6Q32sII")
-HEADER_SIZE = _HEADER.size  # 128
-_CRC_AT = HEADER_SIZE - 8
-#: Bucket table entries are uint32 indexes into the sorted keys.
-MAX_KEYS = (1 << 32) - 1
-#: Ends every stored value. 0xFF never occurs in UTF-8, so a run of values
-#: could be decoded in one call (with surrogateescape) and split on U+DCFF;
-#: measured slower than slicing value by value, but it costs one byte a key
-#: and makes values self-delimiting for tools.
-SEPARATOR = b"\xff"
 #: Batches at least this long take get_many's numpy path (measured: below
 #: it, numpy's fixed cost of about 15 us exceeds the per-key path's).
 BATCH = 16
@@ -54,140 +30,6 @@ _decode = bytes.decode
 #: How many keys of a bucket get_many compares at once; a key further into
 #: its bucket (rare: buckets hold 0.5 to 1 key on average) takes the slow path.
 _PROBE = 4
-_ALIGN = 8
-_DIGEST_SIZE = 32
-
-
-class StoreError(DatasetError):
-    """A ``.rokv`` file that cannot be served: missing, truncated, of another
-    format or version, or (from :func:`verify_store`) corrupt."""
-
-
-@dataclass(frozen=True)
-class Header:
-    """A ``.rokv`` file's header, checked for consistency with the file size."""
-
-    version: int
-    count: int
-    build_time_ns: int
-    bucket_bits: int
-    table_offset: int
-    keys_offset: int
-    offsets_offset: int
-    values_offset: int
-    values_size: int
-    file_size: int
-    digest: bytes
-
-    @property
-    def digest_hex(self) -> str:
-        return self.digest.hex()
-
-    def as_dict(self) -> dict[str, object]:
-        """The header as JSON-friendly values (what ``rokv inspect`` prints)."""
-        return {
-            "format": "rokv",
-            "version": self.version,
-            "keys": self.count,
-            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.build_time_ns / 1e9)),
-            "digest": f"{DIGEST_ALGORITHM}:{self.digest_hex}",
-            "file_size": self.file_size,
-            "values_size": self.values_size,
-            "bucket_bits": self.bucket_bits,
-        }
-
-
-def bucket_bits_for(count: int) -> int:
-    """Bits of the key that pick its bucket: 2**bits buckets, 0.5 to 1 key each."""
-    return min(32, max(0, (count - 1).bit_length()))
-
-
-def _layout(count: int, bucket_bits: int, values_size: int) -> tuple[int, int, int, int, int]:
-    """Offsets of the table, keys, value offsets and values, and the file size."""
-    table = HEADER_SIZE
-    keys = _align(table + 4 * ((1 << bucket_bits) + 1))
-    offsets = _align(keys + 16 * count)
-    values = _align(offsets + 8 * (count + 1))
-    return table, keys, offsets, values, values + values_size
-
-
-def _align(offset: int) -> int:
-    return -(-offset // _ALIGN) * _ALIGN
-
-
-# ------------------------------------------------------------------ reading
-
-
-def read_header(path: str | os.PathLike[str], data: bytes | None = None, size: int | None = None) -> Header:
-    """Parse and check the header of the file at ``path`` (or of ``data``, its
-    first bytes, when given with the file's ``size``).
-
-    Raises:
-        StoreError: missing or unreadable file; wrong magic (not a .rokv
-            file); unknown format version; header checksum mismatch; section
-            sizes that do not add up to the file's size (truncated or extended).
-    """
-    name = os.fsdecode(path)
-    if data is None:
-        try:
-            with open(name, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                data = f.read(HEADER_SIZE)
-        except FileNotFoundError:
-            raise StoreError(f"{name}: no such file", path=name) from None
-        except IsADirectoryError:
-            raise StoreError(f"{name}: is a directory, not a dataset file", path=name) from None
-        except OSError as exc:
-            raise StoreError(f"{name}: cannot read: {exc.strerror or exc}", path=name) from None
-    assert size is not None
-    if not data.startswith(MAGIC):
-        if len(data) < len(MAGIC) and MAGIC.startswith(data):
-            raise StoreError(f"{name}: truncated: {size} bytes, shorter than the header", path=name)
-        raise StoreError(f"{name}: not a .rokv file (wrong magic number)", path=name)
-    if len(data) < 12:
-        raise StoreError(f"{name}: truncated: {size} bytes, shorter than the header", path=name)
-    version = struct.unpack_from("<I", data, 8)[0]
-    if version != FORMAT_VERSION:
-        raise StoreError(
-            f"{name}: unknown .rokv format version {version} (this rokv reads version {FORMAT_VERSION}); "
-            "rebuild the file with this rokv's `rokv build`",
-            path=name,
-        )
-    if len(data) < HEADER_SIZE:
-        raise StoreError(f"{name}: truncated: {size} bytes, shorter than the {HEADER_SIZE}-byte header", path=name)
-    fields = _HEADER.unpack_from(data)
-    (
-        _,
-        _,
-        header_size,
-        count,
-        built,
-        bits,
-        _flags,
-        table,
-        keys,
-        offsets,
-        values,
-        values_size,
-        file_size,
-        digest,
-        crc,
-        _,
-    ) = fields
-    if crc != zlib.crc32(data[:_CRC_AT]):
-        raise StoreError(f"{name}: corrupt header (checksum mismatch)", path=name)
-    if (
-        header_size != HEADER_SIZE
-        or count > MAX_KEYS
-        or bits != bucket_bits_for(count)
-        or (table, keys, offsets, values, file_size) != _layout(count, bits, values_size)
-        or values_size < count
-    ):
-        raise StoreError(f"{name}: corrupt header (inconsistent section sizes)", path=name)
-    if size != file_size:
-        what = "truncated" if size < file_size else "has trailing data"
-        raise StoreError(f"{name}: {what}: {size} bytes, the header says {file_size}", path=name)
-    return Header(version, count, built, bits, table, keys, offsets, values, values_size, file_size, digest)
 
 
 def open_store(path: str | os.PathLike[str]) -> Store:
@@ -261,7 +103,7 @@ class Store:
         return self._n
 
     def native_lookup(self, native: Any) -> Any:
-        """This store as ``rokv._native`` reads it: the mapping and where its
+        """This store as ``rokv.worker._native`` reads it: the mapping and where its
         sections are (FORMAT.md), for lookups in compiled code."""
         h = self.header
         return native.store_lookup(
@@ -441,7 +283,7 @@ def verify_store(path: str | os.PathLike[str], chunk: int = 1 << 22) -> Header:
     with open_store(path) as store:
         header = store.header
     name = os.fsdecode(path)
-    digest = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
     with open(name, "rb") as f:
         f.seek(HEADER_SIZE)
         while block := f.read(chunk):
@@ -452,127 +294,3 @@ def verify_store(path: str | os.PathLike[str], chunk: int = 1 << 22) -> Header:
             path=name,
         )
     return header
-
-
-# ------------------------------------------------------------------ writing
-
-
-def bucket_table(keys: np.ndarray, bits: int) -> np.ndarray:
-    """The bucket table of sorted 16-byte ``keys`` (a ``V16`` or ``S16``
-    array): entry b is the index of the first key whose top ``bits`` bits are
-    >= b; one more entry holds the key count."""
-    import numpy as np
-
-    top = np.ascontiguousarray(keys).view(">u4")[::4]
-    buckets = (top >> (32 - bits)).astype(np.int64) if bits else np.zeros(len(top), np.int64)
-    table = np.zeros((1 << bits) + 1, "<u4")
-    np.cumsum(np.bincount(buckets, minlength=1 << bits), out=table[1:])
-    return table
-
-
-def write_store(
-    path: str | os.PathLike[str],
-    keys: np.ndarray,
-    value_sizes: np.ndarray,
-    values: Iterable[bytes],
-    build_time_ns: int | None = None,
-) -> Header:
-    """Write a ``.rokv`` file atomically: to a temporary name in the same
-    folder, fsync'd, then renamed over ``path``, so a reader sees the old file
-    or the whole new one, and a killed writer leaves nothing at ``path``.
-
-    ``keys`` are the 16-byte binary keys (``V16``), sorted, no repeats;
-    ``value_sizes[i]`` is the size of key i's UTF-8 value plus one (its
-    separator); ``values`` yields the values' bytes in key order, each followed
-    by :data:`SEPARATOR`, in chunks of any size.
-
-    Raises:
-        OSError: the folder is not writable, the disk is full, ...
-        ValueError: more than :data:`MAX_KEYS` keys or the values' bytes do
-            not add up to ``value_sizes``.
-    """
-    import numpy as np
-
-    name = os.fsdecode(path)
-    count = len(keys)
-    if count > MAX_KEYS:
-        raise ValueError(f"{count} keys: a .rokv file holds at most {MAX_KEYS}")
-    bits = bucket_bits_for(count)
-    offsets = np.zeros(count + 1, "<u8")
-    np.cumsum(value_sizes, out=offsets[1:])
-    values_size = int(offsets[-1])
-    table_at, keys_at, offsets_at, values_at, file_size = _layout(count, bits, values_size)
-    built = time.time_ns() if build_time_ns is None else build_time_ns
-
-    folder = os.path.dirname(os.path.abspath(name))
-    tmp = os.path.join(folder, f".{os.path.basename(name)}.{os.getpid()}.tmp")
-    digest = hashlib.blake2b(digest_size=_DIGEST_SIZE)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(bytes(HEADER_SIZE))
-
-            def put(data: bytes | memoryview, at: int | None = None) -> None:
-                if at is not None and at != f.tell():
-                    pad = bytes(at - f.tell())
-                    digest.update(pad)
-                    f.write(pad)
-                digest.update(data)
-                f.write(data)
-
-            put(bucket_table(keys, bits).data, table_at)
-            put(np.ascontiguousarray(keys).data, keys_at)
-            put(offsets.data, offsets_at)
-            put(b"", values_at)
-            written = 0
-            for block in values:
-                written += len(block)
-                put(block)
-            if written != values_size:
-                raise ValueError(f"values: {written} bytes written, {values_size} expected")
-            assert f.tell() == file_size
-            header = _HEADER.pack(
-                MAGIC,
-                FORMAT_VERSION,
-                HEADER_SIZE,
-                count,
-                built,
-                bits,
-                0,
-                table_at,
-                keys_at,
-                offsets_at,
-                values_at,
-                values_size,
-                file_size,
-                digest.digest(),
-                0,
-                0,
-            )
-            header = header[:_CRC_AT] + struct.pack("<II", zlib.crc32(header[:_CRC_AT]), 0)
-            f.seek(0)
-            f.write(header)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, name)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-    return read_header(name)
-
-
-def _fsync_dir(folder: str) -> None:
-    # The rename itself is durable only once the folder is synced.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

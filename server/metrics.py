@@ -2,11 +2,11 @@
 
 Every rokv process of a host writes its metrics into prometheus_client's
 multiprocess files in one folder (``PROMETHEUS_MULTIPROC_DIR``, run/metrics
-under supervisor); ``rokv-metrics`` (:mod:`rokv.worker.exporter`) reads them
+under supervisor); ``rokv-metrics`` (:mod:`rokv.ops.exporter`) reads them
 all and serves them on ``ROKV_METRICS``. A process publishes only when that
 variable is set: without it nothing here is imported.
 
-Cost: the serving loop counts in plain integers (:mod:`rokv.worker.stats`);
+Cost: the serving loop counts in plain integers (:mod:`rokv.server.stats`);
 :meth:`WorkerMetrics.maybe_publish`, called every few hundred messages and at
 every idle timeout, adds the increase since its last publication to the
 shared files four times a second. Each publication is a few dozen writes into
@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from rokv.worker.stats import BUCKETS, KEY_OUTCOMES, OPS, OUTCOMES, RequestStats, Snapshot
+from rokv.server.stats import BUCKETS, KEY_OUTCOMES, OPS, OUTCOMES, RequestStats, Snapshot
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge

@@ -1,0 +1,28 @@
+"""Types of rokv.worker._native, built from _native.c (see rokv.worker.native)."""
+
+from typing import Any
+
+class Lookup:
+    """A dataset as the compiled loop reads it: a dict, or a .rokv mapping."""
+
+def init(libzmq_path: str, /) -> None:
+    """Find libzmq's functions in the library pyzmq loaded. Raises OSError."""
+
+def configure(constants: dict[str, Any], /) -> None:
+    """The protocol's constants and the counters' layout (rokv.worker.native.constants())."""
+
+def config() -> dict[str, Any]:
+    """The constants configure() was given, read back."""
+
+def dict_lookup(data: dict[str, str], /) -> Lookup: ...
+def store_lookup(
+    mapping: Any, table: int, keys: int, offsets: int, values: int, count: int, bits: int, /
+) -> Lookup: ...
+def serve(socket_address: int, lookup: Lookup, handler: Any, limit: int, dontwait: bool, /) -> tuple[int, int, bool]:
+    """Answer up to ``limit`` messages: (answered, replies dropped, interrupted by a signal)."""
+
+def answer(lookup: Lookup, body: bytes, /) -> bytes | None:
+    """The compiled answer to one request body, or None where Python answers."""
+
+def take_stats() -> tuple[list[int], list[int], list[int], float]:
+    """(requests, mget keys, buckets, seconds) counted since the last call."""
