@@ -23,7 +23,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from rokv import Client  # noqa: E402 - after sys.path is set
 from rokv.security import CurvePeer, make_key_pair  # noqa: E402 - after sys.path is set
 
-from procs import EXAMPLE, free_port, seen_workers, start_broker, start_worker  # noqa: E402 - after sys.path is set
+from support.procs import EXAMPLE, free_port, seen_workers, start_broker, start_worker  # noqa: E402 - after sys.path is set
 
 
 def run_round(root: Path, curve: bool, seconds: float, keys: list[str]) -> dict[str, float]:

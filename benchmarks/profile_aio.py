@@ -24,7 +24,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from rokv import AsyncClient  # noqa: E402 - after sys.path is set
 
-from procs import EXAMPLE, Stack  # noqa: E402 - after sys.path is set
+from support.procs import EXAMPLE, Stack  # noqa: E402 - after sys.path is set
 
 
 async def drive(endpoint: str, keys: list[str], coalesce: bool, calls: int) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from procs import EXAMPLE, Stack, child_env
-from supervision import Supervisor
+from support.procs import EXAMPLE, Stack, child_env
+from support.supervision import Supervisor
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from rokv import protocol as p
 from rokv.core import DEFAULT_POLICY
 from rokv.worker.handler import Handler
 
-from procs import Stack, free_port, scaled
-from routers import ServingRouter
+from support.procs import Stack, free_port, scaled
+from support.routers import ServingRouter
 
 #: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
 BOTH_PATHS = True

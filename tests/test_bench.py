@@ -18,7 +18,7 @@ import pytest
 from rokv import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
 from rokv.bench import INVALID, NOT_FOUND, Probe, Tally, check, make_probes
 
-from procs import REPO, Stack, child_env, free_port, scaled
+from support.procs import REPO, Stack, child_env, free_port, scaled
 
 MISSING = "11111111-2222-4333-8444-555555555555"
 

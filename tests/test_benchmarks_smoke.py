@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import REPO, child_env, scaled
+from support.procs import REPO, child_env, scaled
 
 # The benchmark scripts are not installed: import them from the checkout, as
 # they import each other.

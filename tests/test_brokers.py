@@ -16,7 +16,7 @@ import pytest
 
 from rokv import AsyncClient, Client, RetryPolicy
 
-from procs import REPO, Proc, child_env, free_port, scaled, seen_workers, start_broker, start_worker, wait_for
+from support.procs import REPO, Proc, child_env, free_port, scaled, seen_workers, start_broker, start_worker, wait_for
 
 
 class TwoBrokers:

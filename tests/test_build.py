@@ -16,7 +16,7 @@ from rokv.worker.build import build
 from rokv.worker.dataset import DatasetError, load_dataset
 from rokv.worker.reader import open_store
 
-from procs import REPO, child_env, scaled, wait_for
+from support.procs import REPO, child_env, scaled, wait_for
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 K2 = "0b7e1f3a-9c4d-4e2f-a1b2-c3d4e5f60718"

@@ -1,6 +1,6 @@
 """No lookup lost or wrong while workers crash, stall or roll and the broker dies.
 
-Each scenario runs two checking load drivers (tests/loaddriver.py) against a
+Each scenario runs two checking load drivers (tests/support/loaddriver.py) against a
 real supervisord stack for SCENARIO_SECONDS while it injects its fault, then
 requires zero wrong and zero lost answers. `pytest tests/test_chaos.py -s`
 prints each scenario's figures as a markdown row (see RELIABILITY.md).
@@ -19,10 +19,10 @@ import pytest
 
 from rokv.security import CurvePeer
 
-import drivers
-from drivers import curve_pool_keys
-from procs import free_port, seen_workers, wait_for
-from supervision import Supervisor
+from support import drivers
+from support.drivers import curve_pool_keys
+from support.procs import free_port, seen_workers, wait_for
+from support.supervision import Supervisor
 
 pytestmark = pytest.mark.slow  # `pytest -m 'not slow'` leaves these out of the inner loop
 

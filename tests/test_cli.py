@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import REPO, Stack, child_env, free_port, scaled
+from support.procs import REPO, Stack, child_env, free_port, scaled
 
 MISSING = "11111111-2222-4333-8444-555555555555"
 
@@ -216,7 +216,8 @@ EXIT_CODES = {
     "inspect": "0 printed, 1 not a readable .rokv file, 2 bad usage",
     "verify": "0 intact, 1 corrupt or unreadable, 2 bad usage",
     "deploy": "0 deployed or nothing to do, 1 refused or failed and rolled back (the old version serves), "
-    "2 bad usage or the server extra missing, 3 supervisord or the service unreachable (nothing changed), 5 failed and could not roll back",
+    "2 bad usage or the server extra missing, 3 supervisord or the service unreachable (nothing changed), "
+    "5 failed and could not roll back",
 }
 
 

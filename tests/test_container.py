@@ -25,7 +25,7 @@ import requests
 
 from rokv import Client
 
-from procs import REPO, scaled, wait_for
+from support.procs import REPO, scaled, wait_for
 
 # Building the image downloads the dependencies: minutes on a fresh machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -29,8 +29,8 @@ from rokv.worker.build import build
 from rokv.worker.layout import HEADER_SIZE, read_header
 from rokv.worker.reader import open_store
 
-from procs import child_env, free_port, scaled, seen_workers, wait_for
-from supervision import Supervisor
+from support.procs import child_env, free_port, scaled, seen_workers, wait_for
+from support.supervision import Supervisor
 
 pytestmark = pytest.mark.slow  # every test here runs the real supervisord under load
 

@@ -12,7 +12,7 @@ import pytest
 from rokv import AsyncClient, Client
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoint
 
-from procs import REPO, child_env, free_port, scaled
+from support.procs import REPO, child_env, free_port, scaled
 
 GOOD = [
     "tcp://127.0.0.1:5555",

@@ -5,7 +5,7 @@ with a well-formed reply."""
 from __future__ import annotations
 
 import msgpack
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from rokv import protocol as p
@@ -13,34 +13,10 @@ from rokv.errors import InvalidKey
 from rokv.keys import normalize_key
 from rokv.worker.handler import Handler
 
-K = "8a35eb59-62b3-481c-8875-1f248df4c952"
+from support.strategies import FUZZ, K, msgpack_values, request_like
+
 HANDLER = Handler({K: "value"}, worker_id="fuzz", dataset="fuzz.json")
 ROUTE = b"\x00route"
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats()
-    | st.text(max_size=50)
-    | st.binary(max_size=50),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
-    max_leaves=20,
-)
-
-request_like = st.fixed_dictionaries(
-    {},
-    optional={
-        "v": st.one_of(st.just(1), msgpack_values),
-        "id": st.one_of(st.integers(min_value=0, max_value=2**64 - 1), msgpack_values),
-        "op": st.one_of(st.sampled_from(["get", "mget", "ping"]), msgpack_values),
-        "key": st.one_of(st.just(K), st.text(max_size=40), msgpack_values),
-        "keys": st.one_of(
-            st.lists(st.one_of(st.just(K), st.text(max_size=40), msgpack_values), max_size=8), msgpack_values
-        ),
-    },
-)
 
 
 def check_reply(frames: list[bytes] | None) -> dict:

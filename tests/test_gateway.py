@@ -23,7 +23,7 @@ import requests
 from rokv.gateway.settings import Bind, SettingError, endpoint_from_env, parse_bind
 from rokv.keys import FORMS, random_key, show_key
 
-from procs import Proc, Stack, child_env, free_port, scaled, wait_for
+from support.procs import Proc, Stack, child_env, free_port, scaled, wait_for
 
 MISSING = "8a35eb59-62b3-481c-8875-1f248df4c952"  # the seed README's key: valid, not in data/example.json
 

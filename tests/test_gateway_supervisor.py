@@ -8,8 +8,8 @@ import signal
 import pytest
 import requests
 
-from procs import free_port, wait_for
-from supervision import alive
+from support.procs import free_port, wait_for
+from support.supervision import alive
 
 
 def test_rokv_http_adds_a_supervised_gateway_that_asks_this_hosts_broker(

@@ -14,7 +14,7 @@ import zmq
 from rokv import Client
 from rokv import protocol as p
 
-from procs import Stack, scaled, wait_for
+from support.procs import Stack, scaled, wait_for
 
 K = "11111111-2222-4333-8444-555555555555"
 

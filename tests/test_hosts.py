@@ -4,7 +4,7 @@ worker host joins: nothing lost, nothing wrong.
 
 Topology: broker hosts b1 and b2, worker hosts w1 and w2 (each worker
 connected to both brokers), later w3; a client host runs the load drivers
-(tests/loaddriver.py) against both brokers. Every host runs the checkout's
+(tests/support/loaddriver.py) against both brokers. Every host runs the checkout's
 supervisord.conf with its role (ROKV_ROLE). `pytest tests/test_hosts.py -s`
 prints the figures RELIABILITY.md quotes.
 """
@@ -23,10 +23,9 @@ import pytest
 from rokv import Client, ServiceUnavailable
 from rokv.security import CurvePeer
 
-import drivers
-import netns
-from drivers import curve_pool_keys
-from procs import child_env, wait_for
+from support import drivers, netns
+from support.drivers import curve_pool_keys
+from support.procs import child_env, wait_for
 
 pytestmark = pytest.mark.slow
 

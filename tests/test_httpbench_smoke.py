@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import REPO, child_env, scaled
+from support.procs import REPO, child_env, scaled
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import zmq
 from rokv import AsyncClient, Client, InvalidKey, KeyNotFound
 from rokv import protocol as p
 
-from procs import Stack, free_port, scaled
+from support.procs import Stack, free_port, scaled
 
 MISSING = "11111111-2222-4333-8444-555555555555"
 LONG = "urn:uuid:8a35eb59-62b3-481c-8875-1f248df4c952" + "x"  # one character past the longest form

@@ -8,7 +8,7 @@ import zmq
 
 from rokv import protocol as p
 
-from procs import Stack, scaled
+from support.procs import Stack, scaled
 
 #: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
 BOTH_PATHS = True

@@ -15,7 +15,6 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
-from scrape import MeteredStack, health, label_values, scrape, total
 
 from rokv import Client, KeyNotFound
 from rokv import protocol as p
@@ -26,7 +25,8 @@ from rokv.ops.top import WIDTH, render
 from rokv.server.stats import BUCKETS, KEY_OUTCOMES, RequestStats, request_index
 from rokv.worker.handler import Handler
 
-from procs import wait_for
+from support.procs import wait_for
+from support.scrape import MeteredStack, health, label_values, scrape, total
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 MISSING = "11111111-2222-4333-8444-555555555555"

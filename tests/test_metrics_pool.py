@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scrape import health, label_values, scrape, total
 
 from rokv import Client, ServiceUnavailable
 
-import netns
-from procs import Proc, child_env, free_port, scaled, seen_workers, wait_for
+from support import netns
+from support.procs import Proc, child_env, free_port, scaled, seen_workers, wait_for
+from support.scrape import health, label_values, scrape, total
 
 pytestmark = pytest.mark.slow
 

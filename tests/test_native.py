@@ -28,8 +28,8 @@ from rokv.worker.build import build
 from rokv.worker.handler import Handler
 from rokv.worker.reader import open_store
 
-from procs import EXAMPLE, REPO, child_env, scaled
-from test_fuzz import msgpack_values
+from support.procs import EXAMPLE, REPO, child_env, scaled
+from support.strategies import msgpack_values
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

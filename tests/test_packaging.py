@@ -16,7 +16,7 @@ import pytest
 
 from rokv import Client
 
-from procs import EXAMPLE, REPO, Proc, Stack, child_env, free_port, scaled
+from support.procs import EXAMPLE, REPO, Proc, Stack, child_env, free_port, scaled
 
 pytestmark = pytest.mark.slow
 

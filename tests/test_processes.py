@@ -16,7 +16,7 @@ from rokv import Client
 from rokv import protocol as p
 from rokv.worker.build import build
 
-from procs import REPO, Proc, child_env, free_port, scaled, seen_workers, start_broker, start_worker, wait_for
+from support.procs import REPO, Proc, child_env, free_port, scaled, seen_workers, start_broker, start_worker, wait_for
 
 
 def endpoints() -> tuple[str, str]:

@@ -20,7 +20,7 @@ from rokv import protocol as p
 from rokv.core import DEFAULT_POLICY
 from rokv.replies import value_from_reply
 
-from routers import ServingRouter
+from support.routers import ServingRouter
 
 K1 = "11111111-2222-4333-8444-555555555555"
 K2 = "21111111-2222-4333-8444-555555555555"

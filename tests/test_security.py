@@ -18,7 +18,7 @@ from zmq.utils import z85
 from rokv import Client, ServiceUnavailable
 from rokv.security import CurvePeer, KeyNameError, load_public, load_secret, make_key_pair
 
-from procs import EXAMPLE, Proc, free_port, start_broker, start_worker, wait_for
+from support.procs import EXAMPLE, Proc, free_port, start_broker, start_worker, wait_for
 
 
 class Keys:

@@ -12,7 +12,7 @@ import zmq
 from rokv import Client, InvalidKey, KeyNotFound, ServiceUnavailable
 from rokv import protocol as p
 
-from procs import Stack, free_port, scaled, seen_workers, wait_for
+from support.procs import Stack, free_port, scaled, seen_workers, wait_for
 
 #: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
 BOTH_PATHS = True

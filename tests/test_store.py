@@ -20,7 +20,7 @@ from rokv.worker.layout import FORMAT_VERSION, HEADER_SIZE, StoreError
 from rokv.worker.load import open_dataset
 from rokv.worker.reader import open_store, verify_store
 
-from procs import REPO, Stack, child_env, scaled, seen_workers
+from support.procs import REPO, Stack, child_env, scaled, seen_workers
 
 K1 = "8a35eb59-62b3-481c-8875-1f248df4c952"
 MISSING = "11111111-2222-4333-8444-555555555555"

@@ -13,8 +13,8 @@ import pytest
 
 from rokv import Client, ServiceUnavailable
 
-from procs import REPO, child_env, free_port, scaled, seen_workers, wait_for
-from supervision import Supervisor, alive, ports_free
+from support.procs import REPO, child_env, free_port, scaled, seen_workers, wait_for
+from support.supervision import Supervisor, alive, ports_free
 
 
 def test_defaults_run_a_broker_and_two_workers_that_are_restarted_and_stopped(

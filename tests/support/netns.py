@@ -21,8 +21,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import Proc, child_env
-from supervision import Supervisor
+from support.procs import Proc, child_env
+from support.supervision import Supervisor
 
 SUBNET = "198.18.{net}.{host}"
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from procs import REPO, scaled
+from support.procs import REPO, scaled
 
 
 class Supervisor:

@@ -1,5 +1,5 @@
 """What the fault tests share: CURVE keys for a whole pool, and running and
-collecting the checking load drivers (tests/loaddriver.py)."""
+collecting the checking load drivers (tests/support/loaddriver.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rokv.security import make_key_pair
 
-from procs import EXAMPLE, REPO, child_env, scaled
+from support.procs import EXAMPLE, REPO, child_env, scaled
 
 
 def curve_pool_keys(root: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
@@ -54,7 +54,7 @@ def start_drivers(
             [
                 *(prefix or []),
                 sys.executable,
-                str(REPO / "tests" / "loaddriver.py"),
+                str(REPO / "tests" / "support" / "loaddriver.py"),
                 "--endpoint",
                 endpoint,
                 "--data",

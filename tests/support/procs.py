@@ -15,7 +15,7 @@ from typing import TypeVar
 from rokv import Client, ServiceUnavailable
 from rokv.security import CurvePeer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "data" / "example.json"
 #: One knob to stretch every wait on a slow machine.
 WAIT_SCALE = float(os.environ.get("ROKV_TEST_WAIT_SCALE", "1"))

@@ -9,7 +9,7 @@ import threading
 
 import zmq
 
-from procs import free_port
+from support.procs import free_port
 
 
 class ServingRouter:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from procs import EXAMPLE, Proc, child_env, free_port, seen_workers
+from support.procs import EXAMPLE, Proc, child_env, free_port, seen_workers
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -2,7 +2,7 @@
 mix of known, missing and invalid keys with get and get_many, checks every answer
 against the dataset, and prints one JSON line of counts and latencies.
 
-    python tests/loaddriver.py --endpoint E --data data/example.json --seconds 12 --seed 1
+    python tests/support/loaddriver.py --endpoint E --data data/example.json --seconds 12 --seed 1
 
 Bounded by both --seconds and --max-lookups. A call is "retried" when it took
 at least one per-try timeout (it cannot have been answered on its first try) and
