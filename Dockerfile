@@ -26,9 +26,11 @@ RUN (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
         gcc libc6-dev python3-dev >/dev/null) || echo "no C compiler: the image runs rokv's pure-Python path"
 COPY pyproject.toml setup.py README.md /src/
 COPY client /src/client
+COPY server /src/server
 COPY broker /src/broker
 COPY worker /src/worker
 COPY gateway /src/gateway
+COPY ops /src/ops
 # Every dependency ships as a wheel (pyzmq, msgpack, numpy, uvloop,
 # httptools); only rokv.worker._native is compiled. pip and the compiler stay in
 # this stage.
