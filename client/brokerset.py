@@ -17,6 +17,12 @@ prefers the others for new requests until the broker answers again or
 SUSPECT_SECONDS pass. So a broker that is down costs a call at most one
 per-try timeout, and a restored broker carries traffic again by itself.
 
+A ``tcp+dns://NAME:PORT`` endpoint is one socket connected to every
+address NAME resolves to (:mod:`rokv.discovery`): libzmq spreads sends over
+its live connections and skips the others (``ZMQ_IMMEDIATE``), so a retry
+goes to the next one in turn. :meth:`Brokers.refresh` applies what the
+resolver found, in the calling thread, at each call.
+
 Not thread-safe: one client's transport uses it from one thread at a time.
 """
 
@@ -28,6 +34,7 @@ from collections.abc import Sequence
 import zmq
 
 from rokv import protocol as p
+from rokv.discovery import Discovery, Linked, Tracker, is_dns
 from rokv.endpoints import check_endpoint
 from rokv.security import CurvePeer, KeyFileError
 
@@ -42,26 +49,31 @@ def open_dealer(
 ) -> zmq.Socket:
     """A DEALER connected to ``endpoint`` with linger 0, a CURVE client of
     the broker when ``curve`` is given; ``several``: one of several brokers
-    (immediate sends and heartbeats, see the module's docstring).
+    (immediate sends and heartbeats, see the module's docstring). A
+    ``tcp+dns://`` endpoint is not connected here: :class:`Linked` connects
+    it to each address its name resolves to.
 
     Raises:
         ValueError: the endpoint is malformed, or a key file is bad
             (``KeyFileError``).
     """
-    check_endpoint(endpoint)
+    dns = is_dns(endpoint)
+    if not dns:
+        check_endpoint(endpoint)
     sock: zmq.Socket = zmq.Socket(ctx, zmq.DEALER)  # the plain class even from a zmq.asyncio.Context
     # Unsent requests must never hold up close() or interpreter exit.
     sock.linger = 0
-    if "[" in endpoint:
+    if "[" in endpoint or dns:
         sock.ipv6 = True
-    if several:
+    if several or dns:  # a name may stand for several brokers
         sock.immediate = True
         sock.heartbeat_ivl = p.HEARTBEAT_IVL_MS
         sock.heartbeat_timeout = p.HEARTBEAT_TIMEOUT_MS
     try:
         if curve is not None:
             curve.apply(sock)
-        sock.connect(endpoint)
+        if not dns:
+            sock.connect(endpoint)
     except KeyFileError:
         sock.close()
         raise
@@ -78,12 +90,21 @@ class Brokers:
         self.endpoints = tuple(endpoints)
         several = len(self.endpoints) > 1
         self.socks: list[zmq.Socket] = []
+        # tcp+dns:// endpoints: resolved in the background, applied by refresh().
+        self._discovery: Discovery | None = None
+        self._links: list[Linked] = []
         try:
+            if any(is_dns(e) for e in self.endpoints):
+                self._discovery = Discovery(self.endpoints)
             for endpoint in self.endpoints:
                 self.socks.append(open_dealer(ctx, endpoint, curve, several=several))
+                if self._discovery is not None and is_dns(endpoint):
+                    self._links.append(Linked(self.socks[-1], self._discovery, endpoint))
         except BaseException:
             self.close()
             raise
+        self._tracker = Tracker(self._discovery) if self._discovery is not None else None
+        self.refresh()
         self.count = len(self.socks)
         #: Every socket, for reading replies from whichever broker sends them
         #: (built once: the blocking client polls it on every call).
@@ -102,7 +123,10 @@ class Brokers:
         """The brokers to try, best first: round-robin among those not
         avoided (starting after ``after``, the broker of the previous try, so
         that a retry goes elsewhere), then the avoided ones, soonest
-        available first, then ``after`` itself."""
+        available first, then ``after`` itself. Applies what DNS discovery
+        found first (:meth:`refresh`)."""
+        if self._tracker is not None:
+            self.refresh()
         n = self.count
         if n == 1:
             return [0]
@@ -118,6 +142,14 @@ class Brokers:
         good = [i for i in ring if self._avoid_until[i] <= now]
         bad = sorted((i for i in ring if self._avoid_until[i] > now), key=self._avoid_until.__getitem__)
         return good + bad + ([after] if after is not None else [])
+
+    def refresh(self) -> None:
+        """Connect ``tcp+dns://`` sockets to the addresses found since the
+        last call and disconnect them from those gone (the sockets stay the
+        same objects). One integer comparison when nothing changed."""
+        if self._tracker is not None and self._tracker.changed():
+            for link in self._links:
+                link.sync()
 
     def suspect(self, index: int) -> None:
         """A try sent through ``index`` went unanswered."""
@@ -136,6 +168,8 @@ class Brokers:
 
     def close(self) -> None:
         """Close every socket. Idempotent."""
+        if self._discovery is not None:
+            self._discovery.close()
         for sock in self.socks:
             sock.close(linger=0)
         self.socks = []

@@ -13,6 +13,8 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 
+from rokv.discovery import is_dns, split_dns
+
 #: Transports a client may use; ``inproc`` only reaches a socket bound in the
 #: same process, with the same context.
 CLIENT_TRANSPORTS = ("tcp", "ipc", "inproc")
@@ -85,7 +87,9 @@ def endpoint_argument(transports: tuple[str, ...] = PROCESS_TRANSPORTS) -> Calla
 def check_endpoints(endpoints: str | Sequence[str], *, transports: tuple[str, ...] = CLIENT_TRANSPORTS) -> list[str]:
     """Several brokers' endpoints, from a comma-separated string (as in
     ``ROKV_ENDPOINT`` or ``--endpoint``) or a sequence of strings; each is
-    checked by :func:`check_endpoint`.
+    checked by :func:`check_endpoint`, or is ``tcp+dns://NAME:PORT`` (every
+    address NAME resolves to, kept up to date: :mod:`rokv.discovery`), which
+    lists accept wherever they accept ``tcp``.
 
     Raises:
         ValueError: the list is empty, names an endpoint twice, or holds a
@@ -103,7 +107,11 @@ def check_endpoints(endpoints: str | Sequence[str], *, transports: tuple[str, ..
     for item in items:
         if item == "":
             raise ValueError(f"endpoint list {endpoints!r} has an empty item (a stray comma?)")
-        checked.append(check_endpoint(item, transports=transports))
+        if is_dns(item) and "tcp" in transports:
+            split_dns(item)
+            checked.append(item)
+        else:
+            checked.append(check_endpoint(item, transports=transports))
     if len(set(checked)) != len(checked):
         twice = next(e for e in checked if checked.count(e) > 1)
         raise ValueError(f"endpoint {twice!r} is named twice")

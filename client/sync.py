@@ -156,6 +156,7 @@ class Client(ClientBase):
         requests travel at once (PROTOCOL.md, "Limits")."""
         with self._lock:
             brokers = self._usable("Client")
+            brokers.refresh()  # tcp+dns:// endpoints: what the resolver found since the last call
             if len(bodies) <= _MAX_IN_FLIGHT:
                 return self._exchange_window(brokers, bodies)
             replies: dict[int, dict[str, Any]] = {}

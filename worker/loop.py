@@ -54,16 +54,22 @@ def serve(
     stop: StopFlag,
     tick: Callable[[], None] = nothing,
     compiled: Compiled | None = None,
+    changing: bool = False,
 ) -> None:
     """Answer requests on ``socks`` (one per broker) until ``stop`` is
     raised, then answer what has already arrived and return. ``tick`` is
     called at least every :data:`TICK_EVERY` messages and at every idle
     timeout (:data:`STOP_CHECK_MS`): publishing metrics rides on it. With
-    ``compiled``, its loop answers (and hands the handler what it does not)."""
+    ``compiled``, its loop answers (and hands the handler what it does not).
+    ``changing``: ``tick`` may change the list ``socks`` in place (DNS
+    discovery adds and removes brokers); the loop polls whatever it holds."""
     answer = _answer
     if compiled is not None:
         answer, tick = compiled.answer, compiled.ticking(tick)
     try:
+        if changing:
+            _serve_several(socks, handler, stop, tick, answer)
+            return
         _serve(socks, handler, stop, tick, answer)
     finally:
         if compiled is not None:
@@ -100,13 +106,21 @@ def _serve_several(
     socks: list[zmq.Socket], handler: Handler, stop: StopFlag, tick: Callable[[], None], answer: Answer
 ) -> None:
     """:func:`serve` for several brokers: a poll, then a burst from each
-    socket that has requests, each answered on the socket it came from."""
+    socket that has requests, each answered on the socket it came from. When
+    ``tick`` changed ``socks``, the next poll watches the new list."""
     poller = zmq.Poller()
-    for sock in socks:
-        poller.register(sock, zmq.POLLIN)
-        sock.rcvtimeo = 0  # the poll waits; receives only take what is there
+    polled: list[zmq.Socket] = []
 
     def answer_ready(timeout_ms: int) -> int:
+        nonlocal poller, polled
+        if polled != socks:
+            poller, polled = zmq.Poller(), list(socks)
+            for sock in polled:
+                poller.register(sock, zmq.POLLIN)
+                sock.rcvtimeo = 0  # the poll waits; receives only take what is there
+        if not polled:  # no broker yet (a name that does not resolve): zmq's poll would not wait
+            time.sleep(timeout_ms / 1000)
+            return 0
         count = 0
         for sock, _ in poller.poll(timeout_ms):
             count += answer(sock, handler, _never, True, BURST, nothing)

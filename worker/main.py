@@ -10,13 +10,15 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 import zmq
 
 from rokv import protocol as p
+from rokv.discovery import Discovery, PerPeer, Tracker, interval_from_env, is_dns
 from rokv.endpoints import check_endpoints
 from rokv.exitcodes import Exit, epilog
-from rokv.security import CurvePeer, KeyFileError
+from rokv.security import CurvePeer, KeyFileError, load_public, load_secret
 from rokv.server import metrics
 from rokv.server.monitor import ConnectionWatcher
 from rokv.worker import native, refusal
@@ -80,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if os.environ.get("ROKV_ALLOW_EMPTY", "") not in ("", "0", "1"):
         parser.error(f"ROKV_ALLOW_EMPTY={os.environ['ROKV_ALLOW_EMPTY']!r}: expected 1 (allow) or 0")
+    try:
+        interval_from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
     if bool(args.curve_secret) != bool(args.broker_key):
         parser.error("--curve-secret and --broker-key go together")
     return args
@@ -125,9 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     watcher = ConnectionWatcher(log)
     backends = check_endpoints(args.backend)
     socks: list[zmq.Socket] = []
+    named: _BackendsByName | None = None
+    connected = False
     try:
         for backend in backends:
-            socks.append(_connect(ctx, watcher, backend, args))
+            if not is_dns(backend):
+                socks.append(_connect(ctx, watcher, backend, args))
+        if any(map(is_dns, backends)):
+            if args.curve_secret:  # checked now: a name's sockets are opened later, as it resolves
+                load_secret(args.curve_secret), load_public(args.broker_key)
+            # tcp+dns:// backends: one socket per address the name resolves to, kept up to date.
+            named = _BackendsByName(ctx, watcher, backends, args, socks)
+        connected = True
     except KeyFileError as exc:
         print(f"rokv-worker: {exc}", file=sys.stderr)
         return Exit.NO
@@ -135,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rokv-worker: cannot connect to {backend!r}: {exc}", file=sys.stderr)
         return Exit.NO
     finally:
-        if len(socks) < len(backends):
+        if not connected:
             for sock in socks:
                 ConnectionWatcher.unwatch(sock)
                 sock.close(linger=0)
@@ -160,9 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     published = _publisher(handler, args, digest, len(data), load_seconds, watcher)
     module = native.load()
     compiled = Compiled(module, handler) if module is not None else None
+    tick = published.maybe_publish if published else nothing
+    if named is not None:
+        tick = named.ticking(tick)
     try:
-        serve(socks, handler, stop, tick=published.maybe_publish if published else nothing, compiled=compiled)
+        serve(socks, handler, stop, tick=tick, compiled=compiled, changing=named is not None)
     finally:
+        if named is not None:
+            named.close()
         if published is not None:
             published.publish()  # what was counted since the last second
             metrics.retire()
@@ -237,6 +257,54 @@ def _connect(ctx: zmq.Context, watcher: ConnectionWatcher, backend: str, args: a
         sock.close(linger=0)
         raise
     return sock
+
+
+class _BackendsByName:
+    """The worker's ``tcp+dns://`` backends: a socket per address each name
+    resolves to, opened and closed as the names change (re-resolved every
+    ROKV_DNS_INTERVAL seconds). The change is applied to ``socks`` (after the
+    sockets of plain endpoints, in it already) in place, between two polls of
+    the serving loop (its tick), in the loop's thread."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        watcher: ConnectionWatcher,
+        backends: list[str],
+        args: argparse.Namespace,
+        socks: list[zmq.Socket],
+    ) -> None:
+        self.socks = socks
+        self.fixed = list(socks)
+        self.discovery = Discovery(backends)
+        self.tracker = Tracker(self.discovery)
+
+        def close(sock: zmq.Socket) -> None:
+            ConnectionWatcher.unwatch(sock)
+            sock.close(linger=0)  # its broker is gone: nothing queued for it can arrive
+            log.info("no longer serving a broker that left its name's addresses")
+
+        self.peers = [
+            PerPeer(self.discovery, b, lambda peer: _connect(ctx, watcher, peer, args), close)
+            for b in backends
+            if is_dns(b)
+        ]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Apply what the names resolve to now, when it changed."""
+        if self.tracker.changed() and any([peers.sync() for peers in self.peers]):  # a list: sync every name
+            self.socks[:] = self.fixed + [s for peers in self.peers for s in peers.socks.values()]
+
+    def ticking(self, tick: Callable[[], None]) -> Callable[[], None]:
+        def both() -> None:
+            self.refresh()
+            tick()
+
+        return both
+
+    def close(self) -> None:
+        self.discovery.close()
 
 
 def _rules(*, allow_empty: bool) -> str:
