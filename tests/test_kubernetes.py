@@ -44,6 +44,7 @@ ENDPOINT_PORTS = {"ROKV_BACKEND": "backend", "ROKV_ENDPOINT": "frontend"}
 #: Settings naming a port the container serves on, and the port's name.
 SERVES = {"ROKV_METRICS": "metrics", "ROKV_HTTP": "http", "ROKV_DIRECT_BIND": "direct"}
 BROKER_BINDS = {"ROKV_FRONTEND": "frontend", "ROKV_BACKEND": "backend"}
+SWARM_WORKER_HEALTH = yaml.safe_load(STACK.read_text())["services"]["workers"]["healthcheck"]["test"]
 
 
 def kustomize(folder: Path) -> list[dict[str, Any]]:
@@ -198,8 +199,8 @@ def test_probes_name_open_ports_and_the_gateway_is_probed_on_healthz(
                 for how in ("httpGet", "tcpSocket"):
                     if how in probe:
                         assert probe[how]["port"] in opened, f"{workload['metadata']['name']} {kind}"
-                if "exec" in probe:
-                    assert probe["exec"]["command"] == ["rokv-container", "health"]
+                if "exec" in probe:  # the workers: the Swarm stack's health check, which Swarm ran
+                    assert probe["exec"]["command"] == SWARM_WORKER_HEALTH[1:], workload["metadata"]["name"]
     gateway = containers(named(objs, "Deployment", "rokv-gateway"))[0]
     for _, probe in probes(gateway):
         assert probe["httpGet"]["path"] == "/healthz"
