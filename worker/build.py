@@ -23,8 +23,8 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING
 
+from rokv.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
 from rokv.exitcodes import Exit, epilog
-from rokv.worker.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
 from rokv.worker.layout import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header
 from rokv.worker.reader import verify_store
 from rokv.worker.writer import write_store
