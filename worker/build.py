@@ -2,7 +2,7 @@
 ``rokv inspect`` and ``rokv verify`` commands.
 
 A ``.jsonl`` source is streamed: each record is checked by the loader's own
-code (:func:`worker.dataset.iter_jsonl_pairs`, same rules, same messages) and
+code (:func:`rokv.dataset.iter_jsonl_pairs`, same rules, same messages) and
 packed into flat buffers (16 bytes of key, the value's UTF-8 bytes in an
 unlinked temporary file, its size in an array), so memory holds no Python
 object per pair: 24 bytes a key plus the sort's arrays. The
