@@ -157,3 +157,24 @@ def test_importing_every_client_module_loads_no_other_layer() -> None:
     loaded = result.stdout.split()
     assert "rokv.bench" in loaded and "rokv.loadgen" in loaded
     assert [m for m in loaded if layer_of(m) not in (None, CLIENT)] == []
+
+
+def test_benchmarks_use_only_public_rokv_names_and_nothing_of_the_tests() -> None:
+    wrong = []
+    for path in sorted((REPO / "benchmarks").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if '"tests"' in text or "'tests'" in text:
+            wrong.append(f"{path.name}: puts tests/ on its path")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.split(".")[0] in ("tests", "support", "conftest"):
+                    wrong.append(f"{path.name}:{node.lineno}: imports {node.module}")
+                if node.module.startswith("rokv"):
+                    wrong += [
+                        f"{path.name}:{node.lineno}: imports {node.module}.{alias.name}"
+                        for alias in node.names
+                        if alias.name.startswith("_")
+                    ]
+            elif isinstance(node, ast.Import):
+                wrong += [f"{path.name}:{node.lineno}: imports {a.name}" for a in node.names if a.name == "support"]
+    assert wrong == []
