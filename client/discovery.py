@@ -20,7 +20,7 @@ The resolution runs in its own thread; the thread that owns the sockets
 applies what changed (:class:`Discovery.version`), since ZeroMQ sockets are
 not thread-safe: the client at each call (:meth:`rokv.brokerset.Brokers.refresh`),
 the worker between two polls of its loop. Used by both, so the client
-package holds it; it needs only the standard library.
+package holds it; it needs only the standard library (and rokv.hostport).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
+
+from rokv.hostport import parse_port
 
 #: The endpoint form resolved here.
 PREFIX = "tcp+dns://"
@@ -49,7 +51,6 @@ log = logging.getLogger("rokv.discovery")
 # A DNS name as Docker and Kubernetes make them (letters, digits, '-', '_',
 # dots between labels); an IPv4 address passes too and resolves to itself.
 _NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?")
-_PORT = re.compile(r"[0-9]{1,5}")
 
 
 def is_dns(endpoint: object) -> bool:
@@ -68,14 +69,16 @@ def split_dns(endpoint: str) -> tuple[str, int]:
     name, colon, port = endpoint[len(PREFIX) :].rpartition(":")
     if not colon or not name:
         raise ValueError(f"endpoint {endpoint!r} needs a name and a port: expected tcp+dns://NAME:PORT")
-    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
-        raise ValueError(f"endpoint {endpoint!r}: port {port!r} is not a port number from 1 to 65535")
+    try:
+        number = parse_port(port)
+    except ValueError as exc:
+        raise ValueError(f"endpoint {endpoint!r}: {exc}") from None
     if not _NAME.fullmatch(name) or ".." in name:
         raise ValueError(
             f"endpoint {endpoint!r}: {name!r} is not a DNS name (letters, digits, '-', '_' and dots; "
             "give an address with tcp://)"
         )
-    return name, int(port)
+    return name, number
 
 
 def interval_from_env(env: Mapping[str, str] | None = None) -> float:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import zmq
 
 from rokv import protocol as p
+from rokv.dataset import DatasetError
 from rokv.discovery import Discovery, PerPeer, Tracker, interval_from_env, is_dns
 from rokv.endpoints import check_endpoints
 from rokv.exitcodes import Exit, epilog
@@ -22,7 +23,6 @@ from rokv.security import CurvePeer, KeyFileError, load_public, load_secret
 from rokv.server import metrics
 from rokv.server.monitor import ConnectionWatcher
 from rokv.worker import native, refusal
-from rokv.worker.dataset import DatasetError
 from rokv.worker.handler import Handler
 from rokv.worker.load import open_dataset
 from rokv.worker.loop import CLOSE_LINGER_MS, SEND_TIMEOUT_MS, StopFlag, nothing, serve
