@@ -390,3 +390,22 @@ def test_the_image_is_the_one_the_swarm_stack_runs_tagged_with_the_project_versi
     stack = yaml.safe_load(STACK.read_text())
     defaults = {re.sub(r"\$\{ROKV_IMAGE:-([^}]+)\}", r"\1", s["image"]) for s in stack["services"].values()}
     assert defaults == images
+
+
+def test_the_documented_big_dataset_patch_renders_and_validates(tmp_path: Path) -> None:
+    """docs/operations.md's overlay for a big .rokv: the workers' dataset from
+    a PersistentVolumeClaim instead of the ConfigMap."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text[text.index("**A big dataset.**") :]
+    patch = section[section.index("```yaml\n") + 8 : section.index("```", section.index("```yaml\n") + 8)]
+    folder = overlay(tmp_path, [])
+    (folder / "dataset.yaml").write_text(patch)
+    with open(folder / "kustomization.yaml", "a") as out:
+        out.write("patches:\n  - path: dataset.yaml\n")
+    worker = named(kustomize(folder), "Deployment", "rokv-worker")
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(worker, version, strict=True)
+    volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+    assert set(volumes["dataset"]) == {"name", "persistentVolumeClaim"}
+    data = env_of(containers(worker)[0])["ROKV_DATA"]
+    assert data.endswith(".rokv") and data.startswith("/data/")
