@@ -10,6 +10,7 @@ Kubernetes headless Service or Swarm's ``tasks.NAME`` does.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -256,10 +257,10 @@ class Pool:
     """Two brokers on one port each of 127.0.0.1 and 127.0.0.2, and a worker
     serving tcp+dns://pool.test:BACKEND with the test's zone file."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, zone: str = "127.0.0.1\n") -> None:
         self.front, self.back = two_loopback_port(), two_loopback_port()
         self.zone = tmp_path / "zone"
-        self.zone.write_text("127.0.0.1\n")
+        self.zone.write_text(zone)
         self.brokers = {
             ip: start_broker(tmp_path, f"tcp://{ip}:{self.front}", f"tcp://{ip}:{self.back}", name=f"broker-{ip}")
             for ip in ("127.0.0.1", "127.0.0.2")
@@ -313,6 +314,27 @@ def test_a_worker_serves_every_broker_its_name_stands_for_as_the_name_changes(po
     assert pool.answers("127.0.0.2")
     assert pool.worker.popen.poll() is None
     print(f"\nthe worker served a broker new under its name {joined:.2f} s after the change (interval 0.2 s)")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_worker_whose_name_does_not_resolve_yet_waits_idle_then_serves(tmp_path: Path) -> None:
+    made = Pool(tmp_path, zone="")
+    try:
+        wait_for(lambda: "does not resolve" in made.worker.log(), 30, f"the worker to start\n{made.worker.log()}")
+        before = cpu_seconds(made.worker.pid)
+        time.sleep(1.0)
+        idle = cpu_seconds(made.worker.pid) - before
+        assert idle < 0.3, f"a worker with no broker used {idle:.2f} s of CPU in 1 s (a busy loop?)"
+        assert not made.answers("127.0.0.1")
+        made.zone.write_text("127.0.0.1\n")
+        wait_for(lambda: made.answers("127.0.0.1"), 5, f"the worker to serve the broker\n{made.worker.log()}")
+        assert made.worker.log().count("does not resolve") == 1
+    finally:
+        made.stop()
 
 
 def zone_resolver(zone: Path) -> d.Resolver:
