@@ -159,6 +159,9 @@ class ConnectionWatcher:
                     monitors[mon] = link
                     poller.register(mon, zmq.POLLIN)
                 self._warn_unconnected()
+                if not monitors:  # none yet (a worker's tcp+dns:// name unresolved): zmq's poll would not wait
+                    self._stop.wait(0.2)
+                    continue
                 for mon, _ in poller.poll(200):
                     link = monitors[mon]
                     try:
