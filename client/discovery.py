@@ -262,10 +262,15 @@ class PerPeer(Generic[S]):
     """One socket per peer of one name (a worker's DEALER per broker: replies
     must go back through the broker that sent the request). :meth:`sync`, in
     the sockets' thread, opens sockets for new peers and closes those of gone
-    ones; :attr:`socks` maps each peer's endpoint to its socket."""
+    ones (``close_peer(peer, sock)``); :attr:`socks` maps each peer's
+    endpoint to its socket."""
 
     def __init__(
-        self, discovery: Discovery, endpoint: str, open_peer: Callable[[str], S], close_peer: Callable[[S], None]
+        self,
+        discovery: Discovery,
+        endpoint: str,
+        open_peer: Callable[[str], S],
+        close_peer: Callable[[str, S], None],
     ) -> None:
         self.endpoint = endpoint
         self._discovery = discovery
@@ -278,7 +283,7 @@ class PerPeer(Generic[S]):
         wanted = self._discovery.peers(self.endpoint)
         changed = False
         for peer in sorted(set(self.socks) - wanted):
-            self._close(self.socks.pop(peer))
+            self._close(peer, self.socks.pop(peer))
             changed = True
         for peer in sorted(wanted - set(self.socks)):
             try:
@@ -290,8 +295,8 @@ class PerPeer(Generic[S]):
         return changed
 
     def close(self) -> None:
-        for sock in self.socks.values():
-            self._close(sock)
+        for peer, sock in self.socks.items():
+            self._close(peer, sock)
         self.socks = {}
 
 

@@ -133,6 +133,13 @@ class ConnectionWatcher:
         except zmq.ZMQError:
             pass
 
+    def forget(self, label: str) -> None:
+        """Drop the link ``label`` for good (its socket unwatched and closed:
+        a broker gone from its tcp+dns:// name), so that it is neither
+        counted nor warned about as waiting."""
+        with self._lock:
+            self._links.pop(label, None)
+
     def links(self) -> list[Link]:
         """A snapshot of every watched socket's state."""
         with self._lock:

@@ -206,7 +206,7 @@ def test_one_socket_per_address_opened_and_closed_as_the_name_changes(caplog: py
         opened.append(peer)
         return f"sock {peer}"
 
-    peers = d.PerPeer(found, "tcp+dns://b:1", open_peer, closed.append)
+    peers = d.PerPeer(found, "tcp+dns://b:1", open_peer, lambda peer, sock: closed.append(sock))
     assert peers.sync()
     assert peers.socks == {"tcp://10.0.0.1:1": "sock tcp://10.0.0.1:1", "tcp://10.0.0.2:1": "sock tcp://10.0.0.2:1"}
     assert not peers.sync()
@@ -312,6 +312,7 @@ def test_a_worker_serves_every_broker_its_name_stands_for_as_the_name_changes(po
     pool.zone.write_text("127.0.0.2\n")
     wait_for(lambda: not pool.answers("127.0.0.1"), 5, "the worker to leave the broker gone from the name")
     assert pool.answers("127.0.0.2")
+    assert f"no longer serving broker tcp://127.0.0.1:{pool.back}: gone from its name's addresses" in pool.worker.log()
     assert pool.worker.popen.poll() is None
     print(f"\nthe worker served a broker new under its name {joined:.2f} s after the change (interval 0.2 s)")
 
@@ -425,3 +426,26 @@ def test_the_async_client_follows_a_name_too(
 
     took = asyncio.run(run())
     print(f"\nthe async client answered through a broker new under its name within {took:.2f} s")
+
+
+def test_the_worker_forgets_the_link_to_a_broker_gone_from_its_name() -> None:
+    """Else it would be counted (rokv_worker_brokers_connected) and warned
+    about as "no connection" forever."""
+    import zmq
+
+    from rokv.server.monitor import ConnectionWatcher
+
+    ctx = zmq.Context()
+    watcher = ConnectionWatcher(logging.getLogger("test"), warn_after=0.0)
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        watcher.watch(sock, "broker tcp://10.0.0.1:5556", server=False)
+        assert [link.label for link in watcher.links()] == ["broker tcp://10.0.0.1:5556"]
+        ConnectionWatcher.unwatch(sock)
+        watcher.forget("broker tcp://10.0.0.1:5556")
+        watcher.forget("broker never watched")  # no error
+        assert watcher.links() == []
+    finally:
+        sock.close(linger=0)
+        watcher.stop()
+        ctx.term()

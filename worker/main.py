@@ -250,13 +250,18 @@ def _connect(ctx: zmq.Context, watcher: ConnectionWatcher, backend: str, args: a
             CurvePeer(args.curve_secret, args.broker_key).apply(sock)
         # Logs when the broker admits this worker, refuses it (a CURVE key
         # not on its allow-list, a wrong broker key) or is lost.
-        watcher.watch(sock, f"broker {backend}", server=False)
+        watcher.watch(sock, _label(backend), server=False)
         sock.connect(backend)
     except BaseException:
         ConnectionWatcher.unwatch(sock)
         sock.close(linger=0)
         raise
     return sock
+
+
+def _label(backend: str) -> str:
+    """How the connection watcher names the link to one broker."""
+    return f"broker {backend}"
 
 
 class _BackendsByName:
@@ -279,10 +284,11 @@ class _BackendsByName:
         self.discovery = Discovery(backends)
         self.tracker = Tracker(self.discovery)
 
-        def close(sock: zmq.Socket) -> None:
+        def close(peer: str, sock: zmq.Socket) -> None:
             ConnectionWatcher.unwatch(sock)
             sock.close(linger=0)  # its broker is gone: nothing queued for it can arrive
-            log.info("no longer serving a broker that left its name's addresses")
+            watcher.forget(_label(peer))
+            log.info("no longer serving broker %s: gone from its name's addresses", peer)
 
         self.peers = [
             PerPeer(self.discovery, b, lambda peer: _connect(ctx, watcher, peer, args), close)
