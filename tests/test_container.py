@@ -384,3 +384,14 @@ def test_compose_builds_with_the_same_arguments_as_docker_build() -> None:
     # ROKV_BUILD_ID only labels the build stage for the tests' cleanup.
     assert set(passed) == dockerfile_args() - {"ROKV_BUILD_ID"}
     assert passed["EXTRA_CA_CERTS"] == "${EXTRA_CA_CERTS:-}", passed
+
+
+def test_every_documented_docker_run_publishes_on_loopback_only() -> None:
+    # `-p 5555:5555` publishes an unencrypted pool on every interface of the host.
+    published = []
+    for path in [REPO / "README.md", REPO / "Dockerfile", *sorted((REPO / "docs").glob("*.md"))]:
+        for line in path.read_text().splitlines():
+            if "docker run" in line:
+                published += [(path.name, p) for p in re.findall(r"(?:-p|--publish)[ =](\S+)", line)]
+    assert published, "no documented docker run publishes a port"
+    assert [(name, p) for name, p in published if not p.startswith("127.0.0.1:")] == []
