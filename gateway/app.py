@@ -85,7 +85,7 @@ def _object_body(body: bytes, content_type: bytes | None, example: str) -> dict[
             422, f"the request has no body: send a JSON object such as {example}", [r.missing(("body",), None)]
         )
     if content_type is None or not r.is_json_media_type(content_type):
-        sent = "no Content-Type" if content_type is None else f"Content-Type {content_type.decode('latin-1')!r}"
+        sent = "no Content-Type" if content_type is None else f"Content-Type {content_type[:100].decode('latin-1')!r}"
         raise Refusal(
             422,
             f"the body came with {sent}: send it as JSON, with the header Content-Type: application/json "
