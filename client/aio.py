@@ -31,7 +31,7 @@ from rokv.brokerset import Brokers
 from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy
 from rokv.errors import ProtocolError, RokvError
 from rokv.keys import match_canonical
-from rokv.replies import value_from_reply, worker_from_reply
+from rokv.replies import partial_values, value_from_reply, worker_from_reply
 from rokv.security import CurvePeer
 
 __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
@@ -68,9 +68,13 @@ class _Coalesced:
 
     def deliver(self, reply: dict[str, Any]) -> None:
         values = reply.get(p.F_VALUES)
+        damaged: set[int] = set()
         if p.F_ERROR in reply:  # an error whatever else the reply holds
-            self.fail(core.batch_error(reply))
-            return
+            partial = partial_values(reply, len(self.futures))
+            if partial is None:
+                self.fail(core.batch_error(reply))
+                return
+            values, damaged = partial  # some values damaged: the other callers get theirs
         if type(values) is not list or len(values) != len(self.futures):
             self.fail(ProtocolError(f"malformed mget reply for {len(self.futures)} keys"))
             return
@@ -79,6 +83,8 @@ class _Coalesced:
                 continue  # its caller was cancelled
             if type(value) is str:
                 future.set_result(value)
+            elif index in damaged:
+                future.set_exception(core.damaged(self.canonicals[index], self.keys[index]))
             else:
                 future.set_exception(core.not_found(self.canonicals[index], self.keys[index]))
 

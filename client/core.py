@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from rokv import protocol as p
 from rokv.endpoints import check_endpoints
-from rokv.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
+from rokv.errors import DamagedValue, InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
 from rokv.keys import normalize_key, show_key
 from rokv.replies import check_key_type, error_from_reply, values_from_reply
 from rokv.security import CurvePeer, peer_from_env
@@ -303,6 +303,12 @@ def key_and_canonical(key: object) -> tuple[str, str]:
 def not_found(canonical: str, key: str) -> KeyNotFound:
     """The error a get of a missing key gets, worded as the server words it."""
     return KeyNotFound(p.error_message(p.NOT_FOUND, key=canonical), key)
+
+
+def damaged(canonical: str, key: str) -> DamagedValue:
+    """The error a get of a key whose value is damaged gets, worded as the
+    server words it."""
+    return DamagedValue(p.error_message(p.DAMAGED_VALUE, key=canonical), key)
 
 
 def batch_error(reply: dict[str, Any]) -> RokvError:

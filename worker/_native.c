@@ -5,7 +5,8 @@
  *     mget of well-formed keys, hits and canonical misses), over a dict or a
  *     memory-mapped .rokv store, talking to libzmq directly;
  *   - everything else (ping, malformed or unusual requests, invalid or
- *     non-canonical keys, several frames) is handed, frames and all, to the
+ *     non-canonical keys, several frames, a stored value that is not valid
+ *     UTF-8) is handed, frames and all, to the
  *     Python handler, so every error reply stays exactly what
  *     rokv.worker.handler answers.
  *
@@ -804,6 +805,71 @@ store_get(Lookup *l, const char *k, size_t n, const char **v, size_t *vn)
     return 0;
 }
 
+/* 1 when s[0..n) is UTF-8 as Python's strict decoder accepts it: no
+ * overlong forms, no surrogates, nothing above U+10FFFF (Unicode's table
+ * 3-7). ASCII runs are checked 8 bytes at a time. */
+static int
+utf8_valid(const unsigned char *s, size_t n)
+{
+    /* Most values are ASCII: one branch-free pass tells. */
+    uint64_t acc = 0;
+    unsigned char tail = 0;
+    size_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        acc |= w;
+    }
+    for (; i < n; i++)
+        tail |= s[i];
+    if (!(acc & 0x8080808080808080ULL) && !(tail & 0x80))
+        return 1;
+    i = 0;
+    while (i < n) {
+        while (n - i >= 8) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (w & 0x8080808080808080ULL)
+                break;
+            i += 8;
+        }
+        if (i >= n)
+            break;
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len;
+        unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
+        if (c >= 0xc2 && c <= 0xdf)
+            len = 2;
+        else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            if (c == 0xe0)
+                lo = 0xa0;
+            else if (c == 0xed)
+                hi = 0x9f;
+        }
+        else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            if (c == 0xf0)
+                lo = 0x90;
+            else if (c == 0xf4)
+                hi = 0x8f;
+        }
+        else
+            return 0;
+        if (n - i < len || s[i + 1] < lo || s[i + 1] > hi)
+            return 0;
+        for (size_t j = 2; j < len; j++)
+            if ((s[i + j] & 0xc0) != 0x80)
+                return 0;
+        i += len;
+    }
+    return 1;
+}
+
 /* A dict's value: 1 with a new reference in *value when found, 0 when not,
  * -1 when the key is not valid UTF-8 or a lookup failed (Python answers). */
 static int
@@ -874,6 +940,11 @@ pack_one(Lookup *l, buf_t *out, const char *k, size_t n, int *hit)
         const char *v;
         size_t vn;
         if (store_get(l, k, n, &v, &vn)) {
+            /* A file changed on disk after it was verified may hold a value
+             * that is not UTF-8: never sent as a str; Python answers it
+             * (damaged_value), logs and counts it. */
+            if (!utf8_valid((const unsigned char *)v, vn))
+                return 0;
             *hit = 1;
             return pack_str(out, v, vn) < 0 ? -1 : 1;
         }
