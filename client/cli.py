@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from rokv.core import resolve_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints, endpoints_argument
-from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
+from rokv.errors import DamagedValue, InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
 from rokv.exitcodes import Exit, epilog, overview
 from rokv.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 
@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceUnavailable as exc:
         _err(str(exc))
         return Exit.UNAVAILABLE
+    except DamagedValue as exc:  # not a refusal: the server could not answer it
+        _err(str(exc))
+        return Exit.REFUSED
     except ProtocolError as exc:
         _err(f"request refused: {exc}")
         return Exit.REFUSED

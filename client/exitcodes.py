@@ -30,7 +30,8 @@ class Exit(IntEnum):
     #: No reply, or not everything serving: the service (or supervisord) is
     #: unreachable, some request got no answer, a program of the pool is down.
     UNAVAILABLE = 3
-    #: The server refused the request (``bad_request``, ``unsupported_version``).
+    #: The server refused the request (``bad_request``, ``unsupported_version``)
+    #: or could not answer it: the key's stored value is damaged (``damaged_value``).
     REFUSED = 4
     #: ``rokv deploy`` failed and could not put the pool back: act by hand.
     ROLLBACK_FAILED = 5
@@ -44,14 +45,14 @@ PROGRAMS: dict[str, dict[Exit, str]] = {
         Exit.NO: "not found",
         Exit.USAGE: "invalid key or bad usage",
         Exit.UNAVAILABLE: "service unavailable",
-        Exit.REFUSED: "request refused by the server",
+        Exit.REFUSED: "request refused by the server, or the key's value damaged",
     },
     "rokv get-many": {
         Exit.OK: "all found",
         Exit.NO: "some not found",
         Exit.USAGE: "an invalid key or bad usage",
         Exit.UNAVAILABLE: "service unavailable",
-        Exit.REFUSED: "request refused by the server",
+        Exit.REFUSED: "request refused by the server, or a key's value damaged",
     },
     "rokv ping": {
         Exit.OK: "answered",
@@ -163,7 +164,8 @@ _MEANINGS = {
     Exit.NO: "the answer is no: not found, refused, corrupt, a wrong answer, rolled back; a daemon that cannot serve",
     Exit.USAGE: "bad usage or setting: an unknown option, a malformed endpoint, an invalid key, a missing extra",
     Exit.UNAVAILABLE: "no reply, or not everything serving: the service or supervisord unreachable",
-    Exit.REFUSED: "the server refused the request (`bad_request`, `unsupported_version`)",
+    Exit.REFUSED: "the server refused the request (`bad_request`, `unsupported_version`) or a value is damaged "
+    "(`damaged_value`)",
     Exit.ROLLBACK_FAILED: "`deploy` failed and could not roll back: act by hand",
 }
 
