@@ -39,7 +39,6 @@ __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
 # Plain ints: pyzmq's enum members cost a Python-level call in every operation.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
-_MAX_KEY_LENGTH = p.MAX_KEY_LENGTH
 
 #: How soon a burst that no broker could take (none connected yet) is offered
 #: again, within its try's timeout.
@@ -220,8 +219,8 @@ class AsyncClient(ClientBase):
 
         Raises:
             KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
-            InvalidKey: ``key`` is not a string or not a UUIDv4 (one longer
-                than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
+            InvalidKey: ``key`` is not a string or not a UUIDv4 (refused
+                at once, without a request).
             ServiceUnavailable: no reply after every try.
         """
         # The per-call path is written out here rather than through helpers:
@@ -248,7 +247,7 @@ class AsyncClient(ClientBase):
                 self._pump_scheduled = True
                 loop.call_soon(self._pump)
             return await future
-        if type(key) is not str or len(key) > _MAX_KEY_LENGTH or not key.isascii():  # one test for the common case
+        if type(key) is not str or not match_canonical(key):  # one test for the common case
             key = core.check_key(key)
         rid = next(self._ids)
         future = loop.create_future()
