@@ -529,6 +529,8 @@ class AsyncClient(ClientBase):
                         _fail(waiter, self._unavailable())
                 if unanswered and brokers is not None and burst.broker is not None:
                     brokers.suspect(burst.broker)
+                if unanswered:
+                    self._silence()
         if brokers is None:
             return
         if self._out_resends or self._out_ids:  # resends, or room made for held requests
@@ -549,6 +551,7 @@ class AsyncClient(ClientBase):
                 handle.cancel()
         self._timer = self._flush_handle = self._unsent_handle = None
         self._brokers = None
+        self._close_probe()
         brokers.close()
         closed = RokvError("this AsyncClient is closed")
         waiting: list[_Waiter] = list(self._pending.values())

@@ -101,13 +101,14 @@ class RetryPolicy:
         """The longest a call waits before it gives up, in seconds."""
         return sum(self.try_timeout(i) for i in range(self.tries))
 
-    def unavailable(self, endpoint: str, *, curve: bool = False) -> ServiceUnavailable:
+    def unavailable(self, endpoint: str, *, curve: bool = False, hint: str = "") -> ServiceUnavailable:
         """The error of a call that ran out of tries; ``curve`` when the
-        client uses CurveZMQ, whose refusals are silent on the client's side."""
+        client uses CurveZMQ, whose refusals are silent on the client's side;
+        ``hint`` is added to the message (what a probe found)."""
         tries = self.tries
         first, last = self.try_timeout(0), self.try_timeout(tries - 1)
         wait = f"{first:g} s" if first == last else f"{first:g} to {last:g} s"
-        hint = (
+        curve_hint = (
             (
                 "; CURVE is on: the broker may be refusing this client (its key not on the broker's client "
                 "allow-list, or a wrong broker public key): see the broker's log"
@@ -116,7 +117,7 @@ class RetryPolicy:
             else ""
         )
         return ServiceUnavailable(
-            f"no reply from {endpoint} within {wait} on {tries} {'try' if tries == 1 else 'tries'}{hint}"
+            f"no reply from {endpoint} within {wait} on {tries} {'try' if tries == 1 else 'tries'}{curve_hint}{hint}"
         )
 
 

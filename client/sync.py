@@ -133,6 +133,7 @@ class Client(ClientBase):
         """Release the sockets. Idempotent; later calls raise ``RokvError``."""
         with self._lock:
             if self._brokers is not None:
+                self._close_probe()
                 self._brokers.close()
                 self._brokers = None
 
@@ -185,6 +186,7 @@ class Client(ClientBase):
                     brokers.suspect(broker)
             if not pending:
                 return replies
+            self._silence()
         raise self._unavailable()
 
     def _receive_one(
