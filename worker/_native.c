@@ -848,18 +848,22 @@ utf8_dfa_init(void)
 static int
 utf8_valid(const unsigned char *s, size_t n)
 {
-    /* Most values are ASCII: one branch-free pass tells. */
-    uint64_t acc = 0;
-    unsigned char tail = 0;
+    /* Most values are ASCII: one pass of 8-byte words tells (the last word
+     * overlapping the one before, so that no byte is left for a loop). */
+    uint64_t acc = 0, w;
     size_t i = 0;
-    for (; n - i >= 8; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
+    if (n >= 8) {
+        for (; n - i > 8; i += 8) {
+            memcpy(&w, s + i, 8);
+            acc |= w;
+        }
+        memcpy(&w, s + n - 8, 8);
         acc |= w;
     }
-    for (; i < n; i++)
-        tail |= s[i];
-    if (!(acc & 0x8080808080808080ULL) && !(tail & 0x80))
+    else
+        for (; i < n; i++)
+            acc |= s[i];
+    if (!(acc & 0x8080808080808080ULL))
         return 1;
     uint64_t state = U_OK;
     for (i = 0; i < n; i++)
