@@ -23,11 +23,16 @@ from rokv.worker.build import build
 from rokv.worker.handler import Handler
 from rokv.worker.reader import open_store
 
-from support.procs import EXAMPLE, Proc, child_env, free_port, seen_workers, start_broker, wait_for
+from support.procs import EXAMPLE, Proc, child_env, free_port, scaled, seen_workers, start_broker, wait_for
 from support.scrape import health, scrape, total
 
 #: A key the bundled dataset does not hold.
 MISSING = "8a35eb59-62b3-481c-8875-1f248df4c952"
+#: Calls get one try this long: a reply dropped as unreadable (as before the
+#: fix) would cost all of it; an answer takes one round trip, well within
+#: PROMPT even on a loaded machine.
+LONG_TRY = 30.0
+PROMPT = scaled(10)
 
 
 def value_span(path: Path, key: str) -> tuple[int, int]:
@@ -196,11 +201,12 @@ def test_a_get_of_a_damaged_value_fails_at_once_naming_the_key(
     served: DamagedStack, dataset: tuple[Path, str, list[str]], example: dict[str, str]
 ) -> None:
     _, bad, good = dataset
-    with Client(served.frontend) as client:
+    # One try of 30 s: a reply dropped as unreadable would cost all of it.
+    with Client(served.frontend, timeout=LONG_TRY, retries=0) as client:
         started = time.monotonic()
         with pytest.raises(DamagedValue) as caught:
             client.get(bad)
-        assert time.monotonic() - started < 1.0, "one round trip, not the retry budget (3.75 s)"
+        assert time.monotonic() - started < PROMPT, "one round trip, not a timeout"
         assert caught.value.key == bad and caught.value.code == p.DAMAGED_VALUE
         assert isinstance(caught.value, ProtocolError)
         assert f"key {bad}" in str(caught.value) and "damaged" in str(caught.value)
@@ -215,11 +221,12 @@ def test_a_get_many_holding_a_damaged_value_fails_naming_its_position(
 ) -> None:
     _, bad, good = dataset
     keys = [*good[:30], MISSING, bad, *good[30:60]]
-    with Client(served.frontend, batch_size=20) as client:  # the damaged key is in the second chunk
+    # The damaged key is in the second chunk.
+    with Client(served.frontend, batch_size=20, timeout=LONG_TRY, retries=0) as client:
         started = time.monotonic()
         with pytest.raises(DamagedValue) as caught:
             client.get_many(keys)
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < PROMPT
         assert caught.value.index == 31 and caught.value.key == bad
         assert str(caught.value).startswith("keys[31]: ") and bad in str(caught.value)
         assert client.get_many(good) == [example[k] for k in good]
@@ -231,13 +238,13 @@ def test_coalesced_gets_beside_a_damaged_value_get_their_own_answers(
     _, bad, good = dataset
 
     async def run() -> list[Any]:
-        async with AsyncClient(served.frontend) as client:
+        async with AsyncClient(served.frontend, timeout=LONG_TRY, retries=0) as client:
             keys = [*good[:10], bad, MISSING, *good[10:20]]
             return await asyncio.gather(*(client.get(k) for k in keys), return_exceptions=True)
 
     started = time.monotonic()
     results = asyncio.run(run())
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < PROMPT
     assert results[:10] == [example[k] for k in good[:10]]
     assert isinstance(results[10], DamagedValue) and results[10].key == bad and bad in str(results[10])
     assert isinstance(results[11], KeyNotFound)
@@ -297,13 +304,13 @@ def test_rokv_get_of_a_damaged_value_exits_at_once_naming_the_key(
     _, bad, _ = dataset
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "rokv", "get", bad, "--endpoint", served.frontend],
+        [sys.executable, "-m", "rokv", "get", bad, "--endpoint", served.frontend, "--timeout", str(LONG_TRY)],
         capture_output=True,
         text=True,
         timeout=30,
         env=child_env(),
     )
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < PROMPT + scaled(5)  # and a Python start
     assert done.returncode == 4, done.stderr
     assert bad in done.stderr and "damaged" in done.stderr and "refused" not in done.stderr
     assert "Traceback" not in done.stderr

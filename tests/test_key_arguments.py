@@ -180,13 +180,16 @@ def test_every_invalid_key_is_refused_at_once_by_both_clients_with_the_servers_m
     said = [server_says(stack.frontend, {"op": "get", "key": key})["message"] for key in SHORT_INVALID]
     endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: a request that travelled would time out
     started = time.monotonic()
-    with Client(endpoint) as client:  # the default policy: 3.75 s before ServiceUnavailable
+    with Client(endpoint, timeout=30, retries=0) as client:  # a request that travelled would wait 30 s
         assert [outcome(lambda k=key: client.get(k)) for key in SHORT_INVALID] == [
             ("InvalidKey", message, key) for key, message in zip(SHORT_INVALID, said)
         ]
 
     async def main() -> list[tuple]:
-        async with AsyncClient(endpoint) as coalescing, AsyncClient(endpoint, coalesce=False) as plain:
+        async with (
+            AsyncClient(endpoint, timeout=30, retries=0) as coalescing,
+            AsyncClient(endpoint, timeout=30, retries=0, coalesce=False) as plain,
+        ):
             results = []
             for key in SHORT_INVALID:
                 results.append(await outcome_async(lambda k=key: coalescing.get(k)))
@@ -194,7 +197,7 @@ def test_every_invalid_key_is_refused_at_once_by_both_clients_with_the_servers_m
             return results
 
     assert run(main) == [("InvalidKey", message, key) for key, message in zip(SHORT_INVALID, said) for _ in (0, 1)]
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < scaled(10)
 
 
 def rokv_cli(*args: str) -> tuple[int, str, float]:
@@ -207,7 +210,9 @@ def rokv_cli(*args: str) -> tuple[int, str, float]:
 
 def test_rokv_get_of_an_invalid_key_exits_2_at_once_with_the_service_down() -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens
-    code, err, seconds = rokv_cli("get", "nope", "--endpoint", endpoint)
-    assert code == 2 and '"nope" is not a UUID' in err and seconds < 3.0, (code, err, seconds)
-    code, err, seconds = rokv_cli("get-many", MISSING, "nope", "--endpoint", endpoint)
-    assert code == 2 and 'keys[1]: "nope" is not a UUID' in err and seconds < 3.0, (code, err, seconds)
+    # One try of 30 s: a request that travelled would wait all of it.
+    one_long_try = ("--endpoint", endpoint, "--timeout", "30", "--retries", "0")
+    code, err, seconds = rokv_cli("get", "nope", *one_long_try)
+    assert code == 2 and '"nope" is not a UUID' in err and seconds < scaled(15), (code, err, seconds)
+    code, err, seconds = rokv_cli("get-many", MISSING, "nope", *one_long_try)
+    assert code == 2 and 'keys[1]: "nope" is not a UUID' in err and seconds < scaled(15), (code, err, seconds)
