@@ -18,6 +18,7 @@ Environment variables (all optional; none set means no encryption):
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,11 @@ _PROBE_EVENTS = (
 )
 
 
+#: Each probe's monitor endpoint is new: a closed one is released by libzmq's
+#: reaper thread, later.
+_probe_numbers = itertools.count()
+
+
 class HandshakeProbe:
     """One connection to each broker, without CURVE, whose handshake the
     socket monitor reports: what tells a client without keys that its broker
@@ -152,7 +158,7 @@ class HandshakeProbe:
                 sock.reconnect_ivl = -1  # one attempt: a handful of events at most
                 if "[" in endpoint:
                     sock.ipv6 = True
-                address = f"inproc://rokv-probe-{id(self):x}-{len(self._probes)}"
+                address = f"inproc://rokv-probe-{os.getpid()}-{next(_probe_numbers)}"
                 sock.monitor(address, _PROBE_EVENTS)
                 monitor: zmq.Socket = zmq.Socket(ctx, zmq.PAIR)
                 monitor.linger = 0
