@@ -52,7 +52,7 @@ class Swarm:
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp = tmp_path
-        suffix = uuid.uuid4().hex[:8]
+        self.suffix = suffix = uuid.uuid4().hex[:12]
         self.name = f"rokvtest{suffix}"
         self.image = f"rokv-swarm-test:{suffix}"
         self.ports = {
@@ -65,22 +65,16 @@ class Swarm:
         self.made_gwbridge = False
         self.deployed = False
         self.configs: list[str] = []
-        self.build_leftovers: list[str] = []
 
     # -------------------------------------------------------------- setup
 
     def build(self) -> float:
         started = time.monotonic()
-        before = set(_build_stage_images())
-        args = ["build", "--force-rm", "--build-arg", f"BASE={BASE}", "-t", self.image]
+        args = ["build", "--force-rm", "--build-arg", f"BASE={BASE}", "--build-arg", f"ROKV_BUILD_ID={self.suffix}"]
         cas = "".join(Path(p).read_text() for p in sorted(glob.glob("/usr/local/share/ca-certificates/*.crt")))
         if cas:  # a TLS-intercepting proxy's CA, for pip in the build (see the Dockerfile)
             args += ["--build-arg", f"EXTRA_CA_CERTS={cas}"]
-        try:
-            docker(*args, str(REPO), timeout=1200)
-        finally:
-            # Only this build's leftover build stage: another test's may be in use.
-            self.build_leftovers = sorted(set(_build_stage_images()) - before)
+        docker(*args, "-t", self.image, str(REPO), timeout=1200)
         return time.monotonic() - started
 
     def init(self) -> None:
@@ -164,12 +158,9 @@ class Swarm:
             if self.made_gwbridge:
                 docker("network", "rm", "docker_gwbridge", check=False)
         docker("rmi", "-f", self.image, check=False, timeout=120)
-        for image in self.build_leftovers:
-            docker("rmi", "-f", image, check=False, timeout=120)
-
-
-def _build_stage_images() -> list[str]:
-    return docker("images", "-q", "--filter", "label=rokv.stage=build", "--filter", "dangling=true").stdout.split()
+        # This build's leftover stage only (the Dockerfile labels it with
+        # ROKV_BUILD_ID): others may be building on this daemon.
+        docker("image", "prune", "-f", "--filter", f"label=rokv.build={self.suffix}", check=False, timeout=120)
 
 
 @pytest.fixture(scope="module")
