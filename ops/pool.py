@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 from xmlrpc.client import Fault
 
-from supervisor import childutils
-
 from rokv.exitcodes import Exit, epilog
 from rokv.hostport import METRICS_ENV, parse_address
 from rokv.ops import metricfiles
@@ -230,6 +228,30 @@ def apply(rpc: Any, metrics_folder: Path | None = None) -> list[str]:
     return groups
 
 
+#: What the included file holds after a refused setting: no programs.
+NOTHING = (
+    "; Written by rokv-pool: a ROKV_* setting was refused (see run/pool.log), so no program runs.\n"
+)
+
+
+def unload(include: Path, childutils: Any) -> None:
+    """After a refused setting: empty the included file, and have
+    supervisord drop the programs it read from the previous run's copy at
+    its start, so that no status lists them as if they were this run's.
+    One quick try: supervisord marks this program FATAL only if it exits
+    within ``startsecs``; the emptied file does it at the next start anyway."""
+    try:
+        write_if_changed(include, NOTHING)
+    except OSError:
+        return
+    if "SUPERVISOR_SERVER_URL" not in os.environ:
+        return
+    try:
+        apply(childutils.getRPCInterface(os.environ))
+    except (Fault, OSError) as exc:
+        print(f"rokv-pool: could not unload the previous run's programs: {exc}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rokv-pool",
@@ -245,11 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     include: Path = args.include or args.here / "run" / "pool.conf"
+    try:  # only here: --help needs no server extra
+        from supervisor import childutils
+    except ModuleNotFoundError as exc:
+        print(
+            f"rokv-pool needs {exc.name}, which comes with the server extra: pip install 'rokv[server]'",
+            file=sys.stderr,
+        )
+        return Exit.USAGE
     try:
         settings = Settings.from_env(os.environ)
         http = http_from_env(os.environ)
     except SettingError as exc:
         print(f"rokv-pool: refusing to start the pool: {exc}", file=sys.stderr, flush=True)
+        unload(include, childutils)
         return Exit.USAGE
     if "SUPERVISOR_SERVER_URL" not in os.environ:
         parser.error("SUPERVISOR_SERVER_URL is not set: supervisord runs me")
