@@ -229,9 +229,7 @@ def apply(rpc: Any, metrics_folder: Path | None = None) -> list[str]:
 
 
 #: What the included file holds after a refused setting: no programs.
-NOTHING = (
-    "; Written by rokv-pool: a ROKV_* setting was refused (see run/pool.log), so no program runs.\n"
-)
+NOTHING = "; Written by rokv-pool: a ROKV_* setting was refused (see run/pool.log), so no program runs.\n"
 
 
 def unload(include: Path, childutils: Any) -> None:

@@ -121,9 +121,7 @@ def broker_frontend(supervisor: Supervisor, broker: Process | None) -> str | Non
             raw = f.read()
     except OSError:
         return None
-    env = dict(
-        item.decode("utf-8", "replace").split("=", 1) for item in raw.split(b"\0") if b"=" in item
-    )
+    env = dict(item.decode("utf-8", "replace").split("=", 1) for item in raw.split(b"\0") if b"=" in item)
     from rokv.gateway.settings import endpoint_from_env  # standard library only
 
     return endpoint_from_env({"ROKV_FRONTEND": env.get("ROKV_FRONTEND", "")})
