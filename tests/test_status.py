@@ -90,6 +90,7 @@ def test_status_exits_0_only_while_every_program_runs_and_every_worker_answers(s
     assert "NOT SERVING" not in again.stdout
 
 
+@pytest.mark.slow
 def test_status_is_3_while_a_worker_cannot_start_though_supervisorctl_says_0(
     supervisor_factory, tmp_path: Path
 ) -> None:
