@@ -9,29 +9,39 @@ deploy repoints it and restarts the workers of supervisord's group
    ``--no-verify`` its header only (``rokv inspect``: magic, version, size).
    A refusal changes nothing.
 2. Read the link's target: the rollback target. It must be a readable
-   ``.rokv`` file, or a rollback could not work.
+   ``.rokv`` file, or a rollback could not work. Unless
+   ``--allow-new-keys``, look up 1000 of its keys (evenly spread) in NEW and
+   refuse if fewer than half are there: a new version of the same data
+   keeps most keys, the wrong export keeps none (every lookup would then
+   answer "not found").
 3. List the group's processes through supervisord's XML-RPC interface (the
-   ``[supervisorctl] serverurl`` of ``-c FILE``); refuse if none is RUNNING
-   or one is half-way (STARTING, BACKOFF, STOPPING). Ping through the broker
-   until every RUNNING worker has answered: the service is reachable, and
-   each says which file (``dataset``) and version (``digest``) it serves; a
-   worker that loads another path than the link is refused, since
-   repointing the link would not change what it serves.
+   ``[supervisorctl] serverurl`` of ``-c FILE``); refuse if one is half-way
+   (STARTING, BACKOFF, STOPPING), or if none is RUNNING. Ping through the
+   broker until every RUNNING worker has answered: the service is reachable,
+   and each says which file (``dataset``) and version (``digest``) it serves.
+   A worker that does not load the link is refused, since repointing the
+   link would not change what it serves: its path (resolved in its own
+   folder when it runs on this host) is not the link, or, elsewhere, it
+   serves neither the link's file nor NEW.
 4. Repoint the link atomically (a new link under a temporary name, renamed
    over it), keeping its relative or absolute style.
-5. For each RUNNING worker in name order: stop, start (supervisord waits its
+5. First each worker that is down (STOPPED, EXITED, FATAL: a deploy killed
+   with ``kill -9`` while it stopped a worker leaves it STOPPED), then each
+   RUNNING worker, in name order: stop, start (supervisord waits its
    ``startsecs``), then ping until the new process (its pid) answers with
-   NEW's digest. ``--timeout`` bounds each worker's switch.
+   NEW's digest. ``--timeout`` bounds each worker's switch. A deploy ends
+   with every worker of the group serving NEW; ``rokv status`` then checks
+   the whole pool (a note when something does not serve).
 6. At the first failure (did not start, died, answered with another digest,
    or no answer in time), or on Ctrl-C, SIGTERM or SIGHUP (a closed
    terminal; under ``nohup`` a deploy goes on instead): repoint the link to its
-   old target, restart the failed worker and every worker already switched,
-   each waited for until it answers with the old digest, then exit 1 naming
-   the worker, what failed and the end of its log. Workers not yet reached
-   are never touched.
+   old target, restart the failed worker and every worker already switched
+   (each waited for until it answers with the old digest), stop again those
+   that were down before, then exit 1 naming the worker, what failed and the
+   end of its log. Workers not yet reached are never touched.
 
-If the link already points at NEW, the workers that do not yet serve NEW's
-digest are restarted (this finishes a deploy that was cut short); with none
+If the link already points at NEW (a deploy that was cut short), the workers
+that are down or do not yet serve NEW's digest are (re)started; with none
 left, there is nothing to do. Such a run has no older file to go back to:
 it stops at the first failure and exits 5.
 

@@ -17,12 +17,15 @@ it writes. At supervisord's start, rokv-pool:
 3. has supervisord load the file, as ``supervisorctl update`` would, and starts
    the programs; they are then ordinary supervised programs (restarted when
    they die, stopped with SIGTERM);
-4. stays RUNNING until supervisord stops it, so that ``supervisorctl status``
-   exits 0 exactly when everything rokv runs on this host is RUNNING.
+4. stays RUNNING until supervisord stops it: a RUNNING ``pool`` is part of
+   "everything rokv runs on this host is RUNNING", which ``rokv status``
+   (:mod:`rokv.ops.status`) checks, with a ping of every worker.
 
 A bad setting is refused: rokv-pool prints why and exits 2 before starting
-anything, supervisor marks it FATAL, and ``supervisorctl status`` exits 3;
-``supervisorctl tail pool`` shows the reason.
+anything, supervisor marks it FATAL, and ``rokv status`` exits 3 with the
+reason (so does ``supervisorctl status``; ``supervisorctl tail pool`` shows
+it too). It first empties the included file and has supervisord drop the
+programs it read from the previous run's copy, so no status lists them.
 """
 
 from __future__ import annotations
