@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rokv.exitcodes import Exit, epilog
+from rokv.ops.pool import MANAGED
 from rokv.ops.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
 
 #: The program supervisord.conf runs, which writes and starts the others.
 POOL_PROGRAM = "pool"
-#: The groups rokv-pool writes, in the order they are reported (rokv.ops.pool.MANAGED).
-GROUPS = (POOL_PROGRAM, "metrics", "broker", "worker", "http")
+#: The pool's groups, in the order they are reported: the pool itself, then
+#: the ones it writes.
+GROUPS = (POOL_PROGRAM, *MANAGED)
 WORKER_GROUP = "worker"
 DEFAULT_CONF = "supervisord.conf"
 #: How long all workers have, together, to answer; the image's health check
