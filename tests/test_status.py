@@ -160,3 +160,76 @@ def test_status_without_supervisord_or_configuration(tmp_path: Path) -> None:
     result = rokv_status(conf, "--timeout", "0")
     assert result.returncode == Exit.USAGE
     assert "Traceback" not in result.stderr
+
+
+class FakeSupervisor:
+    """getAllProcessInfo and the log calls of a supervisord, from a table."""
+
+    serverurl = "unix:///nowhere.sock"
+
+    def __init__(self, states: dict[str, tuple[str, int]]) -> None:
+        self.infos = []
+        for name, (state, pid) in states.items():
+            group, _, process = name.rpartition(":")
+            group = group or process
+            self.infos.append({"group": group, "name": process, "statename": state, "pid": pid})
+
+    def call(self, method: str, *args: object) -> object:
+        assert method == "supervisor.getAllProcessInfo"
+        return self.infos
+
+    def log_since(self, name: str, offset: int | None, lines: int) -> list[str]:
+        return [f"the end of {name}'s log"]
+
+
+class FakeClient:
+    """Pings answered in turn by the given replies (None: no answer)."""
+
+    def __init__(self, replies: list[dict | None]) -> None:
+        self.replies, self.at = replies, 0
+
+    def ping(self) -> dict:
+        from rokv import ServiceUnavailable
+
+        reply = self.replies[self.at % len(self.replies)]
+        self.at += 1
+        if reply is None:
+            raise ServiceUnavailable("no reply")
+        return reply
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_report_names_silent_workers_and_a_pool_on_two_versions() -> None:
+    import socket
+
+    from rokv.ops import status
+
+    sup = FakeSupervisor(
+        {
+            "pool": ("RUNNING", 1),
+            "broker": ("RUNNING", 2),
+            "worker:worker_00": ("RUNNING", 10),
+            "worker:worker_01": ("RUNNING", 11),
+            "worker:worker_02": ("RUNNING", 12),
+            "other": ("STOPPED", 0),  # not the pool's: not judged
+        }
+    )
+    here = socket.gethostname()
+    replies = [
+        {"pid": 10, "host": here, "digest": "blake2b-256:" + "a" * 64, "dataset": "/srv/current.rokv"},
+        {"pid": 12, "host": "elsewhere", "digest": "blake2b-256:" + "c" * 64},  # another host's pid 12
+        {"pid": 11, "host": here, "digest": "blake2b-256:" + "b" * 64, "dataset": "/srv/current.rokv"},
+        None,
+    ]
+    report = status.check(sup, "tcp://127.0.0.1:1", 0.3, client_factory=lambda e: FakeClient(replies))  # type: ignore[arg-type]
+    assert not report.ok
+    assert [status.shown(e.process) for e in report.failing] == ["worker:worker_02"]
+    text = "\n".join(report.lines())
+    assert "worker:worker_00  RUNNING   pid 10, answers: blake2b-256:aaaaaaaaaaaaaaaa... from /srv/current.rokv" in text
+    assert "worker:worker_02  RUNNING   NOT SERVING: RUNNING but did not answer a ping through" in text
+    assert "    | the end of worker:worker_02's log" in text
+    assert "note: the workers serve 2 versions: a deploy was cut short?" in text
+    assert "other" not in text
+    assert report.lines()[-1] == f"not serving: worker:worker_02 (supervisord at {sup.serverurl})"
