@@ -825,8 +825,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser(
         "deploy",
-        description="Check NEW, repoint the symbolic link the workers load, restart the workers of "
-        "supervisord's group 'worker' one at a time and wait until each answers with NEW's digest. "
+        description="Check NEW (its digest, and that it holds most keys of the file the link points at), "
+        "repoint the symbolic link the workers load, start the workers of supervisord's group 'worker' that "
+        "are down, restart the others one at a time, and wait until each answers with NEW's digest. "
+        "Run again, it finishes a deploy that was cut short. "
         "At the first failure the link goes back to its old target and the workers already restarted "
         "are restarted on it; the others are never touched. Roll back a finished deploy with "
         "`rokv deploy OLD.rokv`.",
