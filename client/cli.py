@@ -3,7 +3,7 @@
 Exit statuses are :class:`rokv.exitcodes.Exit` for every command.
 
 The commands on the server's side (``build``, ``inspect``, ``verify`` in
-``rokv.worker``; ``deploy`` and ``top`` in ``rokv.ops``) need the ``server``
+``rokv.worker``; ``deploy``, ``status`` and ``top`` in ``rokv.ops``) need the ``server``
 extra (numpy, supervisor, prometheus_client): this module only names them,
 and imports their code when one of them runs, so ``import rokv`` and ``rokv
 get`` never load server code.
@@ -32,6 +32,7 @@ SERVER_COMMANDS = {
     "verify": ("rokv.worker.build", "check a .rokv file's digest"),
     "deploy": ("rokv.ops.deploy", "switch the supervised workers to a new .rokv file, one at a time, with rollback"),
     "top": ("rokv.ops.top", "a live view of the pool from its hosts' metrics"),
+    "status": ("rokv.ops.status", "exit 0 when every program of the pool runs and every worker answers, else 3"),
 }
 #: Third-party modules only the server extra installs.
 SERVER_DEPENDENCIES = ("numpy", "supervisor", "prometheus_client")

@@ -114,6 +114,11 @@ PROGRAMS: dict[str, dict[Exit, str]] = {
         Exit.UNAVAILABLE: "supervisord or the service unreachable (nothing changed)",
         Exit.ROLLBACK_FAILED: "failed and could not roll back (act by hand)",
     },
+    "rokv status": {
+        Exit.OK: "every program of the pool RUNNING and every worker answering",
+        Exit.USAGE: "bad usage, no such supervisord.conf, or the server extra missing",
+        Exit.UNAVAILABLE: "something not serving (named, with the end of its log), or supervisord unreachable",
+    },
     "rokv top": {
         Exit.OK: "done (or stopped with Ctrl-C)",
         Exit.USAGE: "bad usage or prometheus_client missing",
