@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import zmq
 
 from rokv import protocol as p
-from rokv.broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
 from rokv.endpoints import endpoint_argument
 from rokv.exitcodes import Exit, epilog
 from rokv.security import KeyFileError, load_secret
 from rokv.server import metrics
+from rokv.server.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
 from rokv.server.monitor import ConnectionWatcher
 
 if TYPE_CHECKING:

@@ -23,12 +23,15 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _FORMS = {"tcp": "tcp://HOST:PORT", "ipc": "ipc://PATH", "inproc": "inproc://NAME"}
 
 
-def check_endpoint(endpoint: str, *, transports: tuple[str, ...] = CLIENT_TRANSPORTS) -> str:
+def check_endpoint(
+    endpoint: str, *, transports: tuple[str, ...] = CLIENT_TRANSPORTS, any_port: bool = False
+) -> str:
     """Return ``endpoint`` unchanged when it is one well-formed ZeroMQ endpoint.
 
     Accepted: ``tcp://HOST:PORT`` with PORT from 1 to 65535 and an IPv6 HOST
     in brackets (``tcp://[::1]:5555``); ``ipc://PATH``; ``inproc://NAME``; of
-    those, only the ``transports`` given.
+    those, only the ``transports`` given. ``any_port``: PORT may also be
+    ``*``, a free port picked at bind time (ZMQ_LAST_ENDPOINT tells which).
 
     Raises:
         ValueError: ``endpoint`` is not a string, has no or another transport,
@@ -45,16 +48,18 @@ def check_endpoint(endpoint: str, *, transports: tuple[str, ...] = CLIENT_TRANSP
     if not address:
         raise ValueError(f"endpoint {endpoint!r} has no address: expected {forms}")
     if transport == "tcp":
-        _check_tcp(endpoint, address)
+        _check_tcp(endpoint, address, any_port)
     return endpoint
 
 
-def _check_tcp(endpoint: str, address: str) -> None:
+def _check_tcp(endpoint: str, address: str, any_port: bool = False) -> None:
     # libzmq's "tcp://SOURCE;HOST:PORT" form: the destination is what matters.
     host, colon, port = address.rpartition(";")[2].rpartition(":")
     if not colon or not host:
         raise ValueError(f"endpoint {endpoint!r} needs a host and a port: expected tcp://HOST:PORT")
-    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+    if any_port and port == "*":
+        pass
+    elif not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
         raise ValueError(f"endpoint {endpoint!r}: port {port!r} is not a port number from 1 to 65535")
     if host.startswith("["):
         inside = host[1:-1] if host.endswith("]") else ""
@@ -68,14 +73,16 @@ def _check_tcp(endpoint: str, address: str) -> None:
         raise ValueError(f"endpoint {endpoint!r}: the host {host!r} holds white space")
 
 
-def endpoint_argument(transports: tuple[str, ...] = PROCESS_TRANSPORTS) -> Callable[[str], str]:
+def endpoint_argument(
+    transports: tuple[str, ...] = PROCESS_TRANSPORTS, *, any_port: bool = False
+) -> Callable[[str], str]:
     """An argparse ``type=`` that checks one endpoint, so a bad one is a
     usage error with :func:`check_endpoint`'s message (argparse shows only
     the messages of ``ArgumentTypeError``)."""
 
     def endpoint(text: str) -> str:
         try:
-            return check_endpoint(text, transports=transports)
+            return check_endpoint(text, transports=transports, any_port=any_port)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -54,25 +54,39 @@ def serve(
     stop: StopFlag,
     tick: Callable[[], None] = nothing,
     compiled: Compiled | None = None,
+    direct: zmq.Socket | None = None,
 ) -> None:
-    """Answer requests on ``socks`` (one per broker) until ``stop`` is
+    """Answer requests on ``socks`` (one per broker) and on ``direct`` (the
+    worker's own ROUTER, which clients reach without a broker: it brings the
+    same ``[routing_id, body]`` frames a broker does) until ``stop`` is
     raised, then answer what has already arrived and return. ``tick`` is
     called at least every :data:`TICK_EVERY` messages and at every idle
     timeout (:data:`STOP_CHECK_MS`): publishing metrics rides on it. With
-    ``compiled``, its loop answers (and hands the handler what it does not)."""
+    ``compiled``, its loop answers (and hands the handler what it does not).
+    Requests that came in on ``direct`` are counted in ``handler.stats.direct``."""
     answer = _answer
+    ready: AnswerReady | None = None
     if compiled is not None:
-        answer, tick = compiled.answer, compiled.ticking(tick)
+        answer, tick, ready = compiled.answer, compiled.ticking(tick), compiled.answer_ready
     try:
-        _serve(socks, handler, stop, tick, answer)
+        _serve(socks, handler, stop, tick, answer, ready, direct)
     finally:
         if compiled is not None:
             compiled.collect()
 
 
-def _serve(socks: list[zmq.Socket], handler: Handler, stop: StopFlag, tick: Callable[[], None], answer: Answer) -> None:
-    if len(socks) > 1:
-        _serve_several(socks, handler, stop, tick, answer)
+def _serve(
+    socks: list[zmq.Socket],
+    handler: Handler,
+    stop: StopFlag,
+    tick: Callable[[], None],
+    answer: Answer,
+    ready: AnswerReady | None = None,
+    direct: zmq.Socket | None = None,
+) -> None:
+    if len(socks) > 1 or direct is not None:
+        everything = socks + ([direct] if direct is not None else [])
+        _serve_several(everything, handler, stop, tick, ready or _answer_ready(handler, answer), direct is not None)
         return
     sock = socks[0]
     # A blocking receive with a timeout, not poll then receive: per message
@@ -96,21 +110,52 @@ def _serve(socks: list[zmq.Socket], handler: Handler, stop: StopFlag, tick: Call
 BURST = 64
 
 
-def _serve_several(
-    socks: list[zmq.Socket], handler: Handler, stop: StopFlag, tick: Callable[[], None], answer: Answer
-) -> None:
-    """:func:`serve` for several brokers: a poll, then a burst from each
-    socket that has requests, each answered on the socket it came from."""
+#: How a loop answers what waits on several sockets: (sockets, timeout_ms,
+#: burst) -> how many each answered, after one poll of at most timeout_ms and
+#: up to ``burst`` answers from each socket; :func:`_answer_ready` in Python,
+#: or :meth:`Compiled.answer_ready`.
+AnswerReady = Callable[[list[zmq.Socket], int, int], list[int]]
+
+
+def _answer_ready(handler: Handler, answer: Answer) -> AnswerReady:
+    """:data:`AnswerReady` over ``answer`` (one socket at a time), with a
+    poller built at the first call."""
+    polled: dict[zmq.Socket, int] = {}
     poller = zmq.Poller()
+
+    def answer_ready(socks: list[zmq.Socket], timeout_ms: int, burst: int) -> list[int]:
+        if not polled:
+            for index, sock in enumerate(socks):
+                poller.register(sock, zmq.POLLIN)
+                polled[sock] = index
+        counts = [0] * len(socks)
+        for sock, _ in poller.poll(timeout_ms):
+            counts[polled[sock]] += answer(sock, handler, _never, True, burst, nothing)
+        return counts
+
+    return answer_ready
+
+
+def _serve_several(
+    socks: list[zmq.Socket],
+    handler: Handler,
+    stop: StopFlag,
+    tick: Callable[[], None],
+    ready: AnswerReady,
+    last_is_direct: bool = False,
+) -> None:
+    """:func:`serve` for several sockets (brokers, and the direct endpoint
+    last when ``last_is_direct``): a poll, then a burst from each socket that
+    has requests, each answered on the socket it came from."""
     for sock in socks:
-        poller.register(sock, zmq.POLLIN)
         sock.rcvtimeo = 0  # the poll waits; receives only take what is there
+    stats = handler.stats
 
     def answer_ready(timeout_ms: int) -> int:
-        count = 0
-        for sock, _ in poller.poll(timeout_ms):
-            count += answer(sock, handler, _never, True, BURST, nothing)
-        return count
+        counts = ready(socks, timeout_ms, BURST)
+        if last_is_direct:
+            stats.direct += counts[-1]
+        return sum(counts)
 
     while not stop.raised:
         answer_ready(STOP_CHECK_MS)
