@@ -23,9 +23,7 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _FORMS = {"tcp": "tcp://HOST:PORT", "ipc": "ipc://PATH", "inproc": "inproc://NAME"}
 
 
-def check_endpoint(
-    endpoint: str, *, transports: tuple[str, ...] = CLIENT_TRANSPORTS, any_port: bool = False
-) -> str:
+def check_endpoint(endpoint: str, *, transports: tuple[str, ...] = CLIENT_TRANSPORTS, any_port: bool = False) -> str:
     """Return ``endpoint`` unchanged when it is one well-formed ZeroMQ endpoint.
 
     Accepted: ``tcp://HOST:PORT`` with PORT from 1 to 65535 and an IPv6 HOST
