@@ -14,6 +14,7 @@ from rokv.brokerset import Brokers
 from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy
 from rokv.errors import RokvError, ServiceUnavailable
 from rokv.security import CurvePeer
+from rokv.workerset import Workers
 
 
 class ClientBase:
@@ -38,6 +39,14 @@ class ClientBase:
             require them; default from ``$ROKV_CLIENT_SECRET`` and
             ``$ROKV_BROKER_KEY``, else none. A key the broker does not allow
             gets no connection: calls raise ``ServiceUnavailable``.
+        direct: send requests straight to the workers, one hop instead of
+            two: the client asks the brokers' directories for the pool's map
+            (again every second), connects to every worker listed (those
+            started with ``--direct-bind``) and spreads calls over them. A try
+            that goes unanswered is retried at another worker, or through a
+            broker; with no worker reachable, calls go through the brokers,
+            and with every broker down they go on with the last map. Replies,
+            errors and retries are those of the brokered path (the default).
 
     Raises:
         ValueError: a setting is out of range, an endpoint is malformed, or a
@@ -61,6 +70,7 @@ class ClientBase:
         batch_size: int = DEFAULT_BATCH_SIZE,
         context: zmq.Context | None = None,
         curve: CurvePeer | None = None,
+        direct: bool = False,
     ) -> None:
         self.retry = core.make_policy(retry, timeout, retries)
         self.batch_size = core.check_batch_size(batch_size)
@@ -70,7 +80,17 @@ class ClientBase:
         self._ids = core.request_ids()
         resolved = core.resolve_curve(curve)
         self._curve = resolved is not None
-        self._brokers: Brokers | None = Brokers(context or zmq.Context.instance(), self.endpoints, resolved)
+        ctx = context or zmq.Context.instance()
+        self._brokers: Brokers | None = Brokers(ctx, self.endpoints, resolved)
+        #: The workers, for a direct client (``direct=True``); None otherwise.
+        self._workers: Workers | None = None
+        self.direct = bool(direct)
+        if self.direct:
+            try:
+                self._workers = Workers(ctx, self.endpoints, resolved)
+            except BaseException:
+                self._brokers.close()
+                raise
 
     @property
     def timeout(self) -> float:

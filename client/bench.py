@@ -81,6 +81,7 @@ class Config:
     timeout: float | None = None  # None: the clients' default retry policy
     retries: int | None = None
     seed: int = 1
+    direct: bool = False
 
 
 @dataclass
@@ -346,7 +347,12 @@ async def _run_async(run: _Run) -> None:
     from rokv.aio import AsyncClient
 
     cfg = run.cfg
-    options: dict[str, Any] = {"timeout": cfg.timeout, "retries": cfg.retries, "coalesce": cfg.coalesce}
+    options: dict[str, Any] = {
+        "timeout": cfg.timeout,
+        "retries": cfg.retries,
+        "coalesce": cfg.coalesce,
+        "direct": cfg.direct,
+    }
     if cfg.max_batch is not None:
         options["max_batch"] = cfg.max_batch
     if cfg.max_delay is not None:
@@ -382,7 +388,7 @@ def _run_sync(run: _Run) -> None:
     many = cfg.keys_per_request > 1
     clock = time.perf_counter
     probes = run.probes
-    with Client(cfg.endpoint, timeout=cfg.timeout, retries=cfg.retries) as client:
+    with Client(cfg.endpoint, timeout=cfg.timeout, retries=cfg.retries, direct=cfg.direct) as client:
         while run.remaining > 0 and clock() < run.deadline:
             run.remaining -= 1
             probe = probes[run.next_probe]
@@ -677,6 +683,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         retries=args.retries,
         seed=args.seed,
+        direct=args.direct,
     )
     try:
         tally = run_bench(cfg, live=not args.json and sys.stderr.isatty())
