@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         ", ".join(backends),
         args.name,
     )
-    published = _publisher(handler, args, digest, len(data), load_seconds, watcher)
+    published = _publisher(
+        handler, args, digest, len(data), load_seconds, watcher, direct.advertised if direct is not None else None
+    )
     module = native.load()
     compiled = Compiled(module, handler) if module is not None else None
     tick = reporter.maybe_report
@@ -271,6 +273,7 @@ def _publisher(
     keys: int,
     load_seconds: float,
     watcher: ConnectionWatcher,
+    direct: str | None = None,
 ) -> metrics.WorkerMetrics | None:
     """This worker's metrics when the host publishes them (ROKV_METRICS set,
     so rokv-pool set PROMETHEUS_MULTIPROC_DIR); None otherwise, or when they
@@ -288,6 +291,7 @@ def _publisher(
             keys=keys,
             load_seconds=load_seconds,
             brokers_connected=lambda: sum(link.up for link in watcher.links()),
+            direct=direct,
         )
     except ImportError as exc:
         log.error("metrics are off: %s (it comes with the server extra: pip install 'rokv[server]')", exc)
