@@ -49,6 +49,10 @@ class Directory:
         self.entries: dict[tuple[str, int, str], tuple[float, dict[str, Any]]] = {}
         self.reports = 0
         self.bad_reports = 0
+        #: Messages and body bytes the inlet took: the proxy counted them as
+        #: replies (2 frames each, with the routing id), which they are not.
+        self.inlet_messages = 0
+        self.inlet_bytes = 0
         self.queries = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -140,6 +144,8 @@ class Directory:
                 frames = inlet.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.inlet_messages += 1
+            self.inlet_bytes += sum(len(f) for f in frames)
             try:
                 if len(frames) != 1:
                     raise ValueError(f"a report of {len(frames)} frames")

@@ -17,7 +17,7 @@ import zmq
 
 from rokv import protocol as p
 from rokv.broker.directory import INLET_ENDPOINT, Directory
-from rokv.directory import directory_endpoint
+from rokv.directory import DIRECTORY_ROUTE, directory_endpoint
 from rokv.endpoints import endpoint_argument
 from rokv.exitcodes import Exit, epilog
 from rokv.security import KeyFileError, load_secret
@@ -312,10 +312,20 @@ class Broker:
             up=self.running() and not self.failure,
             workers=links.get(WORKERS_DOMAIN, 0),
             clients=links.get(CLIENTS_DOMAIN, 0),
-            messages=self.forwarded.messages,
-            volume=self.forwarded.volume,
+            messages=self._lookups(self.forwarded.messages, 2, 0),
+            volume=self._lookups(self.forwarded.volume, len(DIRECTORY_ROUTE), 1),
             restarts=self.spurious_wakeups,
         )
+
+    def _lookups(self, forwarded: tuple[int, int], per_report: int, with_bodies: int) -> tuple[int, int]:
+        """``forwarded`` (requests, replies) without the workers' reports to
+        the directory, which the proxy forwards like replies: ``per_report``
+        frames or bytes each, plus their bodies' bytes when ``with_bodies``.
+        (Read from two threads: the publication keeps totals from going down.)"""
+        if self.directory is None:
+            return forwarded
+        reports = self.directory.inlet_messages * per_report + self.directory.inlet_bytes * with_bodies
+        return forwarded[0], max(0, forwarded[1] - reports)
 
     def stop_proxy(self) -> bool:
         """Stop forwarding; False when the proxy would not stop (then nothing
