@@ -78,5 +78,7 @@ def test_brokers_stopped_workers_killed_and_a_newcomer_alone_lose_nothing(tmp_pa
     assert result["wrong"] == 0, result["errors"]
     assert result["lost"] == 0, result["errors"]
     assert result["lookups"] >= scaled(1) * 2000
-    newcomer_replies = [n for endpoint, n in result["direct_replies"].items() if endpoint in newcomer.log_path.read_text()]
+    newcomer_replies = [
+        n for endpoint, n in result["direct_replies"].items() if endpoint in newcomer.log_path.read_text()
+    ]
     assert newcomer_replies and sum(newcomer_replies) > 100, result["direct_replies"]
