@@ -221,7 +221,7 @@ class Client(ClientBase):
                 if pending:
                     workers.suspect(chosen)
                 else:
-                    workers.answered(chosen)
+                    workers.answered(chosen, len(bodies))
             else:
                 broker = self._send_to_one(brokers, pending, broker, deadline)
                 used.extend(sock for sock in brokers.socks if sock not in used)
