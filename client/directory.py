@@ -194,6 +194,6 @@ def decode_pool(reply: Mapping[str, Any]) -> list[dict[str, Any]]:
 def refresh_of(reply: Mapping[str, Any]) -> float:
     """How often the directory wants to be asked, within sane bounds."""
     value = reply.get(F_REFRESH)
-    if type(value) in (int, float) and math.isfinite(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return min(max(float(value), 0.1), 10.0)
     return REFRESH_SECONDS

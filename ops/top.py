@@ -165,8 +165,8 @@ def render(shown: dict[str, Any], interval: float) -> list[str]:
             lines.append(_row(f"  {w['name'][: 16 - len(mark)]}{mark}", w, w["keys"], _short(w["dataset"], 13)))
             if w.get("direct"):
                 share = w.get("direct_share")
-                shown = "" if share is None else f"  {share * 100:.0f}% of requests direct"
-                lines.append(f"    direct {w['direct']}{shown}"[:WIDTH])
+                direct_share = "" if share is None else f"  {share * 100:.0f}% of requests direct"
+                lines.append(f"    direct {w['direct']}{direct_share}"[:WIDTH])
         for b in host["brokers"]:
             state = {True: "up", False: "DOWN", None: "?"}[b["up"]]
             lines.append(
