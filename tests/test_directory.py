@@ -21,7 +21,9 @@ from support.procs import Stack, free_port, scaled, start_broker, wait_for
 def pool(tmp_path: Path) -> Iterator[Stack]:
     s = Stack(tmp_path, direct=True)
     try:
-        yield s.wait_ready()
+        s.wait_ready()
+        wait_for(lambda: len(the_map(s)) == 2, 5, "both workers in the map")
+        yield s
     finally:
         s.stop()
 

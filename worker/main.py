@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     tick = reporter.maybe_report
     if published is not None:
         tick = _both(published.maybe_publish, reporter.maybe_report)
+    reporter.maybe_report()  # at once: clients may look this worker up before its first tick
     try:
         serve(socks, handler, stop, tick=tick, compiled=compiled, direct=direct.sock if direct else None)
     finally:
