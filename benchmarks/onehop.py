@@ -41,7 +41,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from rokv.bench import Config, Tally, load_expected, run_bench, summary  # noqa: E402 - after sys.path is set
+from rokv.bench import run_bench  # noqa: E402 - after sys.path is set
+from rokv.loadgen import Config, Tally, load_expected, summary  # noqa: E402 - after sys.path is set
 
 from benchmarks import httpbench, redisbench  # noqa: E402 - after sys.path is set
 from benchmarks.ceiling import run_forked  # noqa: E402 - after sys.path is set

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from rokv.dataset import DatasetError, load_dataset
 from rokv.worker.build import build
-from rokv.worker.dataset import DatasetError, load_dataset
 from rokv.worker.reader import open_store
 
 from support.procs import REPO, child_env, scaled, wait_for

@@ -2,7 +2,7 @@
 ``rokv inspect`` and ``rokv verify`` commands.
 
 A ``.jsonl`` source is streamed: each record is checked by the loader's own
-code (:func:`worker.dataset.iter_jsonl_pairs`, same rules, same messages) and
+code (:func:`rokv.dataset.iter_jsonl_pairs`, same rules, same messages) and
 packed into flat buffers (16 bytes of key, the value's UTF-8 bytes in an
 unlinked temporary file, its size in an array), so memory holds no Python
 object per pair: 24 bytes a key plus the sort's arrays. The
@@ -23,8 +23,8 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING
 
+from rokv.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
 from rokv.exitcodes import Exit, epilog
-from rokv.worker.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
 from rokv.worker.layout import DIGEST_ALGORITHM, SEPARATOR, SUFFIX, Header, StoreError, read_header
 from rokv.worker.reader import verify_store
 from rokv.worker.writer import write_store

@@ -16,13 +16,13 @@ import zmq
 
 from rokv import directory
 from rokv import protocol as p
+from rokv.dataset import DatasetError
 from rokv.endpoints import check_endpoints
 from rokv.exitcodes import Exit, epilog
 from rokv.security import CurvePeer, KeyFileError
 from rokv.server import metrics
 from rokv.server.monitor import ConnectionWatcher
 from rokv.worker import native, refusal
-from rokv.worker.dataset import DatasetError
 from rokv.worker.direct import DirectEndpoint, Reporter
 from rokv.worker.handler import Handler
 from rokv.worker.load import open_dataset
