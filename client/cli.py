@@ -19,9 +19,9 @@ import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
-from rokv.core import resolve_endpoint
+from rokv.core import first_invalid, resolve_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints, endpoints_argument
-from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
+from rokv.errors import DamagedValue, InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
 from rokv.exitcodes import Exit, epilog, overview
 from rokv.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 
@@ -100,6 +100,11 @@ def cmd_get_many(args: argparse.Namespace) -> int:
         keys, lines = read_keys(sys.stdin.buffer)
     with connect(args) as client:
         try:
+            # Every key checked here first: an invalid one is named at once,
+            # even when the service is down.
+            invalid = first_invalid(keys)
+            if invalid is not None:
+                raise invalid
             values = client.get_many(keys)
         except InvalidKey as exc:
             # keys[N] counts keys, not lines: say the line of standard input.
@@ -252,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceUnavailable as exc:
         _err(str(exc))
         return Exit.UNAVAILABLE
+    except DamagedValue as exc:  # not a refusal: the server could not answer it
+        _err(str(exc))
+        return Exit.REFUSED
     except ProtocolError as exc:
         _err(f"request refused: {exc}")
         return Exit.REFUSED
