@@ -74,6 +74,9 @@ COPY docker/rokv-container /usr/local/bin/rokv-container
 COPY docker/healthcheck.py /app/healthcheck.py
 # ROKV_ROLE: all (broker, workers and, with ROKV_HTTP, the gateway, under
 # supervisor), broker, worker (ROKV_WORKERS of them under supervisor) or http.
+# With ROKV_ROLE=all the workers also serve direct endpoints on loopback
+# (ROKV_DIRECT_BIND defaults to tcp://127.0.0.1:*), for clients in the
+# container such as the gateway with ROKV_DIRECT=1.
 # Inside a container, 0.0.0.0 is the container's own interfaces: nothing is
 # reachable from outside unless published (-p) or on a shared network.
 ENV PATH=/opt/rokv/bin:$PATH \

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 import zmq
 
 from rokv import protocol as p
-from rokv.broker.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
+from rokv.broker.directory import INLET_ENDPOINT, Directory
+from rokv.directory import DIRECTORY_ROUTE, directory_endpoint
 from rokv.endpoints import endpoint_argument
 from rokv.exitcodes import Exit, epilog
 from rokv.security import KeyFileError, load_secret
 from rokv.server import metrics
+from rokv.server.auth import CLIENTS_DOMAIN, WORKERS_DOMAIN, GateKeeper
 from rokv.server.monitor import ConnectionWatcher
 
 if TYPE_CHECKING:
@@ -76,6 +78,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "ROKV_BROKER_BACKEND names the one this broker binds",
     )
     parser.add_argument(
+        "--directory",
+        default=os.environ.get("ROKV_DIRECTORY") or None,
+        type=endpoint_argument(),
+        help="endpoint where clients ask for the pool's map, to reach workers directly (env ROKV_DIRECTORY; "
+        "default: the frontend's port + 2, e.g. tcp://127.0.0.1:5557, served when that port is free)",
+    )
+    parser.add_argument(
         "--io-threads",
         type=int,
         default=_int_env("ROKV_IO_THREADS", 1),
@@ -105,6 +114,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --curve-secret: folder of the public .key files of workers allowed to serve (env ROKV_WORKER_KEYS)",
     )
     args = parser.parse_args(argv)
+    args.directory_given = args.directory is not None
+    if args.directory is None:
+        args.directory = directory_endpoint(args.frontend)
     if args.backend is None:
         parser.error(
             f"ROKV_BACKEND={os.environ.get('ROKV_BACKEND')!r} lists several brokers (for the workers): "
@@ -169,6 +181,7 @@ class Broker:
         self.proxy_control = self.ctx.socket(zmq.PAIR)
         self.frontend: zmq.Socket | None = None
         self.backend: zmq.Socket | None = None
+        self.directory: Directory | None = None
         for sock in (self.control, self.proxy_control):
             sock.linger = 0
         try:
@@ -177,6 +190,7 @@ class Broker:
                 self.auth = GateKeeper(self.ctx, {CLIENTS_DOMAIN: args.client_keys, WORKERS_DOMAIN: args.worker_keys})
                 self.auth.start()
                 self.auth.load()
+            self.directory = self._open_directory()
             self.frontend = self._open(CLIENTS_DOMAIN)
             self.backend = self._open(WORKERS_DOMAIN)
             self.control.bind(CONTROL_ENDPOINT)
@@ -187,6 +201,25 @@ class Broker:
         except SystemExit:
             self.close()
             raise
+
+    def _open_directory(self) -> Directory | None:
+        """The pool's directory on ``--directory``, or None: none could be
+        derived, or the derived default is taken (logged; clients then stay
+        on the brokered path). A given endpoint that cannot be bound is fatal."""
+        endpoint = self.args.directory
+        if endpoint is None:
+            log.warning("no directory endpoint derives from %s: give --directory to serve one", self.args.frontend)
+            return None
+        curve = None
+        if self.auth is not None:
+            curve = {"public": self._public, "secret": self._secret, "domain": CLIENTS_DOMAIN}
+        try:
+            return Directory(self.ctx, endpoint, curve)
+        except zmq.ZMQError as exc:
+            if self.args.directory_given:
+                raise SystemExit(f"rokv-broker: cannot bind directory {endpoint!r}: {exc}") from None
+            log.warning("no directory: cannot bind %s (%s); give --directory to choose another endpoint", endpoint, exc)
+            return None
 
     def _open(self, side: str, patience: float = 0.0) -> zmq.Socket:
         """A new, bound socket for ``side`` (clients: the ROUTER frontend;
@@ -212,6 +245,11 @@ class Broker:
         self.watcher.watch(sock, f"{side} side {endpoint}", server=True)
         try:
             _bind(sock, endpoint, "frontend" if clients else "backend", patience)
+            if clients and self.directory is not None:
+                # Workers' reports reach the directory through the proxy,
+                # addressed to its routing id on this socket.
+                _bind(sock, INLET_ENDPOINT, "directory inlet", max(patience, 1.0))
+                self.directory.attach()
         except SystemExit:
             ConnectionWatcher.unwatch(sock)
             sock.close(linger=0)
@@ -219,7 +257,10 @@ class Broker:
         return sock
 
     def start(self) -> None:
-        """Start forwarding in a new proxy thread."""
+        """Start forwarding in a new proxy thread (and the directory's thread,
+        the first time)."""
+        if self.directory is not None and self.proxy_runs == 0 and self._thread is None:
+            self.directory.start()
         self._thread = threading.Thread(target=self._forward, name="rokv-proxy", daemon=True)
         self._thread.start()
 
@@ -271,10 +312,20 @@ class Broker:
             up=self.running() and not self.failure,
             workers=links.get(WORKERS_DOMAIN, 0),
             clients=links.get(CLIENTS_DOMAIN, 0),
-            messages=self.forwarded.messages,
-            volume=self.forwarded.volume,
+            messages=self._lookups(self.forwarded.messages, 2, 0),
+            volume=self._lookups(self.forwarded.volume, len(DIRECTORY_ROUTE), 1),
             restarts=self.spurious_wakeups,
         )
+
+    def _lookups(self, forwarded: tuple[int, int], per_report: int, with_bodies: int) -> tuple[int, int]:
+        """``forwarded`` (requests, replies) without the workers' reports to
+        the directory, which the proxy forwards like replies: ``per_report``
+        frames or bytes each, plus their bodies' bytes when ``with_bodies``.
+        (Read from two threads: the publication keeps totals from going down.)"""
+        if self.directory is None:
+            return forwarded
+        reports = self.directory.inlet_messages * per_report + self.directory.inlet_bytes * with_bodies
+        return forwarded[0], max(0, forwarded[1] - reports)
 
     def stop_proxy(self) -> bool:
         """Stop forwarding; False when the proxy would not stop (then nothing
@@ -326,6 +377,8 @@ class Broker:
         self.start()
 
     def close(self) -> None:
+        if self.directory is not None:
+            self.directory.stop()
         if self.auth is not None:
             self.auth.stop()
         for sock in (self.frontend, self.backend, self.control, self.proxy_control):
@@ -403,9 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     broker = Broker(args)
     broker.start()
     log.info(
-        "forwarding %s (clients) <-> %s (workers); io_threads=%d max_message_size=%d curve=%s",
+        "forwarding %s (clients) <-> %s (workers); directory %s; io_threads=%d max_message_size=%d curve=%s",
         args.frontend,
         args.backend,
+        args.directory if broker.directory is not None else "off",
         args.io_threads,
         args.max_message_size,
         "on" if broker.auth else "off",

@@ -33,6 +33,7 @@ from rokv.errors import ProtocolError, RokvError
 from rokv.keys import match_canonical
 from rokv.replies import partial_values, value_from_reply, worker_from_reply
 from rokv.security import CurvePeer
+from rokv.workerset import Link, Workers
 
 __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
 
@@ -112,7 +113,8 @@ def _fail(waiter: _Waiter, exc: BaseException) -> None:
 
 class _Burst:
     """Tries sent together: their ids and bodies, their try number, when they
-    time out, and the broker that took them (None while none could)."""
+    time out, and the route that took them: a broker's index, a worker's
+    :class:`~rokv.workerset.Link` (direct), or None while none could."""
 
     __slots__ = ("deadline", "ids", "bodies", "attempt", "broker")
 
@@ -121,7 +123,7 @@ class _Burst:
         self.ids = ids
         self.bodies = bodies
         self.attempt = attempt
-        self.broker: int | None = None
+        self.broker: int | Link | None = None
 
 
 class AsyncClient(ClientBase):
@@ -165,13 +167,21 @@ class AsyncClient(ClientBase):
         max_delay: float = DEFAULT_MAX_DELAY,
         context: zmq.Context | None = None,
         curve: CurvePeer | None = None,
+        direct: bool = False,
     ) -> None:
         if not (type(max_batch) is int and 1 <= max_batch <= p.MAX_MGET_KEYS):
             raise ValueError(f"max_batch must be an integer from 1 to {p.MAX_MGET_KEYS}, not {max_batch!r}")
         if not (isinstance(max_delay, (int, float)) and 0 <= max_delay <= 1):
             raise ValueError(f"max_delay must be from 0 to 1 second, not {max_delay!r}")
         super().__init__(
-            endpoint, timeout=timeout, retries=retries, retry=retry, batch_size=batch_size, context=context, curve=curve
+            endpoint,
+            timeout=timeout,
+            retries=retries,
+            retry=retry,
+            batch_size=batch_size,
+            context=context,
+            curve=curve,
+            direct=direct,
         )
         self.coalesce = bool(coalesce)
         self.max_batch = max_batch
@@ -191,7 +201,7 @@ class AsyncClient(ClientBase):
         # of the try before).
         self._out_ids: list[int] = []
         self._out_bodies: list[bytes] = []
-        self._out_resends: list[tuple[int, bytes, int, int | None]] = []
+        self._out_resends: list[tuple[int, bytes, int, int | Link | None]] = []
         # One FIFO of bursts per try number, one entry per burst sent, not per
         # request: every try of the same number waits equally long, so each
         # FIFO is in deadline order and one timer at the earliest head serves
@@ -210,6 +220,9 @@ class AsyncClient(ClientBase):
         self._batch_canonicals: list[str] = []
         self._batch_futures: list[asyncio.Future] = []
         self._flush_handle: asyncio.Handle | None = None
+        # Direct: the worker sockets watched so far, and the map's refresh timer.
+        self._watched: set[zmq.Socket] = set()
+        self._refresh_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ public API
 
@@ -329,7 +342,45 @@ class AsyncClient(ClientBase):
         self._loop = loop
         for sock in brokers.socks:
             loop.add_reader(sock.fileno(), self._drain)
+        workers = self._workers
+        if workers is not None:
+            workers.before_close = self._unwatch
+            for sock in workers.directories:
+                loop.add_reader(sock.fileno(), self._take_map)
+            self._refresh()
         return loop
+
+    # ------------------------------------------------------------ direct
+
+    def _refresh(self) -> None:
+        """Ask the directories for the map, now and every refresh period."""
+        workers = self._workers
+        if workers is None or self._loop is None:
+            return
+        workers.ask()
+        self._refresh_handle = self._loop.call_later(workers.refresh, self._refresh)
+        self._take_map()  # a send may consume the edge of ZMQ_FD
+
+    def _take_map(self) -> None:
+        """Read the directories' answers; watch the workers that are new."""
+        workers = self._workers
+        if workers is None or self._loop is None:
+            return
+        workers.take()
+        for link in workers.links:
+            if link.sock not in self._watched:
+                self._watched.add(link.sock)
+                # Thousands in flight, as on the brokers' sockets.
+                link.sock.sndhwm = 0
+                link.sock.rcvhwm = 0
+                self._loop.add_reader(link.sock.fileno(), self._drain)
+
+    def _unwatch(self, sock: zmq.Socket) -> None:
+        """Stop watching a worker's socket about to be closed."""
+        if sock in self._watched:
+            self._watched.discard(sock)
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
 
     async def _call(self, loop: asyncio.AbstractEventLoop, rid: int, body: bytes) -> dict[str, Any]:
         future = loop.create_future()
@@ -395,14 +446,14 @@ class AsyncClient(ClientBase):
                 self._transmit(brokers, _Burst(0.0, ids, bodies, 0), None)
         if self._out_resends:
             resends, self._out_resends = self._out_resends, []
-            for attempt, before in sorted({(a, b) for _, _, a, b in resends}, key=lambda ab: (ab[0], ab[1] or -1)):
+            for attempt, before in sorted({(a, b) for _, _, a, b in resends}, key=lambda ab: (ab[0], repr(ab[1]))):
                 chosen = [(rid, body) for rid, body, a, b in resends if a == attempt and b == before]
                 self._transmit(
                     brokers, _Burst(0.0, [rid for rid, _ in chosen], [body for _, body in chosen], attempt), before
                 )
         self._drain()
 
-    def _transmit(self, brokers: Brokers, burst: _Burst, before: int | None) -> None:
+    def _transmit(self, brokers: Brokers, burst: _Burst, before: int | Link | None) -> None:
         """Send ``burst`` through one broker (the next in turn, and not
         ``before``, the broker of these requests' last try, when another is
         up) and start its clock."""
@@ -410,7 +461,7 @@ class AsyncClient(ClientBase):
         self._deadlines[burst.attempt].append(burst)
         if self._timer is None or burst.deadline < self._timer_at:
             self._arm(burst.deadline)
-        if not self._offer(brokers, burst, brokers.order(before)):
+        if not self._offer(brokers, burst, before):
             # No broker has a connection yet (a new client) or any more: offer
             # it again shortly, within its try; its clock runs meanwhile.
             self._unsent.append(burst)
@@ -418,13 +469,25 @@ class AsyncClient(ClientBase):
                 assert self._loop is not None
                 self._unsent_handle = self._loop.call_later(_UNSENT_RETRY_SECONDS, self._offer_unsent)
 
-    @staticmethod
-    def _offer(brokers: Brokers, burst: _Burst, order: list[int]) -> bool:
-        """Send ``burst`` through the first broker of ``order`` that takes it;
-        False when none does. With one broker, libzmq queues what it cannot
-        send yet, as it always did."""
+    def _offer(self, brokers: Brokers, burst: _Burst, before: int | Link | None = None) -> bool:
+        """Send ``burst`` to the first worker that takes it (direct), else
+        through the first broker that does, not ``before`` (the route of the
+        last try) when another is up; False when none does. With one broker,
+        libzmq queues what it cannot send yet, as it always did."""
         bodies = burst.bodies
-        for index in order:
+        workers = self._workers
+        if workers is not None:
+            for link in workers.order(before if isinstance(before, Link) else None):
+                send = link.sock.send
+                try:
+                    for body in bodies:
+                        send(body, _NOBLOCK)
+                except zmq.Again:
+                    workers.down(link)  # no live connection: what went out is answered like any try
+                    continue
+                burst.broker = link
+                return True
+        for index in brokers.order(before if isinstance(before, int) else None):
             send = brokers.socks[index].send
             try:
                 for body in bodies:
@@ -450,7 +513,7 @@ class AsyncClient(ClientBase):
                 continue  # its try is over: _expire resends or fails it
             if not any(rid in self._pending for rid in burst.ids):
                 continue
-            if not self._offer(brokers, burst, brokers.order()):
+            if not self._offer(brokers, burst):
                 self._unsent.append(burst)
         if self._unsent:
             assert self._loop is not None
@@ -490,8 +553,36 @@ class AsyncClient(ClientBase):
                     waiter.set_result(got[1])
             if taken:
                 brokers.answered(index, taken)
+        if self._workers is not None:
+            self._drain_workers(self._workers)
         if self._out_ids and not self._pump_scheduled and len(pending) - len(self._out_ids) < _MAX_IN_FLIGHT:
             self._schedule_pump()  # replies made room for requests held back
+
+    def _drain_workers(self, workers: Workers) -> None:
+        """:meth:`_drain` of the workers' sockets (direct)."""
+        pending = self._pending
+        reply_of = core.reply_of
+        for link in workers.links:
+            recv = link.sock.recv
+            taken = 0
+            while True:
+                try:
+                    body = recv(_NOBLOCK)
+                except zmq.Again:
+                    break
+                taken += 1
+                got = reply_of(body)
+                if got is None:
+                    continue
+                waiter = pending.pop(got[0], None)
+                if waiter is None:
+                    continue
+                if isinstance(waiter, _Coalesced):
+                    waiter.deliver(got[1])
+                elif not waiter.done():
+                    waiter.set_result(got[1])
+            if taken:
+                workers.answered(link, taken)
 
     def _arm(self, when: float) -> None:
         assert self._loop is not None
@@ -528,7 +619,10 @@ class AsyncClient(ClientBase):
                         del pending[rid]
                         _fail(waiter, self._unavailable())
                 if unanswered and brokers is not None and burst.broker is not None:
-                    brokers.suspect(burst.broker)
+                    if isinstance(burst.broker, Link):
+                        Workers.suspect(burst.broker)
+                    else:
+                        brokers.suspect(burst.broker)
                 if unanswered:
                     self._silence()
         if brokers is None:
@@ -543,16 +637,24 @@ class AsyncClient(ClientBase):
         brokers = self._brokers
         if brokers is None:
             return
+        workers = self._workers
         if self._loop is not None and not self._loop.is_closed():
             for sock in brokers.socks:
                 self._loop.remove_reader(sock.fileno())
-        for handle in (self._timer, self._flush_handle, self._unsent_handle):
+            if workers is not None:
+                for sock in [*workers.directories, *self._watched]:
+                    self._loop.remove_reader(sock.fileno())
+        self._watched.clear()
+        for handle in (self._timer, self._flush_handle, self._unsent_handle, self._refresh_handle):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._flush_handle = self._unsent_handle = None
+        self._timer = self._flush_handle = self._unsent_handle = self._refresh_handle = None
         self._brokers = None
         self._close_probe()
         brokers.close()
+        if workers is not None:
+            self._workers = None
+            workers.close()
         closed = RokvError("this AsyncClient is closed")
         waiting: list[_Waiter] = list(self._pending.values())
         if self._batch_futures:

@@ -15,6 +15,7 @@ from rokv.brokerset import Brokers
 from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy
 from rokv.errors import RokvError, ServiceUnavailable
 from rokv.security import CurvePeer, HandshakeProbe
+from rokv.workerset import Workers
 
 
 class ClientBase:
@@ -39,6 +40,14 @@ class ClientBase:
             require them; default from ``$ROKV_CLIENT_SECRET`` and
             ``$ROKV_BROKER_KEY``, else none. A key the broker does not allow
             gets no connection: calls raise ``ServiceUnavailable``.
+        direct: send requests straight to the workers, one hop instead of
+            two: the client asks the brokers' directories for the pool's map
+            (again every second), connects to every worker listed (those
+            started with ``--direct-bind``) and spreads calls over them. A try
+            that goes unanswered is retried at another worker, or through a
+            broker; with no worker reachable, calls go through the brokers,
+            and with every broker down they go on with the last map. Replies,
+            errors and retries are those of the brokered path (the default).
 
     Raises:
         ValueError: a setting is out of range, an endpoint is malformed, or a
@@ -62,6 +71,7 @@ class ClientBase:
         batch_size: int = DEFAULT_BATCH_SIZE,
         context: zmq.Context | None = None,
         curve: CurvePeer | None = None,
+        direct: bool = False,
     ) -> None:
         self.retry = core.make_policy(retry, timeout, retries)
         self.batch_size = core.check_batch_size(batch_size)
@@ -77,6 +87,15 @@ class ClientBase:
         # try goes unanswered (see _silence), and until when it is recent.
         self._probe: HandshakeProbe | None = None
         self._probe_until = 0.0
+        #: The workers, for a direct client (``direct=True``); None otherwise.
+        self._workers: Workers | None = None
+        self.direct = bool(direct)
+        if self.direct:
+            try:
+                self._workers = Workers(self._context, self.endpoints, resolved)
+            except BaseException:
+                self._brokers.close()
+                raise
 
     @property
     def timeout(self) -> float:

@@ -78,7 +78,7 @@ def _child(
     t0 = time.perf_counter()
     run = Runner(cfg, probes, t0 + cfg.duration, quota=quota, progress=progress, index=index)
     if cfg.client == "sync":
-        with Client(cfg.endpoint, timeout=cfg.timeout, retries=cfg.retries) as client:
+        with Client(cfg.endpoint, timeout=cfg.timeout, retries=cfg.retries, direct=cfg.direct) as client:
             run_sync(run, client)
     else:
         asyncio.run(_run_async(run))
@@ -314,6 +314,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         retries=args.retries,
         seed=args.seed,
+        direct=args.direct,
     )
     try:
         tally = run_bench(cfg, live=not args.json and sys.stderr.isatty())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import BinaryIO
@@ -63,7 +64,7 @@ def connect(args: argparse.Namespace) -> Client:
     try:
         # $ROKV_ENDPOINT too must name another process (the option is checked by argparse).
         endpoint = check_endpoints(resolve_endpoint(args.endpoint), transports=PROCESS_TRANSPORTS)
-        return Client(endpoint, timeout=args.timeout, retries=args.retries)
+        return Client(endpoint, timeout=args.timeout, retries=args.retries, direct=args.direct)
     except ValueError as exc:
         _err(f"error: {exc}")
         raise SystemExit(Exit.USAGE) from None
@@ -150,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--retries", type=int, default=None, help=f"extra tries after a timeout (default {DEFAULT_RETRIES})"
+    )
+    common.add_argument(
+        "--direct",
+        action="store_true",
+        default=os.environ.get("ROKV_DIRECT") == "1",
+        help="send requests straight to the workers that serve a direct endpoint, found in the brokers' "
+        "directory; through the brokers when none is reachable (env ROKV_DIRECT=1; default: through the brokers)",
     )
     parser = argparse.ArgumentParser(
         prog="rokv",

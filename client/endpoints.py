@@ -23,12 +23,13 @@ PROCESS_TRANSPORTS = ("tcp", "ipc")
 _FORMS = {"tcp": "tcp://HOST:PORT", "ipc": "ipc://PATH", "inproc": "inproc://NAME"}
 
 
-def check_endpoint(endpoint: str, *, transports: tuple[str, ...] = CLIENT_TRANSPORTS) -> str:
+def check_endpoint(endpoint: str, *, transports: tuple[str, ...] = CLIENT_TRANSPORTS, any_port: bool = False) -> str:
     """Return ``endpoint`` unchanged when it is one well-formed ZeroMQ endpoint.
 
     Accepted: ``tcp://HOST:PORT`` with PORT from 1 to 65535 and an IPv6 HOST
     in brackets (``tcp://[::1]:5555``); ``ipc://PATH``; ``inproc://NAME``; of
-    those, only the ``transports`` given.
+    those, only the ``transports`` given. ``any_port``: PORT may also be
+    ``*``, a free port picked at bind time (ZMQ_LAST_ENDPOINT tells which).
 
     Raises:
         ValueError: ``endpoint`` is not a string, has no or another transport,
@@ -45,26 +46,31 @@ def check_endpoint(endpoint: str, *, transports: tuple[str, ...] = CLIENT_TRANSP
     if not address:
         raise ValueError(f"endpoint {endpoint!r} has no address: expected {forms}")
     if transport == "tcp":
-        _check_tcp(endpoint, address)
+        _check_tcp(endpoint, address, any_port)
     return endpoint
 
 
-def _check_tcp(endpoint: str, address: str) -> None:
+def _check_tcp(endpoint: str, address: str, any_port: bool = False) -> None:
     # libzmq's "tcp://SOURCE;HOST:PORT" form: the destination is what matters.
+    destination = address.rpartition(";")[2]
+    if any_port and destination.endswith(":*"):
+        destination = destination[:-1] + "1"  # port * (a free one, picked at bind) checks like any port
     try:
-        split_host_port(address.rpartition(";")[2])
+        split_host_port(destination)
     except ValueError as exc:
         raise ValueError(f"endpoint {endpoint!r}: {exc}") from None
 
 
-def endpoint_argument(transports: tuple[str, ...] = PROCESS_TRANSPORTS) -> Callable[[str], str]:
+def endpoint_argument(
+    transports: tuple[str, ...] = PROCESS_TRANSPORTS, *, any_port: bool = False
+) -> Callable[[str], str]:
     """An argparse ``type=`` that checks one endpoint, so a bad one is a
     usage error with :func:`check_endpoint`'s message (argparse shows only
     the messages of ``ArgumentTypeError``)."""
 
     def endpoint(text: str) -> str:
         try:
-            return check_endpoint(text, transports=transports)
+            return check_endpoint(text, transports=transports, any_port=any_port)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

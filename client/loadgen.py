@@ -78,6 +78,8 @@ class Config:
     timeout: float | None = None  # None: the clients' default retry policy
     retries: int | None = None
     seed: int = 1
+    #: Straight to the workers (Client(direct=True)).
+    direct: bool = False
 
 
 @dataclass
@@ -348,7 +350,12 @@ class Runner:
 
 def async_options(cfg: Config) -> dict[str, Any]:
     """The :class:`rokv.AsyncClient` keywords ``cfg`` asks for."""
-    options: dict[str, Any] = {"timeout": cfg.timeout, "retries": cfg.retries, "coalesce": cfg.coalesce}
+    options: dict[str, Any] = {
+        "timeout": cfg.timeout,
+        "retries": cfg.retries,
+        "coalesce": cfg.coalesce,
+        "direct": cfg.direct,
+    }
     if cfg.max_batch is not None:
         options["max_batch"] = cfg.max_batch
     if cfg.max_delay is not None:

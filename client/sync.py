@@ -31,6 +31,7 @@ from rokv.core import (
 from rokv.keys import match_canonical
 from rokv.replies import value_from_reply, worker_from_reply
 from rokv.security import CurvePeer
+from rokv.workerset import Link
 
 __all__ = [
     "Client",
@@ -67,9 +68,17 @@ class Client(ClientBase):
         batch_size: int = DEFAULT_BATCH_SIZE,
         context: zmq.Context | None = None,
         curve: CurvePeer | None = None,
+        direct: bool = False,
     ) -> None:
         super().__init__(
-            endpoint, timeout=timeout, retries=retries, retry=retry, batch_size=batch_size, context=context, curve=curve
+            endpoint,
+            timeout=timeout,
+            retries=retries,
+            retry=retry,
+            batch_size=batch_size,
+            context=context,
+            curve=curve,
+            direct=direct,
         )
         self._lock = threading.Lock()
         self._rcvtimeo = -1
@@ -136,6 +145,9 @@ class Client(ClientBase):
                 self._close_probe()
                 self._brokers.close()
                 self._brokers = None
+            if self._workers is not None:
+                self._workers.close()
+                self._workers = None
 
     def __enter__(self) -> Client:
         return self
@@ -145,7 +157,8 @@ class Client(ClientBase):
 
     def __repr__(self) -> str:
         state = "closed" if self._brokers is None else "open"
-        return f"<rokv.Client {self.endpoint} timeout={self.timeout} retries={self.retries} {state}>"
+        direct = " direct" if self.direct else ""
+        return f"<rokv.Client {self.endpoint}{direct} timeout={self.timeout} retries={self.retries} {state}>"
 
     # ------------------------------------------------------------ transport
 
@@ -158,13 +171,117 @@ class Client(ClientBase):
         with self._lock:
             brokers = self._usable("Client")
             brokers.refresh()  # tcp+dns:// endpoints: what the resolver found since the last call
+            window = self._exchange_window if self._workers is None else self._exchange_direct
             if len(bodies) <= _MAX_IN_FLIGHT:
-                return self._exchange_window(brokers, bodies)
+                return window(brokers, bodies)
             replies: dict[int, dict[str, Any]] = {}
             items = list(bodies.items())
             for start in range(0, len(items), _MAX_IN_FLIGHT):
-                replies.update(self._exchange_window(brokers, dict(items[start : start + _MAX_IN_FLIGHT])))
+                replies.update(window(brokers, dict(items[start : start + _MAX_IN_FLIGHT])))
             return replies
+
+    def _exchange_direct(self, brokers: Brokers, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
+        """:meth:`_exchange_window` straight to the workers (``direct=True``):
+        each try goes to the next worker that is not suspect, or through a
+        broker when none is left; a reply to any try answers (see
+        :mod:`rokv.workerset`)."""
+        workers = self._workers
+        assert workers is not None
+        now = time.monotonic()
+        if workers.awaiting:
+            workers.take(now)
+        if workers.due(now):
+            if workers.version == 0 and not workers.started:
+                workers.wait_first(self.retry.timeout)  # a new client: learn the map before the first call
+            else:
+                workers.ask(now)
+        replies: dict[int, dict[str, Any]] = {}
+        pending = dict(bodies)
+        used: list[zmq.Socket] = []
+        link: Link | None = None
+        broker: int | None = None
+        for attempt in range(self.retry.tries):
+            deadline = time.monotonic() + self.retry.try_timeout(attempt)
+            chosen: Link | None = None
+            for candidate in workers.order(link):
+                try:
+                    for body in pending.values():
+                        candidate.sock.send(body, _NOBLOCK)
+                except zmq.Again:
+                    workers.down(candidate)  # no live connection: whatever went out is answered like any try
+                    continue
+                chosen = candidate
+                break
+            if chosen is not None:
+                link = chosen
+                if chosen.sock not in used:
+                    used.append(chosen.sock)
+                if len(used) == 1:
+                    self._receive_link(chosen, pending, replies, deadline)
+                else:
+                    self._receive_socks(used, pending, replies, deadline)
+                if pending:
+                    workers.suspect(chosen)
+                else:
+                    workers.answered(chosen, len(bodies))
+            else:
+                broker = self._send_to_one(brokers, pending, broker, deadline)
+                used.extend(sock for sock in brokers.socks if sock not in used)
+                self._receive_socks(used, pending, replies, deadline)
+                if pending and broker is not None:
+                    brokers.suspect(broker)
+            if not pending:
+                return replies
+            self._silence()
+        raise self._unavailable()
+
+    @staticmethod
+    def _receive_link(
+        link: Link, pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
+    ) -> None:
+        """:meth:`_receive_one` on a worker's socket: a blocking receive with
+        a timeout, the option set only when the wait changes."""
+        sock = link.sock
+        while pending:
+            wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                return
+            if wait_ms != link.rcvtimeo:
+                sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+                link.rcvtimeo = wait_ms
+            try:
+                body = sock.recv()
+            except zmq.Again:
+                return
+            got = core.reply_of(body)
+            if got is not None and got[0] in pending:
+                del pending[got[0]]
+                replies[got[0]] = got[1]
+
+    @staticmethod
+    def _receive_socks(
+        socks: list[zmq.Socket], pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
+    ) -> None:
+        """Take replies from every socket in ``socks`` until none is pending
+        or ``deadline`` passes (a retry: a late reply to an earlier try
+        answers too)."""
+        poller = zmq.Poller()
+        for sock in socks:
+            poller.register(sock, zmq.POLLIN)
+        while pending:
+            wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                return
+            for sock, _ in poller.poll(wait_ms):
+                while True:
+                    try:
+                        body = sock.recv(_NOBLOCK)
+                    except zmq.Again:
+                        break
+                    got = core.reply_of(body)
+                    if got is not None and got[0] in pending:
+                        del pending[got[0]]
+                        replies[got[0]] = got[1]
 
     def _exchange_window(self, brokers: Brokers, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
         """:meth:`_exchange` for at most MAX_IN_FLIGHT requests."""

@@ -151,7 +151,11 @@ class Gateway:
                     log.error("rokv-http: cannot start: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
-                log.info("rokv-http: asking the pool at %s", self.settings.endpoint if self.settings else "?")
+                log.info(
+                    "rokv-http: asking the pool at %s%s",
+                    self.settings.endpoint if self.settings else "?",
+                    ", directly (ROKV_DIRECT=1)" if self.settings and self.settings.direct else "",
+                )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.close()
@@ -169,7 +173,7 @@ class Gateway:
             if self.settings is None:
                 self.settings = Settings.from_env()
             self._max_body = self.settings.max_body
-            self.client = AsyncClient(self.settings.endpoint)
+            self.client = AsyncClient(self.settings.endpoint, direct=self.settings.direct)
         return self.client
 
     async def close(self) -> None:

@@ -95,11 +95,14 @@ class Settings:
     endpoint: str
     max_body: int = DEFAULT_MAX_BODY
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    #: ROKV_DIRECT=1: ask the workers directly (rokv.AsyncClient(direct=True)).
+    direct: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read ``ROKV_HTTP``, ``ROKV_ENDPOINT`` (or ``ROKV_FRONTEND``) and
-        ``ROKV_HTTP_MAX_BODY``; unset ones take their defaults.
+        """Read ``ROKV_HTTP``, ``ROKV_ENDPOINT`` (or ``ROKV_FRONTEND``),
+        ``ROKV_HTTP_MAX_BODY`` and ``ROKV_DIRECT``; unset ones take their
+        defaults.
 
         Raises:
             SettingError: a variable holds an unusable value.
@@ -108,8 +111,12 @@ class Settings:
         http = env.get("ROKV_HTTP", "")
         bind = parse_bind(http) if http.strip() else Bind(DEFAULT_HOST, DEFAULT_PORT)
         max_body = env.get("ROKV_HTTP_MAX_BODY", "")
+        direct = env.get("ROKV_DIRECT", "").strip()
+        if direct not in ("", "0", "1"):
+            raise SettingError(f"ROKV_DIRECT={direct!r}: expected 1 (ask the workers directly) or 0")
         return cls(
             bind=bind,
             endpoint=endpoint_from_env(env),
             max_body=parse_size(max_body, "ROKV_HTTP_MAX_BODY") if max_body.strip() else DEFAULT_MAX_BODY,
+            direct=direct == "1",
         )

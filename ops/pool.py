@@ -74,6 +74,11 @@ class Settings:
     workers: int
     #: ROKV_METRICS: this host's scrape address (HOST:PORT), or None: off.
     metrics: str | None = None
+    #: What the workers get as ROKV_DIRECT_BIND when it is not set: a free
+    #: loopback port on a one-host pool (role all), where every client is
+    #: local; None elsewhere (workers of several hosts need an address clients
+    #: can reach: ROKV_DIRECT_BIND and ROKV_ADVERTISE).
+    direct_bind: str | None = None
 
     @property
     def broker(self) -> bool:
@@ -102,7 +107,7 @@ class Settings:
             return cls(role=role, workers=0, metrics=scrape)
         raw = env.get("ROKV_WORKERS", "").strip()
         if not raw:
-            return cls(role=role, workers=DEFAULT_WORKERS, metrics=scrape)
+            return cls(role=role, workers=DEFAULT_WORKERS, metrics=scrape, direct_bind=_direct_bind(role, env))
         try:
             workers = int(raw)
         except ValueError:
@@ -112,7 +117,18 @@ class Settings:
             ) from None
         if workers < 1:
             raise SettingError(f"ROKV_WORKERS={raw!r}: a pool needs at least 1 worker")
-        return cls(role=role, workers=workers, metrics=scrape)
+        return cls(role=role, workers=workers, metrics=scrape, direct_bind=_direct_bind(role, env))
+
+
+#: The workers' direct endpoint on a one-host pool: loopback, any free port.
+ONE_HOST_DIRECT_BIND = "tcp://127.0.0.1:*"
+
+
+def _direct_bind(role: str, env: dict[str, str] | os._Environ[str]) -> str | None:
+    """The ROKV_DIRECT_BIND default the workers get (see Settings.direct_bind)."""
+    if role != DEFAULT_ROLE or "ROKV_DIRECT_BIND" in env:
+        return None  # set (an empty value turns it off), or not one host
+    return ONE_HOST_DIRECT_BIND
 
 
 def http_from_env(env: dict[str, str] | os._Environ[str]) -> str | None:
@@ -174,9 +190,17 @@ def render(settings: Settings, here: Path, http: str | None = None) -> str:
             f"[program:broker]\ncommand=rokv-broker\npriority=10\n{common}stdout_logfile={here}/run/broker.log\n"
         )
     if settings.workers:
+        worker_common = common
+        if settings.direct_bind:
+            # One environment= line per section: the metrics folder's, if any, extended.
+            line = f'ROKV_DIRECT_BIND="{settings.direct_bind}"'
+            if "environment=" in common:
+                worker_common = common.replace("environment=", f"environment={line},", 1)
+            else:
+                worker_common = f"{common}environment={line}\n"
         sections.append(
             f"[program:worker]\ncommand=rokv-worker\nprocess_name=worker_%(process_num)02d\n"
-            f"numprocs={settings.workers}\npriority=20\n{common}"
+            f"numprocs={settings.workers}\npriority=20\n{worker_common}"
             f"stdout_logfile={here}/run/worker_%(process_num)02d.log\n"
         )
     if http:

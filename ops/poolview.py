@@ -45,6 +45,9 @@ class WorkerTotals:
     digest: str = ""
     path: str = ""
     dataset_keys: int | None = None
+    #: The direct endpoint it serves (empty: none), and requests by path.
+    direct: str = ""
+    paths: dict[str, float] = field(default_factory=dict)
 
     @property
     def dataset(self) -> str:
@@ -157,6 +160,11 @@ def parse(address: str, taken: float, text: str) -> HostScrape:
                 w = worker(labels["worker"])
                 w.digest, w.path = labels.get("digest", ""), labels.get("path", "")
                 live.add(w.name)
+            elif name == "rokv_worker_path_requests_total":
+                w = worker(labels["worker"])
+                w.paths[labels["path"]] = w.paths.get(labels["path"], 0.0) + value
+            elif name == "rokv_worker_direct_info":
+                worker(labels["worker"]).direct = labels.get("endpoint", "")
             elif name == "rokv_worker_dataset_keys":
                 worker(labels["worker"]).dataset_keys = int(value)
             elif name == "rokv_broker_up":
@@ -275,6 +283,8 @@ def view(before: list[HostScrape], now: list[HostScrape]) -> dict[str, Any]:
                     "keys": w.dataset_keys,
                     "dataset": w.dataset,
                     "flagged": odd,
+                    "direct": w.direct or None,
+                    "direct_share": _direct_share(w, o),
                     **_rates(Rates.between([(w, o)], seconds) if known and o is not None else None),
                 }
                 entry["workers"].append(row)
@@ -297,6 +307,14 @@ def view(before: list[HostScrape], now: list[HostScrape]) -> dict[str, Any]:
             ]
         hosts.append(entry)
     return {"majority_dataset": common, "workers": len(everyone), "hosts": hosts, "flagged": flagged}
+
+
+def _direct_share(new: WorkerTotals, old: WorkerTotals | None) -> float | None:
+    """The share of this worker's requests that came direct: since the last
+    reading, else since its start; None when it answered none."""
+    direct = _delta(new.paths.get("direct", 0.0), old.paths.get("direct") if old else None)
+    total = direct + _delta(new.paths.get("broker", 0.0), old.paths.get("broker") if old else None)
+    return direct / total if total else None
 
 
 def _rates(rates: Rates | None) -> dict[str, float | None]:

@@ -163,6 +163,10 @@ def render(shown: dict[str, Any], interval: float) -> list[str]:
         for w in host["workers"]:
             mark = " !" if w["flagged"] else ""
             lines.append(_row(f"  {w['name'][: 16 - len(mark)]}{mark}", w, w["keys"], _short(w["dataset"], 13)))
+            if w.get("direct"):
+                share = w.get("direct_share")
+                direct_share = "" if share is None else f"  {share * 100:.0f}% of requests direct"
+                lines.append(f"    direct {w['direct']}{direct_share}"[:WIDTH])
         for b in host["brokers"]:
             state = {True: "up", False: "DOWN", None: "?"}[b["up"]]
             lines.append(

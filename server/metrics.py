@@ -108,6 +108,7 @@ class WorkerMetrics:
         keys: int,
         load_seconds: float,
         brokers_connected: Callable[[], int],
+        direct: str | None = None,
     ) -> None:
         from prometheus_client import Histogram
 
@@ -144,6 +145,16 @@ class WorkerMetrics:
         self._sum_value: Any = self._histogram._sum
         if len(self._bucket_values) != len(BUCKETS) + 1:
             raise RuntimeError("prometheus_client's Histogram changed: cannot publish rokv's bucket counts")
+        by_path = _counter(
+            "rokv_worker_path_requests_total",
+            "Requests by the path they came by: through a broker, or straight to the worker's direct endpoint",
+            ("worker", "path"),
+        )
+        self._paths = {path: by_path.labels(name, path) for path in ("broker", "direct")}
+        if direct:
+            _gauge(
+                "rokv_worker_direct_info", "The direct endpoint clients are told to dial", ("worker", "endpoint")
+            ).labels(name, direct).set(1)
         self._heartbeat = _gauge(
             "rokv_worker_heartbeat_timestamp_seconds",
             "When the worker's serving loop last published (Unix time); old when the loop is stuck",
@@ -182,6 +193,10 @@ class WorkerMetrics:
         for child, new, old in zip(self._keys, now.keys, last.keys):
             if new != old:
                 child.inc(new - old)
+        for path, new in now.paths.items():
+            old = last.paths[path]
+            if new != old:
+                self._paths[path].inc(new - old)
         if now.seconds != last.seconds:
             for value, new, old in zip(self._bucket_values, now.buckets, last.buckets):
                 if new != old:

@@ -66,13 +66,17 @@ class RequestStats:
     thread sees a consistent state.
     """
 
-    __slots__ = ("requests", "mget_keys", "buckets", "seconds")
+    __slots__ = ("requests", "mget_keys", "buckets", "seconds", "direct")
 
     def __init__(self) -> None:
         self.requests = [0] * (len(OPS) * len(OUTCOMES))
         self.mget_keys = [0] * len(KEY_OUTCOMES)
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.seconds = 0.0
+        #: Requests that came in on the worker's direct endpoint (clients
+        #: straight to the worker); every other request came through a
+        #: broker. Counted by the serving loop per burst, not per request.
+        self.direct = 0
 
     def observe(self, seconds: float, _bisect=bisect_left, _bounds=BUCKETS) -> None:
         """Count one request's handling time (``le`` semantics: a time equal
@@ -87,7 +91,7 @@ class RequestStats:
         keys[KEY_NOT_FOUND] += self.requests[GET_NOT_FOUND]
         keys[KEY_INVALID] += self.requests[GET_INVALID]
         keys[KEY_DAMAGED] += self.requests[GET_DAMAGED]
-        return Snapshot(list(self.requests), keys, list(self.buckets), self.seconds)
+        return Snapshot(list(self.requests), keys, list(self.buckets), self.seconds, self.direct)
 
 
 @dataclass
@@ -98,6 +102,14 @@ class Snapshot:
     keys: list[int]
     buckets: list[int]
     seconds: float
+    #: Of all requests, those that came in on the direct endpoint.
+    direct: int = 0
+
+    @property
+    def paths(self) -> dict[str, int]:
+        """Requests by the path they came by: ``broker`` or ``direct``."""
+        total = sum(self.requests)
+        return {"broker": max(0, total - self.direct), "direct": self.direct}
 
     @classmethod
     def zero(cls) -> Snapshot:

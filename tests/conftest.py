@@ -24,14 +24,17 @@ PATHS = ("compiled", "python")
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "stack" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_PATHS", False):
-        metafunc.parametrize("stack", PATHS, indirect=True, scope="module")
+        # DIRECT_PATH = True adds a stack whose workers serve direct endpoints
+        # (compiled loop), reached straight (stack.raw_endpoint, stack.client()).
+        extra = ("direct",) if getattr(metafunc.module, "DIRECT_PATH", False) else ()
+        metafunc.parametrize("stack", PATHS + extra, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A broker and two workers on the bundled dataset, shared by a module."""
     path = getattr(request, "param", "compiled")
-    s = Stack(tmp_path_factory.mktemp("stack"), pure_python=path == "python")
+    s = Stack(tmp_path_factory.mktemp("stack"), pure_python=path == "python", direct=path == "direct")
     try:
         yield s.wait_ready()
     finally:

@@ -70,20 +70,35 @@ def test_a_missing_file_gets_the_markers(tmp_path: Path) -> None:
     assert "B" in text and "\nA\n" not in text and text.count("<!-- perf:begin -->") == 1
 
 
-def test_the_one_hop_comparison_runs_and_prints_each_path() -> None:
+def test_the_one_hop_comparison_runs_checks_and_writes_its_section(tmp_path: Path) -> None:
+    out = tmp_path / "B.md"
+    out.write_text("# rokv benchmarks\n\nKept.\n", encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "benchmarks/onehop.py", "--reps", "1", "--duration", "0.3"],
+        [
+            sys.executable,
+            "benchmarks/onehop.py",
+            "--reps",
+            "1",
+            "--duration",
+            "0.3",
+            "--http-duration",
+            "1",
+            "--out",
+            str(out),
+        ],
         cwd=REPO,
         env=child_env(),
         capture_output=True,
         text=True,
-        timeout=scaled(120),
+        timeout=scaled(300),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for in_flight in (" 1 in flight", "16 in flight"):
-        for path in ("one hop (direct)", "two hops (broker)"):
-            line = next(x for x in result.stdout.splitlines() if x.startswith(in_flight) and path in x)
-            assert int(line.split(path)[1].split("keys/s")[0].replace(",", "")) > 0
+    for label in ("`Client.get`, one at a time", "8 processes", "`get_many` of 100", "64 callers", "16 in flight"):
+        line = next(x for x in result.stdout.splitlines() if label in x and "direct " in x)
+        for path in ("direct", "broker"):
+            assert int(line.split(f"{path} ")[1].split(" ")[0].replace(",", "")) > 0, line
+    text = out.read_text(encoding="utf-8")
+    assert "Kept." in text and "<!-- onehop:begin -->" in text and "python benchmarks/onehop.py --reps 1" in text
 
 
 # ---------------------------------------------------------------- scaleout.py

@@ -1,4 +1,5 @@
-"""Raw frames straight at the broker's frontend: errors or silence, never harm."""
+"""Raw frames straight at the broker's frontend, or at a worker's direct
+endpoint: errors or silence, never harm."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from rokv import protocol as p
 
 from support.procs import Stack, scaled
 
-#: Every test on `stack` runs against the compiled loop and the Python one (conftest.py).
+#: Every test on `stack` runs against the compiled loop and the Python one (conftest.py),
+#: and straight at a worker's direct endpoint.
 BOTH_PATHS = True
+DIRECT_PATH = True
 
 K = "11111111-2222-4333-8444-555555555555"
 
@@ -75,7 +78,7 @@ def assert_still_serving(stack: Stack, example: dict[str, str]) -> None:
 def test_malformed_requests_get_an_error_and_the_service_keeps_serving(
     stack: Stack, example: dict[str, str], frames: list[bytes], code: str, rid: int | None
 ) -> None:
-    sock = raw_socket(stack.frontend)
+    sock = raw_socket(stack.raw_endpoint)
     try:
         sock.send_multipart(frames)
         reply = reply_or_none(sock, 3000)
@@ -89,7 +92,7 @@ def test_malformed_requests_get_an_error_and_the_service_keeps_serving(
 
 
 def test_a_10_mb_frame_gets_nothing_and_harms_nothing(stack: Stack, example: dict[str, str]) -> None:
-    sock = raw_socket(stack.frontend)
+    sock = raw_socket(stack.raw_endpoint)
     try:
         sock.send(b"\x00" * (10 * 1024 * 1024))
         # Over the broker's maximum message size: libzmq drops the connection.
@@ -102,7 +105,7 @@ def test_a_10_mb_frame_gets_nothing_and_harms_nothing(stack: Stack, example: dic
 def test_garbage_from_many_sockets_at_once_leaves_valid_requests_answered(
     stack: Stack, example: dict[str, str]
 ) -> None:
-    socks = [raw_socket(stack.frontend) for _ in range(5)]
+    socks = [raw_socket(stack.raw_endpoint) for _ in range(5)]
     try:
         for round_ in range(20):
             for i, sock in enumerate(socks):

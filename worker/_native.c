@@ -46,10 +46,19 @@ static size_t (*z_msg_size)(const zmsg_t *);
 static int (*z_msg_more)(const zmsg_t *);
 static int (*z_send)(void *, const void *, size_t, int);
 static int (*z_errno)(void);
+/* zmq_pollitem_t on POSIX: socket, fd, events, revents. */
+typedef struct {
+    void *socket;
+    int fd;
+    short events;
+    short revents;
+} zpollitem_t;
+static int (*z_poll)(zpollitem_t *, int, long);
 static int zmq_ready = 0;
 
 #define Z_DONTWAIT 1
 #define Z_SNDMORE 2
+#define Z_POLLIN 1
 
 static PyObject *
 native_init(PyObject *self, PyObject *arg)
@@ -79,6 +88,7 @@ native_init(PyObject *self, PyObject *arg)
     SYM(z_msg_more, "zmq_msg_more");
     SYM(z_send, "zmq_send");
     SYM(z_errno, "zmq_errno");
+    SYM(z_poll, "zmq_poll");
 #undef SYM
     zmq_ready = 1;
     Py_RETURN_NONE;
@@ -1148,6 +1158,9 @@ fall_back(void *sock, PyObject *handler, zmsg_t *route, zmsg_t *body, int more, 
     return 0;
 }
 
+static Py_ssize_t serve_socket(void *sock, Lookup *l, PyObject *handler, Py_ssize_t limit, int flags, buf_t *outp,
+                               int *droppedp, int *interruptedp);
+
 /* serve(socket_address, lookup, handler, limit, dontwait) -> (answered, dropped, interrupted)
  *
  * Answer up to `limit` messages from the socket: return when a receive finds
@@ -1167,12 +1180,25 @@ native_serve(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "rokv.worker._native: init() and configure() must be called first");
         return NULL;
     }
-    void *sock = (void *)(uintptr_t)address;
-    Lookup *l = (Lookup *)lookup_obj;
     buf_t out = {NULL, 0, 0};
+    int dropped = 0, interrupted = 0;
+    Py_ssize_t answered = serve_socket((void *)(uintptr_t)address, (Lookup *)lookup_obj, handler, limit,
+                                       dontwait ? Z_DONTWAIT : 0, &out, &dropped, &interrupted);
+    PyMem_Free(out.data);
+    if (answered < 0)
+        return NULL;
+    return Py_BuildValue("(nii)", answered, dropped, interrupted);
+}
+
+/* Answer up to `limit` messages from one socket (see serve()): the count
+ * answered, or -1 with an exception set. `out` is the reply buffer, reused. */
+static Py_ssize_t
+serve_socket(void *sock, Lookup *l, PyObject *handler, Py_ssize_t limit, int flags, buf_t *outp, int *droppedp,
+             int *interruptedp)
+{
+    buf_t out = *outp;
     Py_ssize_t answered = 0;
     int dropped = 0, interrupted = 0, failed = 0;
-    int flags = dontwait ? Z_DONTWAIT : 0;
     while (answered < limit) {
         zmsg_t route, body;
         z_msg_init(&route);
@@ -1239,10 +1265,86 @@ native_serve(PyObject *self, PyObject *args)
             break;
         }
     }
-    PyMem_Free(out.data);
-    if (failed)
+    *outp = out;
+    *droppedp += dropped;
+    *interruptedp |= interrupted;
+    return failed ? -1 : answered;
+}
+
+/* serve_many(socket_addresses, lookup, handler, burst, timeout_ms) -> (answered, dropped, interrupted)
+ *
+ * The loop of a worker with several sockets (one per broker, and its direct
+ * endpoint): wait up to timeout_ms until a socket has messages, then answer
+ * up to `burst` messages from each socket that has some, each on the socket
+ * it came from, without waiting; `answered` is a list, one count per socket.
+ * Returns after one round, at the timeout (all counts 0), or at a signal
+ * (interrupted). The GIL is released while waiting. */
+static PyObject *
+native_serve_many(PyObject *self, PyObject *args)
+{
+    PyObject *addresses, *lookup_obj, *handler;
+    Py_ssize_t burst;
+    int timeout_ms;
+    if (!PyArg_ParseTuple(args, "O!O!Oni", &PyTuple_Type, &addresses, &LookupType, &lookup_obj, &handler, &burst,
+                          &timeout_ms))
         return NULL;
-    return Py_BuildValue("(nii)", answered, dropped, interrupted);
+    if (!zmq_ready || !configured) {
+        PyErr_SetString(PyExc_RuntimeError, "rokv.worker._native: init() and configure() must be called first");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(addresses);
+    if (n < 1 || n > 64) {
+        PyErr_SetString(PyExc_ValueError, "serve_many takes 1 to 64 sockets");
+        return NULL;
+    }
+    zpollitem_t items[64];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long a = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(addresses, i));
+        if (a == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+        items[i].socket = (void *)(uintptr_t)a;
+        items[i].fd = 0;
+        items[i].events = Z_POLLIN;
+        items[i].revents = 0;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = z_poll(items, (int)n, timeout_ms);
+    Py_END_ALLOW_THREADS
+    int dropped = 0, interrupted = 0;
+    if (rc < 0) {
+        int e = z_errno();
+        if (e != EINTR) {
+            PyErr_Format(PyExc_OSError, "poll failed: errno %d", e);
+            return NULL;
+        }
+        interrupted = 1;
+    }
+    PyObject *counts = PyList_New(n);
+    if (counts == NULL)
+        return NULL;
+    buf_t out = {NULL, 0, 0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t answered = 0;
+        if (rc > 0 && (items[i].revents & Z_POLLIN)) {
+            answered = serve_socket(items[i].socket, (Lookup *)lookup_obj, handler, burst, Z_DONTWAIT, &out, &dropped,
+                                    &interrupted);
+            if (answered < 0) {
+                PyMem_Free(out.data);
+                Py_DECREF(counts);
+                return NULL;
+            }
+        }
+        PyObject *c = PyLong_FromSsize_t(answered);
+        if (c == NULL) {
+            PyMem_Free(out.data);
+            Py_DECREF(counts);
+            return NULL;
+        }
+        PyList_SET_ITEM(counts, i, c);
+    }
+    PyMem_Free(out.data);
+    return Py_BuildValue("(Nii)", counts, dropped, interrupted);
 }
 
 /* answer(lookup, body) -> bytes | None: the compiled answer to one request
@@ -1290,6 +1392,8 @@ static PyMethodDef methods[] = {
      "store_lookup(mapping, table, keys, offsets, values, n, bits) -> Lookup over a .rokv mapping"},
     {"serve", native_serve, METH_VARARGS,
      "serve(socket_address, lookup, handler, limit, dontwait) -> (answered, dropped, interrupted)"},
+    {"serve_many", native_serve_many, METH_VARARGS,
+     "serve_many(socket_addresses, lookup, handler, burst, timeout_ms) -> (answered per socket, dropped, interrupted)"},
     {"answer", native_answer, METH_VARARGS, "answer(lookup, body) -> bytes or None (Python answers)"},
     {"configure", native_configure, METH_O,
      "configure(constants): the protocol's constants and the counters' layout (rokv.worker.native.constants())"},

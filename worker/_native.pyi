@@ -21,6 +21,12 @@ def store_lookup(
 def serve(socket_address: int, lookup: Lookup, handler: Any, limit: int, dontwait: bool, /) -> tuple[int, int, bool]:
     """Answer up to ``limit`` messages: (answered, replies dropped, interrupted by a signal)."""
 
+def serve_many(
+    socket_addresses: tuple[int, ...], lookup: Lookup, handler: Any, burst: int, timeout_ms: int, /
+) -> tuple[list[int], int, bool]:
+    """Poll every socket up to ``timeout_ms``, then answer up to ``burst`` messages from each that has some:
+    (answered per socket, replies dropped, interrupted by a signal)."""
+
 def answer(lookup: Lookup, body: bytes, /) -> bytes | None:
     """The compiled answer to one request body, or None where Python answers."""
 

@@ -54,31 +54,42 @@ def serve(
     stop: StopFlag,
     tick: Callable[[], None] = nothing,
     compiled: Compiled | None = None,
+    direct: zmq.Socket | None = None,
     changing: bool = False,
 ) -> None:
-    """Answer requests on ``socks`` (one per broker) until ``stop`` is
+    """Answer requests on ``socks`` (one per broker) and on ``direct`` (the
+    worker's own ROUTER, which clients reach without a broker: it brings the
+    same ``[routing_id, body]`` frames a broker does) until ``stop`` is
     raised, then answer what has already arrived and return. ``tick`` is
     called at least every :data:`TICK_EVERY` messages and at every idle
     timeout (:data:`STOP_CHECK_MS`): publishing metrics rides on it. With
     ``compiled``, its loop answers (and hands the handler what it does not).
+    Requests that came in on ``direct`` are counted in ``handler.stats.direct``.
     ``changing``: ``tick`` may change the list ``socks`` in place (DNS
     discovery adds and removes brokers); the loop polls whatever it holds."""
     answer = _answer
+    ready: AnswerReady | None = None
     if compiled is not None:
-        answer, tick = compiled.answer, compiled.ticking(tick)
+        answer, tick, ready = compiled.answer, compiled.ticking(tick), compiled.answer_ready
     try:
-        if changing:
-            _serve_several(socks, handler, stop, tick, answer)
-            return
-        _serve(socks, handler, stop, tick, answer)
+        _serve(socks, handler, stop, tick, answer, ready, direct, changing)
     finally:
         if compiled is not None:
             compiled.collect()
 
 
-def _serve(socks: list[zmq.Socket], handler: Handler, stop: StopFlag, tick: Callable[[], None], answer: Answer) -> None:
-    if len(socks) > 1:
-        _serve_several(socks, handler, stop, tick, answer)
+def _serve(
+    socks: list[zmq.Socket],
+    handler: Handler,
+    stop: StopFlag,
+    tick: Callable[[], None],
+    answer: Answer,
+    ready: AnswerReady | None = None,
+    direct: zmq.Socket | None = None,
+    changing: bool = False,
+) -> None:
+    if changing or len(socks) > 1 or direct is not None:
+        _serve_several(socks, handler, stop, tick, ready or _answer_ready(handler, answer), direct)
         return
     sock = socks[0]
     # A blocking receive with a timeout, not poll then receive: per message
@@ -102,33 +113,77 @@ def _serve(socks: list[zmq.Socket], handler: Handler, stop: StopFlag, tick: Call
 BURST = 64
 
 
-def _serve_several(
-    socks: list[zmq.Socket], handler: Handler, stop: StopFlag, tick: Callable[[], None], answer: Answer
-) -> None:
-    """:func:`serve` for several brokers: a poll, then a burst from each
-    socket that has requests, each answered on the socket it came from. When
-    ``tick`` changed ``socks``, the next poll watches the new list."""
+#: How a loop answers what waits on several sockets: (sockets, timeout_ms,
+#: burst) -> how many each answered, after one poll of at most timeout_ms and
+#: up to ``burst`` answers from each socket; :func:`_answer_ready` in Python,
+#: or :meth:`Compiled.answer_ready`.
+AnswerReady = Callable[[list[zmq.Socket], int, int], list[int]]
+
+
+def _answer_ready(handler: Handler, answer: Answer) -> AnswerReady:
+    """:data:`AnswerReady` over ``answer`` (one socket at a time), with a
+    poller built anew whenever the list of sockets changes."""
+    polled: dict[zmq.Socket, int] = {}
     poller = zmq.Poller()
-    polled: list[zmq.Socket] = []
+
+    def answer_ready(socks: list[zmq.Socket], timeout_ms: int, burst: int) -> list[int]:
+        nonlocal poller
+        if list(polled) != socks:
+            poller = zmq.Poller()
+            polled.clear()
+            for index, sock in enumerate(socks):
+                poller.register(sock, zmq.POLLIN)
+                polled[sock] = index
+        counts = [0] * len(socks)
+        for sock, _ in poller.poll(timeout_ms):
+            counts[polled[sock]] += answer(sock, handler, _never, True, burst, nothing)
+        return counts
+
+    return answer_ready
+
+
+def _serve_several(
+    socks: list[zmq.Socket],
+    handler: Handler,
+    stop: StopFlag,
+    tick: Callable[[], None],
+    ready: AnswerReady,
+    direct: zmq.Socket | None = None,
+) -> None:
+    """:func:`serve` for several sockets (the brokers', and ``direct`` last):
+    a poll, then a burst from each socket that has requests, each answered on
+    the socket it came from. When ``tick`` changed ``socks`` (DNS discovery),
+    the next poll watches the new list."""
+    stats = handler.stats
+    brokers: list[zmq.Socket] | None = None  # what ``socks`` held at the last poll
+    everything: list[zmq.Socket] = []
 
     def answer_ready(timeout_ms: int) -> int:
-        nonlocal poller, polled
-        if polled != socks:
-            poller, polled = zmq.Poller(), list(socks)
-            for sock in polled:
-                poller.register(sock, zmq.POLLIN)
+        nonlocal brokers, everything
+        if brokers is None or brokers != socks:
+            brokers = list(socks)
+            everything = brokers + ([direct] if direct is not None else [])
+            for sock in everything:
                 sock.rcvtimeo = 0  # the poll waits; receives only take what is there
-        if not polled:  # no broker yet (a name that does not resolve): zmq's poll would not wait
+        if not everything:  # no broker yet (a name that does not resolve): zmq's poll would not wait
             time.sleep(timeout_ms / 1000)
             return 0
-        count = 0
-        for sock, _ in poller.poll(timeout_ms):
-            count += answer(sock, handler, _never, True, BURST, nothing)
-        return count
+        counts = ready(everything, timeout_ms, BURST)
+        if direct is not None:
+            stats.direct += counts[-1]
+        return sum(counts)
 
+    # tick() after TICK_EVERY messages, or TICK_SECONDS, or an idle poll: not
+    # after every poll, which under one-at-a-time load is every request (and
+    # the compiled loop's tick gathers its counters: several microseconds).
+    clock = time.monotonic
+    answered_since, next_tick = 0, clock() + TICK_SECONDS
     while not stop.raised:
-        answer_ready(STOP_CHECK_MS)
-        tick()  # after every poll: a burst is at most BURST messages a socket
+        got = answer_ready(STOP_CHECK_MS)
+        answered_since += got
+        if not got or answered_since >= TICK_EVERY or clock() >= next_tick:
+            tick()
+            answered_since, next_tick = 0, clock() + TICK_SECONDS
     deadline = time.monotonic() + DRAIN_MAX_SECONDS
     answered = 0
     while time.monotonic() < deadline:
@@ -148,6 +203,8 @@ def _never() -> bool:
 #: every 32 ms, so a publication is late by that much at most.
 TICK_EVERY = 32
 _TICK_MASK = TICK_EVERY - 1
+#: And at least this often (seconds) under load, with several sockets.
+TICK_SECONDS = 0.05
 
 # Plain ints: pyzmq turns enum flags into enum arithmetic, and its
 # recv_multipart/send_multipart ask ZMQ_RCVMORE through an enum conversion

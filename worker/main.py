@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import zmq
 
+from rokv import directory
 from rokv import protocol as p
 from rokv.dataset import DatasetError
 from rokv.discovery import Discovery, PerPeer, Tracker, interval_from_env, is_dns
@@ -23,9 +24,10 @@ from rokv.security import CurvePeer, KeyFileError, load_public, load_secret
 from rokv.server import metrics
 from rokv.server.monitor import ConnectionWatcher
 from rokv.worker import native, refusal
+from rokv.worker.direct import DirectEndpoint, Reporter
 from rokv.worker.handler import Handler
 from rokv.worker.load import open_dataset
-from rokv.worker.loop import CLOSE_LINGER_MS, SEND_TIMEOUT_MS, StopFlag, nothing, serve
+from rokv.worker.loop import CLOSE_LINGER_MS, SEND_TIMEOUT_MS, StopFlag, serve
 from rokv.worker.native import Compiled
 
 log = logging.getLogger("rokv.worker")
@@ -36,7 +38,7 @@ DEFAULT_DATA = "data/example.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from rokv.endpoints import endpoints_argument
+    from rokv.endpoints import endpoint_argument, endpoints_argument
 
     parser = argparse.ArgumentParser(
         prog="rokv-worker",
@@ -74,6 +76,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the broker's public .key file, with --curve-secret (env ROKV_BROKER_KEY)",
     )
     parser.add_argument(
+        "--direct-bind",
+        default=os.environ.get("ROKV_DIRECT_BIND") or None,
+        type=endpoint_argument(any_port=True),
+        help="also serve clients directly on this endpoint (a ROUTER), e.g. tcp://127.0.0.1:* (port * picks a "
+        "free one): clients with direct=True find it in the brokers' directory (env ROKV_DIRECT_BIND; "
+        "default: none)",
+    )
+    parser.add_argument(
+        "--advertise",
+        default=os.environ.get("ROKV_ADVERTISE") or None,
+        type=endpoint_argument(any_port=True),
+        help="the endpoint clients are told to dial for --direct-bind, when the bound address is not it "
+        "(0.0.0.0, containers, NAT); port * means the bound port (env ROKV_ADVERTISE; default: the bound "
+        "endpoint, a wildcard host replaced by this host's name)",
+    )
+    parser.add_argument(
+        "--client-keys",
+        default=os.environ.get("ROKV_CLIENT_KEYS") or None,
+        help="with --curve-secret and --direct-bind: folder of the public .key files of clients allowed on the "
+        "direct endpoint (env ROKV_CLIENT_KEYS, the brokers' client allow-list)",
+    )
+    parser.add_argument(
         "--allow-empty",
         action="store_true",
         default=os.environ.get("ROKV_ALLOW_EMPTY") == "1",
@@ -88,6 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(str(exc))
     if bool(args.curve_secret) != bool(args.broker_key):
         parser.error("--curve-secret and --broker-key go together")
+    if args.direct_bind and args.curve_secret and not args.client_keys:
+        # CURVE without an authenticator encrypts but admits anyone.
+        parser.error("--direct-bind with --curve-secret needs --client-keys (the clients' allow-list folder)")
+    if args.direct_bind and args.client_keys and not os.path.isdir(args.client_keys):
+        parser.error(f"allow-list folder {args.client_keys!r} does not exist")
+    if args.advertise and not args.direct_bind:
+        parser.error("--advertise needs --direct-bind")
     return args
 
 
@@ -156,12 +187,53 @@ def main(argv: list[str] | None = None) -> int:
                 sock.close(linger=0)
             watcher.stop()
             ctx.term()
+    direct: DirectEndpoint | None = None
+    if args.direct_bind:
+        try:
+            direct = DirectEndpoint(
+                ctx,
+                watcher,
+                args.direct_bind,
+                args.advertise,
+                max_message_size=_limits()["max_message_size"],
+                curve_secret=args.curve_secret,
+                client_keys=args.client_keys,
+            )
+        except (KeyFileError, zmq.ZMQError) as exc:
+            print(f"rokv-worker: cannot serve the direct endpoint {args.direct_bind!r}: {exc}", file=sys.stderr)
+            for sock in socks:
+                ConnectionWatcher.unwatch(sock)
+                sock.close(linger=0)
+            watcher.stop()
+            ctx.term()
+            return Exit.NO
     # A .rokv file names its content: ping and the log say which version is served.
     digest = getattr(data, "digest", None)
     extra: dict[str, object] = {"limits": _limits()}
     if digest:
         extra["digest"] = digest
+    if direct is not None:
+        extra["direct"] = direct.advertised
     handler = Handler(data, worker_id=args.name, dataset=args.data, extra_info=extra)
+    reporter = Reporter(
+        socks,
+        {
+            "id": args.name[: directory.MAX_FIELD_LENGTH],
+            "endpoint": direct.advertised if direct is not None else None,
+            "host": socket.gethostname()[: directory.MAX_FIELD_LENGTH],
+            "pid": os.getpid(),
+            "digest": digest,
+            "keys": len(data),
+            "curve_key": direct.curve_key if direct is not None else None,
+        },
+    )
+    if direct is not None:
+        log.info(
+            "serving clients directly on %s, advertised as %s%s",
+            direct.bound,
+            direct.advertised,
+            " (CURVE, the clients' allow-list)" if direct.auth is not None else "",
+        )
     log.info(
         "serving %s: %d keys %s in %.2f s%s; connecting to %s as %s",
         args.data,
@@ -172,15 +244,31 @@ def main(argv: list[str] | None = None) -> int:
         ", ".join(backends),
         args.name,
     )
-    published = _publisher(handler, args, digest, len(data), load_seconds, watcher)
+    published = _publisher(
+        handler, args, digest, len(data), load_seconds, watcher, direct.advertised if direct is not None else None
+    )
     module = native.load()
     compiled = Compiled(module, handler) if module is not None else None
-    tick = published.maybe_publish if published else nothing
+    tick = reporter.maybe_report
+    if published is not None:
+        tick = _both(published.maybe_publish, reporter.maybe_report)
     if named is not None:
         tick = named.ticking(tick)
+    reporter.maybe_report()  # at once: clients may look this worker up before its first tick
     try:
-        serve(socks, handler, stop, tick=tick, compiled=compiled, changing=named is not None)
+        serve(
+            socks,
+            handler,
+            stop,
+            tick=tick,
+            compiled=compiled,
+            direct=direct.sock if direct else None,
+            changing=named is not None,
+        )
     finally:
+        reporter.leave()
+        if direct is not None:
+            direct.close()
         if named is not None:
             named.close()
         if published is not None:
@@ -195,6 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     return Exit.OK
 
 
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    """A tick that runs ``first`` then ``second``."""
+
+    def both() -> None:
+        first()
+        second()
+
+    return both
+
+
 def _publisher(
     handler: Handler,
     args: argparse.Namespace,
@@ -202,6 +300,7 @@ def _publisher(
     keys: int,
     load_seconds: float,
     watcher: ConnectionWatcher,
+    direct: str | None = None,
 ) -> metrics.WorkerMetrics | None:
     """This worker's metrics when the host publishes them (ROKV_METRICS set,
     so rokv-pool set PROMETHEUS_MULTIPROC_DIR); None otherwise, or when they
@@ -219,6 +318,7 @@ def _publisher(
             keys=keys,
             load_seconds=load_seconds,
             brokers_connected=lambda: sum(link.up for link in watcher.links()),
+            direct=direct,
         )
     except ImportError as exc:
         log.error("metrics are off: %s (it comes with the server extra: pip install 'rokv[server]')", exc)

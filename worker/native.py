@@ -141,6 +141,8 @@ class Compiled:
         self._lookup = native_lookup(module) if native_lookup is not None else module.dict_lookup(data)
         self._handle = handler.handle
         self._stats = handler.stats
+        #: The sockets' libzmq addresses, per list of sockets served together.
+        self._polled: tuple[list[zmq.Socket], tuple[int, ...]] = ([], ())
 
     def answer(
         self,
@@ -171,6 +173,21 @@ class Compiled:
             elif answered == asked:
                 tick()
         return count
+
+    def answer_ready(self, socks: list[zmq.Socket], timeout_ms: int, burst: int) -> list[int]:
+        """:data:`rokv.worker.loop.AnswerReady`'s contract in compiled code:
+        one poll of every socket (up to ``timeout_ms``), then up to ``burst``
+        answers from each that has requests; how many each answered."""
+        polled, addresses = self._polled
+        if polled != socks:  # the first call, or DNS discovery changed the brokers
+            addresses = tuple(sock.underlying for sock in socks)
+            self._polled = (list(socks), addresses)
+        counts, dropped, _ = self._native.serve_many(addresses, self._lookup, self._handle, burst, timeout_ms)
+        if dropped:
+            logging.getLogger("rokv.worker").warning(
+                "dropped %d replies: the broker did not take them within %d ms", dropped, SEND_TIMEOUT_MS
+            )
+        return counts
 
     def ticking(self, tick: Callable[[], None]) -> Callable[[], None]:
         """``tick``, after the compiled loop's counts joined the handler's."""

@@ -90,6 +90,7 @@ def collect(drivers: list[subprocess.Popen[str]], timeout: float) -> dict:
         "wrong": 0,
         "errors": [],
         "timelines": [],
+        "direct_replies": {},
         "p50_ms": 0.0,
         "p99_ms": 0.0,
         "max_ms": 0.0,
@@ -107,6 +108,8 @@ def collect(drivers: list[subprocess.Popen[str]], timeout: float) -> dict:
             total[name] += result[name]
         total["errors"] += result["errors"]
         total["timelines"].append(result["timeline"])
+        for endpoint, replies in result.get("direct_replies", {}).items():
+            total["direct_replies"][endpoint] = total["direct_replies"].get(endpoint, 0) + replies
         for name in ("p50_ms", "p99_ms", "max_ms"):
             total[name] = max(total[name], result[name])
     return total

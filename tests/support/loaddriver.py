@@ -57,6 +57,7 @@ def main() -> int:
     parser.add_argument("--backoff", type=float, default=core.DEFAULT_BACKOFF)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch", type=int, default=10)
+    parser.add_argument("--direct", action="store_true", help="a direct client (straight to the workers)")
     args = parser.parse_args()
 
     data: dict[str, str] = json.loads(Path(args.data).read_text(encoding="utf-8"))
@@ -94,7 +95,8 @@ def main() -> int:
     # clock, the same in every process, so a test can line events up).
     timeline: list[tuple[float, list[int]]] = []
     next_sample = started_at
-    with Client(args.endpoint, retry=policy) as client:
+    direct_replies: dict[str, int] = {}
+    with Client(args.endpoint, retry=policy, direct=args.direct) as client:
         while go_on():
             if time.monotonic() >= next_sample and client._brokers is not None:
                 timeline.append((time.monotonic(), list(client._brokers.replies)))
@@ -145,6 +147,8 @@ def main() -> int:
             if elapsed >= args.timeout:
                 counts["retried"] += 1
             latencies.append(elapsed)
+        if client._workers is not None:
+            direct_replies = {link.endpoint: link.replies for link in client._workers.links}
     latencies.sort()
     result = {
         **counts,
@@ -154,6 +158,7 @@ def main() -> int:
         "max_ms": (latencies[-1] if latencies else 0) * 1000,
         "errors": errors,
         "timeline": timeline,
+        "direct_replies": direct_replies,
     }
     print(json.dumps(result), flush=True)
     return 0

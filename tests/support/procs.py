@@ -136,25 +136,88 @@ def seen_workers(endpoint: str, count: int, timeout: float = 15.0, curve: CurveP
     return seen
 
 
-class Stack:
-    """A broker and workers on free loopback ports."""
+#: What a worker is given to serve clients directly: a free loopback port.
+DIRECT_BIND = ("--direct-bind", "tcp://127.0.0.1:*")
 
-    def __init__(self, log_dir: Path, workers: int = 2, data: Path | str = EXAMPLE, pure_python: bool = False) -> None:
+
+def free_frontend() -> str:
+    """A loopback frontend endpoint whose directory port (+2) is free too."""
+    from rokv.directory import directory_endpoint
+
+    for _ in range(100):
+        frontend = f"tcp://127.0.0.1:{free_port()}"
+        directory = directory_endpoint(frontend)
+        if directory is None:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", int(directory.rpartition(":")[2])))
+            except OSError:
+                continue
+        return frontend
+    raise AssertionError("no free frontend port with a free directory port")
+
+
+def direct_endpoints(endpoint: str, count: int, timeout: float = 15.0) -> dict[str, str]:
+    """Ping through the broker until ``count`` workers answered: their direct
+    endpoints (from ``ping``), by worker id."""
+    found: dict[str, str] = {}
+    with Client(endpoint, timeout=0.5, retries=0) as client:
+
+        def enough() -> bool:
+            try:
+                info = client.ping()
+            except ServiceUnavailable:
+                return False
+            if info.get("direct"):
+                found[info["id"]] = info["direct"]
+            return len(found) >= count
+
+        wait_for(enough, timeout, f"{count} workers' direct endpoints at {endpoint}", interval=0.01)
+    return found
+
+
+class Stack:
+    """A broker and workers on free loopback ports; ``direct``: the workers
+    serve direct endpoints too, and :meth:`client` goes direct."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        workers: int = 2,
+        data: Path | str = EXAMPLE,
+        pure_python: bool = False,
+        direct: bool = False,
+    ) -> None:
         self.log_dir = log_dir
         self.pure_python = pure_python
-        self.frontend = f"tcp://127.0.0.1:{free_port()}"
+        self.direct = direct
+        self.frontend = free_frontend()
         self.backend = f"tcp://127.0.0.1:{free_port()}"
         self.broker = start_broker(log_dir, self.frontend, self.backend)
+        extra = DIRECT_BIND if direct else ()
         self.workers = [
-            start_worker(log_dir, self.backend, data, name=f"worker{i}", pure_python=pure_python)
+            start_worker(log_dir, self.backend, data, *extra, name=f"worker{i}", pure_python=pure_python)
             for i in range(workers)
         ]
+        #: Worker id -> direct endpoint, once ready (direct stacks only).
+        self.directs: dict[str, str] = {}
 
     def wait_ready(self) -> Stack:
         seen_workers(self.frontend, len(self.workers))
+        if self.direct:
+            self.directs = direct_endpoints(self.frontend, len(self.workers))
         return self
 
+    @property
+    def raw_endpoint(self) -> str:
+        """Where raw frames go: a worker's direct endpoint on a direct stack,
+        else the broker's frontend."""
+        return sorted(self.directs.values())[0] if self.direct else self.frontend
+
     def client(self, **kwargs: float) -> Client:
+        if self.direct:
+            kwargs.setdefault("direct", True)
         return Client(self.frontend, **kwargs)  # type: ignore[arg-type]  # the client's own keywords
 
     def stop(self) -> None:

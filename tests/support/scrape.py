@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.procs import EXAMPLE, Proc, child_env, free_port, seen_workers
+from support.procs import DIRECT_BIND, EXAMPLE, Proc, child_env, free_frontend, free_port, seen_workers
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -50,10 +50,11 @@ def health(address: str, timeout: float = 5.0) -> tuple[int, dict]:
 class MeteredStack:
     """A broker and workers publishing into ``folder``, and rokv-metrics serving it."""
 
-    def __init__(self, log_dir: Path, workers: int = 2) -> None:
+    def __init__(self, log_dir: Path, workers: int = 2, *, direct: bool = False, pure_python: bool = False) -> None:
         self.folder = log_dir / "metrics"
         env = child_env(PROMETHEUS_MULTIPROC_DIR=str(self.folder))
-        self.frontend = f"tcp://127.0.0.1:{free_port()}"
+        worker_env = {**env, "ROKV_PURE_PYTHON": "1"} if pure_python else env
+        self.frontend = free_frontend()
         backend = f"tcp://127.0.0.1:{free_port()}"
         self.address = f"127.0.0.1:{free_port()}"
         self.exporter = Proc(
@@ -81,9 +82,10 @@ class MeteredStack:
                     str(EXAMPLE),
                     "--name",
                     f"worker_{i:02d}",
+                    *(DIRECT_BIND if direct else ()),
                 ],
                 log_dir,
-                env,
+                worker_env,
             )
             for i in range(workers)
         ]

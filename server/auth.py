@@ -1,6 +1,8 @@
-"""The broker's CurveZMQ gatekeeper: pyzmq's ZAP authenticator, two allow-list
-folders (one per side), a log line for every refused peer, and reloading that
-reports which keys were removed (so their connections can be closed)."""
+"""The CurveZMQ gatekeeper of the brokers and of the workers' direct endpoints:
+pyzmq's ZAP authenticator, allow-list folders (a broker has two, one per side;
+a worker's direct endpoint has the clients' one), a log line for every refused
+peer, and reloading that reports which keys were removed (so their connections
+can be closed)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-log = logging.getLogger("rokv.broker.auth")
+log = logging.getLogger("rokv.auth")
 
 CLIENTS_DOMAIN = "clients"
 WORKERS_DOMAIN = "workers"
