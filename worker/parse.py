@@ -83,11 +83,14 @@ class Records:
     """Parsed pairs, in no particular order: ``keys`` holds 16 bytes a key
     (FORMAT.md), ``sizes[i]`` is the size of value i's UTF-8 bytes plus one
     (its separator), ``values`` the values end to end, each followed by
-    :data:`SEPARATOR` (any buffer: bytes, a numpy array)."""
+    :data:`SEPARATOR` (any buffer: bytes, a numpy array), unless ``starts``
+    says where each one is."""
 
     keys: bytes
     sizes: np.ndarray
     values: Any
+    #: Where each value starts in ``values``, when they are not end to end.
+    starts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -204,7 +207,10 @@ def _columns(data: bytes) -> Records:
         or np.count_nonzero(text < 32) != n
     ):
         raise _Slow
-    head = text[starts[:, None] + np.arange(_VALUE_AT)]
+    # Every line's first bytes at once: a view whose element i is the
+    # _VALUE_AT bytes from byte i, indexed by the lines' starts.
+    windows = np.ndarray((len(text) - _VALUE_AT + 1,), f"V{_VALUE_AT}", data, strides=(1,))
+    head = windows[starts].view(np.uint8).reshape(n, _VALUE_AT)
     if not (
         (head[:, : len(_HEAD)] == np.frombuffer(_HEAD, np.uint8)).all()
         and (head[:, len(_HEAD) + _KEY :] == np.frombuffer(_MIDDLE, np.uint8)).all()
@@ -223,15 +229,13 @@ def _columns(data: bytes) -> Records:
     if not data.isascii():
         _check_utf8(data)
     keys = (digits[:, 0::2] << 4 | digits[:, 1::2]).tobytes()
-    # Each value with its closing quote, which becomes its separator.
+    # Each value with its closing quote, which becomes its separator; they
+    # stay in place (the spill gathers them in bucket order).
     first = starts + _VALUE_AT
     sizes = (ends - 1 - first).astype(np.uint64)
-    inside = np.zeros(len(text) + 1, np.int8)
-    inside[first] = 1
-    inside[ends - 1] -= 1
-    values = text[np.cumsum(inside[:-1], dtype=np.int8).view(np.bool_)]
-    values[np.cumsum(sizes) - np.uint64(1)] = SEPARATOR[0]
-    return Records(keys, sizes, values)
+    text = text.copy()
+    text[ends - 2] = SEPARATOR[0]
+    return Records(keys, sizes, text, first.astype(np.uint64))
 
 
 def _pattern(data: bytes) -> Records:

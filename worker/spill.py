@@ -54,11 +54,14 @@ def append(folder: str, prefix_bits: int, records: Records) -> tuple[np.ndarray,
     sizes = records.sizes.astype("<u8", copy=False)
     values = records.values
     bucket = bucket_of(keys, prefix_bits)
+    starts = records.starts
     if prefix_bits and len(keys) > 1:
         order = np.argsort(bucket, kind="stable")
-        starts = np.cumsum(sizes) - sizes
-        bucket, keys, sizes = bucket[order], keys[order], sizes[order]
-        values = gather(values, starts[order], sizes)
+        if starts is None:
+            starts = np.cumsum(sizes) - sizes
+        bucket, keys, sizes, starts = bucket[order], keys[order], sizes[order], starts[order]
+    if starts is not None:
+        values = gather(values, starts, sizes)
     counts[:] = np.bincount(bucket, minlength=buckets)
     ends = np.cumsum(counts)
     running = np.zeros(len(sizes) + 1, np.int64)
