@@ -15,10 +15,22 @@ absent; everything else in the file is kept) and prints it.
 
     python benchmarks/scale.py                          # 10k, 1M and 10M keys
     python benchmarks/scale.py --sizes 10000 --duration 2 --repeats 1 --no-write
+    python benchmarks/scale.py --build-only --sizes 10000000,100000000 --tmp /var/tmp/rokv-scale
+
+``--build-only`` measures ``.rokv`` files alone, at sizes no dict-backed
+worker could hold (100M keys: an 8 GB JSON Lines file): per size, the build
+(wall and CPU time, CPU time per phase, peak RSS of its whole process tree
+and peak size of its spill files, both sampled every 50 ms, and that nothing
+is left behind), the file's size, a worker's start, and then, all sizes
+served at once by their own stacks, the standard load's throughput against
+each, runs interleaved, and the PSS of each stack's workers' mapping of the
+file. It writes its own section (``<!-- scale-build:begin -->``).
 
 Datasets are generated with data/generate.py under ``--tmp`` and deleted at
-the end unless ``--keep``. 10M keys need about 12 GB of memory for the four
-dict-backed workers and take several minutes.
+the end unless ``--keep`` (100M keys: about 40 minutes of one core, 8 GB of
+disk, and as much again for the .rokv file and the build's spill). 10M keys
+need about 12 GB of memory for the four dict-backed workers and take several
+minutes.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from rokv import Client, ServiceUnavailable  # noqa: E402 - after sys.path is se
 from benchmarks.sections import write_block  # noqa: E402 - after sys.path is set
 
 BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+BUILD_BEGIN, BUILD_END = "<!-- scale-build:begin -->", "<!-- scale-build:end -->"
 SCENARIOS = {
     "get ×64": ["-c", "64", "-k", "1"],
     "get_many 100 ×16": ["-c", "16", "-k", "100"],
@@ -363,9 +376,302 @@ def targets(r: dict[str, Any]) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------ --build-only
+
+#: Runs rokv.worker.build.build (what `rokv build` runs) and prints, as JSON,
+#: when each phase began and the CPU seconds of the whole process tree then
+#: (this process and its workers, read live from /proc).
+BUILD_SCRIPT = """
+import json, os, sys, time
+from rokv.worker.build import build
+
+def tree_cpu():
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in [os.getpid()] + children(os.getpid()):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if pid == os.getpid():
+            total += int(fields[13]) + int(fields[14])  # of the workers already reaped
+    return total / tick
+
+def children(parent):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+                found.append(int(entry))
+    return found
+
+phases = []
+started = time.monotonic()
+
+def progress(phase, fraction, keys):
+    if not phases or phases[-1][0] != phase:
+        phases.append((phase, time.monotonic() - started, tree_cpu()))
+
+header = build(sys.argv[1], sys.argv[2], progress, memory=int(sys.argv[3]), jobs=int(sys.argv[4]))
+phases.append(("end", time.monotonic() - started, tree_cpu()))
+print(json.dumps({"phases": phases, "keys": header.count, "file_size": header.file_size}))
+"""
+
+
+def tree_rss_kb(root: int) -> int:
+    """RSS of ``root`` and all its descendants, in kB (shared pages counted
+    in each process: an upper bound)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def spill_bytes(folder: Path) -> int:
+    """Disk used by the spill folders (``*.spill``) in ``folder``."""
+    total = 0
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.endswith(".spill")]
+        for entry in entries:
+            for file in os.scandir(entry.path):
+                try:
+                    total += file.stat().st_blocks * 512
+                except OSError:  # removed meanwhile
+                    pass
+    except OSError:
+        pass
+    return total
+
+
+def measured_build(src: Path, out: Path, memory: int, jobs: int) -> dict[str, Any]:
+    """Build ``out`` from ``src`` in a child process, sampling its tree's RSS
+    and the spill's disk use every 50 ms."""
+    work = out.parent / f"build-{out.stem}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    target = work / out.name
+    load_before = os.getloadavg()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BUILD_SCRIPT, str(src), str(target), str(memory), str(jobs)],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    peak_rss = peak_disk = 0
+    while proc.poll() is None:
+        peak_rss = max(peak_rss, tree_rss_kb(proc.pid))
+        peak_disk = max(peak_disk, spill_bytes(work))
+        time.sleep(0.05)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert proc.stdout is not None
+    if proc.returncode != 0:
+        raise RuntimeError(f"build of {src} failed ({proc.returncode})")
+    result = json.loads(proc.stdout.read())
+    left = sorted(os.listdir(work))
+    os.replace(target, out)
+    work.rmdir()
+    phases = result["phases"]
+    return {
+        "wall_s": wall,
+        "cpu_s": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime,
+        "user_s": after.ru_utime - cpu.ru_utime,
+        "phases": {a[0]: {"wall_s": b[1] - a[1], "cpu_s": b[2] - a[2]} for a, b in zip(phases, phases[1:])},
+        "peak_rss_kb": peak_rss,
+        "peak_spill_bytes": peak_disk,
+        "left_behind": [n for n in left if n != out.name],
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
+
+
+def sample_by_seeks(src: Path, out: Path, count: int, seed: int = 1) -> None:
+    """About ``count`` records of ``src``, from random places in it: reading
+    the whole of a 8 GB file for a reservoir would take minutes."""
+    rng = random.Random(seed)
+    size = src.stat().st_size
+    kept: dict[bytes, bytes] = {}
+    with open(src, "rb") as f:
+        for at in sorted(rng.randrange(size) for _ in range(count)):
+            f.seek(at)
+            f.readline()
+            line = f.readline()
+            if line.endswith(b"\n"):
+                kept[line[:48]] = line
+    out.write_bytes(b"".join(kept.values()))
+
+
+def mapping_kb(pid: int, path: Path) -> dict[str, int]:
+    """Rss and Pss (kB) of ``pid``'s mappings of the file ``path``."""
+    fields = {"rss": 0, "pss": 0}
+    inside = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if parts and "-" in parts[0] and len(parts) >= 5 and ":" in parts[3]:
+            inside = len(parts) >= 6 and parts[5] == str(path)
+        elif inside and parts[0] in ("Rss:", "Pss:"):
+            fields[parts[0][:-1].lower()] += int(parts[1])
+    return fields
+
+
+def measure_builds(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    from rokv.worker.build import default_jobs, parse_size
+
+    memory = parse_size(args.memory)
+    jobs = args.jobs or default_jobs()
+    rows: list[dict[str, Any]] = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        src = tmp / f"scale-{n}.jsonl"
+        if not src.exists():
+            print(f"[{n:,}] generating {src}", flush=True)
+            subprocess.run(
+                [sys.executable, "data/generate.py", "--count", str(n), "-o", str(src)],
+                cwd=REPO,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        out = tmp / f"scale-{n}.rokv"
+        print(f"[{n:,}] building {out} (--memory {args.memory}, --jobs {jobs})", flush=True)
+        build = measured_build(src, out, memory, jobs)
+        print(f"[{n:,}] {json.dumps(build)}", flush=True)
+        sample = tmp / f"scale-{n}-sample.jsonl"
+        sample_by_seeks(src, sample, SAMPLE)
+        rows.append(
+            {
+                "keys": n,
+                "jsonl_bytes": src.stat().st_size,
+                "rokv_bytes": out.stat().st_size,
+                "memory": memory,
+                "jobs": jobs,
+                "build": build,
+            }
+        )
+        if not args.keep:
+            src.unlink()
+    stacks: dict[int, Stack] = {}
+    try:
+        for row in rows:
+            n = row["keys"]
+            print(f"[{n:,}] starting {args.workers} workers", flush=True)
+            stacks[n] = Stack(tmp / f"scale-{n}.rokv", args.workers, tmp, f"rokv-{n}")
+            row["start_s"] = stacks[n].start_seconds
+        for row in rows:
+            row["throughput"] = {name: [] for name in SCENARIOS}
+        for rep in range(args.repeats):
+            order = rows if rep % 2 == 0 else rows[::-1]
+            for name, scenario in SCENARIOS.items():
+                for row in order:
+                    n = row["keys"]
+                    result = bench(stacks[n], tmp / f"scale-{n}-sample.jsonl", scenario, args.duration)
+                    if result["wrong"] or result["errors"]:
+                        raise RuntimeError(f"{n} {name}: wrong {result['wrong']}, errors {result['errors']}")
+                    row["throughput"][name].append(result["keys_per_s"])
+                    print(f"[{n:,}] {name:<18} {result['keys_per_s']:>12,.0f} keys/s", flush=True)
+        for row in rows:
+            n = row["keys"]
+            row["mapping"] = [mapping_kb(w.pid, tmp / f"scale-{n}.rokv") for w in stacks[n].workers]
+            row["memory_kb"] = stacks[n].memory()
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+    if not args.keep:
+        for row in rows:
+            n = row["keys"]
+            for path in (tmp / f"scale-{n}.rokv", tmp / f"scale-{n}-sample.jsonl"):
+                path.unlink(missing_ok=True)
+    return rows
+
+
+def build_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    first = rows[0]
+    lines = [
+        "## Scale: building and serving .rokv files up to 100M keys",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {machine()}, with "
+        f"`python benchmarks/scale.py --build-only --sizes {','.join(str(r['keys']) for r in rows)} "
+        f"--workers {args.workers} --duration {args.duration:g} --repeats {args.repeats} --memory {args.memory}"
+        + (f" --jobs {args.jobs}" if args.jobs else "")
+        + f"` (the build on {first['jobs']} jobs). The build is rokv.worker.build.build, what `rokv build` runs, in "
+        "a child process; its peak RSS is that of its whole process tree (the parent and its workers, shared pages "
+        "counted in each: an upper bound) and the spill's peak is the disk its temporary files used (sampled every "
+        "50 ms). Load averages (1, 5, 15 min) are before and after each build: the machine is shared with other "
+        "jobs, so wall times are noisy and CPU times the steadier figure. Serving: one stack per size (a broker and "
+        f"{args.workers} workers, all up at once), the standard load of `rokv bench` (64 concurrent gets, and get_many "
+        f"of 100 keys with 16 in flight) from a sample of {SAMPLE:,} records, medians of {args.repeats} runs of "
+        f"{args.duration:g} s, sizes interleaved. Mapping PSS: the workers' share of the file's pages after the load "
+        "(not a sweep of every page).",
+        "",
+        "| keys | .jsonl MB | .rokv MB | build wall s | build CPU s (reading / sorting / hashing) | peak RSS MB "
+        "| spill peak MB (/ file) | left behind | load before → after | worker start s | mapping PSS MB, all workers |"
+        + " | ".join(f" {name} keys/s" for name in SCENARIOS)
+        + " |",
+        "|" + "---|" * (11 + len(SCENARIOS)),
+    ]
+    for r in rows:
+        b = r["build"]
+        phases = " / ".join(
+            f"{b['phases'].get(p, {}).get('cpu_s', math.nan):.1f}" for p in ("reading", "sorting", "hashing")
+        )
+        pss = sum(m["pss"] for m in r["mapping"])
+        cells = [
+            f"{r['keys']:,}",
+            f"{r['jsonl_bytes'] / 2**20:,.0f}",
+            f"{r['rokv_bytes'] / 2**20:,.0f}",
+            f"{b['wall_s']:.1f}",
+            f"{b['cpu_s']:.1f} ({phases})",
+            f"{b['peak_rss_kb'] / 1024:,.0f}",
+            f"{b['peak_spill_bytes'] / 2**20:,.0f} ({b['peak_spill_bytes'] / r['rokv_bytes']:.2f})",
+            ", ".join(b["left_behind"]) or "nothing",
+            f"{b['load_before'][0]:.1f} → {b['load_after'][0]:.1f}",
+            f"{r['start_s']:.2f}",
+            f"{pss / 1024:,.0f}",
+        ]
+        for name in SCENARIOS:
+            cells.append(f"{statistics.median(r['throughput'][name]):,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    last, base = rows[-1], rows[0]
+    lines += ["", f"Ratios, {last['keys']:,} keys against {base['keys']:,}:", ""]
+    for name in SCENARIOS:
+        ratio = statistics.median(last["throughput"][name]) / statistics.median(base["throughput"][name])
+        lines.append(f"- {name}: {ratio:.2f}")
+    lines += ["", "Raw runs (keys/s):", ""]
+    for r in rows:
+        for name in SCENARIOS:
+            lines.append(f"- {r['keys']:,} keys, {name}: " + ", ".join(f"{x:,.0f}" for x in r["throughput"][name]))
+    return "\n".join(lines) + "\n"
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace what lies between this script's markers in ``path``."""
     write_block(path, BEGIN, END, f"{BEGIN}\n{section}{END}")
+
+
+def write_build_section(path: Path, section: str) -> None:
+    write_block(path, BUILD_BEGIN, BUILD_END, f"{BUILD_BEGIN}\n{section}{BUILD_END}")
 
 
 def main() -> int:
@@ -380,15 +686,30 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--from-json", help="measure nothing: rewrite the section from raw results saved by --json")
+    parser.add_argument(
+        "--build-only", action="store_true", help=".rokv files only: build, start and throughput (see above)"
+    )
+    parser.add_argument("--memory", default="2G", help="--build-only: the build's --memory (default %(default)s)")
+    parser.add_argument("--jobs", type=int, help="--build-only: the build's --jobs (default: one per core)")
     args = parser.parse_args()
     if args.from_json:
-        section = report(json.loads(Path(args.from_json).read_text()), args)
+        rows = json.loads(Path(args.from_json).read_text())
+        section = (build_report if args.build_only else report)(rows, args)
         print(section)
         if not args.no_write:
-            write_section(REPO / "BENCHMARKS.md", section)
+            (write_build_section if args.build_only else write_section)(REPO / "BENCHMARKS.md", section)
         return 0
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
+    if args.build_only:
+        rows = measure_builds(args, tmp)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        section = build_report(rows, args)
+        print(section)
+        if not args.no_write:
+            write_build_section(REPO / "BENCHMARKS.md", section)
+        return 0
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         rows.append(measure_size(n, args, tmp))
