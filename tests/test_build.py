@@ -306,6 +306,33 @@ def test_an_interrupted_build_removes_its_temporary_files(tmp_path: Path, signum
     wait_for(lambda: not children_of(proc.pid), scaled(10), "the build's workers to exit")
 
 
+def test_a_worker_that_dies_fails_the_build_cleanly(tmp_path: Path) -> None:
+    src = big_source(tmp_path / "big.jsonl")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rokv", "build", str(src), "-o", str(tmp_path / "out.rokv"), "--jobs", "2"],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(
+            lambda: [n for n in os.listdir(tmp_path) if n.endswith(".spill") and os.listdir(tmp_path / n)],
+            scaled(60),
+            "the build to spill",
+            interval=0.002,
+        )
+        os.kill(children_of(proc.pid)[0], signal.SIGKILL)  # as the kernel's OOM killer would
+        assert proc.wait(scaled(30)) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    assert "rokv: a build process died" in proc.stderr.read().decode()
+    assert sorted(os.listdir(tmp_path)) == ["big.jsonl"]
+
+
 def children_of(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (its workers, if any are left)."""
     found = []

@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -264,7 +264,7 @@ class _Pool:
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        processes = list(getattr(executor, "_processes", {}).values())
+        processes = list((getattr(executor, "_processes", None) or {}).values())
         if kill:
             for process in processes:
                 process.terminate()
@@ -581,6 +581,14 @@ def cmd_build(args: argparse.Namespace) -> int:
         if bar:
             bar.done()
         sys.stderr.write(f"rokv: cannot write {args.output}: {exc.strerror or exc}\n")
+        return Exit.NO
+    except BrokenExecutor:
+        if bar:
+            bar.done()
+        sys.stderr.write(
+            "rokv: a build process died (killed, or out of memory: give a --memory this machine has); "
+            "nothing written, temporary files removed\n"
+        )
         return Exit.NO
     except (KeyboardInterrupt, Interrupted) as exc:
         if bar:
