@@ -1,5 +1,5 @@
 # rokv as one image for every role: broker, workers, the HTTP gateway, or all
-# of them under supervisor (the default). README "Container image" says how.
+# of them under supervisor (the default). docs/operations.md "Container image" says how.
 #
 #   docker build -t rokv .                                   # FROM python:3.12-slim-bookworm
 #   docker build --build-arg BASE=rokv-base:bookworm -t rokv .   # any Debian-like image with python3 + venv

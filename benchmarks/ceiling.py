@@ -41,7 +41,7 @@ import msgpack
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rokv.bench import Config, Tally, load_expected, summary
+from rokv.loadgen import Config, Tally, load_expected, summary
 
 
 def run_broker(frontend: str, backend: str, io_threads: int) -> None:

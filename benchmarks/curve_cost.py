@@ -18,16 +18,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
+EXAMPLE = REPO / "data" / "example.json"
 
 from rokv import Client  # noqa: E402 - after sys.path is set
 from rokv.security import CurvePeer, make_key_pair  # noqa: E402 - after sys.path is set
 
-from support.procs import EXAMPLE, free_port, seen_workers, start_broker, start_worker  # noqa: E402 - after sys.path is set
+from benchmarks.scaleout import Stack  # noqa: E402 - after sys.path is set
 
 
 def run_round(root: Path, curve: bool, seconds: float, keys: list[str]) -> dict[str, float]:
-    frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     broker_args: list[str] = []
     worker_args: list[str] = []
     peer = None
@@ -44,14 +44,10 @@ def run_round(root: Path, curve: bool, seconds: float, keys: list[str]) -> dict[
         ]
         worker_args = ["--curve-secret", str(kd / "worker.key_secret"), "--broker-key", str(broker_pub)]
         peer = CurvePeer(str(kd / "client.key_secret"), str(broker_pub))
-    procs = [start_broker(root, frontend, backend, *broker_args)]
-    procs += [start_worker(root, backend, EXAMPLE, *worker_args, name=f"w{i}") for i in range(2)]
+    stack = Stack(1, 2, str(EXAMPLE), 1, root, broker_args=broker_args, worker_args=worker_args, curve=peer)
+    frontend = stack.endpoint
     try:
-        with Client(frontend, timeout=1, retries=10, curve=peer) as client:
-            for _ in range(20):
-                client.ping()
-        if not curve:
-            seen_workers(frontend, 2)
+        stack.wait_ready(60)  # every worker answered
         result: dict[str, float] = {}
         with Client(frontend, curve=peer) as client:
             lat = []
@@ -80,8 +76,7 @@ def run_round(root: Path, curve: bool, seconds: float, keys: list[str]) -> dict[
         result["first_answer_ms"] = statistics.median(firsts) * 1000
         return result
     finally:
-        for proc in procs:
-            proc.stop()
+        stack.stop()
 
 
 def main() -> int:

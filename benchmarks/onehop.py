@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from rokv.bench import load_expected  # noqa: E402 - after sys.path is set
+from rokv.loadgen import load_expected  # noqa: E402 - after sys.path is set
 
 from benchmarks import redisbench  # noqa: E402 - after sys.path is set
 from benchmarks.ceiling import client_loop, run_forked  # noqa: E402 - after sys.path is set

@@ -20,11 +20,12 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
+EXAMPLE = REPO / "data" / "example.json"
 
 from rokv import AsyncClient  # noqa: E402 - after sys.path is set
 
-from support.procs import EXAMPLE, Stack  # noqa: E402 - after sys.path is set
+from benchmarks.scaleout import Stack  # noqa: E402 - after sys.path is set
 
 
 async def drive(endpoint: str, keys: list[str], coalesce: bool, calls: int) -> None:
@@ -44,13 +45,14 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
     keys = list(json.loads(EXAMPLE.read_text(encoding="utf-8")))
-    stack = Stack(Path(tempfile.mkdtemp(prefix="rokv-profile-")), workers=2).wait_ready()
+    stack = Stack(1, 2, str(EXAMPLE), 1, Path(tempfile.mkdtemp(prefix="rokv-profile-")))
     try:
+        stack.wait_ready(60)
         for coalesce in (False, True):
-            asyncio.run(drive(stack.frontend, keys, coalesce, min(args.calls, 4000)))  # warm up
+            asyncio.run(drive(stack.endpoint, keys, coalesce, min(args.calls, 4000)))  # warm up
             profile = cProfile.Profile()
             profile.enable()
-            asyncio.run(drive(stack.frontend, keys, coalesce, args.calls))
+            asyncio.run(drive(stack.endpoint, keys, coalesce, args.calls))
             profile.disable()
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.top)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rokv.bench import Config, Tally, load_expected, summary
+from rokv.loadgen import Config, Tally, load_expected, summary
 
 from benchmarks.ceiling import run_forked
 

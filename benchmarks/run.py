@@ -322,7 +322,7 @@ def _measure(run: Run, stacks: dict[str, Stack], redis_port: int | None, sample:
 def write_sample(data: str, out: Path, count: int) -> str:
     """A seeded sample of the dataset's pairs for the clients: loading 1M keys
     in every client process would cost more than some runs."""
-    from rokv.bench import load_expected
+    from rokv.loadgen import load_expected
 
     table = load_expected(data)
     if len(table) <= count:
@@ -372,7 +372,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
     redis = None
     why_no_redis = redisbench.available() if not args.no_redis else "not asked for (--no-redis)"
     if why_no_redis is None:
-        from rokv.bench import load_expected
+        from rokv.loadgen import load_expected
 
         redis = redisbench.RedisServer(log_dir / f"redis-{name}.log")
         redis.load(load_expected(data))
@@ -426,7 +426,7 @@ def run_dataset(name: str, args: argparse.Namespace, cache: Path, log_dir: Path)
 
 
 def count_keys(data: str) -> int:
-    from rokv.bench import load_expected
+    from rokv.loadgen import load_expected
 
     return len(load_expected(data))
 

@@ -48,19 +48,18 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from rokv import Client, ServiceUnavailable  # noqa: E402 - after sys.path is set
-from rokv.bench import Tally, load_expected  # noqa: E402 - after sys.path is set
+from rokv import Client, CurvePeer, ServiceUnavailable  # noqa: E402 - after sys.path is set
+from rokv.loadgen import Tally, load_expected, tally_from_json  # noqa: E402 - after sys.path is set
 
 from benchmarks import redisbench  # noqa: E402 - after sys.path is set
 from benchmarks.run import free_endpoint, machine  # noqa: E402 - after sys.path is set
-from benchmarks.scaleout_client import tally_from_json  # noqa: E402 - after sys.path is set
 from benchmarks.sections import write_block  # noqa: E402 - after sys.path is set
 
 BEGIN, END = "<!-- scaleout:begin -->", "<!-- scaleout:end -->"
@@ -154,10 +153,23 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 
 class Stack:
     """``brokers`` brokers and ``workers`` workers, each worker connected to
-    every broker."""
+    every broker; ``broker_args`` and ``worker_args`` go to every broker and
+    worker (CURVE keys, say), and ``curve`` is then the client's side."""
 
-    def __init__(self, brokers: int, workers: int, data: str, io_threads: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        brokers: int,
+        workers: int,
+        data: str,
+        io_threads: int,
+        log_dir: Path,
+        *,
+        broker_args: Sequence[str] = (),
+        worker_args: Sequence[str] = (),
+        curve: CurvePeer | None = None,
+    ) -> None:
         self.brokers, self.workers = brokers, workers
+        self.curve = curve
         self.name = f"{brokers}b{workers}w"
         self.frontends = [free_endpoint() for _ in range(brokers)]
         self.backends = [free_endpoint() for _ in range(brokers)]
@@ -169,7 +181,17 @@ class Stack:
                 self._spawn(
                     f"broker{i}",
                     log_dir,
-                    ["-m", "rokv.broker", "--frontend", front, "--backend", back, "--io-threads", str(io_threads)],
+                    [
+                        "-m",
+                        "rokv.broker",
+                        "--frontend",
+                        front,
+                        "--backend",
+                        back,
+                        "--io-threads",
+                        str(io_threads),
+                        *broker_args,
+                    ],
                 )
                 for i, (front, back) in enumerate(zip(self.frontends, self.backends))
             ]
@@ -186,6 +208,7 @@ class Stack:
                         data,
                         "--name",
                         f"{self.name}-{i}",
+                        *worker_args,
                     ],
                 )
                 for i in range(workers)
@@ -217,7 +240,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         for frontend in self.frontends:
             seen: set[int] = set()
-            with Client(frontend, timeout=0.2, retries=0) as client:
+            with Client(frontend, timeout=0.2, retries=0, curve=self.curve) as client:
                 while not set(self.worker_pids) <= seen:
                     dead = [p for p in self.procs if p.poll() is not None]
                     if dead:

@@ -30,53 +30,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# The load loop's bookkeeping and answer checks are rokv bench's own, so that
-# both tools count and check alike; only the start/stop handshake is new.
+# The load loop, its bookkeeping and answer checks are rokv bench's own
+# (rokv.loadgen), so that both tools count and check alike; only the
+# start/stop handshake is new.
 from rokv import AsyncClient
-from rokv.bench import Config, Probe, Tally, _Run, load_expected, make_probes
 from rokv.errors import RokvError
-
-
-def tally_to_json(tally: Tally) -> dict[str, Any]:
-    """``tally`` as plain JSON values (histogram buckets as strings)."""
-    return {
-        "requests": tally.requests,
-        "keys": tally.keys,
-        "keys_rejected": tally.keys_rejected,
-        "elapsed": tally.elapsed,
-        "answers": dict(tally.answers),
-        "errors": dict(tally.errors),
-        "wrong": tally.wrong,
-        "wrong_examples": tally.wrong_examples,
-        "histogram": {str(k): v for k, v in tally.histogram.items()},
-        "max_latency": tally.max_latency,
-        "cpu": tally.cpu,
-    }
-
-
-def tally_from_json(raw: dict[str, Any]) -> Tally:
-    """The inverse of :func:`tally_to_json`.
-
-    Raises:
-        KeyError, ValueError, TypeError: ``raw`` is not such a tally.
-    """
-    tally = Tally(
-        requests=int(raw["requests"]),
-        keys=int(raw["keys"]),
-        keys_rejected=int(raw["keys_rejected"]),
-        elapsed=float(raw["elapsed"]),
-        wrong=int(raw["wrong"]),
-        wrong_examples=list(raw["wrong_examples"]),
-        max_latency=float(raw["max_latency"]),
-        cpu=float(raw["cpu"]),
-    )
-    tally.answers.update(raw["answers"])
-    tally.errors.update(raw["errors"])
-    tally.histogram.update({int(k): v for k, v in raw["histogram"].items()})
-    return tally
+from rokv.loadgen import Config, Probe, Runner, load_expected, make_probes, run_async, tally_to_json
 
 
 def _say(line: str) -> None:
@@ -112,23 +73,8 @@ async def session(cfg: Config, probes: list[Probe]) -> None:
         replies_before = _broker_replies(client)
         clock = time.perf_counter
         cpu0, t0 = time.process_time(), clock()
-        run = _Run(cfg, 0, probes, None, None, t0 + cfg.duration)
-        settle, count = run.settle, len(probes)
-        get, get_many = client.get, client.get_many
-
-        async def caller() -> None:
-            while clock() < run.deadline:
-                index = run.next_probe
-                run.next_probe = index + 1 if index + 1 < count else 0
-                probe = probes[index]
-                started = clock()
-                try:
-                    result: object = await (get_many(probe.keys) if many else get(probe.keys[0]))
-                except RokvError as exc:
-                    result = exc
-                settle(probe, result, clock() - started)
-
-        await asyncio.gather(*(caller() for _ in range(cfg.concurrency)))
+        run = Runner(cfg, probes, t0 + cfg.duration)
+        await run_async(run, client)
         tally = run.finish(clock() - t0, time.process_time() - cpu0)
         replies = [after - before for after, before in zip(_broker_replies(client), replies_before)]
         _say(json.dumps({"tally": tally_to_json(tally), "broker_replies": replies}))

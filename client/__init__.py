@@ -1,6 +1,6 @@
 """rokv client library: look UUIDv4 keys up in a rokv service.
 
->>> from client import Client
+>>> from rokv import Client
 >>> with Client("tcp://127.0.0.1:5555") as kv:
 ...     kv.get("8a35eb59-62b3-481c-8875-1f248df4c952")
 

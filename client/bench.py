@@ -1,17 +1,16 @@
 """``rokv bench``: a load generator against a running rokv service.
 
-Each client process loads the dataset, keeps ``--concurrency`` requests in
-flight through one :class:`rokv.AsyncClient` (or sends one at a time through
-a :class:`rokv.Client`), checks every answer against the dataset, and
-reports counts and a latency histogram; the parent shows a live progress line
-on a terminal and prints the totals, or JSON with ``--json``.
+The parent loads the dataset (:func:`rokv.loadgen.load_expected`: refused as
+a worker would refuse it) and forks ``--processes`` client processes; each
+keeps ``--concurrency`` requests in flight through one
+:class:`rokv.AsyncClient` (or sends one at a time through a
+:class:`rokv.Client`) and checks every answer against the dataset, with the
+load loop of :mod:`rokv.loadgen`. The parent shows a live progress line on a
+terminal and prints the totals, or JSON with ``--json``.
 
 Every run is bounded: by ``--duration`` seconds, and by ``--requests`` when
-given, whichever comes first.
-
-Exit codes: 0 every answer was right; 1 some answer was wrong; 3 some request
-got no answer or was refused (and none was wrong); 2 bad usage or a dataset
-that cannot be read.
+given, whichever comes first. Exit statuses: ``rokv bench`` in
+:data:`rokv.exitcodes.PROGRAMS`.
 """
 
 from __future__ import annotations
@@ -19,389 +18,50 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import multiprocessing as mp
 import os
-import random
 import sys
 import time
-from array import array
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rokv.core import make_policy, resolve_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints
-from rokv.errors import (
-    InvalidKey,
-    KeyNotFound,
-    ProtocolError,
-    RokvError,
-    ServiceUnavailable,
-)
+from rokv.errors import RokvError, ServiceUnavailable
 from rokv.exitcodes import Exit, epilog
-from rokv.keys import normalize_key, random_key
-
-DEFAULT_DATA = "data/example.json"
-#: Histogram buckets per factor e of latency: about 1.6% resolution.
-_BUCKETS_PER_E = 64
-#: Wrong answers kept as examples in the report.
-_EXAMPLES = 5
-#: Invalid keys the generator sends, one of each kind the protocol refuses.
-INVALID_KEYS = (
-    "not-a-key",
-    "8a35eb59-62b3-181c-8875-1f248df4c952",
-    "8a35eb59-62b3-481c-c875-1f248df4c952",
-    "{8a35eb59-62b3-481c-8875-1f248df4c952",
-    " 8a35eb59-62b3-481c-8875-1f248df4c952",
-    "",
+from rokv.loadgen import (
+    DEFAULT_DATA,
+    Config,
+    Runner,
+    Tally,
+    async_options,
+    load_expected,
+    make_probes,
+    run_async,
+    run_sync,
+    summary,
 )
+
 #: How long a child may take to load the dataset and reach the service.
 _START_TIMEOUT = 120.0
-
-
-@dataclass
-class Config:
-    """One bench run; the defaults are those of the command line."""
-
-    endpoint: str | None = None
-    data: str = DEFAULT_DATA
-    processes: int = 1
-    concurrency: int = 64
-    keys_per_request: int = 1
-    duration: float = 10.0
-    requests: int | None = None
-    missing: float = 0.0
-    invalid: float = 0.0
-    client: str = "async"
-    coalesce: bool = True
-    max_batch: int | None = None
-    max_delay: float | None = None
-    timeout: float | None = None  # None: the clients' default retry policy
-    retries: int | None = None
-    seed: int = 1
-
-
-@dataclass
-class Tally:
-    """What one process saw; tallies add up."""
-
-    requests: int = 0
-    keys: int = 0  # answered: of requests that got values (or not_found)
-    keys_rejected: int = 0  # of requests refused (invalid_key, protocol) or unanswered
-    elapsed: float = 0.0
-    answers: Counter = field(default_factory=Counter)  # value, not_found, invalid_key
-    errors: Counter = field(default_factory=Counter)  # unavailable, protocol, other
-    wrong: int = 0
-    wrong_examples: list[str] = field(default_factory=list)
-    histogram: Counter = field(default_factory=Counter)  # bucket -> count
-    max_latency: float = 0.0
-    cpu: float = 0.0
-
-    def add(self, other: Tally) -> None:
-        self.requests += other.requests
-        self.keys += other.keys
-        self.keys_rejected += other.keys_rejected
-        self.elapsed = max(self.elapsed, other.elapsed)
-        self.answers.update(other.answers)
-        self.errors.update(other.errors)
-        self.wrong += other.wrong
-        self.wrong_examples.extend(other.wrong_examples[: _EXAMPLES - len(self.wrong_examples)])
-        self.histogram.update(other.histogram)
-        self.max_latency = max(self.max_latency, other.max_latency)
-        self.cpu += other.cpu
-
-    def record(self, seconds: float) -> None:
-        self.histogram[int(math.log(max(seconds, 1e-7)) * _BUCKETS_PER_E)] += 1
-        if seconds > self.max_latency:
-            self.max_latency = seconds
-
-    def percentile(self, q: float) -> float:
-        """Latency in seconds at quantile ``q`` (0..1) from the histogram."""
-        total = sum(self.histogram.values())
-        if not total:
-            return math.nan
-        rank = q * total
-        seen = 0
-        for bucket in sorted(self.histogram):
-            seen += self.histogram[bucket]
-            if seen >= rank:
-                return min(math.exp((bucket + 0.5) / _BUCKETS_PER_E), self.max_latency)
-        return self.max_latency
-
-    def wrong_answer(self, what: str) -> None:
-        self.wrong += 1
-        if len(self.wrong_examples) < _EXAMPLES:
-            self.wrong_examples.append(what)
-
-
-# ---------------------------------------------------------------- the dataset
-
-
-def load_expected(path: str) -> dict[str, str]:
-    """The dataset as canonical key -> value, read independently of the worker.
-
-    Raises:
-        ValueError: the file cannot be read or is not a rokv dataset.
-    """
-    if path.lower().endswith(".rokv"):
-        # Read independently of the worker on purpose: the answers are checked
-        # against the source, not against the reader under test.
-        raise ValueError(f"{path!r} is a compiled .rokv file; give the .json or .jsonl it was built from")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            if path.lower().endswith(".jsonl"):
-                pairs: Iterator[tuple[Any, Any]] = (
-                    (obj["key"], obj["value"]) for obj in map(json.loads, filter(str.strip, f))
-                )
-                data = {normalize_key(k): v for k, v in pairs}
-            else:
-                data = {normalize_key(k): v for k, v in json.load(f).items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"cannot read dataset {path!r}: {exc}") from None
-    if not data:
-        raise ValueError(f"dataset {path!r} is empty")
-    return data
-
-
-class KeyMaker:
-    """Draws request keys: hits from the dataset, and the asked shares of
-    valid missing keys and invalid keys, reproducibly from a seed."""
-
-    def __init__(self, expected: dict[str, str], missing: float, invalid: float, seed: int) -> None:
-        self.expected = expected
-        self.keys = list(expected)
-        self.missing = missing
-        self.invalid = invalid
-        self.rng = random.Random(seed)
-
-    def draw(self) -> str:
-        r = self.rng.random()
-        if r < self.invalid:
-            return self.rng.choice(INVALID_KEYS)
-        if r < self.invalid + self.missing:
-            while True:
-                key = random_key(self.rng)
-                if key not in self.expected:
-                    return key
-        return self.keys[int(self.rng.random() * len(self.keys))]
-
-
-#: What a probe expects besides a value: these outcomes, by name.
-NOT_FOUND = "not_found"
-INVALID = "invalid_key"
-
-
-class Probe:
-    """One request to send and the answer it must get, worked out before the
-    run so that checking an answer costs one comparison, not a validation per
-    key: the load generator must stay cheaper than what it measures.
-
-    ``expect`` is the value (get), the list of values (get_many), ``NOT_FOUND``,
-    or ``INVALID`` with ``invalid_key`` the key the error must name.
-    """
-
-    __slots__ = ("keys", "expect", "invalid_key", "plain")
-
-    def __init__(self, expected: dict[str, str], keys: list[str]) -> None:
-        self.keys = keys
-        self.invalid_key: str | None = None
-        states = [_key_state(expected, k) for k in keys]
-        first_invalid = next((i for i, (s, _) in enumerate(states) if s == "invalid"), None)
-        #: The answer is a value (or list), so equality alone says it is right.
-        self.plain = True
-        if first_invalid is not None:
-            self.expect: object = INVALID
-            self.invalid_key = keys[first_invalid]
-            self.plain = False
-        elif len(keys) == 1:
-            self.expect = states[0][1] if states[0][0] == "hit" else NOT_FOUND
-            self.plain = states[0][0] == "hit"
-        else:
-            self.expect = [v for _, v in states]
-
-
-def make_probes(
-    expected: dict[str, str], keys_per_request: int, missing: float, invalid: float, seed: int, count: int | None = None
-) -> list[Probe]:
-    """A pool of requests to cycle through, each with its expected answer.
-    By default it spans up to about 200,000 keys (at least 1,024 requests)."""
-    maker = KeyMaker(expected, missing, invalid, seed)
-    if count is None:
-        count = max(1024, min(65536, 200_000 // keys_per_request))
-    return [Probe(expected, [maker.draw() for _ in range(keys_per_request)]) for _ in range(count)]
-
-
-def _key_state(expected: dict[str, str], key: str) -> tuple[str, str | None]:
-    """("invalid", None), ("missing", None) or ("hit", value)."""
-    try:
-        canonical = normalize_key(key)
-    except InvalidKey:
-        return "invalid", None
-    value = expected.get(canonical)
-    return ("hit", value) if value is not None else ("missing", None)
-
-
-def check(tally: Tally, probe: Probe, result: object) -> None:
-    """Count the outcome of ``probe``; ``result`` is what the call returned
-    or the exception it raised. Anything but the expected answer is wrong,
-    except failures to get an answer at all, which are errors. The keys of a
-    request refused or unanswered count as rejected, not as answered."""
-    expect = probe.expect
-    if isinstance(result, (str, list)):
-        tally.answers["value"] += 1
-        if result != expect:
-            what = "get" if len(probe.keys) == 1 else f"get_many of {len(probe.keys)}"
-            if isinstance(result, list) and isinstance(expect, list):
-                index = next((i for i, (a, b) in enumerate(zip(result, expect)) if a != b), None)
-                got = f"a wrong value at index {index}"
-            else:
-                got = f"{str(result)[:40]!r}"
-            tally.wrong_answer(f"{what} {probe.keys[0]!r}...: got {got}, expected {str(expect)[:40]!r}")
-    elif isinstance(result, KeyNotFound):
-        tally.answers[NOT_FOUND] += 1
-        if expect != NOT_FOUND:
-            tally.wrong_answer(f"get {probe.keys[0]!r}: got not_found, expected {str(expect)[:40]!r}")
-    elif isinstance(result, InvalidKey):
-        tally.answers[INVALID] += 1
-        tally.keys_rejected += len(probe.keys)
-        if expect != INVALID or result.key != probe.invalid_key:
-            tally.wrong_answer(
-                f"invalid_key naming {result.key!r}; expected {str(expect)[:40]!r} naming {probe.invalid_key!r}"
-            )
-    else:
-        tally.keys_rejected += len(probe.keys)
-        _count_error(tally, result)
-
-
-def _count_error(tally: Tally, exc: object) -> None:
-    if isinstance(exc, ServiceUnavailable):
-        tally.errors["unavailable"] += 1
-    elif isinstance(exc, ProtocolError):
-        tally.errors[f"protocol:{exc.code}"] += 1
-    elif isinstance(exc, RokvError):
-        tally.errors["client"] += 1
-    else:
-        tally.errors[f"other:{type(exc).__name__}"] += 1
 
 
 # ---------------------------------------------------------------- one process
 
 
-class _Run:
-    """One process's load loop: which probe is next, when to stop, and what
-    came back. The per-request path is kept lean (a latency appended to an
-    array, one comparison for a right answer) so that the generator stays
-    cheaper than what it measures; the histogram is built after the run."""
-
-    def __init__(
-        self, cfg: Config, index: int, probes: list[Probe], progress: Any, quota: int | None, deadline: float
-    ) -> None:
-        self.cfg = cfg
-        self.probes = probes
-        self.next_probe = 0
-        self.tally = Tally()
-        self.progress = progress
-        self.slot = index * 3
-        self.remaining = quota if quota is not None else 1 << 62
-        self.deadline = deadline  # time.perf_counter() based
-        self.latencies = array("d")
-        self.count = 0
-        self.right = 0  # answers that were the expected value or list
-
-    def settle(self, probe: Probe, result: object, seconds: float) -> None:
-        self.latencies.append(seconds)
-        if probe.plain and result == probe.expect:
-            self.right += 1
-        else:
-            check(self.tally, probe, result)
-        self.count += 1
-        if self.count & 63 == 0:
-            self.report()
-
-    def report(self) -> None:
-        if self.progress is not None:
-            tally = self.tally
-            self.progress[self.slot] = self.count
-            self.progress[self.slot + 1] = self.count * self.cfg.keys_per_request - tally.keys_rejected
-            self.progress[self.slot + 2] = tally.wrong + sum(tally.errors.values())
-
-    def finish(self, elapsed: float, cpu: float) -> Tally:
-        tally = self.tally
-        tally.requests = self.count
-        tally.keys = self.count * self.cfg.keys_per_request - tally.keys_rejected
-        tally.answers["value"] += self.right
-        if not tally.answers["value"]:
-            del tally.answers["value"]
-        for seconds in self.latencies:
-            tally.record(seconds)
-        tally.elapsed = elapsed
-        tally.cpu = cpu
-        self.report()
-        return tally
-
-
-async def _run_async(run: _Run) -> None:
+async def _run_async(run: Runner) -> None:
     from rokv.aio import AsyncClient
 
-    cfg = run.cfg
-    options: dict[str, Any] = {"timeout": cfg.timeout, "retries": cfg.retries, "coalesce": cfg.coalesce}
-    if cfg.max_batch is not None:
-        options["max_batch"] = cfg.max_batch
-    if cfg.max_delay is not None:
-        options["max_delay"] = cfg.max_delay
-    many = cfg.keys_per_request > 1
-    clock = time.perf_counter
-    probes = run.probes
-    count = len(probes)
-    settle = run.settle
-    async with AsyncClient(cfg.endpoint, **options) as client:
-        get, get_many = client.get, client.get_many
-
-        async def one_caller() -> None:
-            while run.remaining > 0 and clock() < run.deadline:
-                run.remaining -= 1
-                index = run.next_probe
-                run.next_probe = index + 1 if index + 1 < count else 0
-                probe = probes[index]
-                started = clock()
-                try:
-                    result: object = await (get_many(probe.keys) if many else get(probe.keys[0]))
-                except RokvError as exc:
-                    result = exc
-                settle(probe, result, clock() - started)
-
-        await asyncio.gather(*(one_caller() for _ in range(cfg.concurrency)))
-
-
-def _run_sync(run: _Run) -> None:
-    from rokv.sync import Client
-
-    cfg = run.cfg
-    many = cfg.keys_per_request > 1
-    clock = time.perf_counter
-    probes = run.probes
-    with Client(cfg.endpoint, timeout=cfg.timeout, retries=cfg.retries) as client:
-        while run.remaining > 0 and clock() < run.deadline:
-            run.remaining -= 1
-            probe = probes[run.next_probe]
-            run.next_probe = (run.next_probe + 1) % len(probes)
-            started = clock()
-            try:
-                result: object = client.get_many(probe.keys) if many else client.get(probe.keys[0])
-            except RokvError as exc:
-                result = exc
-            run.settle(probe, result, clock() - started)
+    async with AsyncClient(run.cfg.endpoint, **async_options(run.cfg)) as client:
+        await run_async(run, client)
 
 
 def _child(
     cfg: Config, index: int, expected: dict[str, str], progress: Any, ready: Any, start: Any, results: Any
 ) -> None:
     """One client process: reach the service, wait for the start, run, report."""
-    try:
-        from rokv.sync import Client
+    from rokv.sync import Client
 
+    try:
         with Client(cfg.endpoint, timeout=cfg.timeout, retries=cfg.retries) as client:
             client.ping()
     except RokvError as exc:
@@ -416,9 +76,10 @@ def _child(
         quota = cfg.requests // cfg.processes + (1 if index < cfg.requests % cfg.processes else 0)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    run = _Run(cfg, index, probes, progress, quota, t0 + cfg.duration)
+    run = Runner(cfg, probes, t0 + cfg.duration, quota=quota, progress=progress, index=index)
     if cfg.client == "sync":
-        _run_sync(run)
+        with Client(cfg.endpoint, timeout=cfg.timeout, retries=cfg.retries) as client:
+            run_sync(run, client)
     else:
         asyncio.run(_run_async(run))
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -512,30 +173,6 @@ def _progress_line(elapsed: float, requests: int, keys: int, bad: int) -> None:
         f"\r\x1b[K{elapsed:7.2f} s  {requests:>12,} requests  {rate:>10,.0f} req/s  {keys:>12,} keys  {bad:,} errors"
     )
     sys.stderr.flush()
-
-
-def summary(cfg: Config, tally: Tally) -> dict[str, Any]:
-    """The machine-readable report of a run."""
-    elapsed = tally.elapsed or math.nan
-    latency = {
-        name: tally.percentile(q) * 1000 for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
-    }
-    latency["max"] = tally.max_latency * 1000
-    return {
-        "config": asdict(cfg),
-        "elapsed_s": tally.elapsed,
-        "requests": tally.requests,
-        "keys": tally.keys,
-        "keys_rejected": tally.keys_rejected,
-        "requests_per_s": tally.requests / elapsed,
-        "keys_per_s": tally.keys / elapsed,
-        "client_cpu_us_per_request": tally.cpu / tally.requests * 1e6 if tally.requests else None,
-        "latency_ms": latency,
-        "answers": dict(tally.answers),
-        "errors": dict(tally.errors),
-        "wrong": tally.wrong,
-        "wrong_examples": tally.wrong_examples,
-    }
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -9,9 +9,9 @@ the port starts. So every endpoint is checked here before it reaches a socket.
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import re
 from collections.abc import Callable, Sequence
+
+from rokv.hostport import split_host_port
 
 #: Transports a client may use; ``inproc`` only reaches a socket bound in the
 #: same process, with the same context.
@@ -19,7 +19,6 @@ CLIENT_TRANSPORTS = ("tcp", "ipc", "inproc")
 #: Transports between processes: the broker's, a worker's and the command's.
 PROCESS_TRANSPORTS = ("tcp", "ipc")
 
-_PORT = re.compile(r"[0-9]{1,5}")
 _FORMS = {"tcp": "tcp://HOST:PORT", "ipc": "ipc://PATH", "inproc": "inproc://NAME"}
 
 
@@ -51,21 +50,10 @@ def check_endpoint(endpoint: str, *, transports: tuple[str, ...] = CLIENT_TRANSP
 
 def _check_tcp(endpoint: str, address: str) -> None:
     # libzmq's "tcp://SOURCE;HOST:PORT" form: the destination is what matters.
-    host, colon, port = address.rpartition(";")[2].rpartition(":")
-    if not colon or not host:
-        raise ValueError(f"endpoint {endpoint!r} needs a host and a port: expected tcp://HOST:PORT")
-    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
-        raise ValueError(f"endpoint {endpoint!r}: port {port!r} is not a port number from 1 to 65535")
-    if host.startswith("["):
-        inside = host[1:-1] if host.endswith("]") else ""
-        try:
-            ipaddress.IPv6Address(inside)
-        except ValueError:
-            raise ValueError(f"endpoint {endpoint!r}: {host!r} is not an IPv6 address in brackets") from None
-    elif ":" in host or "[" in host or "]" in host:
-        raise ValueError(f"endpoint {endpoint!r}: an IPv6 address goes in brackets, as in tcp://[::1]:5555")
-    elif any(c.isspace() for c in host):
-        raise ValueError(f"endpoint {endpoint!r}: the host {host!r} holds white space")
+    try:
+        split_host_port(address.rpartition(";")[2])
+    except ValueError as exc:
+        raise ValueError(f"endpoint {endpoint!r}: {exc}") from None
 
 
 def endpoint_argument(transports: tuple[str, ...] = PROCESS_TRANSPORTS) -> Callable[[str], str]:

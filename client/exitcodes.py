@@ -11,29 +11,48 @@ docs/operations.md (:func:`markdown_table`; a test keeps the two equal):
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, unique
 
 
+@unique
 class Exit(IntEnum):
-    """What a rokv program's exit status means."""
+    """What a rokv program's exit status means (:data:`MEANINGS` says it in words)."""
 
-    #: Done: found, built, intact, deployed, serving, every answer right; a
-    #: daemon stopped by SIGTERM or SIGINT.
     OK = 0
-    #: The answer is no: a key not found, a source refused, a file corrupt, a
-    #: wrong answer, a deploy refused or rolled back; a daemon that could not
-    #: serve (its dataset refused, its port taken, its proxy failed).
     NO = 1
-    #: Bad usage or setting: an unknown option, a malformed endpoint, an
-    #: invalid key, a bad ROKV_* value, a command without the extra it needs.
     USAGE = 2
-    #: No reply, or not everything serving: the service (or supervisord) is
-    #: unreachable, some request got no answer, a program of the pool is down.
     UNAVAILABLE = 3
-    #: The server refused the request (``bad_request``, ``unsupported_version``).
     REFUSED = 4
-    #: ``rokv deploy`` failed and could not put the pool back: act by hand.
     ROLLBACK_FAILED = 5
+
+
+#: Each status: a word or two (``rokv --help``) and its meaning for every program.
+MEANINGS: dict[Exit, tuple[str, str]] = {
+    Exit.OK: (
+        "done",
+        "done: found, built, intact, deployed, serving, every answer right; a daemon stopped by SIGTERM or SIGINT",
+    ),
+    Exit.NO: (
+        "the answer is no (not found, refused, wrong)",
+        "the answer is no: a key not found, a source refused, a file corrupt, a wrong answer, a deploy refused "
+        "or rolled back; a daemon that cannot serve (its dataset refused, its port taken, its proxy failed)",
+    ),
+    Exit.USAGE: (
+        "bad usage",
+        "bad usage or setting: an unknown option, a malformed endpoint, an invalid key, a bad `ROKV_*` value, "
+        "a command without the extra it needs",
+    ),
+    Exit.UNAVAILABLE: (
+        "no reply",
+        "no reply, or not everything serving: the service (or supervisord) unreachable, some request "
+        "unanswered, a program of the pool down",
+    ),
+    Exit.REFUSED: ("request refused", "the server refused the request (`bad_request`, `unsupported_version`)"),
+    Exit.ROLLBACK_FAILED: (
+        "deploy could not roll back",
+        "`rokv deploy` failed and could not put the pool back: act by hand",
+    ),
+}
 
 
 #: Program -> the statuses it exits with and what each means for it. The
@@ -133,39 +152,26 @@ def overview() -> str:
     """The ``rokv --help`` epilog: every status in a word or two."""
     return (
         "exit codes: "
-        + ", ".join(f"{int(code)} {word}" for code, word in _WORDS.items())
+        + ", ".join(f"{int(code)} {word}" for code, (word, _) in MEANINGS.items())
         + "; each command's --help says what each means for it"
     )
 
 
-_WORDS = {
-    Exit.OK: "done",
-    Exit.NO: "the answer is no (not found, refused, wrong)",
-    Exit.USAGE: "bad usage",
-    Exit.UNAVAILABLE: "no reply",
-    Exit.REFUSED: "request refused",
-    Exit.ROLLBACK_FAILED: "deploy could not roll back",
-}
-
-
 def markdown_table() -> str:
-    """Every status, what it means, and which programs use it, as Markdown."""
+    """The exit codes of docs/operations.md, as Markdown: every status with
+    its meaning and the programs that use it, then what each status means
+    for each program."""
+    everyone = len(PROGRAMS)
     rows = ["| code | meaning | programs |", "|---|---|---|"]
-    for code in Exit:
-        doc = _MEANINGS[code]
-        users = ", ".join(f"`{name}`" for name, codes in PROGRAMS.items() if code in codes)
-        rows.append(f"| {int(code)} | {doc} | {users} |")
+    for code, (_, meaning) in MEANINGS.items():
+        users = [name for name, codes in PROGRAMS.items() if code in codes]
+        listed = "all" if len(users) == everyone else ", ".join(f"`{name}`" for name in users)
+        rows.append(f"| {int(code)} | {meaning} | {listed} |")
+    rows += ["", "| program | " + " | ".join(str(int(code)) for code in Exit) + " |", "|---" * (len(Exit) + 1) + "|"]
+    for name, codes in PROGRAMS.items():
+        rows.append(f"| `{name}` | " + " | ".join(codes.get(code, "") for code in Exit) + " |")
     return "\n".join(rows) + "\n"
 
-
-_MEANINGS = {
-    Exit.OK: "done: found, built, intact, deployed, serving, every answer right; a daemon stopped by a signal",
-    Exit.NO: "the answer is no: not found, refused, corrupt, a wrong answer, rolled back; a daemon that cannot serve",
-    Exit.USAGE: "bad usage or setting: an unknown option, a malformed endpoint, an invalid key, a missing extra",
-    Exit.UNAVAILABLE: "no reply, or not everything serving: the service or supervisord unreachable",
-    Exit.REFUSED: "the server refused the request (`bad_request`, `unsupported_version`)",
-    Exit.ROLLBACK_FAILED: "`deploy` failed and could not roll back: act by hand",
-}
 
 if __name__ == "__main__":
     print(markdown_table(), end="")

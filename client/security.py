@@ -2,7 +2,7 @@
 
 Who may talk to whom is decided by the broker: it holds a secret key, and two
 allow-list folders of public keys, one for clients and one for workers (see
-README "Security"). A client or worker needs its own secret key file and the
+docs/operations.md "Security"). A client or worker needs its own secret key file and the
 broker's public key file. Key files are ZeroMQ certificates as written by
 ``zmq.auth.create_certificates``: ``NAME.key`` (public, safe to copy) and
 ``NAME.key_secret`` (keep private).

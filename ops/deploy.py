@@ -147,7 +147,7 @@ def check_link(link: str) -> str:
         raise Stop(
             Exit.USAGE,
             f"{link} {what}: deploy repoints the symbolic link the workers load "
-            f"(their ROKV_DATA); see README 'Compiled datasets and deploying a new version'",
+            f"(their ROKV_DATA); see docs/operations.md 'Compiled datasets and deploying a new version'",
         )
     if not link.lower().endswith(SUFFIX):
         raise Stop(Exit.USAGE, f"{link}: workers pick the format by the name they load: it must end in {SUFFIX}")

@@ -35,7 +35,7 @@ from rokv.hostport import METRICS_ENV, parse_address
 from rokv.ops import metricfiles
 from rokv.server.metrics import DIR_ENV
 
-log = logging.getLogger("rokv.metrics")
+log = logging.getLogger("rokv.ops.exporter")
 
 #: A process whose last publication is older than this is not serving (a
 #: process publishes four times a second).

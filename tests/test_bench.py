@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rokv import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
-from rokv.bench import INVALID, NOT_FOUND, Probe, Tally, check, make_probes
+from rokv.loadgen import INVALID, NOT_FOUND, Probe, Tally, check, make_probes
 
 from support.procs import REPO, Stack, child_env, free_port, scaled
 
@@ -128,9 +128,37 @@ def test_no_service_and_bad_usage_fail_fast() -> None:
     code, _, err = bench("--endpoint", endpoint, "--missing", "0.7", "--invalid", "0.5")
     assert code == 2 and "must not exceed 1" in err
     code, _, err = bench("--endpoint", endpoint, "--data", "/nonexistent.json")
-    assert code == 2 and "cannot read dataset" in err
+    assert code == 2 and err == "rokv: /nonexistent.json: no such file\n"
     code, _, err = bench("--endpoint", endpoint, "--data", "/srv/data.rokv")
     assert code == 2 and "give the .json or .jsonl it was built from" in err
+
+
+REFUSED = {
+    "number.json": '{"8a35eb59-62b3-481c-8875-1f248df4c952": 5}',
+    "null.jsonl": '{"key": "8a35eb59-62b3-481c-8875-1f248df4c952", "value": null}\n',
+    "twice.json": '{"8a35eb59-62b3-481c-8875-1f248df4c952": "a", "8A35EB59-62B3-481C-8875-1F248DF4C952": "b"}',
+    "surrogate.json": '{"8a35eb59-62b3-481c-8875-1f248df4c952": "\\ud800"}',
+    "shape.jsonl": '{"key": "8a35eb59-62b3-481c-8875-1f248df4c952"}\n',
+    "empty.json": "{}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_a_dataset_the_workers_refuse_is_refused_with_the_workers_message(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text(REFUSED[name], encoding="utf-8")
+    worker = subprocess.run(
+        [sys.executable, "-m", "rokv.worker", "--backend", f"tcp://127.0.0.1:{free_port()}", "--data", str(path)],
+        cwd=REPO,
+        env=child_env(TMPDIR=str(tmp_path)),  # the worker's refusal record stays in tmp_path
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
+    assert worker.returncode == 1 and worker.stderr.startswith("rokv-worker: "), worker.stderr
+    code, _, err = bench("--endpoint", f"tcp://127.0.0.1:{free_port()}", "--data", str(path))
+    assert code == 2
+    assert err == "rokv: " + worker.stderr.removeprefix("rokv-worker: ")
 
 
 def test_check_tells_right_from_wrong_and_counts_each_kind(example: dict[str, str]) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rokv.dataset import DatasetError, load_dataset
 from rokv.keys import random_key
 from rokv.worker.build import _Bar, build, plan
-from rokv.worker.dataset import DatasetError, load_dataset
 from rokv.worker.layout import HEADER_SIZE
 from rokv.worker.reader import open_store, verify_store
 from rokv.worker.writer import write_store

@@ -45,7 +45,7 @@ POLICY = [
 @pytest.fixture(params=["plain", "curve", "python"])
 def security(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, dict[str, str]]:
     """Every scenario runs three times: without encryption; with CurveZMQ on
-    both sides of the broker (the variables of README "Security"); and
+    both sides of the broker (the variables of docs/operations.md "Security"); and
     without encryption on the workers' pure-Python loop (ROKV_PURE_PYTHON),
     the other two running the compiled one. Returns the environment of
     supervisord and of the load drivers."""

@@ -265,3 +265,19 @@ def test_rokv_help_names_every_exit_code() -> None:
     listed = text[text.index("exit codes:") :]
     for code in Exit:
         assert f"{int(code)} " in listed
+
+
+def test_the_exit_code_tables_in_the_operations_manual_are_the_rendered_ones() -> None:
+    from rokv.exitcodes import markdown_table
+
+    rendered = subprocess.run(
+        [sys.executable, "-m", "rokv.exitcodes"], capture_output=True, text=True, timeout=scaled(30), check=True
+    ).stdout
+    assert rendered == markdown_table()
+    text = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    assert markdown_table() in section
+    # No other table in the section: every table line is a rendered one.
+    assert [line for line in section.splitlines() if line.startswith("|")] == [
+        line for line in markdown_table().splitlines() if line
+    ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rokv.worker.dataset import DatasetError, load_dataset
+from rokv.dataset import DatasetError, load_dataset
 from rokv.worker.load import open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -422,5 +422,5 @@ def test_read_errors_become_dataset_errors(
     def failing_open(*args: object, **kwargs: object) -> None:
         raise exc
 
-    monkeypatch.setattr("rokv.worker.dataset.open", failing_open, raising=False)
+    monkeypatch.setattr("rokv.dataset.open", failing_open, raising=False)
     refused(path, "cannot read", fragment)

@@ -1,7 +1,7 @@
 """Deploying a new dataset version under load: build it, repoint the served
 path, restart the workers one at a time with supervisor; no lookup fails, and
 ping shows the switch-over. First by hand, then with ``rokv deploy`` (the
-procedure the README gives), which must also refuse a bad file before touching
+procedure docs/operations.md gives), which must also refuse a bad file before touching
 anything and roll back when a worker fails on the new one."""
 
 from __future__ import annotations

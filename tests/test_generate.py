@@ -15,8 +15,8 @@ from types import ModuleType
 
 import pytest
 
+from rokv.dataset import load_dataset
 from rokv.keys import is_canonical, normalize_key
-from rokv.worker.dataset import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data" / "generate.py"

@@ -173,7 +173,7 @@ def test_a_real_prometheus_scrapes_the_pool_and_sees_the_load_rate(
     sup, address, endpoint = _pool(supervisor_factory)
     port = free_port()
     config = tmp_path / "prometheus.yml"
-    # The scrape configuration README "Monitoring" gives, with a 1 s interval for the test.
+    # The scrape configuration docs/operations.md "Monitoring" gives, with a 1 s interval for the test.
     config.write_text(f"""\
 global:
   scrape_interval: 1s

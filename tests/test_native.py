@@ -206,3 +206,40 @@ def test_truncated_requests_are_answered_as_the_handler_answers(
 ) -> None:
     body = msgpack.packb(request)
     same(pair, body[: cut % (len(body) + 1)])
+
+
+def test_the_compiled_loop_holds_the_constants_python_gave_it() -> None:
+    # The C code restates none of the protocol: what configure() was given
+    # (rokv.worker.native.constants()) is what config() reads back.
+    module = compiled()
+    assert module.config() == native.constants()
+    assert module.config()["not_found"]["code"] == p.NOT_FOUND
+    assert module.config()["max_mget_keys"] == p.MAX_MGET_KEYS
+
+
+def test_the_compiled_loop_answers_with_what_it_was_configured_with() -> None:
+    # Configured with other words, it answers with them: the not-found
+    # message and the operation names come from Python, not from the C code.
+    compiled()
+    code = (
+        "import msgpack\n"
+        "from rokv import protocol as p\n"
+        "from rokv.worker import native\n"
+        "module = native.load()\n"
+        "given = native.constants()\n"
+        "given['not_found'] = {'code': 'absent', 'before': 'nothing under ', 'after': ' here'}\n"
+        "given['ops'] = {'get': 'fetch', 'mget': 'fetch_many'}\n"
+        "module.configure(given)\n"
+        "lookup = module.dict_lookup({})\n"
+        "key = '8a35eb59-62b3-481c-8875-1f248df4c952'\n"
+        "print(msgpack.unpackb(module.answer(lookup, msgpack.packb({'v': 1, 'id': 7, 'op': 'fetch', 'key': key}))))\n"
+        "print(module.answer(lookup, p.encode_request(8, p.OP_GET, key)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=scaled(30)
+    )
+    assert result.returncode == 0, result.stderr
+    reply, unknown_op = result.stdout.splitlines()
+    key = "8a35eb59-62b3-481c-8875-1f248df4c952"
+    assert reply == repr({"id": 7, "error": "absent", "message": f"nothing under {key} here"})
+    assert unknown_op == "None"  # "get" is no longer an operation it answers: it leaves it to Python

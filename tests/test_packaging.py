@@ -40,6 +40,8 @@ def test_the_wheel_holds_only_the_rokv_package(wheel: Path) -> None:
     for module in (
         "rokv/__init__.py",
         "rokv/py.typed",
+        "rokv/dataset.py",
+        "rokv/loadgen.py",
         "rokv/server/monitor.py",
         "rokv/broker/main.py",
         "rokv/worker/main.py",
@@ -99,6 +101,15 @@ def test_the_light_client_looks_keys_up_and_server_commands_name_their_extra(
             [str(rokv), "get", key, "--endpoint", stack.frontend], capture_output=True, text=True, timeout=scaled(60)
         )
         assert got.returncode == 0 and got.stdout.strip() == example[key]
+        # rokv bench reads its dataset with the workers' loader (rokv.dataset), which needs no extra.
+        bench = subprocess.run(
+            [str(rokv), "bench", "--endpoint", stack.frontend, "--data", str(EXAMPLE), "-n", "200", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=scaled(60),
+        )
+        assert bench.returncode == 0, bench.stderr
+        assert json.loads(bench.stdout)["requests"] == 200
         src = tmp_path / "d.json"
         src.write_text(json.dumps({key: "v"}), encoding="utf-8")
         built = subprocess.run(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from rokv.dataset import DatasetError, load_dataset
 from rokv.keys import random_key
 from rokv.worker.build import build
-from rokv.worker.dataset import DatasetError, load_dataset
 from rokv.worker.layout import FORMAT_VERSION, HEADER_SIZE, StoreError
 from rokv.worker.load import open_dataset
 from rokv.worker.reader import open_store, verify_store

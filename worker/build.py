@@ -57,9 +57,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rokv.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
 from rokv.exitcodes import Exit, epilog
 from rokv.worker import spill
-from rokv.worker.dataset import DatasetError, duplicate_error, empty_error, iter_jsonl_pairs, load_dataset
 from rokv.worker.layout import DIGEST_ALGORITHM, HEADER_SIZE, SUFFIX, Header, StoreError, read_header
 from rokv.worker.parse import parse_range, records
 from rokv.worker.reader import verify_store

@@ -17,7 +17,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from rokv.worker.dataset import DatasetError
+from rokv.dataset import DatasetError
 
 MAGIC = b"ROKV\r\n\x1a\n"
 FORMAT_VERSION = 1

@@ -1,12 +1,12 @@
 """Opening a dataset to serve, whatever its format: a compiled ``.rokv`` file
 is memory-mapped (:mod:`rokv.worker.reader`), a ``.json`` or ``.jsonl`` source
-is read into a dict (:mod:`rokv.worker.dataset`)."""
+is read into a dict (:mod:`rokv.dataset`)."""
 
 from __future__ import annotations
 
 import os
 
-from rokv.worker.dataset import empty_error, load_dataset, unsupported_error
+from rokv.dataset import empty_error, load_dataset, unsupported_error
 from rokv.worker.reader import Store
 
 

@@ -14,13 +14,13 @@ import time
 import zmq
 
 from rokv import protocol as p
+from rokv.dataset import DatasetError
 from rokv.endpoints import check_endpoints
 from rokv.exitcodes import Exit, epilog
 from rokv.security import CurvePeer, KeyFileError
 from rokv.server import metrics
 from rokv.server.monitor import ConnectionWatcher
 from rokv.worker import native, refusal
-from rokv.worker.dataset import DatasetError
 from rokv.worker.handler import Handler
 from rokv.worker.load import open_dataset
 from rokv.worker.loop import CLOSE_LINGER_MS, SEND_TIMEOUT_MS, StopFlag, nothing, serve

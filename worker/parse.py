@@ -14,7 +14,7 @@ first that takes the whole range wins:
    expression over the whole range, one match per line, at C speed.
 3. **Loader.** Anything else (a key in another spelling, members in another
    order, a byte order mark, an invalid line): the loader's own line-by-line
-   path (:func:`rokv.worker.dataset.iter_jsonl_lines`), same rules, same
+   path (:func:`rokv.dataset.iter_jsonl_lines`), same rules, same
    messages.
 
 The first two accept exactly what the loader accepts: a JSON object of the
@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rokv.worker.dataset import iter_jsonl_lines
+from rokv.dataset import iter_jsonl_lines
 from rokv.worker.layout import SEPARATOR
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from support.procs import EXAMPLE, REPO, child_env, scaled
 
 
 def curve_pool_keys(root: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """Keys for a pool whose brokers share one key pair (README "Several
+    """Keys for a pool whose brokers share one key pair (docs/operations.md "Several
     hosts"), written under ``root``: the ROKV_* variables of broker hosts,
     of worker hosts and of clients."""
     broker_public, broker_secret = make_key_pair(root, "broker")

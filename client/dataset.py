@@ -1,5 +1,11 @@
 """Loading a dataset file into memory, refusing anything the worker could not serve.
 
+One reader for everything that reads a dataset source: the worker serving
+it, ``rokv build`` compiling it, and ``rokv bench`` checking answers against
+it (so a dataset the workers refuse is refused by bench with the same
+message). It needs only the protocol's key rules, so it lives with the
+client (``rokv.dataset``), the layer everything else may import.
+
 Two formats, chosen by the file's suffix (any letter case):
 
 - ``.json``: one JSON object mapping keys to values;
