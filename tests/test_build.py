@@ -357,6 +357,34 @@ print(base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
+VERIFY_RSS = """
+import resource, sys
+from rokv.worker.build import cmd_inspect, cmd_verify
+from rokv.worker.reader import open_store
+import argparse, numpy
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert cmd_verify(argparse.Namespace(file=sys.argv[1])) == 0
+assert cmd_inspect(argparse.Namespace(file=sys.argv[1])) == 0
+print(base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_verify_and_inspect_read_in_bounded_memory(tmp_path: Path) -> None:
+    out = tmp_path / "big.rokv"
+    build(big_source(tmp_path / "big.jsonl"), out)
+    result = subprocess.run(
+        [sys.executable, "-c", VERIFY_RSS, str(out)],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
+    assert result.returncode == 0, result.stderr
+    base, peak = map(int, result.stdout.split()[-2:])
+    assert peak - base < min(16 << 20, out.stat().st_size // 4)
+
+
 @pytest.mark.parametrize("name", ["big.json", "big.jsonl"])
 def test_one_big_value_builds_in_about_twice_the_file(tmp_path: Path, name: str) -> None:
     """Issue 18: a .json of one 500 MB value took 17 times its size."""
