@@ -549,7 +549,7 @@ def measure_builds(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         if not src.exists():
             print(f"[{n:,}] generating {src}", flush=True)
             subprocess.run(
-                [sys.executable, "data/generate.py", "--count", str(n), "-o", str(src)],
+                [sys.executable, "data/generate.py", "--count", str(n), "-o", str(src), *["--fast"] * args.fast_data],
                 cwd=REPO,
                 check=True,
                 stdout=subprocess.DEVNULL,
@@ -615,7 +615,10 @@ def build_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"`python benchmarks/scale.py --build-only --sizes {','.join(str(r['keys']) for r in rows)} "
         f"--workers {args.workers} --duration {args.duration:g} --repeats {args.repeats} --memory {args.memory}"
         + (f" --jobs {args.jobs}" if args.jobs else "")
-        + f"` (the build on {first['jobs']} jobs). The build is rokv.worker.build.build, what `rokv build` runs, in "
+        + (" --fast-data" if args.fast_data else "")
+        + f"` (the build on {first['jobs']} jobs; datasets from data/generate.py"
+        + (" --fast" if args.fast_data else "")
+        + "). The build is rokv.worker.build.build, what `rokv build` runs, in "
         "a child process; its peak RSS is that of its whole process tree (the parent and its workers, shared pages "
         "counted in each: an upper bound) and the spill's peak is the disk its temporary files used (sampled every "
         "50 ms). Load averages (1, 5, 15 min) are before and after each build: the machine is shared with other "
@@ -691,6 +694,9 @@ def main() -> int:
     )
     parser.add_argument("--memory", default="2G", help="--build-only: the build's --memory (default %(default)s)")
     parser.add_argument("--jobs", type=int, help="--build-only: the build's --jobs (default: one per core)")
+    parser.add_argument(
+        "--fast-data", action="store_true", help="--build-only: generate with data/generate.py --fast (minutes at 100M)"
+    )
     args = parser.parse_args()
     if args.from_json:
         rows = json.loads(Path(args.from_json).read_text())
