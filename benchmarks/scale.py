@@ -414,11 +414,14 @@ def children(parent):
 phases = []
 started = time.monotonic()
 
-def progress(phase, fraction, keys):
+def progress(phase, fraction, keys=0):
     if not phases or phases[-1][0] != phase:
         phases.append((phase, time.monotonic() - started, tree_cpu()))
 
-header = build(sys.argv[1], sys.argv[2], progress, memory=int(sys.argv[3]), jobs=int(sys.argv[4]))
+try:
+    header = build(sys.argv[1], sys.argv[2], progress, memory=int(sys.argv[3]), jobs=int(sys.argv[4]))
+except TypeError:  # a rokv before --memory and --jobs (--baseline)
+    header = build(sys.argv[1], sys.argv[2], progress)
 phases.append(("end", time.monotonic() - started, tree_cpu()))
 print(json.dumps({"phases": phases, "keys": header.count, "file_size": header.file_size}))
 """
@@ -464,9 +467,10 @@ def spill_bytes(folder: Path) -> int:
     return total
 
 
-def measured_build(src: Path, out: Path, memory: int, jobs: int) -> dict[str, Any]:
+def measured_build(src: Path, out: Path, memory: int, jobs: int, pythonpath: str | None = None) -> dict[str, Any]:
     """Build ``out`` from ``src`` in a child process, sampling its tree's RSS
-    and the spill's disk use every 50 ms."""
+    and the spill's disk use every 50 ms; with the rokv package found on
+    ``pythonpath`` first, if given."""
     work = out.parent / f"build-{out.stem}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -476,8 +480,8 @@ def measured_build(src: Path, out: Path, memory: int, jobs: int) -> dict[str, An
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-c", BUILD_SCRIPT, str(src), str(target), str(memory), str(jobs)],
-        cwd=REPO,
-        env=env(),
+        cwd=out.parent,
+        env={**env(), **({"PYTHONPATH": pythonpath} if pythonpath else {})},
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -570,6 +574,8 @@ def measure_builds(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                 "build": build,
             }
         )
+        if args.baseline and n == int(args.sizes.split(",")[0]):
+            rows[-1]["baseline"] = compare_builds(src, out, memory, jobs, args)
         if not args.keep:
             src.unlink()
     stacks: dict[int, Stack] = {}
@@ -606,6 +612,24 @@ def measure_builds(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def compare_builds(src: Path, out: Path, memory: int, jobs: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Builds of ``src`` by the rokv on ``--baseline`` and by this one,
+    interleaved; the outputs must hold the same content (same digest)."""
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
+    digests = set()
+    for rep in range(args.baseline_runs):
+        for kind in ("baseline", "this") if rep % 2 == 0 else ("this", "baseline"):
+            target = out.with_name(f"{kind}-{out.name}")
+            runs[kind].append(measured_build(src, target, memory, jobs, args.baseline if kind == "baseline" else None))
+            with open(target, "rb") as f:
+                digests.add(f.read(120)[88:120])
+            target.unlink()
+            print(f"[{src.name}] {kind}: {json.dumps(runs[kind][-1])}", flush=True)
+    if len(digests) != 1:
+        raise RuntimeError(f"{src}: the baseline and this rokv built different content")
+    return runs
+
+
 def build_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     first = rows[0]
     lines = [
@@ -616,6 +640,7 @@ def build_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"--workers {args.workers} --duration {args.duration:g} --repeats {args.repeats} --memory {args.memory}"
         + (f" --jobs {args.jobs}" if args.jobs else "")
         + (" --fast-data" if args.fast_data else "")
+        + (f" --baseline OLD --baseline-runs {args.baseline_runs}" if args.baseline else "")
         + f"` (the build on {first['jobs']} jobs; datasets from data/generate.py"
         + (" --fast" if args.fast_data else "")
         + "). The build is rokv.worker.build.build, what `rokv build` runs, in "
@@ -656,6 +681,23 @@ def build_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         for name in SCENARIOS:
             cells.append(f"{statistics.median(r['throughput'][name]):,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
+    for r in rows:
+        if "baseline" in r:
+            lines += [
+                "",
+                f"{r['keys']:,} keys, this build against the baseline's (`--baseline`), same digest, "
+                f"{len(r['baseline']['this'])} runs each, interleaved; medians:",
+                "",
+            ]
+            for what, key in (("wall s", "wall_s"), ("CPU s", "cpu_s")):
+                old = statistics.median(x[key] for x in r["baseline"]["baseline"])
+                new = statistics.median(x[key] for x in r["baseline"]["this"])
+                lines.append(f"- {what}: {old:.1f} → {new:.1f} ({old / new:.2f}x faster)")
+            old = statistics.median(x["peak_rss_kb"] for x in r["baseline"]["baseline"]) / 1024
+            new = statistics.median(x["peak_rss_kb"] for x in r["baseline"]["this"]) / 1024
+            lines.append(f"- peak RSS MB: {old:,.0f} → {new:,.0f}")
+            loads = [x["load_before"][0] for k in ("baseline", "this") for x in r["baseline"][k]]
+            lines.append(f"- load average (1 min) before each run: {min(loads):.1f} to {max(loads):.1f}")
     last, base = rows[-1], rows[0]
     lines += ["", f"Ratios, {last['keys']:,} keys against {base['keys']:,}:", ""]
     for name in SCENARIOS:
@@ -694,6 +736,13 @@ def main() -> int:
     )
     parser.add_argument("--memory", default="2G", help="--build-only: the build's --memory (default %(default)s)")
     parser.add_argument("--jobs", type=int, help="--build-only: the build's --jobs (default: one per core)")
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHONPATH",
+        help="--build-only: also build the first size with the rokv package found on PYTHONPATH (an older "
+        "checkout), interleaved with this one",
+    )
+    parser.add_argument("--baseline-runs", type=int, default=2, help="builds each for --baseline (default 2)")
     parser.add_argument(
         "--fast-data", action="store_true", help="--build-only: generate with data/generate.py --fast (minutes at 100M)"
     )

@@ -189,11 +189,12 @@ def build(
             ok = True
             return header
         finally:
-            if pool is not None:
-                pool.close(kill=not ok)
-            if output is not None:
-                output.abort()
-            shutil.rmtree(spill_dir, ignore_errors=True)
+            with _signals_held():  # a second Ctrl-C must not cut the cleanup short
+                if pool is not None:
+                    pool.close(kill=not ok)
+                if output is not None:
+                    output.abort()
+                shutil.rmtree(spill_dir, ignore_errors=True)
 
 
 class _signals_raise:
@@ -213,6 +214,25 @@ class _signals_raise:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+class _signals_held:
+    """While inside: SIGINT and SIGTERM are held (from the main thread only:
+    Python runs its handlers there); the first one that arrived is raised
+    again on leaving, if nothing else is being raised."""
+
+    def __enter__(self) -> None:
+        self._held: list[int] = []
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, lambda n, _: self._held.append(n))
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if self._held and kind is None:
+            signal.raise_signal(self._held[0])
 
 
 # ------------------------------------------------------------------ processes
