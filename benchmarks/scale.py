@@ -544,6 +544,7 @@ def mapping_kb(pid: int, path: Path) -> dict[str, int]:
 
 def measure_builds(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     from rokv.worker.build import default_jobs, parse_size
+    from rokv.worker.reader import open_store
 
     memory = parse_size(args.memory)
     jobs = args.jobs or default_jobs()
@@ -564,6 +565,11 @@ def measure_builds(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         print(f"[{n:,}] {json.dumps(build)}", flush=True)
         sample = tmp / f"scale-{n}-sample.jsonl"
         sample_by_seeks(src, sample, SAMPLE)
+        opened = []
+        for _ in range(5):  # what a worker's start costs for the dataset itself
+            started = time.perf_counter()
+            open_store(out).close()
+            opened.append(time.perf_counter() - started)
         rows.append(
             {
                 "keys": n,
@@ -572,6 +578,7 @@ def measure_builds(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                 "memory": memory,
                 "jobs": jobs,
                 "build": build,
+                "open_ms": 1000 * statistics.median(opened),
             }
         )
         if args.baseline and n == int(args.sizes.split(",")[0]):
@@ -630,6 +637,46 @@ def compare_builds(src: Path, out: Path, memory: int, jobs: int, args: argparse.
     return runs
 
 
+def build_targets(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 20's targets, checked against what was measured."""
+    checks: list[tuple[str, float, float, str, bool]] = []
+    for r in rows:
+        b, n = r["build"], f"{r['keys']:,} keys"
+        if r["keys"] >= 100_000_000:
+            checks += [
+                (f"{n}: build within 180 s", b["wall_s"], 180.0, "s", True),
+                (f"{n}: build peak RSS at most 4 GB", b["peak_rss_kb"] / 2**20, 4.0, "GB", True),
+                (f"{n}: worker start under 1 s", r["start_s"], 1.0, "s", True),
+                (
+                    f"{n}: workers' PSS of the file at most 1.1 x the file",
+                    sum(m["pss"] for m in r["mapping"]) * 1024 / r["rokv_bytes"],
+                    1.1,
+                    "x",
+                    True,
+                ),
+            ]
+        checks.append((f"{n}: spill at most 1.2 x the file", b["peak_spill_bytes"] / r["rokv_bytes"], 1.2, "x", True))
+        if "baseline" in r:
+            old = statistics.median(x["wall_s"] for x in r["baseline"]["baseline"])
+            new = statistics.median(x["wall_s"] for x in r["baseline"]["this"])
+            checks.append((f"{n}: at least 1.5 x the baseline's speed", old / new, 1.5, "x", False))
+        if r["keys"] == 10_000_000:
+            checks.append((f"{n}: build peak RSS at most 1 GB", b["peak_rss_kb"] / 2**20, 1.0, "GB", True))
+    if len(rows) > 1:
+        first = SCENARIOS and next(iter(SCENARIOS))
+        ratio = statistics.median(rows[-1]["throughput"][first]) / statistics.median(rows[0]["throughput"][first])
+        checks.append(
+            (f"{first} at {rows[-1]['keys']:,} keys at least 0.9 x at {rows[0]['keys']:,}", ratio, 0.9, "x", False)
+        )
+    out = ["Targets:", ""]
+    for what, value, limit, unit, at_most in checks:
+        ok = value <= limit if at_most else value >= limit
+        out.append(
+            f"- {what}: {value:,.2f} {unit}, " + ("met" if ok else f"**missed** by {abs(value - limit) / limit:.0%}")
+        )
+    return out
+
+
 def build_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     first = rows[0]
     lines = [
@@ -641,7 +688,9 @@ def build_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         + (f" --jobs {args.jobs}" if args.jobs else "")
         + (" --fast-data" if args.fast_data else "")
         + (f" --baseline OLD --baseline-runs {args.baseline_runs}" if args.baseline else "")
-        + f"` (the build on {first['jobs']} jobs; datasets from data/generate.py"
+        + "`"
+        + (f" (OLD: {args.baseline_label}, on PYTHONPATH)" if args.baseline else "")
+        + f" (the build on {first['jobs']} jobs; datasets from data/generate.py"
         + (" --fast" if args.fast_data else "")
         + "). The build is rokv.worker.build.build, what `rokv build` runs, in "
         "a child process; its peak RSS is that of its whole process tree (the parent and its workers, shared pages "
@@ -699,6 +748,15 @@ def build_report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             loads = [x["load_before"][0] for k in ("baseline", "this") for x in r["baseline"][k]]
             lines.append(f"- load average (1 min) before each run: {min(loads):.1f} to {max(loads):.1f}")
     last, base = rows[-1], rows[0]
+    if all("open_ms" in r for r in rows):
+        lines += [
+            "",
+            "Opening the file (what a worker's start costs for its dataset; the rest of the start is the "
+            "interpreter's and its imports', which grow with the machine's load): "
+            + ", ".join(f"{r['keys']:,} keys {r['open_ms']:.2f} ms" for r in rows)
+            + " (median of 5).",
+        ]
+    lines += ["", *build_targets(rows)]
     lines += ["", f"Ratios, {last['keys']:,} keys against {base['keys']:,}:", ""]
     for name in SCENARIOS:
         ratio = statistics.median(last["throughput"][name]) / statistics.median(base["throughput"][name])
@@ -743,6 +801,7 @@ def main() -> int:
         "checkout), interleaved with this one",
     )
     parser.add_argument("--baseline-runs", type=int, default=2, help="builds each for --baseline (default 2)")
+    parser.add_argument("--baseline-label", default="an older rokv", help="what --baseline is, for the report")
     parser.add_argument(
         "--fast-data", action="store_true", help="--build-only: generate with data/generate.py --fast (minutes at 100M)"
     )
