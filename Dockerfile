@@ -1,9 +1,12 @@
 # rokv as one image for every role: broker, workers, the HTTP gateway, or all
-# of them under supervisor (the default). docs/operations.md "Container image" says how.
+# of them under supervisor (the default). docs/operations.md "Container image"
+# says how.
 #
 #   docker build -t rokv .                                   # FROM python:3.12-slim-bookworm
+#   docker/make-base rokv-base:bookworm                      # no registry? a local base (debootstrap)
 #   docker build --build-arg BASE=rokv-base:bookworm -t rokv .   # any Debian-like image with python3 + venv
-#   docker run -p 8080:8080 -p 5555:5555 rokv                # a whole pool on data/example.json
+#   docker run -p 127.0.0.1:8080:8080 -p 127.0.0.1:5555:5555 rokv   # a whole pool on data/example.json
+#   docker image prune -f --filter label=rokv.stage=build   # the build stage each build leaves behind
 #
 # Built with the classic builder too (no BuildKit-only syntax).
 
@@ -44,10 +47,24 @@ RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
     && /opt/rokv/bin/pip uninstall -y pip \
     && rm -f /tmp/ca.pem \
     && find /opt/rokv -name '__pycache__' -prune -exec rm -rf {} +
+# Last, so that a new value costs no cached layer: lets whoever built the
+# image find and remove exactly this build's leftover stage (the tests do).
+ARG ROKV_BUILD_ID=""
+LABEL rokv.build=${ROKV_BUILD_ID}
 
 # ---- run: the base, the virtualenv, the configuration; no pip, no compiler -
 FROM ${BASE}
-RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home --shell /usr/sbin/nologin rokv \
+# The base may bring pip (Debian's python3-pip, or the python images' own in
+# /usr/local): out with it, so nothing here installs packages. The virtualenv
+# lost its pip in the build stage. PIP_BREAK_SYSTEM_PACKAGES lets a pip that
+# knows PEP 668 remove itself; an older pip ignores it.
+RUN if dpkg-query -W -f='${Status}' python3-pip 2>/dev/null | grep -q 'ok installed'; then \
+        DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq python3-pip >/dev/null; \
+    fi \
+    && if python3 -m pip --version >/dev/null 2>&1; then \
+        PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip uninstall -y -q pip; \
+    fi \
+    && useradd --system --uid 10001 --user-group --home-dir /app --no-create-home --shell /usr/sbin/nologin rokv \
     && mkdir -p /app/run /app/data \
     && chown rokv:rokv /app/run
 COPY --from=build /opt/rokv /opt/rokv

@@ -9,7 +9,7 @@ Needs only pyzmq and msgpack.
 
 from rokv.aio import AsyncClient
 from rokv.core import RetryPolicy
-from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
+from rokv.errors import DamagedValue, InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
 from rokv.security import CurvePeer
 from rokv.sync import Client
 
@@ -23,4 +23,5 @@ __all__ = [
     "InvalidKey",
     "ServiceUnavailable",
     "ProtocolError",
+    "DamagedValue",
 ]

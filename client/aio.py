@@ -31,7 +31,7 @@ from rokv.brokerset import Brokers
 from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy
 from rokv.errors import ProtocolError, RokvError
 from rokv.keys import match_canonical
-from rokv.replies import value_from_reply, worker_from_reply
+from rokv.replies import partial_values, value_from_reply, worker_from_reply
 from rokv.security import CurvePeer
 
 __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
@@ -39,7 +39,6 @@ __all__ = ["AsyncClient", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_DELAY"]
 # Plain ints: pyzmq's enum members cost a Python-level call in every operation.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
-_MAX_KEY_LENGTH = p.MAX_KEY_LENGTH
 
 #: How soon a burst that no broker could take (none connected yet) is offered
 #: again, within its try's timeout.
@@ -68,9 +67,13 @@ class _Coalesced:
 
     def deliver(self, reply: dict[str, Any]) -> None:
         values = reply.get(p.F_VALUES)
+        damaged: set[int] = set()
         if p.F_ERROR in reply:  # an error whatever else the reply holds
-            self.fail(core.batch_error(reply))
-            return
+            partial = partial_values(reply, len(self.futures))
+            if partial is None:
+                self.fail(core.batch_error(reply))
+                return
+            values, damaged = partial  # some values damaged: the other callers get theirs
         if type(values) is not list or len(values) != len(self.futures):
             self.fail(ProtocolError(f"malformed mget reply for {len(self.futures)} keys"))
             return
@@ -79,6 +82,8 @@ class _Coalesced:
                 continue  # its caller was cancelled
             if type(value) is str:
                 future.set_result(value)
+            elif index in damaged:
+                future.set_exception(core.damaged(self.canonicals[index], self.keys[index]))
             else:
                 future.set_exception(core.not_found(self.canonicals[index], self.keys[index]))
 
@@ -214,8 +219,8 @@ class AsyncClient(ClientBase):
 
         Raises:
             KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
-            InvalidKey: ``key`` is not a string or not a UUIDv4 (one longer
-                than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
+            InvalidKey: ``key`` is not a string or not a UUIDv4 (refused
+                at once, without a request).
             ServiceUnavailable: no reply after every try.
         """
         # The per-call path is written out here rather than through helpers:
@@ -242,7 +247,7 @@ class AsyncClient(ClientBase):
                 self._pump_scheduled = True
                 loop.call_soon(self._pump)
             return await future
-        if type(key) is not str or len(key) > _MAX_KEY_LENGTH or not key.isascii():  # one test for the common case
+        if type(key) is not str or not match_canonical(key):  # one test for the common case
             key = core.check_key(key)
         rid = next(self._ids)
         future = loop.create_future()
@@ -524,6 +529,8 @@ class AsyncClient(ClientBase):
                         _fail(waiter, self._unavailable())
                 if unanswered and brokers is not None and burst.broker is not None:
                     brokers.suspect(burst.broker)
+                if unanswered:
+                    self._silence()
         if brokers is None:
             return
         if self._out_resends or self._out_ids:  # resends, or room made for held requests
@@ -544,6 +551,7 @@ class AsyncClient(ClientBase):
                 handle.cancel()
         self._timer = self._flush_handle = self._unsent_handle = None
         self._brokers = None
+        self._close_probe()
         brokers.close()
         closed = RokvError("this AsyncClient is closed")
         waiting: list[_Waiter] = list(self._pending.values())

@@ -5,6 +5,7 @@ transport (blocking or asyncio) differs between the two."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
 import zmq
@@ -13,7 +14,7 @@ from rokv import core
 from rokv.brokerset import Brokers
 from rokv.core import DEFAULT_BATCH_SIZE, RetryPolicy
 from rokv.errors import RokvError, ServiceUnavailable
-from rokv.security import CurvePeer
+from rokv.security import CurvePeer, HandshakeProbe
 
 
 class ClientBase:
@@ -70,7 +71,12 @@ class ClientBase:
         self._ids = core.request_ids()
         resolved = core.resolve_curve(curve)
         self._curve = resolved is not None
-        self._brokers: Brokers | None = Brokers(context or zmq.Context.instance(), self.endpoints, resolved)
+        self._context = context or zmq.Context.instance()
+        self._brokers: Brokers | None = Brokers(self._context, self.endpoints, resolved)
+        # Without CURVE keys, a probe of the brokers' handshakes, made when a
+        # try goes unanswered (see _silence), and until when it is recent.
+        self._probe: HandshakeProbe | None = None
+        self._probe_until = 0.0
 
     @property
     def timeout(self) -> float:
@@ -96,5 +102,27 @@ class ClientBase:
         return brokers
 
     def _unavailable(self) -> ServiceUnavailable:
-        """The error of a call that ran out of tries."""
-        return self.retry.unavailable(self.endpoint, curve=self._curve)
+        """The error of a call that ran out of tries; it names a broker that
+        requires CURVE when this client has no keys (see :meth:`_silence`)."""
+        hint = self._probe.hint() if self._probe is not None else ""
+        return self.retry.unavailable(self.endpoint, curve=self._curve, hint=hint)
+
+    def _silence(self) -> None:
+        """A try went unanswered. A client without CURVE keys cannot tell a
+        broker that refuses it for want of them from one that is down (its
+        own socket only sees no reply): so probe the brokers' handshakes
+        once (a connection each, no reconnection), for :meth:`_unavailable`
+        to report. One probe serves every call for the retry budget's time."""
+        if self._curve or self._brokers is None:
+            return
+        now = time.monotonic()
+        if self._probe is not None and now < self._probe_until:
+            return
+        self._close_probe()
+        self._probe = HandshakeProbe(self._context, self.endpoints)
+        self._probe_until = now + self.retry.total
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None

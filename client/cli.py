@@ -3,7 +3,7 @@
 Exit statuses are :class:`rokv.exitcodes.Exit` for every command.
 
 The commands on the server's side (``build``, ``inspect``, ``verify`` in
-``rokv.worker``; ``deploy`` and ``top`` in ``rokv.ops``) need the ``server``
+``rokv.worker``; ``deploy``, ``status`` and ``top`` in ``rokv.ops``) need the ``server``
 extra (numpy, supervisor, prometheus_client): this module only names them,
 and imports their code when one of them runs, so ``import rokv`` and ``rokv
 get`` never load server code.
@@ -18,9 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
-from rokv.core import resolve_endpoint
+from rokv.core import first_invalid, resolve_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoints, endpoints_argument
-from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
+from rokv.errors import DamagedValue, InvalidKey, KeyNotFound, ProtocolError, ServiceUnavailable
 from rokv.exitcodes import Exit, epilog, overview
 from rokv.sync import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Client
 
@@ -32,6 +32,7 @@ SERVER_COMMANDS = {
     "verify": ("rokv.worker.build", "check a .rokv file's digest"),
     "deploy": ("rokv.ops.deploy", "switch the supervised workers to a new .rokv file, one at a time, with rollback"),
     "top": ("rokv.ops.top", "a live view of the pool from its hosts' metrics"),
+    "status": ("rokv.ops.status", "exit 0 when every program of the pool runs and every worker answers, else 3"),
 }
 #: Third-party modules only the server extra installs.
 SERVER_DEPENDENCIES = ("numpy", "supervisor", "prometheus_client")
@@ -99,6 +100,11 @@ def cmd_get_many(args: argparse.Namespace) -> int:
         keys, lines = read_keys(sys.stdin.buffer)
     with connect(args) as client:
         try:
+            # Every key checked here first: an invalid one is named at once,
+            # even when the service is down.
+            invalid = first_invalid(keys)
+            if invalid is not None:
+                raise invalid
             values = client.get_many(keys)
         except InvalidKey as exc:
             # keys[N] counts keys, not lines: say the line of standard input.
@@ -244,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceUnavailable as exc:
         _err(str(exc))
         return Exit.UNAVAILABLE
+    except DamagedValue as exc:  # not a refusal: the server could not answer it
+        _err(str(exc))
+        return Exit.REFUSED
     except ProtocolError as exc:
         _err(f"request refused: {exc}")
         return Exit.REFUSED

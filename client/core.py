@@ -18,8 +18,8 @@ from typing import Any, cast
 
 from rokv import protocol as p
 from rokv.endpoints import check_endpoints
-from rokv.errors import InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
-from rokv.keys import normalize_key, show_key
+from rokv.errors import DamagedValue, InvalidKey, KeyNotFound, RokvError, ServiceUnavailable
+from rokv.keys import match_canonical, normalize_key
 from rokv.replies import check_key_type, error_from_reply, values_from_reply
 from rokv.security import CurvePeer, peer_from_env
 
@@ -101,13 +101,14 @@ class RetryPolicy:
         """The longest a call waits before it gives up, in seconds."""
         return sum(self.try_timeout(i) for i in range(self.tries))
 
-    def unavailable(self, endpoint: str, *, curve: bool = False) -> ServiceUnavailable:
+    def unavailable(self, endpoint: str, *, curve: bool = False, hint: str = "") -> ServiceUnavailable:
         """The error of a call that ran out of tries; ``curve`` when the
-        client uses CurveZMQ, whose refusals are silent on the client's side."""
+        client uses CurveZMQ, whose refusals are silent on the client's side;
+        ``hint`` is added to the message (what a probe found)."""
         tries = self.tries
         first, last = self.try_timeout(0), self.try_timeout(tries - 1)
         wait = f"{first:g} s" if first == last else f"{first:g} to {last:g} s"
-        hint = (
+        curve_hint = (
             (
                 "; CURVE is on: the broker may be refusing this client (its key not on the broker's client "
                 "allow-list, or a wrong broker public key): see the broker's log"
@@ -116,7 +117,7 @@ class RetryPolicy:
             else ""
         )
         return ServiceUnavailable(
-            f"no reply from {endpoint} within {wait} on {tries} {'try' if tries == 1 else 'tries'}{hint}"
+            f"no reply from {endpoint} within {wait} on {tries} {'try' if tries == 1 else 'tries'}{curve_hint}{hint}"
         )
 
 
@@ -179,20 +180,21 @@ Key = str | uuid.UUID
 
 def check_key(key: object) -> str:
     """``key`` as a get sends it: a ``uuid.UUID`` becomes its canonical
-    string; a string is sent as given.
+    string; a valid key string is sent as given.
 
     Raises:
-        InvalidKey: ``key`` is neither a string nor a UUID, or is a string
-            longer than :data:`~client.protocol.MAX_KEY_LENGTH` or not ASCII,
-            which no accepted form is (the message is the server's for that
-            key): so no request outgrows the broker's message size limit.
+        InvalidKey: ``key`` is neither a string nor a UUID, or not a valid
+            key in any accepted form, with the message the server sends for
+            it: an invalid key is refused at once, without a request,
+            whether the service is up or not.
     """
     if isinstance(key, uuid.UUID):
         return str(key)
     check_key_type(key)
     assert isinstance(key, str)
-    if len(key) > p.MAX_KEY_LENGTH or not key.isascii():
-        raise _invalid(key)
+    reason = _reason(key)
+    if reason is not None:
+        raise InvalidKey(reason, key)
     return key
 
 
@@ -244,9 +246,16 @@ def _reason(key: str) -> str | None:
     return None
 
 
-def _invalid(key: str) -> InvalidKey:
-    """The error the server answers for a get of ``key``, known to be invalid."""
-    return InvalidKey(_reason(key) or f"{show_key(key)} is not a key", key)
+def first_invalid(keys: Sequence[str]) -> InvalidKey | None:
+    """The error naming the first invalid key of ``keys`` (strings), as the
+    server would word it, or None when all are valid. Per key in Python: for
+    a command line, not for every get_many (the server checks them anyway)."""
+    for index, key in enumerate(keys):
+        if not match_canonical(key):
+            reason = _reason(key)
+            if reason is not None:
+                return InvalidKey(p.key_at(index, reason), key, index=index, reason=reason)
+    return None
 
 
 def split_keys(keys: list[str], batch_size: int) -> list[tuple[int, list[str]]]:
@@ -303,6 +312,12 @@ def key_and_canonical(key: object) -> tuple[str, str]:
 def not_found(canonical: str, key: str) -> KeyNotFound:
     """The error a get of a missing key gets, worded as the server words it."""
     return KeyNotFound(p.error_message(p.NOT_FOUND, key=canonical), key)
+
+
+def damaged(canonical: str, key: str) -> DamagedValue:
+    """The error a get of a key whose value is damaged gets, worded as the
+    server words it."""
+    return DamagedValue(p.error_message(p.DAMAGED_VALUE, key=canonical), key)
 
 
 def batch_error(reply: dict[str, Any]) -> RokvError:

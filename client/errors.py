@@ -71,3 +71,20 @@ class ProtocolError(RokvError):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class DamagedValue(ProtocolError):
+    """The key is in the dataset but its stored value is damaged (not valid
+    UTF-8: the worker's file changed on disk after it was verified, or was
+    deployed with ``--no-verify``). The worker logs and counts it; retrying
+    will not help until a good copy of the dataset is deployed.
+
+    A ``ProtocolError`` (code ``damaged_value``) for callers that treat every
+    refusal alike. ``key`` is the key as given; ``index`` its position in a
+    ``get_many`` list (``None`` for ``get``).
+    """
+
+    def __init__(self, message: str, key: str | None = None, index: int | None = None) -> None:
+        super().__init__(message, "damaged_value")
+        self.key = key
+        self.index = index

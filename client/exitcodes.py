@@ -47,7 +47,11 @@ MEANINGS: dict[Exit, tuple[str, str]] = {
         "no reply, or not everything serving: the service (or supervisord) unreachable, some request "
         "unanswered, a program of the pool down",
     ),
-    Exit.REFUSED: ("request refused", "the server refused the request (`bad_request`, `unsupported_version`)"),
+    Exit.REFUSED: (
+        "request refused",
+        "the server refused the request (`bad_request`, `unsupported_version`) or a key's stored value is damaged "
+        "(`damaged_value`)",
+    ),
     Exit.ROLLBACK_FAILED: (
         "deploy could not roll back",
         "`rokv deploy` failed and could not put the pool back: act by hand",
@@ -63,14 +67,14 @@ PROGRAMS: dict[str, dict[Exit, str]] = {
         Exit.NO: "not found",
         Exit.USAGE: "invalid key or bad usage",
         Exit.UNAVAILABLE: "service unavailable",
-        Exit.REFUSED: "request refused by the server",
+        Exit.REFUSED: "request refused by the server, or the key's value damaged",
     },
     "rokv get-many": {
         Exit.OK: "all found",
         Exit.NO: "some not found",
         Exit.USAGE: "an invalid key or bad usage",
         Exit.UNAVAILABLE: "service unavailable",
-        Exit.REFUSED: "request refused by the server",
+        Exit.REFUSED: "request refused by the server, or a key's value damaged",
     },
     "rokv ping": {
         Exit.OK: "answered",
@@ -109,6 +113,11 @@ PROGRAMS: dict[str, dict[Exit, str]] = {
         Exit.USAGE: "bad usage or the server extra missing",
         Exit.UNAVAILABLE: "supervisord or the service unreachable (nothing changed)",
         Exit.ROLLBACK_FAILED: "failed and could not roll back (act by hand)",
+    },
+    "rokv status": {
+        Exit.OK: "every program of the pool RUNNING and every worker answering",
+        Exit.USAGE: "bad usage, no such supervisord.conf, or the server extra missing",
+        Exit.UNAVAILABLE: "something not serving (named, with the end of its log), or supervisord unreachable",
     },
     "rokv top": {
         Exit.OK: "done (or stopped with Ctrl-C)",

@@ -28,7 +28,10 @@ INVALID_KEY = "invalid_key"
 BAD_REQUEST = "bad_request"
 UNSUPPORTED_VERSION = "unsupported_version"
 INTERNAL = "internal"
-ERROR_CODES = (NOT_FOUND, INVALID_KEY, BAD_REQUEST, UNSUPPORTED_VERSION, INTERNAL)
+#: The key is in the dataset but its stored value is not valid UTF-8 (the
+#: file changed on disk after it was verified, or was deployed unverified).
+DAMAGED_VALUE = "damaged_value"
+ERROR_CODES = (NOT_FOUND, INVALID_KEY, BAD_REQUEST, UNSUPPORTED_VERSION, INTERNAL, DAMAGED_VALUE)
 
 #: The message each error code is sent with; ``{reason}`` is what a check
 #: found (the key validator's or decode_request's words). Workers answer with
@@ -40,6 +43,7 @@ ERROR_MESSAGES = {
     BAD_REQUEST: "{reason}",
     UNSUPPORTED_VERSION: "{reason}",
     INTERNAL: "internal error; see the worker's log",
+    DAMAGED_VALUE: "the value of key {key} is damaged in the worker's dataset (not valid UTF-8); see the worker's log",
 }
 #: How a client names the key an mget refused, from the reply's ``index``
 #: (data, never parsed back out of the message) and its ``message``.
@@ -68,6 +72,8 @@ F_WORKER = "worker"
 F_ERROR = "error"
 F_MESSAGE = "message"
 F_INDEX = "index"
+#: In a damaged_value reply to an mget: the index of every damaged key.
+F_DAMAGED = "damaged"
 
 #: Where the broker listens unless told otherwise: loopback only.
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
@@ -337,6 +343,31 @@ def encode_error(request_id: int | None, code: str, message: str, index: int | N
     if index is not None:
         reply[F_INDEX] = index
     return _pack(reply)
+
+
+def encode_damaged(request_id: int, key: str) -> bytes:
+    """The reply to a get whose value is damaged; ``key`` canonical."""
+    return encode_error(request_id, DAMAGED_VALUE, error_message(DAMAGED_VALUE, key=key))
+
+
+def encode_damaged_values(request_id: int, keys: list[str], values: list[str | None], damaged: list[int]) -> bytes:
+    """The reply to an mget some of whose values are damaged: an error (so
+    that no client reads a damaged key as missing) naming the first damaged
+    key (``keys`` canonical, ``index`` its position), which also carries
+    every other answer (``values``, nil where damaged) and the position of
+    every damaged key, so that a client batching independent gets can
+    still answer the others (PROTOCOL.md)."""
+    first = damaged[0]
+    return _pack(
+        {
+            F_ID: request_id,
+            F_ERROR: DAMAGED_VALUE,
+            F_MESSAGE: error_message(DAMAGED_VALUE, key=keys[first]),
+            F_INDEX: first,
+            F_VALUES: values,
+            F_DAMAGED: damaged,
+        }
+    )
 
 
 def decode_reply(body: bytes) -> dict[str, Any]:

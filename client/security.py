@@ -18,12 +18,14 @@ Environment variables (all optional; none set means no encryption):
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 
 class KeyFileError(ValueError):
@@ -97,6 +99,105 @@ def peer_from_env(secret_variable: str) -> CurvePeer | None:
     if not (secret and broker_key):
         raise KeyFileError(f"{secret_variable} and ROKV_BROKER_KEY must be set together")
     return CurvePeer(secret, broker_key)
+
+
+# ------------------------------------------------------------ a side without keys
+
+#: libzmq's ZMTP protocol error codes (socket-monitor event values): the peer's
+#: keys are wrong; the two sides use different security mechanisms.
+CRYPTOGRAPHIC = int(getattr(zmq, "PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC", 0x11000001))
+MECHANISM_MISMATCH = int(getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000002))
+
+
+def without_curve(event: int, value: int, who: str = "this side") -> str | None:
+    """Plain words for a handshake failure seen by a connecting side
+    (``who``) that has no CURVE keys, or None when the event is not a
+    failure. Such a side cannot hold a wrong broker key: the mismatch is the
+    thing to name."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == MECHANISM_MISMATCH:
+        return f"security mismatch: the broker requires CURVE and {who} has no CURVE keys"
+    if event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+        return f"the broker broke off the handshake: it probably requires CURVE, and {who} has no CURVE keys"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"the broker refused {who}, which has no CURVE keys (ZAP status {value})"
+    return None
+
+
+_PROBE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+#: Each probe's monitor endpoint is new: a closed one is released by libzmq's
+#: reaper thread, later.
+_probe_numbers = itertools.count()
+
+
+class HandshakeProbe:
+    """One connection to each broker, without CURVE, whose handshake the
+    socket monitor reports: what tells a client without keys that its broker
+    requires CURVE (the refused client itself only sees no reply).
+
+    Started when a try goes unanswered, read when the call gives up (by then
+    the handshake is long over), so it costs nothing while replies come. The
+    probe never reconnects, so its monitor queues a few events at most, and
+    nothing has to read them in the meantime.
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoints: tuple[str, ...]) -> None:
+        self._probes: list[tuple[str, zmq.Socket, zmq.Socket]] = []
+        self._refused: dict[str, str] = {}  # endpoint -> why, as read so far
+        try:
+            for endpoint in endpoints:
+                # Plain sockets, even from a zmq.asyncio.Context.
+                sock: zmq.Socket = zmq.Socket(ctx, zmq.DEALER)
+                sock.linger = 0
+                sock.reconnect_ivl = -1  # one attempt: a handful of events at most
+                if "[" in endpoint:
+                    sock.ipv6 = True
+                address = f"inproc://rokv-probe-{os.getpid()}-{next(_probe_numbers)}"
+                sock.monitor(address, _PROBE_EVENTS)
+                monitor: zmq.Socket = zmq.Socket(ctx, zmq.PAIR)
+                monitor.linger = 0
+                monitor.connect(address)
+                self._probes.append((endpoint, sock, monitor))
+                sock.connect(endpoint)
+        except zmq.ZMQError:
+            self.close()  # a diagnosis only: never an error of its own
+
+    def hint(self) -> str:
+        """``""``, or why the brokers refused a client without CURVE keys and
+        how to give it some, for the end of a ServiceUnavailable message."""
+        for endpoint, _, monitor in self._probes:
+            while True:
+                try:
+                    event = recv_monitor_message(monitor, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    break
+                why = without_curve(int(event["event"]), int(event["value"]), "this client")
+                if why is not None:
+                    self._refused[endpoint] = why
+        refused = [f"{endpoint}: {why}" for endpoint, why in self._refused.items()]
+        if not refused:
+            return ""
+        return (
+            f"; {'; '.join(refused)}: give it CURVE keys (curve=CurvePeer(secret_file, broker_key_file), "
+            "or ROKV_CLIENT_SECRET and ROKV_BROKER_KEY)"
+        )
+
+    def close(self) -> None:
+        """Close the probe's sockets. Idempotent."""
+        for _, sock, monitor in self._probes:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            sock.close(linger=0)
+            monitor.close(linger=0)
+        self._probes = []
 
 
 class KeyNameError(ValueError):

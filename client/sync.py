@@ -28,6 +28,7 @@ from rokv.core import (
     RetryPolicy,
     resolve_endpoint,
 )
+from rokv.keys import match_canonical
 from rokv.replies import value_from_reply, worker_from_reply
 from rokv.security import CurvePeer
 
@@ -44,7 +45,6 @@ __all__ = [
 # A plain int: pyzmq's enum flags cost a Python-level operation per use.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
-_MAX_KEY_LENGTH = p.MAX_KEY_LENGTH
 
 
 class Client(ClientBase):
@@ -82,11 +82,11 @@ class Client(ClientBase):
 
         Raises:
             KeyNotFound: ``key`` is a valid UUIDv4 that the dataset lacks.
-            InvalidKey: ``key`` is not a string or not a UUIDv4 (one longer
-                than ``protocol.MAX_KEY_LENGTH`` is refused without a request).
+            InvalidKey: ``key`` is not a string or not a UUIDv4 (refused
+                at once, without a request).
             ServiceUnavailable: no reply after every try.
         """
-        if type(key) is not str or len(key) > _MAX_KEY_LENGTH or not key.isascii():  # one test for the common case
+        if type(key) is not str or not match_canonical(key):  # one test for the common case
             key = core.check_key(key)
         rid = next(self._ids)
         reply = self._exchange({rid: p.encode_request(rid, p.OP_GET, key)})[rid]
@@ -133,6 +133,7 @@ class Client(ClientBase):
         """Release the sockets. Idempotent; later calls raise ``RokvError``."""
         with self._lock:
             if self._brokers is not None:
+                self._close_probe()
                 self._brokers.close()
                 self._brokers = None
 
@@ -185,6 +186,7 @@ class Client(ClientBase):
                     brokers.suspect(broker)
             if not pending:
                 return replies
+            self._silence()
         raise self._unavailable()
 
     def _receive_one(

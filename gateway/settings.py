@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rokv import protocol as p
+from rokv.hostport import split_host_port
 
 DEFAULT_HOST = "127.0.0.1"
 #: The seed service's port.
@@ -52,24 +53,10 @@ def parse_bind(text: str, name: str = "ROKV_HTTP") -> Bind:
     expected = f"expected HOST:PORT such as 0.0.0.0:{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT}"
     if not raw:
         raise SettingError(f"{name} is empty: {expected}")
-    host, port_text = raw, ""
-    if raw.startswith("["):
-        end = raw.find("]")
-        if end < 0 or (end + 1 < len(raw) and raw[end + 1] != ":"):
-            raise SettingError(f"{name}={text!r}: unbalanced brackets; {expected}")
-        host, port_text = raw[1:end], raw[end + 2 :]
-    elif raw.count(":") == 1:
-        host, port_text = raw.split(":")
-    elif ":" in raw:
-        raise SettingError(f"{name}={text!r}: write an IPv6 host in brackets, e.g. [::1]:{DEFAULT_PORT}")
-    host = host or DEFAULT_HOST
-    if any(c.isspace() or c in "/@?#" for c in host):
-        raise SettingError(f"{name}={text!r}: {host!r} is not a host; {expected}")
-    if not port_text:
-        return Bind(host, DEFAULT_PORT)
-    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
-        raise SettingError(f"{name}={text!r}: port {port_text!r} is not a number from 1 to 65535; {expected}")
-    return Bind(host, int(port_text))
+    try:
+        return Bind(*split_host_port(raw, default_host=DEFAULT_HOST, default_port=DEFAULT_PORT))
+    except ValueError as exc:
+        raise SettingError(f"{name}={text!r}: {exc}; {expected}") from None
 
 
 def parse_size(text: str, name: str) -> int:

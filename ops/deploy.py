@@ -9,29 +9,39 @@ deploy repoints it and restarts the workers of supervisord's group
    ``--no-verify`` its header only (``rokv inspect``: magic, version, size).
    A refusal changes nothing.
 2. Read the link's target: the rollback target. It must be a readable
-   ``.rokv`` file, or a rollback could not work.
+   ``.rokv`` file, or a rollback could not work. Unless
+   ``--allow-new-keys``, look up 1000 of its keys (evenly spread) in NEW and
+   refuse if fewer than half are there: a new version of the same data
+   keeps most keys, the wrong export keeps none (every lookup would then
+   answer "not found").
 3. List the group's processes through supervisord's XML-RPC interface (the
-   ``[supervisorctl] serverurl`` of ``-c FILE``); refuse if none is RUNNING
-   or one is half-way (STARTING, BACKOFF, STOPPING). Ping through the broker
-   until every RUNNING worker has answered: the service is reachable, and
-   each says which file (``dataset``) and version (``digest``) it serves; a
-   worker that loads another path than the link is refused, since
-   repointing the link would not change what it serves.
+   ``[supervisorctl] serverurl`` of ``-c FILE``); refuse if one is half-way
+   (STARTING, BACKOFF, STOPPING), or if none is RUNNING. Ping through the
+   broker until every RUNNING worker has answered: the service is reachable,
+   and each says which file (``dataset``) and version (``digest``) it serves.
+   A worker that does not load the link is refused, since repointing the
+   link would not change what it serves: its path (resolved in its own
+   folder when it runs on this host) is not the link, or, elsewhere, it
+   serves neither the link's file nor NEW.
 4. Repoint the link atomically (a new link under a temporary name, renamed
    over it), keeping its relative or absolute style.
-5. For each RUNNING worker in name order: stop, start (supervisord waits its
+5. First each worker that is down (STOPPED, EXITED, FATAL: a deploy killed
+   with ``kill -9`` while it stopped a worker leaves it STOPPED), then each
+   RUNNING worker, in name order: stop, start (supervisord waits its
    ``startsecs``), then ping until the new process (its pid) answers with
-   NEW's digest. ``--timeout`` bounds each worker's switch.
+   NEW's digest. ``--timeout`` bounds each worker's switch. A deploy ends
+   with every worker of the group serving NEW; ``rokv status`` then checks
+   the whole pool (a note when something does not serve).
 6. At the first failure (did not start, died, answered with another digest,
    or no answer in time), or on Ctrl-C, SIGTERM or SIGHUP (a closed
    terminal; under ``nohup`` a deploy goes on instead): repoint the link to its
-   old target, restart the failed worker and every worker already switched,
-   each waited for until it answers with the old digest, then exit 1 naming
-   the worker, what failed and the end of its log. Workers not yet reached
-   are never touched.
+   old target, restart the failed worker and every worker already switched
+   (each waited for until it answers with the old digest), stop again those
+   that were down before, then exit 1 naming the worker, what failed and the
+   end of its log. Workers not yet reached are never touched.
 
-If the link already points at NEW, the workers that do not yet serve NEW's
-digest are restarted (this finishes a deploy that was cut short); with none
+If the link already points at NEW (a deploy that was cut short), the workers
+that are down or do not yet serve NEW's digest are (re)started; with none
 left, there is nothing to do. Such a run has no older file to go back to:
 it stops at the first failure and exits 5.
 
@@ -42,11 +52,13 @@ are :class:`Exit`.
 from __future__ import annotations
 
 import argparse
+import bisect
+import contextlib
 import importlib.util
 import math
+import mmap
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -54,6 +66,8 @@ from types import FrameType
 from typing import Any
 
 from rokv.exitcodes import Exit, epilog
+from rokv.ops import status
+from rokv.ops.status import from_worker
 from rokv.ops.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
 from rokv.worker.layout import DIGEST_ALGORITHM, SUFFIX, Header, StoreError, read_header
 from rokv.worker.reader import verify_store
@@ -71,6 +85,11 @@ REACH_TIMEOUT = 5.0
 #: How often a worker's state is read while waiting for its answer.
 STATE_INTERVAL = 1.0
 LOG_LINES = 10
+#: Keys of the serving file looked for in NEW (evenly spread): enough to
+#: tell a share of 50% within a few points.
+KEY_SAMPLE = 1000
+#: The least share of those a new version must hold, unless --allow-new-keys.
+MIN_KEY_SHARE = 0.5
 #: States in which a process is on its way up or down: its dataset is
 #: whatever the link held when it spawned, so a deploy would race with it.
 _TRANSITIONS = {"STARTING", "BACKOFF", "STOPPING"}
@@ -207,7 +226,9 @@ class Pool:
         self._client = Client(endpoint, timeout=PING_TIMEOUT, retries=0)
         # Workers on other hosts may share the broker (and pids); this
         # supervisord's own are on this host when it is reached by socket.
-        self._host = socket.gethostname() if supervisor.serverurl.startswith("unix://") else None
+        self._host = status.local_host(supervisor)
+        #: Whether this supervisord's processes run on this host.
+        self.local = self._host is not None
 
     def close(self) -> None:
         self._client.close()
@@ -222,7 +243,7 @@ class Pool:
             return None
 
     def _from(self, info: dict[str, Any], pid: int) -> bool:
-        return info.get("pid") == pid and (self._host is None or info.get("host") in (None, self._host))
+        return from_worker(info, pid, self._host)
 
     def survey(self, workers: list[Process]) -> dict[str, Answer]:
         """Ping until every one of ``workers`` has answered; what each said.
@@ -231,37 +252,23 @@ class Pool:
             Stop(UNREACHABLE): no reply at all within REACH_TIMEOUT, or some
                 worker silent for ``timeout`` seconds.
         """
-        pending = {w.pid: w for w in workers}
-        answers: dict[str, Answer] = {}
-        started = time.monotonic()
-        replied = False
-        while pending:
-            info = self.ping()
-            if info is not None:
-                replied = True
-                worker = next((w for pid, w in pending.items() if self._from(info, pid)), None)
-                if worker is not None:
-                    del pending[worker.pid]
-                    answers[worker.name] = Answer(info.get("digest"), info.get("dataset"))
-                    continue
-            waited = time.monotonic() - started
-            if not replied and waited > min(REACH_TIMEOUT, self.timeout):
-                raise Stop(
-                    Exit.UNAVAILABLE,
-                    f"no answer from {self.endpoint} in {waited:.0f} s: is it the "
-                    f"broker these workers serve (--endpoint, $ROKV_ENDPOINT)? "
-                    f"Nothing was changed.",
-                )
-            if waited > self.timeout:
-                silent = ", ".join(f"{w.name} (pid {w.pid})" for w in pending.values())
-                raise Stop(
-                    Exit.UNAVAILABLE,
-                    f"{silent} did not answer through {self.endpoint} in "
-                    f"{self.timeout:.0f} s (is it the broker these workers serve?). "
-                    f"Nothing was changed.",
-                )
-            time.sleep(PING_INTERVAL)
-        return answers
+        result = status.survey(self.ping, workers, self._host, self.timeout, min(REACH_TIMEOUT, self.timeout))
+        if not result.replied and workers:
+            raise Stop(
+                Exit.UNAVAILABLE,
+                f"no answer from {self.endpoint} in {result.waited:.0f} s: is it the "
+                f"broker these workers serve (--endpoint, $ROKV_ENDPOINT)? "
+                f"Nothing was changed.",
+            )
+        silent = [w for w in workers if w.name not in result.answers]
+        if silent:
+            raise Stop(
+                Exit.UNAVAILABLE,
+                ", ".join(f"{w.name} (pid {w.pid})" for w in silent)
+                + f" did not answer through {self.endpoint} in {self.timeout:.0f} s (is it the broker these "
+                f"workers serve?). Nothing was changed.",
+            )
+        return {name: Answer(info.get("digest"), info.get("dataset")) for name, info in result.answers.items()}
 
     def restart(self, worker: Process, digest: str) -> tuple[int, float]:
         """Stop and start ``worker``, then wait until its new process answers
@@ -297,6 +304,19 @@ class Pool:
         except Refused as exc:
             raise StepFailed(f"supervisord refused: {exc}") from None
         return process.pid, time.monotonic() - started
+
+    def stop(self, worker: Process) -> None:
+        """Stop ``worker`` (within ``timeout``) and leave it down.
+
+        Raises:
+            StepFailed: it did not stop, or supervisord did not answer.
+        """
+        try:
+            self._stop(worker.name, time.monotonic() + self.timeout)
+        except SupervisorUnreachable as exc:
+            raise StepFailed(str(exc)) from None
+        except Refused as exc:
+            raise StepFailed(f"supervisord refused: {exc}") from None
 
     def _stop(self, name: str, deadline: float) -> None:
         """Stop ``name`` and return once it is down, whatever state it is in
@@ -378,6 +398,7 @@ class Options:
     endpoint: str
     timeout: float
     verify: bool
+    allow_new_keys: bool = False
 
 
 def check_new(new: str, verify: bool) -> Header:
@@ -390,6 +411,69 @@ def check_new(new: str, verify: bool) -> Header:
         return verify_store(new) if verify else read_header(new)
     except StoreError as exc:
         raise Stop(Exit.NO, f"refused: {exc}. Nothing was changed.") from None
+
+
+class _Keys:
+    """The sorted 16-byte keys of a mapped ``.rokv`` file, as a sequence
+    (FORMAT.md, "Keys and the bucket table"): what :mod:`bisect` needs."""
+
+    def __init__(self, mm: mmap.mmap, header: Header) -> None:
+        self._mm, self._at, self._n = mm, header.keys_offset, header.count
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> bytes:
+        at = self._at + 16 * i
+        return self._mm[at : at + 16]
+
+
+def key_share(old: str, new: str, sample: int = KEY_SAMPLE) -> tuple[int, int]:
+    """How many of ``sample`` keys of ``old`` (evenly spread over its sorted
+    keys, so over the whole key space) are in ``new``: (found, sampled).
+    Reads only those keys and a binary search's worth of ``new``.
+
+    Raises:
+        StoreError: either file cannot be read as a ``.rokv`` file.
+    """
+    with contextlib.ExitStack() as stack:
+        keys = []
+        for path in (old, new):
+            header = read_header(path)
+            f = stack.enter_context(open(path, "rb"))
+            mm = stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            keys.append(_Keys(mm, header))
+        old_keys, new_keys = keys
+        n = len(old_keys)
+        picked = {i * n // sample for i in range(sample)} if n > sample else set(range(n))
+        found = 0
+        for i in sorted(picked):
+            key = old_keys[i]
+            at = bisect.bisect_left(new_keys, key)  # a Sequence by duck typing
+            found += at < len(new_keys) and new_keys[at] == key
+        return found, len(picked)
+
+
+def check_key_share(old: str, new: str, link: str) -> None:
+    """Refuse NEW when too few keys of the serving file are in it: an export
+    of another table, or of nothing, answers "not found" to every lookup.
+
+    Raises:
+        Stop(NO): below :data:`MIN_KEY_SHARE` (the message says the share).
+    """
+    try:
+        found, sampled = key_share(old, new)
+    except (StoreError, OSError, ValueError):
+        return  # both were checked already; a file that changed meanwhile fails later, with a rollback
+    if sampled == 0 or found >= MIN_KEY_SHARE * sampled:
+        return
+    raise Stop(
+        Exit.NO,
+        f"refused: only {found} of {sampled} keys sampled from the serving file ({link} -> {old}), "
+        f"{100 * found / sampled:.1f}%, are in {new}; at least {100 * MIN_KEY_SHARE:.0f}% are expected of a "
+        f"new version of the same data. Is it the right file? Deploy it anyway with --allow-new-keys. "
+        f"Nothing was changed.",
+    )
 
 
 def deploy(opts: Options) -> Exit:
@@ -424,6 +508,8 @@ def deploy(opts: Options) -> Exit:
                 f"refused: {opts.link} points at {old_target}, which cannot be served "
                 f"({exc}): a rollback to it would fail. Nothing was changed.",
             ) from None
+        if not opts.allow_new_keys:
+            check_key_share(os.path.realpath(opts.link), opts.new, opts.link)
 
     try:
         supervisor = Supervisor.from_config(opts.configuration)
@@ -446,20 +532,23 @@ def deploy(opts: Options) -> Exit:
             Exit.NO,
             "refused: "
             + ", ".join(f"{p.name} is {p.state}" for p in busy)
-            + ": wait until it settles (supervisorctl status), then deploy. Nothing was changed.",
+            + f": wait until it settles (rokv status -c {opts.configuration}), then deploy. Nothing was changed.",
         )
     running = [p for p in group if p.state == "RUNNING"]
-    if not running:
+    # Down workers (a deploy cut short by kill -9 leaves one STOPPED) are
+    # started on the link's file too: a deploy ends with every worker on it.
+    down = [p for p in group if p.state in _DOWN]
+    if not running and not resume:
         raise Stop(
             Exit.NO,
             f"refused: no {GROUP} process is RUNNING under supervisord at "
             f"{supervisor.serverurl}, so none would keep serving. Nothing was changed. "
             f"If the pool is down, point {opts.link} at a good file by hand and start "
-            f"the workers (supervisorctl -c {opts.configuration} start {GROUP}:NAME).",
+            f"the workers (supervisorctl -c {opts.configuration} start {GROUP}:*).",
         )
     for p in group:
-        if p.state in {"FATAL", "EXITED", "UNKNOWN"}:
-            warn(f"note: {p.name} is {p.state}: left alone (it loads {opts.link} when started)")
+        if p not in running and p not in down:
+            warn(f"note: {p.name} is {p.state}: left alone")
 
     try:
         pool = Pool(supervisor, opts.endpoint, opts.link, opts.timeout)
@@ -467,7 +556,7 @@ def deploy(opts: Options) -> Exit:
         raise Stop(Exit.USAGE, f"error: {exc}") from None
     try:
         answers = pool.survey(running)
-        _check_datasets(opts.link, running, answers)
+        _check_datasets(opts.link, running, answers, pool.local, {old_digest, new_digest})
         for w in running:
             if not resume and answers[w.name].digest != old_digest:
                 warn(
@@ -476,7 +565,7 @@ def deploy(opts: Options) -> Exit:
                     f"would bring it to {old_target}"
                 )
         if resume:
-            todo = [w for w in running if answers[w.name].digest != new_digest]
+            todo = down + [w for w in running if answers[w.name].digest != new_digest]
             if not todo:
                 say(
                     f"{opts.link} already points at {old_target}, and all {len(running)} workers serve "
@@ -484,51 +573,81 @@ def deploy(opts: Options) -> Exit:
                 )
                 return Exit.OK
             say(
-                f"{opts.link} already points at {old_target}; {len(todo)} of {len(running)} workers do not "
-                f"serve it yet: restarting those (no older file to roll back to)"
+                f"{opts.link} already points at {old_target}; {len(todo)} of {len(group)} workers do not "
+                f"serve it yet" + (f" ({len(down)} down)" if down else "") + ": "
+                "starting those (no older file to roll back to)"
             )
         else:
-            todo = running
+            todo = down + running
+        if down:
+            say(f"starting first what is down: {', '.join(f'{p.name} ({p.state})' for p in down)}")
         if len(running) == 1:
             warn("note: one worker only: lookups wait (clients retry) while it restarts")
-        return _switch(opts, pool, todo, old_target, old_digest, new_digest, started)
+        return _switch(opts, pool, todo, set(down), old_target, old_digest, new_digest, started)
     finally:
         pool.close()
 
 
-def _check_datasets(link: str, workers: list[Process], answers: dict[str, Answer]) -> None:
-    """Refuse when a worker loads another path than the link (a relative
-    path, relative to the worker's own folder, cannot be checked here)."""
+def _check_datasets(
+    link: str, workers: list[Process], answers: dict[str, Answer], local: bool, known: set[str | None]
+) -> None:
+    """Refuse when a worker does not load the link: repointing it would not
+    change what that worker serves, and the deploy would end in a rollback
+    that cannot work either. A worker's path relative to its own folder is
+    resolved when it runs on this host; else a worker serving neither the
+    link's file nor NEW (or a file that is not ``.rokv``) is refused."""
     try:
         link_stat = os.lstat(link)
     except OSError:
         return
     for w in workers:
-        dataset = answers[w.name].dataset
-        if not dataset or not os.path.isabs(dataset):
-            continue
-        try:
-            same = os.path.samestat(os.lstat(dataset), link_stat)
-        except OSError:
-            same = False
+        answer = answers[w.name]
+        path = _dataset_path(answer.dataset, w.pid if local else None)
+        if path is not None:
+            try:
+                same = os.path.samestat(os.lstat(path), link_stat)
+            except OSError:
+                same = False
+        else:
+            same = answer.digest is not None and answer.digest in known
         if not same:
+            what = "" if answer.digest else " (not a .rokv file)"
             raise Stop(
                 Exit.NO,
-                f"refused: {w.name} loads {dataset}, not {link}: repointing {link} would "
-                f"not change what it serves (--link, $ROKV_DATA). Nothing was changed.",
+                f"refused: {w.name} loads {answer.dataset}{what}, not {link}: repointing {link} would "
+                f"not change what it serves. Either give --link the path the workers load, or have them load "
+                f"the link (ROKV_DATA={link} in supervisord's environment, then restart supervisord). "
+                f"Nothing was changed.",
             )
+
+
+def _dataset_path(dataset: str | None, pid: int | None) -> str | None:
+    """A worker's dataset as an absolute path: as given, or relative to the
+    folder the worker runs in (read from /proc when it runs here); None when
+    that cannot be known."""
+    if not dataset:
+        return None
+    if os.path.isabs(dataset):
+        return dataset
+    if pid is None:
+        return None
+    try:
+        return os.path.join(os.readlink(f"/proc/{pid}/cwd"), dataset)
+    except OSError:
+        return None
 
 
 def _switch(
     opts: Options,
     pool: Pool,
     todo: list[Process],
+    down: set[Process],
     old_target: str,
     old_digest: str | None,
     new_digest: str,
     started: float,
 ) -> Exit:
-    """Steps 4 to 6: repoint, restart one by one, roll back on failure."""
+    """Steps 4 to 6: repoint, (re)start one by one, roll back on failure."""
     link = opts.link
     new_target = target_for(link, opts.new, old_target)
     switched: list[Process] = []
@@ -544,7 +663,8 @@ def _switch(
             for worker in todo:
                 current = worker
                 pid, took = pool.restart(worker, new_digest)
-                say(f"{worker.name}: pid {worker.pid} -> {pid}, serving {short(new_digest)} after {took:.1f} s")
+                was = f"was {worker.state}" if worker in down else f"pid {worker.pid}"
+                say(f"{worker.name}: {was} -> pid {pid}, serving {short(new_digest)} after {took:.1f} s")
                 switched.append(worker)
                 current = None
         except Stop:
@@ -559,8 +679,22 @@ def _switch(
             failure = StepFailed(f"unexpected error: {exc!r}")
         else:
             say(f"deployed {new_target} ({new_digest}) to {len(todo)} worker(s) in {time.monotonic() - started:.1f} s")
+            _health(opts, pool)
             return Exit.OK
-        return _fail(opts, pool, current, failure, switched, todo, old_target, old_digest)
+        return _fail(opts, pool, current, failure, switched, todo, down, old_target, old_digest)
+
+
+def _health(opts: Options, pool: Pool) -> None:
+    """After a deploy, what ``rokv status`` says, when it is not "serving"
+    (a program of the pool down, a worker silent): a note, since the
+    deploy itself is done."""
+    try:
+        report = status.check(pool.supervisor, opts.endpoint, min(opts.timeout, status.DEFAULT_TIMEOUT))
+    except (SupervisorUnreachable, ValueError) as exc:
+        warn(f"note: rokv status could not check the pool after the deploy: {exc}")
+        return
+    if not report.ok:
+        warn("note: the deploy is done, but not everything serves (rokv status):\n" + "\n".join(report.lines()))
 
 
 def _fail(
@@ -570,12 +704,17 @@ def _fail(
     failure: StepFailed,
     switched: list[Process],
     todo: list[Process],
+    down: set[Process],
     old_target: str,
     old_digest: str | None,
 ) -> Exit:
-    """Say what failed, and put the link and the workers touched back."""
+    """Say what failed, and put the link and the workers touched back as
+    they were: the running ones restarted on the old file, the ones that
+    were down stopped again."""
     untouched = [w.name for w in todo if w not in switched and w is not failed]
-    back = ([failed] if failed is not None else []) + switched
+    touched = ([failed] if failed is not None else []) + switched
+    back = [w for w in touched if w not in down]
+    stop = [w for w in touched if w in down]
     rolling: Process | None = None
     try:
         if failed is not None:
@@ -587,15 +726,17 @@ def _fail(
             warn(
                 f"NOT ROLLED BACK: {opts.link} already pointed at {old_target} before this run: there is no "
                 f"older file to go back to. Switched: {', '.join(w.name for w in switched) or 'none'}; "
-                f"not reached: {', '.join(untouched) or 'none'}. See supervisorctl -c {opts.configuration} "
-                f"status."
+                f"not reached: {', '.join(untouched) or 'none'}. See rokv status -c {opts.configuration}."
             )
             return Exit.ROLLBACK_FAILED
-        say(f"rolling back: {opts.link} -> {old_target}, then {len(back)} worker(s)")
+        say(f"rolling back: {opts.link} -> {old_target}, then {len(touched)} worker(s)")
         try:
             repoint(opts.link, old_target)
         except OSError as exc:
             raise StepFailed(f"cannot repoint {opts.link} to {old_target}: {exc}") from None
+        for rolling in stop:
+            pool.stop(rolling)
+            say(f"{rolling.name}: stopped again (it was {rolling.state} before the deploy)")
         for rolling in back:
             pid, took = pool.restart(rolling, old_digest)
             say(f"{rolling.name}: back on {short(old_digest)}, pid {pid}, after {took:.1f} s")
@@ -611,11 +752,11 @@ def _fail(
             )
         warn(
             f"the pool may serve two versions or have a worker down: act by hand "
-            f"(supervisorctl -c {opts.configuration} status; rokv ping)"
+            f"(rokv status -c {opts.configuration} names what is not serving)"
         )
         return Exit.ROLLBACK_FAILED
     warn(
-        f"rolled back: {opts.link} -> {old_target} again; every worker serves {old_digest}"
+        f"rolled back: {opts.link} -> {old_target} again; every worker that ran serves {old_digest}"
         + (f" ({', '.join(untouched)} never left it)" if untouched else "")
     )
     return Exit.NO
@@ -665,6 +806,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         endpoint=resolve_endpoint(args.endpoint),
         timeout=args.timeout,
         verify=args.verify,
+        allow_new_keys=args.allow_new_keys,
     )
     try:
         return deploy(opts)
@@ -683,8 +825,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser(
         "deploy",
-        description="Check NEW, repoint the symbolic link the workers load, restart the workers of "
-        "supervisord's group 'worker' one at a time and wait until each answers with NEW's digest. "
+        description="Check NEW (its digest, and that it holds most keys of the file the link points at), "
+        "repoint the symbolic link the workers load, start the workers of supervisord's group 'worker' that "
+        "are down, restart the others one at a time, and wait until each answers with NEW's digest. "
+        "Run again, it finishes a deploy that was cut short. "
         "At the first failure the link goes back to its old target and the workers already restarted "
         "are restarted on it; the others are never touched. Roll back a finished deploy with "
         "`rokv deploy OLD.rokv`.",
@@ -720,5 +864,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         dest="verify",
         action="store_false",
         help="check NEW's header only, not its digest (after `rokv verify NEW` on a huge file)",
+    )
+    p.add_argument(
+        "--allow-new-keys",
+        action="store_true",
+        help=f"deploy NEW even if fewer than {100 * MIN_KEY_SHARE:.0f}%% of a sample of the serving file's keys "
+        "are in it (refused by default: usually the wrong file)",
     )
     p.set_defaults(run=cmd_deploy)

@@ -17,12 +17,15 @@ it writes. At supervisord's start, rokv-pool:
 3. has supervisord load the file, as ``supervisorctl update`` would, and starts
    the programs; they are then ordinary supervised programs (restarted when
    they die, stopped with SIGTERM);
-4. stays RUNNING until supervisord stops it, so that ``supervisorctl status``
-   exits 0 exactly when everything rokv runs on this host is RUNNING.
+4. stays RUNNING until supervisord stops it: a RUNNING ``pool`` is part of
+   "everything rokv runs on this host is RUNNING", which ``rokv status``
+   (:mod:`rokv.ops.status`) checks, with a ping of every worker.
 
 A bad setting is refused: rokv-pool prints why and exits 2 before starting
-anything, supervisor marks it FATAL, and ``supervisorctl status`` exits 3;
-``supervisorctl tail pool`` shows the reason.
+anything, supervisor marks it FATAL, and ``rokv status`` exits 3 with the
+reason (so does ``supervisorctl status``; ``supervisorctl tail pool`` shows
+it too). It first empties the included file and has supervisord drop the
+programs it read from the previous run's copy, so no status lists them.
 """
 
 from __future__ import annotations
@@ -36,8 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xmlrpc.client import Fault
-
-from supervisor import childutils
 
 from rokv.exitcodes import Exit, epilog
 from rokv.hostport import METRICS_ENV, parse_address
@@ -230,6 +231,28 @@ def apply(rpc: Any, metrics_folder: Path | None = None) -> list[str]:
     return groups
 
 
+#: What the included file holds after a refused setting: no programs.
+NOTHING = "; Written by rokv-pool: a ROKV_* setting was refused (see run/pool.log), so no program runs.\n"
+
+
+def unload(include: Path, childutils: Any) -> None:
+    """After a refused setting: empty the included file, and have
+    supervisord drop the programs it read from the previous run's copy at
+    its start, so that no status lists them as if they were this run's.
+    One quick try: supervisord marks this program FATAL only if it exits
+    within ``startsecs``; the emptied file does it at the next start anyway."""
+    try:
+        write_if_changed(include, NOTHING)
+    except OSError:
+        return
+    if "SUPERVISOR_SERVER_URL" not in os.environ:
+        return
+    try:
+        apply(childutils.getRPCInterface(os.environ))
+    except (Fault, OSError) as exc:
+        print(f"rokv-pool: could not unload the previous run's programs: {exc}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rokv-pool",
@@ -245,11 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     include: Path = args.include or args.here / "run" / "pool.conf"
+    try:  # only here: --help needs no server extra
+        from supervisor import childutils
+    except ModuleNotFoundError as exc:
+        print(
+            f"rokv-pool needs {exc.name}, which comes with the server extra: pip install 'rokv[server]'",
+            file=sys.stderr,
+        )
+        return Exit.USAGE
     try:
         settings = Settings.from_env(os.environ)
         http = http_from_env(os.environ)
     except SettingError as exc:
         print(f"rokv-pool: refusing to start the pool: {exc}", file=sys.stderr, flush=True)
+        unload(include, childutils)
         return Exit.USAGE
     if "SUPERVISOR_SERVER_URL" not in os.environ:
         parser.error("SUPERVISOR_SERVER_URL is not set: supervisord runs me")

@@ -1,4 +1,4 @@
-"""supervisord's XML-RPC interface, as ``rokv deploy`` uses it.
+"""supervisord's XML-RPC interface, as ``rokv deploy`` and ``rokv status`` use it.
 
 The server URL (and credentials) come from the ``[supervisorctl]`` section of
 a supervisord.conf, read by supervisor's own ``ClientOptions`` so ``%(here)s``

@@ -45,8 +45,8 @@ LIVE: Final = "livemostrecent"
 #: The (op, outcome) pairs that can happen: their series exist from the start
 #: at 0, so that a rate over them is defined before the first one occurs.
 POSSIBLE = (
-    [("get", o) for o in ("found", "not_found", "invalid")]
-    + [("mget", o) for o in ("found", "not_found", "invalid")]
+    [("get", o) for o in ("found", "not_found", "invalid", "damaged")]
+    + [("mget", o) for o in ("found", "not_found", "invalid", "damaged")]
     + [("ping", "ok"), ("other", "refused"), ("other", "error")]
 )
 

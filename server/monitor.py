@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-#: libzmq's ZMTP protocol error codes that mean "this peer's keys are wrong".
-_CRYPTOGRAPHIC = int(getattr(zmq, "PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC", 0x11000001))
-_MECHANISM_MISMATCH = int(getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", 0x11000002))
+from rokv.security import CRYPTOGRAPHIC as _CRYPTOGRAPHIC
+from rokv.security import MECHANISM_MISMATCH as _MECHANISM_MISMATCH
+from rokv.security import without_curve
 
 _EVENTS = (
     zmq.EVENT_ACCEPTED
@@ -36,9 +36,14 @@ _EVENTS = (
 )
 
 
-def handshake_failure(event: int, value: int, *, server: bool) -> str:
+def handshake_failure(event: int, value: int, *, server: bool, curve: bool = True) -> str:
     """Plain words for a failed handshake, seen from the side that binds
-    (``server``) or the side that connects."""
+    (``server``) or the side that connects (a worker), with CURVE keys
+    (``curve``) or without: then the mismatch is named, not a key."""
+    if not server and not curve:
+        words = without_curve(event, value, "this worker")
+        if words is not None:
+            return f"{words} (give it --curve-secret and --broker-key, or ROKV_WORKER_SECRET and ROKV_BROKER_KEY)"
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         if server:
             return "a peer's CURVE key is not on the allow-list"
@@ -73,6 +78,8 @@ class Link:
 
     label: str
     server: bool
+    #: The socket uses CURVE (else its handshake failures name the mismatch).
+    curve: bool = True
     #: Open connections (TCP or IPC), those still in their handshake included:
     #: libzmq's handshake events carry no descriptor to tell peers apart, and
     #: a refused peer is disconnected within milliseconds anyway.
@@ -118,7 +125,7 @@ class ConnectionWatcher:
     def watch(self, sock: zmq.Socket, label: str, *, server: bool) -> Link:
         """Start watching ``sock`` (before it binds or connects, so that no
         event is missed); its events are reported under ``label``."""
-        link = Link(label, server)
+        link = Link(label, server, curve=sock.get(zmq.MECHANISM) == zmq.CURVE)
         with self._lock:
             self._links[label] = link
         self._new.put((sock.get_monitor_socket(_EVENTS), link))
@@ -203,7 +210,7 @@ class ConnectionWatcher:
                 link.last_failure = None
             else:
                 link.failures += 1
-                link.last_failure = handshake_failure(event, value, server=link.server)
+                link.last_failure = handshake_failure(event, value, server=link.server, curve=link.curve)
                 where = f"{link.label}: " if link.server else f"{link.label}: not admitted: "
                 # A bound side's ZAP refusals are logged by the authenticator,
                 # which knows the peer's address and key.

@@ -17,13 +17,16 @@ from time import perf_counter
 #: operation could be read.
 OPS = ("get", "mget", "ping", "other")
 #: A request's outcome. An mget is ``found`` when every key was, else
-#: ``not_found``; ``invalid``: refused for an invalid key; ``refused``: a
-#: protocol violation (bad_request, unsupported_version); ``error``: the
-#: worker failed (internal); ``ok``: a ping answered.
-OUTCOMES = ("found", "not_found", "invalid", "refused", "error", "ok")
+#: ``not_found``; ``invalid``: refused for an invalid key; ``damaged``: a
+#: key's stored value is damaged (not valid UTF-8); ``refused``: a protocol
+#: violation (bad_request, unsupported_version); ``error``: the worker failed
+#: (internal); ``ok``: a ping answered.
+OUTCOMES = ("found", "not_found", "invalid", "damaged", "refused", "error", "ok")
 #: A key's outcome. An mget refused for an invalid key counts that one key
-#: as invalid and nothing for its other keys: they got no answer.
-KEY_OUTCOMES = ("found", "not_found", "invalid")
+#: as invalid and nothing for its other keys: they got no answer. An mget
+#: with damaged values counts each of them as damaged, its other keys as
+#: found or not found (their values travel in the reply).
+KEY_OUTCOMES = ("found", "not_found", "invalid", "damaged")
 
 #: Upper bounds (seconds) of the handling-time histogram's buckets: a get
 #: takes a few microseconds, an mget of 1,000 keys about a millisecond.
@@ -42,10 +45,12 @@ GET_INVALID = request_index("get", "invalid")
 MGET_FOUND = request_index("mget", "found")
 MGET_NOT_FOUND = request_index("mget", "not_found")
 MGET_INVALID = request_index("mget", "invalid")
+GET_DAMAGED = request_index("get", "damaged")
+MGET_DAMAGED = request_index("mget", "damaged")
 PING_OK = request_index("ping", "ok")
 OTHER_REFUSED = request_index("other", "refused")
 OTHER_ERROR = request_index("other", "error")
-KEY_FOUND, KEY_NOT_FOUND, KEY_INVALID = range(3)
+KEY_FOUND, KEY_NOT_FOUND, KEY_INVALID, KEY_DAMAGED = range(4)
 
 
 class RequestStats:
@@ -81,6 +86,7 @@ class RequestStats:
         keys[KEY_FOUND] += self.requests[GET_FOUND]
         keys[KEY_NOT_FOUND] += self.requests[GET_NOT_FOUND]
         keys[KEY_INVALID] += self.requests[GET_INVALID]
+        keys[KEY_DAMAGED] += self.requests[GET_DAMAGED]
         return Snapshot(list(self.requests), keys, list(self.buckets), self.seconds)
 
 

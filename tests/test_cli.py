@@ -218,6 +218,8 @@ EXIT_CODES = {
     "deploy": "0 deployed or nothing to do, 1 refused or failed and rolled back (the old version serves), "
     "2 bad usage or the server extra missing, 3 supervisord or the service unreachable (nothing changed), "
     "5 failed and could not roll back",
+    "status": "0 every program of the pool RUNNING and every worker answering, 2 bad usage, no such "
+    "supervisord.conf, or the server extra missing, 3 something not serving",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -24,6 +25,7 @@ from rokv.exitcodes import Exit
 from rokv.keys import random_key
 from rokv.ops import deploy
 from rokv.ops.deploy import target_for
+from rokv.ops.supervisor_rpc import Process, Refused
 from rokv.ops.supervisor_rpc import Supervisor as SupervisorRPC
 from rokv.worker.build import build
 from rokv.worker.layout import HEADER_SIZE, read_header
@@ -492,3 +494,179 @@ def test_target_keeps_the_links_style(tmp_path: Path) -> None:
     link = tmp_path / "current.rokv"
     assert target_for(str(link), str(new), "v1.rokv") == "a/v2.rokv"
     assert target_for(str(link), str(new), "/srv/v1.rokv") == os.path.realpath(new)
+
+
+# ------------------------------------------------------------------ cut short, wrong pool, wrong file
+
+
+def test_a_deploy_killed_mid_way_is_finished_by_running_it_again(supervisor_factory, tmp_path: Path) -> None:
+    pool = Service(supervisor_factory, tmp_path)
+    rpc = SupervisorRPC.from_config(str(pool.sup.conf))
+    load = pool.load("one", "two")
+    try:
+        # kill -9 once the first worker is switched: the second is being
+        # restarted. Where the kill lands, supervisord finishes the stop it
+        # was asked for; a stop through its RPC stands for that moment.
+        command = [sys.executable, "-m", "rokv", "deploy", str(pool.v2), "--link", str(pool.link)]
+        command += ["--endpoint", pool.frontend, "-c", str(pool.sup.conf)]
+        proc = subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout is not None
+            for line in iter(proc.stdout.readline, ""):
+                if line.startswith("worker:worker_00: pid"):
+                    break
+            proc.kill()
+        finally:
+            proc.kill()
+            proc.wait(scaled(30))
+            assert proc.stdout is not None
+            proc.stdout.close()
+        stop_for_good(rpc, "worker:worker_01")
+        assert os.readlink(pool.link) == "v2.rokv"
+        assert pool.sup.status()["worker:worker_01"][0] == "STOPPED"
+
+        again = pool.deploy(pool.v2)
+        assert again.returncode == Exit.OK, again.stdout + again.stderr
+        assert "1 of 2 workers do not serve it yet (1 down)" in again.stdout
+        assert "worker:worker_01: was STOPPED -> pid" in again.stdout
+        serving_everywhere(pool, pool.digest2)
+
+        # Cut while the first worker was being stopped, deploying v1 back: the
+        # link moved, worker_00 STOPPED, worker_01 still on v2.
+        point(pool.link, pool.v1)
+        stop_for_good(rpc, "worker:worker_00")
+        again = pool.deploy(pool.v1)
+        assert again.returncode == Exit.OK, again.stdout + again.stderr
+        assert "2 of 2 workers do not serve it yet (1 down)" in again.stdout
+        serving_everywhere(pool, pool.digest1)
+        before = load.lookups
+        wait_for(lambda: load.lookups > before + 300, 30, "the load to run on v1")
+    finally:
+        load.finish()
+    assert load.failures == []
+    assert load.wrong == []
+
+
+def stop_for_good(rpc: SupervisorRPC, name: str) -> None:
+    """Leave ``name`` STOPPED, whatever state it is in."""
+    try:
+        rpc.call("supervisor.stopProcess", name, True)
+    except Refused as exc:
+        assert exc.fault == "NOT_RUNNING", exc
+    wait_for(lambda: rpc.process(name).state == "STOPPED", 15, f"{name} to be STOPPED")
+
+
+def serving_everywhere(pool: Service, digest: str) -> None:
+    """Every worker RUNNING and answering with ``digest``; rokv status says so."""
+    running = pool.workers()
+    for pid in running.values():
+        wait_for(lambda pid=pid: pid in answering_pids(pool.frontend, digest), 20, f"pid {pid} to serve {digest}")
+    assert pings(pool.frontend) == {digest}
+    status = subprocess.run(
+        [sys.executable, "-m", "rokv", "status", "-c", str(pool.sup.conf), "--endpoint", pool.frontend],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
+    assert status.returncode == Exit.OK, status.stdout + status.stderr
+
+
+def test_deploy_refuses_a_pool_whose_workers_load_another_path(supervisor_factory, tmp_path: Path) -> None:
+    # The default pool loads data/example.json, a path relative to its folder.
+    frontend = f"tcp://127.0.0.1:{free_port()}"
+    sup: Supervisor = supervisor_factory(ROKV_FRONTEND=frontend, ROKV_BACKEND=f"tcp://127.0.0.1:{free_port()}")
+    seen_workers(frontend, 2, timeout=30)
+    pids = wait_for(
+        lambda: (r := {n: p for n, p in sup.running().items() if n.startswith("worker:")}) and len(r) == 2 and r,
+        15,
+        "two workers RUNNING",
+    )
+    all_keys = keys(random.Random(14))
+    v1, _ = version(tmp_path, "v1", "one", all_keys)
+    v2, _ = version(tmp_path, "v2", "two", all_keys)
+    link = tmp_path / "current.rokv"
+    point(link, v1)
+    result = rokv_deploy(sup, str(v2), "--link", str(link), "--endpoint", frontend, "--timeout", str(scaled(30)))
+    assert result.returncode == Exit.NO, result.stdout + result.stderr
+    assert f"refused: worker:worker_00 loads data/example.json (not a .rokv file), not {link}" in result.stderr
+    assert f"have them load the link (ROKV_DATA={link}" in result.stderr
+    assert "Nothing was changed" in result.stderr
+    assert os.readlink(link) == "v1.rokv"
+    assert {n: p for n, p in sup.running().items() if n.startswith("worker:")} == pids
+
+
+def test_a_worker_elsewhere_is_judged_by_what_it_serves() -> None:
+    workers = [running_process("worker:worker_00", 10)]
+    ok = {"worker:worker_00": deploy.Answer("blake2b-256:aa", "current.rokv")}
+    deploy._check_datasets("/", workers, ok, False, {"blake2b-256:aa", "blake2b-256:bb"})  # no refusal
+    for answer in (deploy.Answer(None, "data/example.json"), deploy.Answer("blake2b-256:cc", "other.rokv")):
+        with pytest.raises(deploy.Stop) as refused:
+            deploy._check_datasets("/", workers, {"worker:worker_00": answer}, False, {"blake2b-256:aa"})
+        assert refused.value.code == Exit.NO
+        assert f"worker:worker_00 loads {answer.dataset}" in str(refused.value)
+
+
+def running_process(name: str, pid: int) -> Process:
+    group, _, process = name.partition(":")
+    return Process(name=name, process=process, group=group, state="RUNNING", pid=pid, description="", spawnerr="")
+
+
+def test_deploy_refuses_a_file_of_other_keys_unless_allowed(supervisor_factory, tmp_path: Path) -> None:
+    pool = Service(supervisor_factory, tmp_path)
+    rng = random.Random(15)
+    # Keeps 40% of the keys: below the 50% a new version must share.
+    mixed = pool.keys[: KEYS * 2 // 5] + [random_key(rng) for _ in range(KEYS * 3 // 5)]
+    v3, digest3 = version(pool.folder, "v3", "three", mixed)
+    result = pool.deploy(v3)
+    assert result.returncode == Exit.NO, result.stdout + result.stderr
+    share = re.search(r"only (\d+) of 1000 keys sampled from the serving file .*, ([\d.]+)%, are in", result.stderr)
+    assert share is not None, result.stderr
+    assert 340 <= int(share[1]) <= 460 and share[2] == f"{int(share[1]) / 10:.1f}"
+    assert "at least 50% are expected" in result.stderr and "--allow-new-keys" in result.stderr
+    assert "Nothing was changed" in result.stderr
+    assert os.readlink(pool.link) == "v1.rokv"
+    assert pool.workers() == pool.pids
+
+    result = pool.deploy(v3, "--allow-new-keys")
+    assert result.returncode == Exit.OK, result.stdout + result.stderr
+    assert pings(pool.frontend) == {digest3}
+    assert os.readlink(pool.link) == "v3.rokv"
+    # Measured against what serves now: going back to v2 is refused too.
+    result = pool.deploy(pool.v2)
+    assert result.returncode == Exit.NO
+    assert "--allow-new-keys" in result.stderr
+
+
+def test_key_share_samples_the_serving_file(tmp_path: Path) -> None:
+    rng = random.Random(16)
+    old = [random_key(rng) for _ in range(5000)]
+    a, _ = version(tmp_path, "a", "a", old)
+    b, _ = version(tmp_path, "b", "b", old[:1250] + [random_key(rng) for _ in range(100)])
+    c, _ = version(tmp_path, "c", "c", [random_key(rng) for _ in range(3)])
+    assert deploy.key_share(str(a), str(a)) == (1000, 1000)
+    found, sampled = deploy.key_share(str(a), str(b))
+    assert sampled == 1000 and 200 <= found <= 300  # a quarter of the keys
+    assert deploy.key_share(str(a), str(c)) == (0, 1000)
+    assert deploy.key_share(str(c), str(a)) == (0, 3)  # a small file: every key
+
+
+def test_a_down_worker_is_started_first_and_stopped_again_by_a_rollback(supervisor_factory, tmp_path: Path) -> None:
+    pool = Service(supervisor_factory, tmp_path)
+    corrupt = corrupt_index(pool.v2, pool.folder / "corrupt.rokv")
+    assert pool.sup.ctl("stop", "worker:worker_01").returncode == 0
+    load = pool.load("one")
+    try:
+        result = pool.deploy(corrupt, "--no-verify")
+    finally:
+        load.finish()
+    assert result.returncode == Exit.NO, result.stdout + result.stderr
+    assert "starting first what is down: worker:worker_01 (STOPPED)" in result.stdout
+    assert f"deploy of {corrupt} failed at worker:worker_01: did not start" in result.stderr
+    assert "worker:worker_01: stopped again (it was STOPPED before the deploy)" in result.stdout
+    assert "worker:worker_00 never left it" in result.stderr
+    assert os.readlink(pool.link) == "v1.rokv"
+    assert pool.sup.status()["worker:worker_01"][0] == "STOPPED"
+    assert pool.sup.running()["worker:worker_00"] == pool.pids["worker:worker_00"]  # never touched
+    assert load.failures == []
+    assert load.wrong == []

@@ -4,6 +4,8 @@ process in front of a real broker and workers."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import random
 import shutil
@@ -20,10 +22,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from rokv.gateway.settings import Bind, SettingError, endpoint_from_env, parse_bind
+from rokv.errors import InvalidKey, KeyNotFound, ProtocolError, RokvError, ServiceUnavailable
+from rokv.gateway.app import Gateway as GatewayApp
+from rokv.gateway.refusals import ERROR_STATUS
+from rokv.gateway.settings import Bind, SettingError, Settings, endpoint_from_env, parse_bind
 from rokv.keys import FORMS, random_key, show_key
 
-from support.procs import Proc, Stack, child_env, free_port, scaled, wait_for
+from support.procs import EXAMPLE, Proc, Stack, child_env, free_port, scaled, wait_for
 
 MISSING = "8a35eb59-62b3-481c-8875-1f248df4c952"  # the seed README's key: valid, not in data/example.json
 
@@ -92,9 +97,12 @@ def post(gateway: Gateway, path: str, **kwargs) -> requests.Response:
 
 
 def message_of(response: requests.Response) -> str:
+    """The refusal's message; a 422 also holds FastAPI's detail list, as the seed's did."""
     body = response.json()
-    assert set(body) == {"message"}, body
+    assert set(body) == ({"message", "detail"} if response.status_code == 422 else {"message"}), body
     assert isinstance(body["message"], str) and body["message"]
+    if response.status_code == 422:
+        assert [set(d) - {"ctx"} for d in body["detail"]] == [{"type", "loc", "msg", "input"}], body
     return body["message"]
 
 
@@ -195,10 +203,40 @@ def test_a_missing_or_broken_body_is_422_saying_why(gateway: Gateway, body: byte
     assert why in message_of(res), message_of(res)
 
 
-def test_a_body_without_a_json_content_type_is_still_read(gateway: Gateway, example: dict[str, str]) -> None:
-    # curl -d without -H sends application/x-www-form-urlencoded.
+@pytest.mark.parametrize("path", ["/get_value", "/get_values"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx", "json"],
+)
+def test_a_body_not_sent_as_json_is_422_as_the_seed_answered(
+    gateway: Gateway, example: dict[str, str], path: str, content_type: str | None
+) -> None:
+    # curl -d without -H sends application/x-www-form-urlencoded; the seed's
+    # FastAPI refused it, and a body with no Content-Type, with 422.
     key = list(example)[3]
-    res = post(gateway, "/get_value", data=json.dumps({"key": key}))
+    body = json.dumps({"key": key} if path == "/get_value" else {"keys": [key]})
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    res = post(gateway, path, data=body, headers=headers)
+    assert res.status_code == 422
+    message = message_of(res)
+    assert "Content-Type: application/json" in message
+    assert ("no Content-Type" if content_type is None else repr(content_type)) in message
+    assert res.json()["detail"] == [
+        {
+            "type": "model_attributes_type",
+            "loc": ["body"],
+            "msg": "Input should be a valid dictionary or object to extract fields from",
+            "input": body,
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"]
+)
+def test_every_json_media_type_is_read(gateway: Gateway, example: dict[str, str], content_type: str) -> None:
+    key = list(example)[4]
+    res = post(gateway, "/get_value", data=json.dumps({"key": key}), headers={"Content-Type": content_type})
     assert (res.status_code, res.json()) == (200, {"value": example[key]})
 
 
@@ -243,6 +281,199 @@ def test_pipelined_requests_on_one_connection_are_answered_in_order(gateway: Gat
             received += chunk
     bodies = [part.split(b"\r\n\r\n", 1)[1] for part in received.split(b"HTTP/1.1 ")[1:]]
     assert [json.loads(b) for b in bodies] == [{"value": example[k]} for k in keys]
+
+
+# ------------------------------------------------------------ the seed's contract
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The seed service rebuilt (benchmarks/seed_app.py: FastAPI, pydantic's
+    UUID4) under uvicorn, on the same dataset; its URL."""
+    if importlib.util.find_spec("fastapi") is None:
+        pytest.skip("the seed's FastAPI app needs the bench extra: pip install -e '.[bench]'")
+    port = free_port()
+    proc = Proc(
+        "seed",
+        [sys.executable, "-m", "uvicorn", "benchmarks.seed_app:app", "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path_factory.mktemp("seed"),
+        env=child_env(SEED_DATA=str(EXAMPLE)),
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.popen.poll() is None, proc.log()
+        try:
+            return requests.post(f"{url}/get_value", json={"key": MISSING}, timeout=5).status_code == 404
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, 60, "the seed's app to answer", interval=0.1)
+        yield url
+    finally:
+        proc.stop()
+
+
+JSON = "application/json"
+EXAMPLE_KEY = "d13c513a-42f8-4da1-97b1-165f0971b7c4"  # in data/example.json
+
+
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        # Read as JSON, or not, by the content type alone.
+        (b'{"key": "%s"}' % EXAMPLE_KEY.encode(), JSON),
+        (b'{"key": "%s"}' % EXAMPLE_KEY.encode(), "application/json; charset=utf-8"),
+        (b'{"key": "%s"}' % EXAMPLE_KEY.encode(), "application/vnd.api+json"),
+        (b'{"key": "%s"}' % EXAMPLE_KEY.encode(), None),
+        (b'{"key": "%s"}' % EXAMPLE_KEY.encode(), "text/plain"),
+        (b'{"key": "%s"}' % EXAMPLE_KEY.encode(), "application/x-www-form-urlencoded"),
+        # Not a JSON object.
+        (b"", JSON),
+        (b"", None),
+        (b"   ", JSON),
+        (b"not json", JSON),
+        (b'{"key": ', JSON),
+        (b"\xff\xfe{}", JSON),
+        (b"[1, 2]", JSON),
+        (b'"%s"' % MISSING.encode(), JSON),
+        (b"null", JSON),
+        (b"3", JSON),
+        # No key, or a key of the wrong type.
+        (b"{}", JSON),
+        (b'{"kee": "%s"}' % MISSING.encode(), JSON),
+        (b'{"key": 5}', JSON),
+        (b'{"key": null}', JSON),
+        (b'{"key": true}', JSON),
+        (b'{"key": ["%s"]}' % MISSING.encode(), JSON),
+        (b'{"key": {"a": 1}}', JSON),
+        # Not a UUIDv4.
+        (b'{"key": "nope"}', JSON),
+        (b'{"key": ""}', JSON),
+        (b'{"key": "%s"}' % (b"x" * 80), JSON),
+        (b'{"key": "8a35eb59_62b3_481c_8875_1f248df4c952"}', JSON),
+        ('{"key": "\uff18a35eb59-62b3-481c-8875-1f248df4c952"}'.encode(), JSON),
+        (b'{"key": "8a35eb59-62b3-181c-8875-1f248df4c952"}', JSON),
+        (b'{"key": "8a35eb59-62b3-481c-c875-1f248df4c952"}', JSON),
+        # Valid: found in any form, or not found.
+        (b'{"key": "urn:uuid:%s"}' % EXAMPLE_KEY.upper().encode(), JSON),
+        (b'{"key": "{%s}", "extra": 1}' % EXAMPLE_KEY.encode(), JSON),
+        (b'{"key": "%s"}' % EXAMPLE_KEY.replace("-", "").encode(), JSON),
+        (b'{"key": "%s"}' % MISSING.encode(), JSON),
+    ],
+)
+def test_get_value_answers_what_the_seed_answered_and_says_why(
+    gateway: Gateway, seed: str, body: bytes, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    theirs = requests.post(f"{seed}/get_value", data=body, headers=headers, timeout=10)
+    ours = post(gateway, "/get_value", data=body, headers=headers)
+    assert ours.status_code == theirs.status_code, (ours.text, theirs.text)
+    if theirs.status_code != 422:
+        assert ours.json() == theirs.json()
+        return
+    message_of(ours)  # rokv's own words, beside FastAPI's list
+    [mine], [seeds] = ours.json()["detail"], theirs.json()["detail"]
+    if seeds["type"] == "uuid_parsing":
+        # The reason after FastAPI's words is rokv's (pydantic's comes from Rust's uuid crate).
+        assert mine["msg"].startswith("Input should be a valid UUID, ")
+        assert mine["ctx"]["error"] == mine["msg"].removeprefix("Input should be a valid UUID, ")
+        mine = {k: v for k, v in mine.items() if k not in ("msg", "ctx")}
+        seeds = {k: v for k, v in seeds.items() if k not in ("msg", "ctx")}
+    assert mine == seeds
+
+
+@pytest.mark.parametrize(
+    "body, detail",
+    [
+        # The seed answered 400 {"detail": "There was an error parsing the body"} to these.
+        (b'{"key": "\xff"}', {"type": "json_invalid", "loc": ["body", 9]}),
+        (b"[" * 100_000, {"type": "json_invalid", "loc": ["body", 0]}),
+    ],
+)
+def test_a_body_the_seed_could_not_decode_is_422_with_a_json_invalid_detail(
+    gateway: Gateway, body: bytes, detail: dict
+) -> None:
+    res = post(gateway, "/get_value", data=body, headers={"Content-Type": JSON})
+    assert res.status_code == 422
+    assert "not valid JSON" in message_of(res)
+    [got] = res.json()["detail"]
+    assert {k: got[k] for k in detail} == detail and got["msg"] == "JSON decode error"
+
+
+@pytest.mark.parametrize(
+    "keys, detail",
+    [
+        (
+            "nope",
+            {"type": "list_type", "loc": ["body", "keys"], "msg": "Input should be a valid list", "input": "nope"},
+        ),
+        ([MISSING, 7], {"type": "uuid_type", "loc": ["body", "keys", 1], "input": 7}),
+        ([MISSING, MISSING, "nope"], {"type": "uuid_parsing", "loc": ["body", "keys", 2], "input": "nope"}),
+        ([EXAMPLE_KEY.replace("-4da1-", "-1da1-")], {"type": "uuid_version", "loc": ["body", "keys", 0]}),
+    ],
+)
+def test_a_refused_batch_has_the_detail_fastapi_would_give(gateway: Gateway, keys: object, detail: dict) -> None:
+    res = post(gateway, "/get_values", json={"keys": keys})
+    assert res.status_code == 422
+    message_of(res)
+    [got] = res.json()["detail"]
+    assert {k: got[k] for k in detail} == detail
+
+
+class _FailingClient:
+    """Stands in for the gateway's AsyncClient: every lookup raises ``error``."""
+
+    endpoint = "tcp://stand-in:5555"
+
+    def __init__(self, error: RokvError) -> None:
+        self.error = error
+
+    async def get(self, key: str) -> str:
+        raise self.error
+
+    async def get_many(self, keys: list[str]) -> list[str | None]:
+        raise self.error
+
+
+def _asgi_post(app: GatewayApp, path: str, doc: object) -> tuple[int, dict]:
+    """One POST through the ASGI app itself, with no server around it."""
+    body = json.dumps(doc).encode()
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", JSON.encode())]}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        KeyNotFound(f"key {MISSING} not found", MISSING),
+        InvalidKey("refused by the server", MISSING),
+        ServiceUnavailable("no reply within 3.75 s"),
+        ProtocolError("unsupported_version", code="unsupported_version"),
+        RokvError("something new"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+@pytest.mark.parametrize("path", ["/get_value", "/get_values"])
+def test_both_endpoints_answer_a_lookup_error_from_the_one_status_table(error: RokvError, path: str) -> None:
+    [(status, prefix)] = [(s, p) for cls, s, p in ERROR_STATUS if isinstance(error, cls)][:1]
+    app = GatewayApp(Settings(bind=Bind("127.0.0.1", 1), endpoint="tcp://stand-in:5555"))
+    app.client = _FailingClient(error)  # type: ignore[assignment]
+    app._max_body = 1 << 20
+    got = _asgi_post(app, path, {"key": MISSING} if path == "/get_value" else {"keys": [MISSING]})
+    assert got[0] == status
+    assert got[1]["message"] == prefix + error.message
+    assert {cls for cls, _, _ in ERROR_STATUS} >= {KeyNotFound, InvalidKey, ServiceUnavailable, RokvError}
 
 
 # ------------------------------------------------------------ /get_values
@@ -313,7 +544,7 @@ def test_more_keys_than_the_protocol_allows_is_413(gateway: Gateway, example: di
 
 def test_a_body_over_the_size_limit_is_413_and_the_gateway_lives_on(gateway: Gateway, example: dict[str, str]) -> None:
     big = json.dumps({"key": "x" * (1 << 20)}).encode()
-    res = post(gateway, "/get_value", data=big)
+    res = post(gateway, "/get_value", data=big, headers={"Content-Type": "application/json"})
     assert res.status_code == 413
     assert "1,048,576 bytes" in message_of(res)
 
@@ -323,7 +554,7 @@ def test_a_body_over_the_size_limit_is_413_and_the_gateway_lives_on(gateway: Gat
             yield json.dumps(MISSING).encode() + b", "
         yield b'"x"]}'
 
-    res = post(gateway, "/get_values", data=chunks())
+    res = post(gateway, "/get_values", data=chunks(), headers={"Content-Type": "application/json"})
     assert res.status_code == 413
     key = next(iter(example))
     assert post(gateway, "/get_value", json={"key": key}).json() == {"value": example[key]}
@@ -415,7 +646,12 @@ def test_a_concurrent_mix_gets_every_answer_right(gateway: Gateway, example: dic
                 elif kind == "invalid":
                     key = rng.choice(keys)[:-1] + "z"
                     res = session.post(f"{gateway.url}/get_value", json={"key": key}, timeout=10)
-                    want = (422, {"message": f"{show_key(key)} is not a UUID (expected {FORMS})"})
+                    why = f"{show_key(key)} is not a UUID (expected {FORMS})"
+                    detail = {"type": "uuid_parsing", "loc": ["body", "key"], "input": key, "ctx": {"error": why}}
+                    want = (
+                        422,
+                        {"message": why, "detail": [{**detail, "msg": f"Input should be a valid UUID, {why}"}]},
+                    )
                 else:
                     batch = [
                         rng.choice(keys) if rng.random() < 0.8 else random_key(rng) for _ in range(rng.randint(1, 200))

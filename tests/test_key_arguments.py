@@ -4,6 +4,9 @@ objects, no bare string for get_many, and no key longer than any valid one."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +18,7 @@ import zmq
 from rokv import AsyncClient, Client, InvalidKey, KeyNotFound
 from rokv import protocol as p
 
-from support.procs import Stack, free_port, scaled
+from support.procs import Stack, child_env, free_port, scaled
 
 MISSING = "11111111-2222-4333-8444-555555555555"
 LONG = "urn:uuid:8a35eb59-62b3-481c-8875-1f248df4c952" + "x"  # one character past the longest form
@@ -160,3 +163,56 @@ def test_a_key_of_non_ascii_characters_is_refused_locally_so_no_request_outgrows
         assert outcome(lambda: client.get(wide))[0] == "InvalidKey"
         result = outcome(lambda: client.get_many(["8a35eb59-62b3-481c-8875-1f248df4c952"] * 9_999 + [wide]))
         assert result[0] == "InvalidKey" and result[1].startswith("keys[9999]: ")
+
+
+#: Invalid keys no longer than a valid one, and ASCII: only a full check tells.
+SHORT_INVALID = [
+    "nope",
+    "8a35eb59-62b3-181c-8875-1f248df4c952",  # version 1
+    "8a35eb59-62b3-481c-c875-1f248df4c952",  # not the RFC 4122 variant
+    "8a35eb59_62b3_481c_8875_1f248df4c952",
+    "{8a35eb59-62b3-481c-8875-1f248df4c952",
+    "",
+]
+
+
+def test_every_invalid_key_is_refused_at_once_by_both_clients_with_the_servers_message(stack: Stack) -> None:
+    said = [server_says(stack.frontend, {"op": "get", "key": key})["message"] for key in SHORT_INVALID]
+    endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: a request that travelled would time out
+    started = time.monotonic()
+    with Client(endpoint, timeout=30, retries=0) as client:  # a request that travelled would wait 30 s
+        assert [outcome(lambda k=key: client.get(k)) for key in SHORT_INVALID] == [
+            ("InvalidKey", message, key) for key, message in zip(SHORT_INVALID, said)
+        ]
+
+    async def main() -> list[tuple]:
+        async with (
+            AsyncClient(endpoint, timeout=30, retries=0) as coalescing,
+            AsyncClient(endpoint, timeout=30, retries=0, coalesce=False) as plain,
+        ):
+            results = []
+            for key in SHORT_INVALID:
+                results.append(await outcome_async(lambda k=key: coalescing.get(k)))
+                results.append(await outcome_async(lambda k=key: plain.get(k)))
+            return results
+
+    assert run(main) == [("InvalidKey", message, key) for key, message in zip(SHORT_INVALID, said) for _ in (0, 1)]
+    assert time.monotonic() - started < scaled(10)
+
+
+def rokv_cli(*args: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "rokv", *args], capture_output=True, text=True, timeout=60, env=child_env()
+    )
+    return done.returncode, done.stderr, time.monotonic() - started
+
+
+def test_rokv_get_of_an_invalid_key_exits_2_at_once_with_the_service_down() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens
+    # One try of 30 s: a request that travelled would wait all of it.
+    one_long_try = ("--endpoint", endpoint, "--timeout", "30", "--retries", "0")
+    code, err, seconds = rokv_cli("get", "nope", *one_long_try)
+    assert code == 2 and '"nope" is not a UUID' in err and seconds < scaled(15), (code, err, seconds)
+    code, err, seconds = rokv_cli("get-many", MISSING, "nope", *one_long_try)
+    assert code == 2 and 'keys[1]: "nope" is not a UUID' in err and seconds < scaled(15), (code, err, seconds)

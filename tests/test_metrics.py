@@ -82,7 +82,7 @@ def test_the_handler_counts_each_request_by_operation_and_outcome() -> None:
         ("other", "refused"): 2,
     }
     # An mget refused for an invalid key counts that key only: the others got no answer.
-    assert dict(zip(KEY_OUTCOMES, snap.keys)) == {"found": 4 + 3, "not_found": 2 + 2, "invalid": 1 + 1}
+    assert dict(zip(KEY_OUTCOMES, snap.keys)) == {"found": 4 + 3, "not_found": 2 + 2, "invalid": 1 + 1, "damaged": 0}
     assert sum(snap.buckets) == 14 and snap.seconds > 0
 
 
@@ -186,6 +186,7 @@ def test_counters_match_a_known_load_exactly(metered: MeteredStack, example: dic
         ("rokv_worker_keys_total", "found"): 30 + 40 + 30,
         ("rokv_worker_keys_total", "not_found"): 20 + 20,
         ("rokv_worker_keys_total", "invalid"): 7 + 2,
+        ("rokv_worker_keys_total", "damaged"): 0,
         ("rokv_worker_request_duration_seconds_count",): 66,
         # libzmq counts frames: a routing id and a body each way.
         ("rokv_broker_forwarded_frames_total", "request"): 2 * 66,

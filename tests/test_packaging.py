@@ -128,6 +128,11 @@ def test_the_light_client_looks_keys_up_and_server_commands_name_their_extra(
         )
         assert top.returncode == 2 and "pip install prometheus_client" in top.stderr, top.stderr
         assert "Traceback" not in top.stderr
+        for command in ([str(light_env.parent / "rokv-pool"), "--here", str(tmp_path)], [str(rokv), "status"]):
+            server = subprocess.run(command, capture_output=True, text=True, timeout=scaled(60))
+            assert server.returncode == 2, server.stderr
+            assert "needs supervisor, which comes with the server extra: pip install 'rokv[server]'" in server.stderr
+            assert "Traceback" not in server.stderr
     finally:
         stack.stop()
 

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from rokv import Client, ServiceUnavailable
-from rokv.security import CurvePeer, KeyNameError, load_public, load_secret, make_key_pair
+from rokv import AsyncClient, Client, ServiceUnavailable
+from rokv.security import (
+    CRYPTOGRAPHIC,
+    MECHANISM_MISMATCH,
+    CurvePeer,
+    KeyNameError,
+    load_public,
+    load_secret,
+    make_key_pair,
+)
+from rokv.server.monitor import handshake_failure
 
-from support.procs import EXAMPLE, Proc, free_port, start_broker, start_worker, wait_for
+from support.procs import EXAMPLE, Proc, child_env, free_port, start_broker, start_worker, wait_for
 
 
 class Keys:
@@ -98,6 +112,67 @@ def test_a_client_without_curve_gets_nothing(secure: SecureStack, example: dict[
     with Client(secure.frontend, timeout=0.5, retries=1) as client:
         with pytest.raises(ServiceUnavailable):
             client.get(next(iter(example)))
+
+
+#: What a client without keys is told of a broker that requires CURVE (libzmq
+#: reports a mechanism mismatch, or a handshake the broker broke off).
+NO_KEYS_HINT = r"(security mismatch: the broker requires CURVE and|it probably requires CURVE, and) this client has no"
+
+
+def test_a_client_without_curve_is_told_the_broker_requires_it(secure: SecureStack, example: dict[str, str]) -> None:
+    key = next(iter(example))
+    with Client(secure.frontend, timeout=0.3, retries=1) as client:
+        with pytest.raises(ServiceUnavailable) as caught:
+            client.get(key)
+    message = str(caught.value)
+    assert f"{secure.frontend}: " in message and "this client has no CURVE keys" in message, message
+    assert re.search(NO_KEYS_HINT, message) and "ROKV_CLIENT_SECRET and ROKV_BROKER_KEY" in message
+
+    async def main() -> list[object]:
+        async with AsyncClient(secure.frontend, timeout=0.3, retries=1) as client:
+            return await asyncio.gather(client.get(key), client.get_many([key]), return_exceptions=True)
+
+    for failure in asyncio.run(main()):
+        assert isinstance(failure, ServiceUnavailable) and "this client has no CURVE keys" in str(failure)
+    done = subprocess.run(
+        [sys.executable, "-m", "rokv", "get", key, "--endpoint", secure.frontend, "--timeout", "0.3", "--retries", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
+    assert done.returncode == 3 and "this client has no CURVE keys" in done.stderr, done.stderr
+    # A client with keys the broker refuses, or facing a broker that is down, is not told so.
+    with secure.client("stranger-client", timeout=0.3, retries=1) as client:
+        with pytest.raises(ServiceUnavailable) as caught:
+            client.get(key)
+    assert "no CURVE keys" not in str(caught.value)
+    with Client(f"tcp://127.0.0.1:{free_port()}", timeout=0.2, retries=1) as client:
+        with pytest.raises(ServiceUnavailable) as caught:
+            client.get(key)
+    assert "CURVE" not in str(caught.value)
+
+
+def test_a_worker_without_curve_is_told_of_the_mismatch_first(secure: SecureStack, tmp_path: Path) -> None:
+    plain = start_worker(tmp_path, secure.backend, EXAMPLE, name="plain")
+    secure.procs.append(plain)
+    wait_for(lambda: "not admitted" in plain.log(), 10, "the plain worker to log its refusal")
+    first = next(line for line in plain.log().splitlines() if "not admitted" in line)
+    assert "this worker has no CURVE keys" in first and "--curve-secret and --broker-key" in first, first
+    assert "public key" not in plain.log()
+
+
+def test_handshake_failures_of_a_side_without_keys_name_the_mismatch() -> None:
+    for event, value in [
+        (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, MECHANISM_MISMATCH),
+        (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 104),
+        (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, CRYPTOGRAPHIC),
+    ]:
+        words = handshake_failure(event, value, server=False, curve=False)
+        assert "this worker has no CURVE keys" in words and "public key" not in words
+        # With keys, a failed handshake still points at the broker's key.
+        if event != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL or value != MECHANISM_MISMATCH:
+            assert "public key" in handshake_failure(event, value, server=False, curve=True)
 
 
 def test_a_stranger_worker_never_receives_a_request(

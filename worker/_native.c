@@ -5,7 +5,8 @@
  *     mget of well-formed keys, hits and canonical misses), over a dict or a
  *     memory-mapped .rokv store, talking to libzmq directly;
  *   - everything else (ping, malformed or unusual requests, invalid or
- *     non-canonical keys, several frames) is handed, frames and all, to the
+ *     non-canonical keys, several frames, a stored value that is not valid
+ *     UTF-8) is handed, frames and all, to the
  *     Python handler, so every error reply stays exactly what
  *     rokv.worker.handler answers.
  *
@@ -804,6 +805,72 @@ store_get(Lookup *l, const char *k, size_t n, const char **v, size_t *vn)
     return 0;
 }
 
+/* UTF-8 validation as Python's strict decoder judges it: no overlong forms,
+ * no surrogates, nothing above U+10FFFF (Unicode's table 3-7). A DFA whose
+ * states are bit offsets: utf8_dfa[byte] holds, at each state's offset, the
+ * next state, so a byte costs one load and one shift (no branch), whatever
+ * the mix of characters. */
+enum { U_OK = 0, U_ERR = 6, U_C1 = 12, U_C2 = 18, U_C3 = 24, U_E0 = 30, U_ED = 36, U_F0 = 42, U_F4 = 48 };
+static uint64_t utf8_dfa[256];
+
+static void
+utf8_dfa_set(int state, int lo, int hi, int next)
+{
+    for (int b = lo; b <= hi; b++)
+        utf8_dfa[b] = (utf8_dfa[b] & ~((uint64_t)63 << state)) | ((uint64_t)next << state);
+}
+
+static void
+utf8_dfa_init(void)
+{
+    static const int states[] = {U_OK, U_ERR, U_C1, U_C2, U_C3, U_E0, U_ED, U_F0, U_F4};
+    for (size_t i = 0; i < sizeof states / sizeof states[0]; i++)
+        utf8_dfa_set(states[i], 0, 255, U_ERR); /* anything not listed below */
+    utf8_dfa_set(U_OK, 0x00, 0x7f, U_OK);
+    utf8_dfa_set(U_OK, 0xc2, 0xdf, U_C1);
+    utf8_dfa_set(U_OK, 0xe0, 0xe0, U_E0);
+    utf8_dfa_set(U_OK, 0xe1, 0xec, U_C2);
+    utf8_dfa_set(U_OK, 0xed, 0xed, U_ED);
+    utf8_dfa_set(U_OK, 0xee, 0xef, U_C2);
+    utf8_dfa_set(U_OK, 0xf0, 0xf0, U_F0);
+    utf8_dfa_set(U_OK, 0xf1, 0xf3, U_C3);
+    utf8_dfa_set(U_OK, 0xf4, 0xf4, U_F4);
+    utf8_dfa_set(U_C1, 0x80, 0xbf, U_OK);
+    utf8_dfa_set(U_C2, 0x80, 0xbf, U_C1);
+    utf8_dfa_set(U_C3, 0x80, 0xbf, U_C2);
+    utf8_dfa_set(U_E0, 0xa0, 0xbf, U_C1); /* no overlong 3-byte form */
+    utf8_dfa_set(U_ED, 0x80, 0x9f, U_C1); /* no surrogate */
+    utf8_dfa_set(U_F0, 0x90, 0xbf, U_C2); /* no overlong 4-byte form */
+    utf8_dfa_set(U_F4, 0x80, 0x8f, U_C2); /* nothing above U+10FFFF */
+}
+
+/* 1 when s[0..n) is valid UTF-8. */
+static int
+utf8_valid(const unsigned char *s, size_t n)
+{
+    /* Most values are ASCII: one pass of 8-byte words tells (the last word
+     * overlapping the one before, so that no byte is left for a loop). */
+    uint64_t acc = 0, w;
+    size_t i = 0;
+    if (n >= 8) {
+        for (; n - i > 8; i += 8) {
+            memcpy(&w, s + i, 8);
+            acc |= w;
+        }
+        memcpy(&w, s + n - 8, 8);
+        acc |= w;
+    }
+    else
+        for (; i < n; i++)
+            acc |= s[i];
+    if (!(acc & 0x8080808080808080ULL))
+        return 1;
+    uint64_t state = U_OK;
+    for (i = 0; i < n; i++)
+        state = utf8_dfa[s[i]] >> (state & 63);
+    return (state & 63) == U_OK;
+}
+
 /* A dict's value: 1 with a new reference in *value when found, 0 when not,
  * -1 when the key is not valid UTF-8 or a lookup failed (Python answers). */
 static int
@@ -874,6 +941,11 @@ pack_one(Lookup *l, buf_t *out, const char *k, size_t n, int *hit)
         const char *v;
         size_t vn;
         if (store_get(l, k, n, &v, &vn)) {
+            /* A file changed on disk after it was verified may hold a value
+             * that is not UTF-8: never sent as a str; Python answers it
+             * (damaged_value), logs and counts it. */
+            if (!utf8_valid((const unsigned char *)v, vn))
+                return 0;
             *hit = 1;
             return pack_str(out, v, vn) < 0 ? -1 : 1;
         }
@@ -1237,5 +1309,6 @@ PyInit__native(void)
 {
     if (PyType_Ready(&LookupType) < 0)
         return NULL;
+    utf8_dfa_init();
     return PyModule_Create(&module);
 }

@@ -16,12 +16,15 @@ from rokv.errors import InvalidKey
 from rokv.keys import normalize_key
 from rokv.server.stats import (
     BUCKETS,
+    GET_DAMAGED,
     GET_FOUND,
     GET_INVALID,
     GET_NOT_FOUND,
+    KEY_DAMAGED,
     KEY_FOUND,
     KEY_INVALID,
     KEY_NOT_FOUND,
+    MGET_DAMAGED,
     MGET_FOUND,
     MGET_INVALID,
     MGET_NOT_FOUND,
@@ -98,6 +101,7 @@ class Handler:
             **(extra_info or {}),
         }
         self._drop_log = RateLimitedLog(log)
+        self._damage_log = RateLimitedLog(log)
         self.stats = RequestStats()
         self._requests = self.stats.requests
         self._mget_keys = self.stats.mget_keys
@@ -137,10 +141,18 @@ class Handler:
             self._requests[OTHER_REFUSED] += 1
             self._drop_log.warning(f"refused a request: {exc.code}: {exc.message}")
             return p.encode_error(exc.request_id, exc.code, exc.message)
+        # A mapped .rokv file decodes each value as it is read: a value that is
+        # not UTF-8 (the file changed on disk) raises, and is answered below.
         if req.op == p.OP_GET:
-            return self._get(req.request_id, req.key)
+            try:
+                return self._get(req.request_id, req.key)
+            except UnicodeDecodeError as exc:
+                return self._damaged_get(req.request_id, req.key, exc)
         if req.op == p.OP_MGET:
-            return self._mget(req.request_id, req.keys or [])
+            try:
+                return self._mget(req.request_id, req.keys or [])
+            except UnicodeDecodeError:
+                return self._damaged_mget(req.request_id, req.keys or [])
         self._requests[PING_OK] += 1
         return p.encode_worker(req.request_id, {**self._info, "uptime": time.monotonic() - self._started})
 
@@ -198,3 +210,52 @@ class Handler:
         self._mget_keys[KEY_FOUND] += len(values) - missing
         self._mget_keys[KEY_NOT_FOUND] += missing
         return p.encode_values(rid, values)
+
+    # ------------------------------------------------------------ damaged values
+    # Rare (a dataset file changed on disk), so plain and key by key.
+
+    def _damaged_get(self, rid: int, key: str, exc: UnicodeDecodeError) -> bytes:
+        """The reply to a get whose value is damaged: ``damaged_value``
+        naming the key, logged and counted."""
+        canonical = normalize_key(key)  # it was found: a valid key
+        self._requests[GET_DAMAGED] += 1
+        self._log_damage(canonical, exc)
+        return p.encode_damaged(rid, canonical)
+
+    def _damaged_mget(self, rid: int, keys: list[Any]) -> bytes:
+        """The reply to an mget holding a key whose value is damaged: an
+        invalid key still refuses the whole request first; otherwise a
+        ``damaged_value`` error naming the first damaged key, carrying the
+        other values and the index of every damaged key."""
+        get = self.data.get
+        values: list[str | None] = []
+        canonicals: list[str] = []
+        damaged: list[int] = []
+        for index, key in enumerate(keys):
+            try:
+                canonical = normalize_key(key)
+            except InvalidKey as exc:
+                self._requests[MGET_INVALID] += 1
+                self._mget_keys[KEY_INVALID] += 1
+                return p.encode_error(rid, p.INVALID_KEY, exc.message, index=index)
+            canonicals.append(canonical)
+            try:
+                values.append(get(canonical))
+            except UnicodeDecodeError as exc:
+                values.append(None)
+                damaged.append(index)
+                self._log_damage(canonical, exc)
+        missing = values.count(None) - len(damaged)
+        self._requests[MGET_DAMAGED] += 1
+        self._mget_keys[KEY_FOUND] += len(values) - missing - len(damaged)
+        self._mget_keys[KEY_NOT_FOUND] += missing
+        self._mget_keys[KEY_DAMAGED] += len(damaged)
+        return p.encode_damaged_values(rid, canonicals, values, damaged)
+
+    def _log_damage(self, key: str, exc: UnicodeDecodeError) -> None:
+        dataset = self._info["dataset"]
+        self._damage_log.warning(
+            f"key {key}: its value in {dataset} is damaged ({len(exc.object):,} bytes, not valid UTF-8 from byte "
+            f"{exc.start}): answered damaged_value; was the file changed on disk, or deployed with --no-verify? "
+            f"`rokv verify {dataset}` checks it: deploy a good copy"
+        )
