@@ -255,10 +255,31 @@ def iter_jsonl_pairs(
     """
     name = os.fsdecode(path)
     for line, key, value in _jsonl_records(name, progress):
-        canonical = key if type(key) is str and is_canonical(key) else _normalize_or_none(key)
-        if canonical is None or type(value) is not str or _SURROGATE.search(value):
-            raise _member_error(name, key, value, line)
-        yield line, canonical, value
+        yield line, _checked_record(name, line, key, value), value  # type: ignore[misc]  # checked: a str
+
+
+def iter_jsonl_lines(path: str | os.PathLike[str], data: bytes, first_line: int = 1) -> Iterator[tuple[int, str, str]]:
+    """As :func:`iter_jsonl_pairs`, for ``data``: whole lines of the JSON
+    Lines file at ``path`` (read by the caller), the first of which is line
+    ``first_line`` of the file. Same checks, same messages; line numbers are
+    right when ``first_line`` is."""
+    name = os.fsdecode(path)
+    at, end, line = 0, len(data), first_line
+    while at < end:
+        stop = data.find(b"\n", at)
+        stop = end if stop < 0 else stop + 1
+        record = _parse_jsonl_line(name, line, data[at:stop])
+        if record is not None:
+            yield line, _checked_record(name, line, *record), record[1]  # type: ignore[misc]  # checked: a str
+        at, line = stop, line + 1
+
+
+def _checked_record(path: str, line: int, key: object, value: object) -> str:
+    """The canonical form of ``key``, once the record passes the loader's checks."""
+    canonical = key if type(key) is str and is_canonical(key) else _normalize_or_none(key)
+    if canonical is None or type(value) is not str or _SURROGATE.search(value):
+        raise _member_error(path, key, value, line)
+    return canonical
 
 
 def duplicate_error(path: str | os.PathLike[str], line: int) -> DatasetError:

@@ -4,11 +4,19 @@ Run as a script::
 
     python data/generate.py -o data/example.json            # 10,000 pairs, JSON
     python data/generate.py --count 10000000 -o /tmp/big.jsonl
+    python data/generate.py --fast --count 100000000 -o /tmp/huge.jsonl
 
-or import it and call :func:`generate`. The output depends only on the count,
-the seed and the format, so a committed dataset can be reproduced byte for byte.
-Pairs are written as they are drawn, so memory does not grow with the count
-beyond a filter of 4 to 8 bytes per key that keeps keys unique.
+or import it and call :func:`generate` (or :func:`generate_fast`). The output
+depends only on the count, the seed and the format, so a committed dataset can
+be reproduced byte for byte. Pairs are written as they are drawn, so memory
+does not grow with the count beyond a filter of 4 to 8 bytes per key that
+keeps keys unique.
+
+``--fast`` draws the same kind of pairs with numpy, a batch at a time, about
+50 times faster (100M pairs: minutes, not an hour of one core): other bytes
+than the default mode for the same seed, JSON Lines only, and keys checked
+unique within a batch only (a repeat across batches of 122-bit random keys
+has a chance of about 10^-21 at 10^8 keys; ``rokv build`` would refuse it).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 DEFAULT_COUNT = 10_000
 DEFAULT_SEED = 20261127
@@ -183,6 +191,91 @@ def _umask() -> int:
     return mask
 
 
+#: Pairs drawn at once by :func:`generate_fast` (about 40 MB of index arrays).
+_FAST_BATCH = 1 << 18
+_HEAD = b'{"key": "'
+_MIDDLE = b'", "value": "'
+_TAIL = b'"}\n'
+
+
+def generate_fast(path: str | os.PathLike[str], count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED) -> None:
+    """Write ``count`` JSON Lines pairs like :func:`generate`'s (UUIDv4 keys,
+    2 to 5 words of 2 to 9 letters a-z), drawn by numpy from ``seed`` a batch
+    at a time; atomically, as :func:`generate`. Other bytes than
+    :func:`generate` for the same seed.
+
+    Raises:
+        ValueError: ``count`` is negative.
+        OSError: the folder cannot be written.
+    """
+    import numpy as np
+
+    if count < 0:
+        raise ValueError(f"count must be 0 or more, not {count}")
+    rng = np.random.default_rng(seed)
+    target = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for at in range(0, count, _FAST_BATCH):
+                out.write(_fast_batch(rng, min(_FAST_BATCH, count - at)))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _fast_batch(rng: Any, n: int) -> bytes:
+    """``n`` lines of JSON Lines, as json.dumps writes them."""
+    import numpy as np
+
+    while True:
+        raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+        raw[:, 6] = raw[:, 6] & 0x0F | 0x40  # version 4
+        raw[:, 8] = raw[:, 8] & 0x3F | 0x80  # RFC 4122 variant
+        if len(np.unique(raw.view("V16").ravel())) == n:
+            break
+    hexdigits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    digits = np.empty((n, 32), np.uint8)
+    digits[:, 0::2] = hexdigits[raw >> 4]
+    digits[:, 1::2] = hexdigits[raw & 15]
+    dashes = [8, 13, 18, 23]
+    key = np.full((n, 36), ord("-"), np.uint8)
+    key[:, [i for i in range(36) if i not in dashes]] = digits
+
+    words = 2 + rng.integers(0, 4, n)  # per line
+    letters = 2 + rng.integers(0, 8, int(words.sum()))  # per word
+    word_line = np.repeat(np.arange(n), words)
+    value_size = np.bincount(word_line, weights=letters, minlength=n).astype(np.int64) + words - 1
+    head = len(_HEAD) + 36 + len(_MIDDLE)
+    line_size = head + value_size + len(_TAIL)
+    line_start = np.cumsum(line_size) - line_size
+    out = np.empty(int(line_size.sum()), np.uint8)
+    fixed = np.concatenate([np.frombuffer(_HEAD, np.uint8), np.zeros(36, np.uint8), np.frombuffer(_MIDDLE, np.uint8)])
+    heads = np.broadcast_to(fixed, (n, head)).copy()
+    heads[:, len(_HEAD) : len(_HEAD) + 36] = key
+    out[line_start[:, None] + np.arange(head)] = heads
+    value_start = line_start + head
+    total = int(value_size.sum())
+    index = np.repeat(value_start - (np.cumsum(value_size) - value_size), value_size) + np.arange(total)
+    out[index] = rng.integers(ord("a"), ord("z") + 1, total, dtype=np.uint8)
+    # A space after each word but a line's last.
+    step = letters + 1
+    at_in_all = np.cumsum(step) - step
+    first_word = np.cumsum(words) - words
+    within = at_in_all - np.repeat(at_in_all[first_word], words)
+    last = np.zeros(len(letters), bool)
+    last[first_word + words - 1] = True
+    spaces = value_start[word_line] + within + letters
+    out[spaces[~last]] = ord(" ")
+    tail = value_start + value_size
+    out[tail[:, None] + np.arange(len(_TAIL))] = np.frombuffer(_TAIL, np.uint8)
+    return out.tobytes()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -193,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="number of pairs (default %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default %(default)s)")
     parser.add_argument("--format", choices=FORMATS, help="output format (default: from the output file's suffix)")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="draw with numpy, about 50 times faster: other bytes for the same seed, .jsonl only (needs numpy)",
+    )
     args = parser.parse_args(argv)
 
     if args.count < 0:
@@ -203,8 +301,13 @@ def main(argv: list[str] | None = None) -> int:
             fmt = format_for(args.output)
         except ValueError as exc:
             parser.error(f"{exc}, or give --format")
+    if args.fast and fmt != "jsonl":
+        parser.error("--fast writes JSON Lines only: give a .jsonl output")
     try:
-        generate(args.output, args.count, args.seed, fmt)
+        if args.fast:
+            generate_fast(args.output, args.count, args.seed)
+        else:
+            generate(args.output, args.count, args.seed, fmt)
     except OSError as exc:
         print(f"{parser.prog}: cannot write {args.output}: {exc}", file=sys.stderr)
         return 1

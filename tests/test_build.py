@@ -1,20 +1,26 @@
 """``rokv build`` / ``inspect`` / ``verify``: the loader's rules and messages,
-atomic output, and the commands' output and exit codes."""
+atomic output, the same bytes whatever the memory and jobs, bounded memory,
+temporary files removed on every exit, and the commands' output and exit codes."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rokv.dataset import DatasetError, load_dataset
-from rokv.worker.build import build
-from rokv.worker.reader import open_store
+from rokv.keys import random_key
+from rokv.worker.build import _Bar, build, plan
+from rokv.worker.layout import HEADER_SIZE
+from rokv.worker.reader import open_store, verify_store
+from rokv.worker.writer import write_store
 
 from support.procs import REPO, child_env, scaled, wait_for
 
@@ -155,10 +161,255 @@ def test_a_killed_build_leaves_no_file_at_the_target(tmp_path: Path) -> None:
 def test_progress_reports_every_phase(tmp_path: Path) -> None:
     src = tmp_path / "s.jsonl"
     src.write_text("".join(line(f"{i:08x}-0000-4000-8000-000000000000", "v") for i in range(70_000)))
-    seen: dict[str, list[float]] = {}
-    build(src, tmp_path / "s.rokv", lambda phase, fraction: seen.setdefault(phase, []).append(fraction))
-    assert list(seen) == ["reading", "sorting", "writing"]
-    assert seen["reading"][-1] == 1.0 and 0 < seen["reading"][0] < 1 and seen["writing"][-1] == 1.0
+    seen: dict[str, list[tuple[float, int]]] = {}
+    build(
+        src,
+        tmp_path / "s.rokv",
+        lambda phase, fraction, keys: seen.setdefault(phase, []).append((fraction, keys)),
+        memory=1 << 20,  # ranges of 64 KB: the reading phase reports several times
+        jobs=2,
+    )
+    assert list(seen) == ["reading", "sorting", "hashing"]
+    assert 0 < seen["reading"][0][0] < 1 and seen["reading"][-1] == (1.0, 70_000)
+    assert seen["sorting"][-1] == (1.0, 70_000) and seen["hashing"][-1][0] == 1.0
+    assert [keys for _, keys in seen["reading"]] == sorted(keys for _, keys in seen["reading"])
+
+
+def test_the_bar_shows_phase_rate_and_time_left(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    clock = iter([100.0, 100.0, 102.0])
+    monkeypatch.setattr("rokv.worker.build.time.monotonic", lambda: next(clock))
+    bar = _Bar()
+    bar("reading", 0.0, 0)
+    bar("reading", 0.5, 1_000_000)
+    shown = capsys.readouterr().err.split("\r")[-1]
+    assert shown.startswith("reading  [###############...............]  50%")
+    assert "500,000 keys/s" in shown and "2 s left" in shown and shown.endswith(" 2.0 s")
+
+
+def mixed_pairs(count: int, seed: int = 11) -> tuple[dict[str, str], str]:
+    """``count`` pairs, and a .jsonl text of them that takes every parsing
+    path: json.dumps lines, other spacing, escapes, other key spellings,
+    members in the other order, blank lines, non-ASCII values."""
+    rng = random.Random(seed)
+    pairs: dict[str, str] = {}
+    lines = []
+    for i in range(count):
+        key = random_key(rng)
+        value = "".join(rng.choice('abcé😀 "\\\n\t') for _ in range(rng.randrange(0, 30)))
+        pairs[key] = value
+        kind = i % 97
+        if kind == 1:
+            lines.append('{"key":"%s","value":%s}\r\n' % (key, json.dumps(value)))
+        elif kind == 2:
+            lines.append(json.dumps({"key": key.upper(), "value": value}) + "\n")
+        elif kind == 3:
+            lines.append(json.dumps({"value": value, "key": key}) + "\n\n")
+        else:
+            lines.append(json.dumps({"key": key, "value": value}, ensure_ascii=bool(kind & 1)) + "\n")
+    return pairs, "".join(lines)
+
+
+def without_build_time(data: bytes) -> bytes:
+    """The file but its build time and the header CRC that covers it."""
+    return data[:24] + data[32:120] + data[HEADER_SIZE:]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path, bytes]:
+    """A source, and the file the in-memory writer makes of its pairs (the
+    previous builder's path: everything sorted in memory at once)."""
+    pairs, text = mixed_pairs(20_000)
+    folder = tmp_path_factory.mktemp("mixed")
+    src = folder / "src.jsonl"
+    src.write_text(text, encoding="utf-8")
+    ordered = sorted(pairs)
+    keys = np.frombuffer(bytes.fromhex("".join(ordered).replace("-", "")), "V16")
+    encoded = [pairs[k].encode() for k in ordered]
+    sizes = np.array([len(v) + 1 for v in encoded], np.uint64)
+    ref = folder / "ref.rokv"
+    write_store(ref, keys, sizes, [b"".join(v + b"\xff" for v in encoded)])
+    return pairs, src, ref.read_bytes()
+
+
+@pytest.mark.parametrize(("memory", "jobs"), [(2 << 30, 1), (2 << 30, 2), (1 << 20, 1), (1 << 20, 2), (3 << 20, 3)])
+def test_same_bytes_whatever_the_memory_and_jobs(tmp_path: Path, mixed, memory: int, jobs: int) -> None:
+    pairs, src, reference = mixed
+    if memory < 1 << 30:  # a budget this small forces many buckets and parse ranges
+        assert plan(src.stat().st_size, memory, jobs)[0] >= 4
+    out = tmp_path / "out.rokv"
+    build(src, out, memory=memory, jobs=jobs)
+    assert without_build_time(out.read_bytes()) == without_build_time(reference)
+    assert verify_store(out).count == len(pairs)
+    with open_store(out) as store:
+        assert dict(store.items()) == pairs
+    assert os.listdir(tmp_path) == ["out.rokv"]  # spill files and temporaries gone
+
+
+@pytest.mark.parametrize("case", ["duplicate", "two duplicated keys", "invalid key", "lone surrogate", "syntax error"])
+def test_refusals_are_the_loaders_with_many_buckets_and_jobs(tmp_path: Path, mixed, case: str) -> None:
+    """A bad record deep in the file, found by one of several workers: the
+    message and line are still the loader's (the first in the file)."""
+    _, good, _ = mixed
+    text = good.read_text(encoding="utf-8")
+    middle = text.index("\n", len(text) // 2) + 1
+    src = tmp_path / "src.jsonl"
+    src.write_text(text[:middle] + BAD_JSONL[case] + text[middle:] + BAD_JSONL[case], encoding="utf-8")
+    with pytest.raises(DatasetError) as expected:
+        load_dataset(src)
+    with pytest.raises(DatasetError) as got:
+        build(src, tmp_path / "out.rokv", memory=1 << 20, jobs=2)
+    assert (str(got.value), got.value.line) == (str(expected.value), expected.value.line)
+    assert os.listdir(tmp_path) == ["src.jsonl"]
+
+
+def big_source(path: Path, count: int = 300_000) -> Path:
+    with open(path, "w") as f:
+        rng = random.Random(1)
+        for _ in range(count):
+            f.write(line(random_key(rng), "v" * 100))
+    return path
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_build_removes_its_temporary_files(tmp_path: Path, signum: int) -> None:
+    src = big_source(tmp_path / "big.jsonl")
+    out = tmp_path / "out.rokv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rokv", "build", str(src), "-o", str(out), "--jobs", "2", "--memory", "400M"],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal's job
+    )
+    try:
+        # Stop it while it spills: the spill folder holds files.
+        wait_for(
+            lambda: [n for n in os.listdir(tmp_path) if n.endswith(".spill") and os.listdir(tmp_path / n)],
+            scaled(60),
+            "the build to spill",
+            interval=0.002,
+        )
+        # Ctrl-C reaches the whole group; SIGTERM (a job runner, kill) the build alone.
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        assert proc.wait(scaled(30)) == -signum
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.stderr is not None
+    assert f"build stopped by {signal.Signals(signum).name}" in proc.stderr.read().decode()
+    assert sorted(os.listdir(tmp_path)) == ["big.jsonl"]
+    wait_for(lambda: not children_of(proc.pid), scaled(10), "the build's workers to exit")
+
+
+def test_a_worker_that_dies_fails_the_build_cleanly(tmp_path: Path) -> None:
+    src = big_source(tmp_path / "big.jsonl")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rokv", "build", str(src), "-o", str(tmp_path / "out.rokv"), "--jobs", "2"],
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(
+            lambda: [n for n in os.listdir(tmp_path) if n.endswith(".spill") and os.listdir(tmp_path / n)],
+            scaled(60),
+            "the build to spill",
+            interval=0.002,
+        )
+        os.kill(children_of(proc.pid)[0], signal.SIGKILL)  # as the kernel's OOM killer would
+        assert proc.wait(scaled(30)) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    assert "rokv: a build process died" in proc.stderr.read().decode()
+    assert sorted(os.listdir(tmp_path)) == ["big.jsonl"]
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (its workers, if any are left)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+PEAK_RSS = """
+import resource, sys
+from rokv.worker.build import build
+import numpy
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+build(sys.argv[1], sys.argv[2], jobs=1)
+print(base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+VERIFY_RSS = """
+import resource, sys
+from rokv.worker.build import cmd_inspect, cmd_verify
+from rokv.worker.reader import open_store
+import argparse, numpy
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert cmd_verify(argparse.Namespace(file=sys.argv[1])) == 0
+assert cmd_inspect(argparse.Namespace(file=sys.argv[1])) == 0
+print(base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_verify_and_inspect_read_in_bounded_memory(tmp_path: Path) -> None:
+    out = tmp_path / "big.rokv"
+    build(big_source(tmp_path / "big.jsonl"), out)
+    result = subprocess.run(
+        [sys.executable, "-c", VERIFY_RSS, str(out)],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
+    assert result.returncode == 0, result.stderr
+    base, peak = map(int, result.stdout.split()[-2:])
+    assert peak - base < min(16 << 20, out.stat().st_size // 4)
+
+
+@pytest.mark.parametrize("name", ["big.json", "big.jsonl"])
+def test_one_big_value_builds_in_about_twice_the_file(tmp_path: Path, name: str) -> None:
+    """Issue 18: a .json of one 500 MB value took 17 times its size."""
+    src = tmp_path / name
+    value = "é" + "x" * (60 << 20)
+    pairs = {K1: "small", K2: value, K3: "small"}
+    if name.endswith(".jsonl"):
+        text = "".join(json.dumps({"key": k, "value": v}, ensure_ascii=False) + "\n" for k, v in pairs.items())
+    else:
+        text = json.dumps(pairs, ensure_ascii=False)
+    src.write_text(text, encoding="utf-8")
+    out = tmp_path / "big.rokv"
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(src), str(out)],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
+    )
+    assert result.returncode == 0, result.stderr
+    base, peak = map(int, result.stdout.split())
+    assert peak - base <= 2.2 * src.stat().st_size, (peak - base) / src.stat().st_size
+    with open_store(out) as store:
+        assert store.get(K2) == value
 
 
 def test_cli_build_inspect_verify(tmp_path: Path) -> None:

@@ -244,3 +244,33 @@ def test_command_line_errors(tmp_path: Path, args: list[str], message: str) -> N
     assert done.returncode != 0
     assert message in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("count", [0, 1, 300_000])  # 300,000: more than one batch
+def test_fast_mode_draws_the_same_kind_of_pairs(tmp_path: Path, count: int) -> None:
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    gen.generate_fast(a, count, seed=7)
+    gen.generate_fast(b, count, seed=7)
+    assert a.read_bytes() == b.read_bytes()
+    pairs = load_dataset(a, allow_empty=True)  # what a worker would serve, every key unique
+    assert len(pairs) == count
+    for line in a.read_text().splitlines()[:1000]:
+        record = json.loads(line)
+        assert line == json.dumps(record) and list(record) == ["key", "value"]
+        assert is_canonical(record["key"]) and uuid.UUID(record["key"]).version == 4
+        assert VALUE.fullmatch(record["value"])
+    if count > 1:
+        gen.generate_fast(c, count, seed=8)
+        assert not set(pairs) & set(load_dataset(c))
+        words = [len(v.split()) for v in pairs.values()]
+        assert set(words) == {2, 3, 4, 5} and 3.4 < sum(words) / len(words) < 3.6
+
+
+def test_fast_mode_from_the_command_line(tmp_path: Path) -> None:
+    done = run_script("--fast", "--count", "25", "--seed", "4", "-o", str(tmp_path / "d.jsonl"))
+    assert done.returncode == 0, done.stderr
+    gen.generate_fast(tmp_path / "ref.jsonl", 25, 4)
+    assert (tmp_path / "d.jsonl").read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+    done = run_script("--fast", "-o", str(tmp_path / "d.json"))
+    assert done.returncode == 2 and "JSON Lines only" in done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["d.jsonl", "ref.jsonl"]

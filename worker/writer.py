@@ -1,6 +1,8 @@
 """Writing ``.rokv`` files: :func:`write_store` lays out sorted keys and
-their values (FORMAT.md) and writes the file atomically; :func:`bucket_table`
-builds its index."""
+their values (FORMAT.md) and writes the file atomically; :class:`Output` is
+the same file written piece by piece at the offsets of its layout (by several
+processes at once, each with its own descriptor), then digested and renamed
+into place; :func:`bucket_table` builds the index."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from rokv.worker.layout import (
@@ -30,7 +32,7 @@ from rokv.worker.layout import (
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["SEPARATOR", "bucket_table", "write_store"]
+__all__ = ["SEPARATOR", "Output", "bucket_table", "pwrite_all", "pwritev_all", "write_store"]
 
 
 def bucket_table(keys: np.ndarray, bits: int) -> np.ndarray:
@@ -106,25 +108,7 @@ def write_store(
             if written != values_size:
                 raise ValueError(f"values: {written} bytes written, {values_size} expected")
             assert f.tell() == file_size
-            header = HEADER.pack(
-                MAGIC,
-                FORMAT_VERSION,
-                HEADER_SIZE,
-                count,
-                built,
-                bits,
-                0,
-                table_at,
-                keys_at,
-                offsets_at,
-                values_at,
-                values_size,
-                file_size,
-                digest.digest(),
-                0,
-                0,
-            )
-            header = header[:CRC_AT] + struct.pack("<II", zlib.crc32(header[:CRC_AT]), 0)
+            header = _header(count, built, bits, values_size, digest.digest())
             f.seek(0)
             f.write(header)
             f.flush()
@@ -138,6 +122,133 @@ def write_store(
         raise
     _fsync_dir(folder)
     return read_header(name)
+
+
+def _header(count: int, built: int, bits: int, values_size: int, digest: bytes) -> bytes:
+    table_at, keys_at, offsets_at, values_at, file_size = layout(count, bits, values_size)
+    header = HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        HEADER_SIZE,
+        count,
+        built,
+        bits,
+        0,
+        table_at,
+        keys_at,
+        offsets_at,
+        values_at,
+        values_size,
+        file_size,
+        digest,
+        0,
+        0,
+    )
+    return header[:CRC_AT] + struct.pack("<II", zlib.crc32(header[:CRC_AT]), 0)
+
+
+def pwrite_all(fd: int, data: object, at: int) -> None:
+    """Write all of ``data`` (any buffer) at offset ``at`` of ``fd``: a
+    single pwrite stops at about 2 GB."""
+    view = memoryview(data).cast("B")  # type: ignore[arg-type]  # any buffer
+    while view:
+        done = os.pwrite(fd, view, at)
+        view, at = view[done:], at + done
+
+
+def pwritev_all(fd: int, views: list[memoryview], at: int) -> None:
+    """Write ``views`` (at most IOV_MAX, 1024) end to end at offset ``at``."""
+    done = os.pwritev(fd, views, at)
+    for view in views:
+        if done < len(view):  # a single call stops at about 2 GB
+            pwrite_all(fd, view[max(done, 0) :], at + max(done, 0))
+        done -= len(view)
+        at += len(view)
+
+
+class Output:
+    """A ``.rokv`` file of ``count`` keys and ``values_size`` bytes of values,
+    written out of order: its temporary (``.NAME.PID.tmp`` in the target's
+    folder, as :func:`write_store` names it) is created at its final size,
+    every section's bytes are written where :func:`rokv.worker.layout.layout`
+    puts them (by any process: :attr:`tmp` and the offsets are plain data),
+    then :meth:`finish` digests it, writes the header, syncs it and renames
+    it over the target. :meth:`abort` (or leaving a ``with`` block on an
+    error) removes the temporary.
+
+    The end points of the table and the offsets (``table[2**B] = N`` and
+    ``offsets[N] = values_size``) are written by :meth:`finish`; the rest is
+    the writers'.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], count: int, values_size: int) -> None:
+        if count > MAX_KEYS:
+            raise ValueError(f"{count} keys: a .rokv file holds at most {MAX_KEYS}")
+        self.name = os.fsdecode(path)
+        self.count, self.values_size = count, values_size
+        self.bits = bucket_bits_for(count)
+        self.table_at, self.keys_at, self.offsets_at, self.values_at, self.file_size = layout(
+            count, self.bits, values_size
+        )
+        self.folder = os.path.dirname(os.path.abspath(self.name))
+        self.tmp = os.path.join(self.folder, f".{os.path.basename(self.name)}.{os.getpid()}.tmp")
+        self._fd: int | None = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            os.ftruncate(self._fd, self.file_size)  # holes read as the zero padding
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self, build_time_ns: int | None = None, progress: Callable[[int], None] | None = None) -> Header:
+        """Digest the content (read back: the pieces were written out of
+        order), write the header, fsync, rename over the target, fsync the
+        folder. ``progress(bytes digested)`` is called now and then."""
+        import numpy as np
+
+        fd = self._fd
+        assert fd is not None, "finished or aborted"
+        try:
+            pwrite_all(fd, np.array([self.count], "<u4"), self.table_at + 4 * (1 << self.bits))
+            pwrite_all(fd, np.array([self.values_size], "<u8"), self.offsets_at + 8 * self.count)
+            digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
+            block = bytearray(1 << 23)
+            view = memoryview(block)
+            at = HEADER_SIZE
+            while at < self.file_size:
+                n = os.preadv(fd, [view[: min(len(block), self.file_size - at)]], at)
+                if n <= 0:
+                    raise OSError(f"{self.tmp}: shorter than written")
+                digest.update(view[:n])
+                at += n
+                if progress is not None:
+                    progress(at - HEADER_SIZE)
+            built = time.time_ns() if build_time_ns is None else build_time_ns
+            pwrite_all(fd, _header(self.count, built, self.bits, self.values_size, digest.digest()), 0)
+            os.fsync(fd)
+            os.close(fd)
+            self._fd = None
+            os.replace(self.tmp, self.name)
+        except BaseException:
+            self.abort()
+            raise
+        _fsync_dir(self.folder)
+        return read_header(self.name)
+
+    def abort(self) -> None:
+        """Close and remove the temporary. Idempotent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
 
 
 def _fsync_dir(folder: str) -> None:
