@@ -148,6 +148,18 @@ def wait_healthy(url: str, container: Container, what: str) -> None:
     wait_for(healthy, 60, f"{what} to answer /healthz\n{container.logs()}", interval=0.2)
 
 
+def health_passes(c: Container) -> bool:
+    """The image's own health check, run in ``c``, exits 0."""
+    return docker("exec", c.name, "rokv-container", "health", check=False).returncode == 0
+
+
+def wait_health_passes(c: Container) -> None:
+    """Wait for the image's health check to pass in ``c``: programs under
+    supervisor count as serving only once RUNNING (startsecs after their
+    start), which may be later than their first answer."""
+    wait_for(lambda: health_passes(c), 30, f"{c.name}'s health check to pass", interval=0.5)
+
+
 @pytest.fixture()
 def containers() -> Iterator[list[Container]]:
     made: list[Container] = []
@@ -180,7 +192,7 @@ def test_the_image_serves_every_role_in_one_container_and_stops_cleanly_on_sigte
     assert "compiled hot path in use" in worker_log, worker_log
     tools = docker("exec", c.name, "sh", "-c", FIND_TOOLS, "sh", *BUILD_TOOLS)
     assert tools.stdout == "", tools.stdout
-    assert docker("exec", c.name, "rokv-container", "health").returncode == 0
+    wait_health_passes(c)
     wait_for(lambda: c.state().get("Health", {}).get("Status") == "healthy", 60, "docker to report healthy")
 
     # SIGTERM under load: every answer that comes is right, and it is over within 10 s.
@@ -275,7 +287,7 @@ def test_the_compose_layout_two_brokers_a_worker_container_and_a_gateway(
             assert "worker:worker_00" in status and "worker:worker_01" in status and "broker" not in status
             assert "http" not in status, status
             for c in (b1, b2, workers, gateway):
-                assert docker("exec", c.name, "rokv-container", "health", check=False).returncode == 0, c.logs()
+                wait_health_passes(c)
             # One broker gone: the gateway goes on through the other.
             docker("stop", "-t", "10", b1.name, timeout=30)
             assert b1.state()["ExitCode"] == 0, b1.logs()
@@ -328,7 +340,7 @@ def test_broker_worker_and_gateway_roles_in_containers_of_their_own(
         res = requests.post(f"{url}/get_values", json={"keys": keys}, timeout=10)
         assert res.json() == {"values": [example[k] for k in keys]}
         for c in (broker, gateway):
-            assert docker("exec", c.name, "rokv-container", "health", check=False).returncode == 0, c.logs()
+            wait_health_passes(c)
         for c in reversed(containers):
             started = time.monotonic()
             docker("stop", "-t", "10", c.name, timeout=30)
