@@ -72,18 +72,19 @@ _pack = msgpack.Packer().pack
 
 def directory_endpoint(frontend: str) -> str | None:
     """The directory endpoint that belongs with a broker's ``frontend``:
-    ``tcp://HOST:PORT`` -> ``tcp://HOST:PORT+2``; ``ipc://PATH`` ->
-    ``ipc://PATH.directory``; None when there is none (a port too high, or
-    another transport)."""
+    ``tcp://HOST:PORT`` -> ``tcp://HOST:PORT+2`` (and ``tcp+dns://NAME:PORT``
+    -> ``tcp+dns://NAME:PORT+2``, every broker the name stands for);
+    ``ipc://PATH`` -> ``ipc://PATH.directory``; None when there is none (a
+    port too high, or another transport)."""
     transport, _, address = frontend.partition("://")
     if transport == "ipc":
         return f"{frontend}.directory"
-    if transport != "tcp":
+    if transport not in ("tcp", "tcp+dns"):
         return None
     host, _, port = address.rpartition(":")
-    if not port.isdigit() or int(port) + DIRECTORY_PORT_OFFSET > 65535:
+    if not (port.isascii() and port.isdigit()) or int(port) + DIRECTORY_PORT_OFFSET > 65535:
         return None
-    return f"tcp://{host}:{int(port) + DIRECTORY_PORT_OFFSET}"
+    return f"{transport}://{host}:{int(port) + DIRECTORY_PORT_OFFSET}"
 
 
 def check_entry(entry: object) -> dict[str, Any]:

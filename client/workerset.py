@@ -32,6 +32,7 @@ import zmq
 from rokv import core, directory
 from rokv import protocol as p
 from rokv.brokerset import DOWN_SECONDS, SUSPECT_SECONDS
+from rokv.discovery import Discovery, Linked, Tracker, is_dns
 from rokv.security import CurvePeer, load_public, load_secret
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -100,19 +101,32 @@ class Workers:
         #: Called with a worker's socket just before it is closed (the asyncio
         #: client stops watching it there).
         self.before_close: Callable[[zmq.Socket], None] | None = None
+        # A tcp+dns:// broker's directory is a name too: one socket connected
+        # to every address it resolves to, kept up to date as the brokers' are.
+        wheres = [directory.directory_endpoint(endpoint) for endpoint in brokers]
+        self._discovery: Discovery | None = None
+        self._named: list[Linked] = []
         try:
-            for endpoint in brokers:
-                where = directory.directory_endpoint(endpoint)
-                if where is not None:
-                    self.directories.append(self._dealer(where, self._broker_key, immediate=False))
-                    self._answers.append(None)
+            if any(is_dns(where) for where in wheres):
+                self._discovery = Discovery([where for where in wheres if where is not None and is_dns(where)])
+            for where in wheres:
+                if where is None:
+                    continue
+                dns = is_dns(where)
+                self.directories.append(self._dealer(where, self._broker_key, immediate=False, connect=not dns))
+                self._answers.append(None)
+                if dns and self._discovery is not None:
+                    self._named.append(Linked(self.directories[-1], self._discovery, where))
         except BaseException:
             self.close()
             raise
+        self._tracker = Tracker(self._discovery) if self._discovery is not None else None
 
     # ------------------------------------------------------------ the map
 
-    def _dealer(self, endpoint: str, server_key: bytes | None, *, immediate: bool = True) -> zmq.Socket:
+    def _dealer(
+        self, endpoint: str, server_key: bytes | None, *, immediate: bool = True, connect: bool = True
+    ) -> zmq.Socket:
         sock: zmq.Socket = zmq.Socket(self.ctx, zmq.DEALER)  # the plain class even from a zmq.asyncio.Context
         sock.linger = 0
         # A worker's socket refuses sends without a live connection, so that
@@ -121,16 +135,17 @@ class Workers:
         sock.immediate = immediate
         sock.heartbeat_ivl = p.HEARTBEAT_IVL_MS
         sock.heartbeat_timeout = p.HEARTBEAT_TIMEOUT_MS
-        if "[" in endpoint:
+        if "[" in endpoint or "+dns" in endpoint:  # a name may resolve to IPv6 addresses only
             sock.ipv6 = True
         if self._keys is not None and server_key is not None:
             sock.curve_publickey, sock.curve_secretkey = self._keys
             sock.curve_serverkey = server_key
-        try:
-            sock.connect(endpoint)
-        except zmq.ZMQError:
-            sock.close()
-            raise
+        if connect:
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError:
+                sock.close()
+                raise
         return sock
 
     def due(self, now: float) -> bool:
@@ -141,6 +156,9 @@ class Workers:
         """Ask every directory for the map (answers are taken by :meth:`take`)."""
         self._asked_at = time.monotonic() if now is None else now
         self.started = True
+        if self._tracker is not None and self._tracker.changed():
+            for link in self._named:
+                link.sync()
         body = directory.encode_pool_request(next(self._ids))
         for sock in self.directories:
             try:
@@ -279,6 +297,8 @@ class Workers:
 
     def close(self) -> None:
         """Close every socket. Idempotent."""
+        if self._discovery is not None:
+            self._discovery.close()
         for link in self.links:
             link.sock.close(linger=0)
         for sock in self.directories:

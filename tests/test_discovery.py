@@ -24,9 +24,10 @@ import pytest
 
 from rokv import AsyncClient, Client, ServiceUnavailable
 from rokv import discovery as d
+from rokv.directory import directory_endpoint
 from rokv.endpoints import PROCESS_TRANSPORTS, check_endpoint, check_endpoints
 
-from support.procs import EXAMPLE, Proc, child_env, scaled, start_broker, wait_for
+from support.procs import EXAMPLE, Proc, Stack, child_env, scaled, start_broker, wait_for
 
 # ------------------------------------------------------------------ the form
 
@@ -449,3 +450,27 @@ def test_the_worker_forgets_the_link_to_a_broker_gone_from_its_name() -> None:
         sock.close(linger=0)
         watcher.stop()
         ctx.term()
+
+
+def test_the_directory_of_a_name_is_a_name_too_so_direct_clients_go_direct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, example: dict[str, str]
+) -> None:
+    # The broker's directory sits at its frontend's port + 2, under the same
+    # name: a direct client given tcp+dns://NAME:PORT asks tcp+dns://NAME:PORT+2.
+    assert directory_endpoint("tcp+dns://brokers.test:5555") == "tcp+dns://brokers.test:5557"
+    stack = Stack(tmp_path, direct=True)
+    try:
+        stack.wait_ready()
+        port = int(stack.frontend.rpartition(":")[2])
+        monkeypatch.setattr(d, "system_resolver", lambda name: ["127.0.0.1"] if name == "pool.test" else [])
+        keys = list(example)[:200]
+        with Client(f"tcp+dns://pool.test:{port}", direct=True) as client:
+            assert client.get_many(keys) == [example[k] for k in keys]
+            for key in keys:
+                assert client.get(key) == example[key]
+            assert client._workers is not None
+            direct = {link.endpoint: link.replies for link in client._workers.links}
+        assert set(direct) == set(stack.directs.values())
+        assert sum(direct.values()) >= len(keys), f"the lookups went direct: {direct}"
+    finally:
+        stack.stop()
