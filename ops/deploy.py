@@ -66,14 +66,13 @@ from types import FrameType
 from typing import Any
 
 from rokv.exitcodes import Exit, epilog
-from rokv.ops import status
+from rokv.ops import status, supervisor_rpc
 from rokv.ops.status import from_worker
 from rokv.ops.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
 from rokv.worker.layout import DIGEST_ALGORITHM, SUFFIX, Header, StoreError, read_header
 from rokv.worker.reader import verify_store
 
 GROUP = "worker"
-DEFAULT_CONF = "supervisord.conf"
 DEFAULT_TIMEOUT = 60.0
 #: One ping's wait for its reply; unanswered pings are simply sent again.
 PING_TIMEOUT = 0.5
@@ -802,7 +801,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     opts = Options(
         new=args.new,
         link=link,
-        configuration=args.configuration or os.environ.get("ROKV_SUPERVISOR_CONF") or DEFAULT_CONF,
+        configuration=supervisor_rpc.configuration(args),
         endpoint=resolve_endpoint(args.endpoint),
         timeout=args.timeout,
         verify=args.verify,
@@ -838,14 +837,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--link", metavar="PATH", default=None, help="the symbolic link the workers load (default: $ROKV_DATA)"
     )
-    p.add_argument(
-        "-c",
-        "--configuration",
-        metavar="FILE",
-        default=None,
-        help=f"supervisord.conf whose [supervisorctl] serverurl is used "
-        f"(default: $ROKV_SUPERVISOR_CONF, else ./{DEFAULT_CONF})",
-    )
+    supervisor_rpc.add_configuration_option(p)
     p.add_argument(
         "--endpoint",
         default=None,

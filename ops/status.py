@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rokv.exitcodes import Exit, epilog
+from rokv.ops import supervisor_rpc
 from rokv.ops.pool import MANAGED
 from rokv.ops.supervisor_rpc import Process, Refused, Supervisor, SupervisorConfigError, SupervisorUnreachable
 
@@ -44,7 +45,6 @@ POOL_PROGRAM = "pool"
 #: the ones it writes.
 GROUPS = (POOL_PROGRAM, *MANAGED)
 WORKER_GROUP = "worker"
-DEFAULT_CONF = "supervisord.conf"
 #: How long all workers have, together, to answer; the image's health check
 #: gives 2 s.
 DEFAULT_TIMEOUT = 5.0
@@ -329,7 +329,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         _print(f"rokv: error: --timeout must be a number of seconds > 0, not {args.timeout:g}", err=True)
         return Exit.USAGE
-    configuration = args.configuration or os.environ.get("ROKV_SUPERVISOR_CONF") or DEFAULT_CONF
+    configuration = supervisor_rpc.configuration(args)
     try:
         supervisor = Supervisor.from_config(configuration)
     except SupervisorConfigError as exc:
@@ -359,14 +359,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "worker answers a ping; else exit 3, naming what is not serving and why (the end of its log).",
         epilog=epilog("rokv status"),
     )
-    p.add_argument(
-        "-c",
-        "--configuration",
-        metavar="FILE",
-        default=None,
-        help=f"supervisord.conf whose [supervisorctl] serverurl is used "
-        f"(default: $ROKV_SUPERVISOR_CONF, else ./{DEFAULT_CONF})",
-    )
+    supervisor_rpc.add_configuration_option(p)
     p.add_argument(
         "--endpoint",
         default=None,

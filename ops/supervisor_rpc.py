@@ -13,12 +13,25 @@ them.
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import os
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Process", "Refused", "Supervisor", "SupervisorConfigError", "SupervisorUnreachable"]
+__all__ = [
+    "DEFAULT_CONF",
+    "Process",
+    "Refused",
+    "Supervisor",
+    "SupervisorConfigError",
+    "SupervisorUnreachable",
+    "add_configuration_option",
+    "configuration",
+]
+
+#: The supervisord.conf used when neither ``-c`` nor $ROKV_SUPERVISOR_CONF names one.
+DEFAULT_CONF = "supervisord.conf"
 
 #: Seconds a call that does not wait for a process may take.
 CALL_TIMEOUT = 15.0
@@ -190,3 +203,22 @@ def _transport(username: str | None, password: str | None, serverurl: str, timeo
 
     transport._get_connection = get_connection
     return transport
+
+
+def add_configuration_option(parser: argparse.ArgumentParser) -> None:
+    """``-c/--configuration FILE``, as every command that talks to
+    supervisord takes it; :func:`configuration` gives the file to use."""
+    parser.add_argument(
+        "-c",
+        "--configuration",
+        metavar="FILE",
+        default=None,
+        help=f"supervisord.conf whose [supervisorctl] serverurl is used "
+        f"(default: $ROKV_SUPERVISOR_CONF, else ./{DEFAULT_CONF})",
+    )
+
+
+def configuration(args: argparse.Namespace) -> str:
+    """The supervisord.conf a command was given: ``-c``, else
+    $ROKV_SUPERVISOR_CONF, else :data:`DEFAULT_CONF`."""
+    return args.configuration or os.environ.get("ROKV_SUPERVISOR_CONF") or DEFAULT_CONF
