@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -81,7 +81,8 @@ class Client(ClientBase):
             direct=direct,
         )
         self._lock = threading.Lock()
-        self._rcvtimeo = -1
+        #: The RCVTIMEO last set on the one broker's socket.
+        self._timeout = _Timeout()
 
     # ------------------------------------------------------------ public API
 
@@ -217,7 +218,7 @@ class Client(ClientBase):
                 if chosen.sock not in used:
                     used.append(chosen.sock)
                 if len(used) == 1:
-                    self._receive_link(chosen, pending, replies, deadline)
+                    _receive_blocking(chosen.sock, chosen, pending, replies, deadline)
                 else:
                     self._receive_socks(used, pending, replies, deadline)
                 if pending:
@@ -236,29 +237,6 @@ class Client(ClientBase):
         raise self._unavailable()
 
     @staticmethod
-    def _receive_link(
-        link: Link, pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
-    ) -> None:
-        """:meth:`_receive_one` on a worker's socket: a blocking receive with
-        a timeout, the option set only when the wait changes."""
-        sock = link.sock
-        while pending:
-            wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            if wait_ms <= 0:
-                return
-            if wait_ms != link.rcvtimeo:
-                sock.setsockopt(zmq.RCVTIMEO, wait_ms)
-                link.rcvtimeo = wait_ms
-            try:
-                body = sock.recv()
-            except zmq.Again:
-                return
-            got = core.reply_of(body)
-            if got is not None and got[0] in pending:
-                del pending[got[0]]
-                replies[got[0]] = got[1]
-
-    @staticmethod
     def _receive_socks(
         socks: list[zmq.Socket], pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
     ) -> None:
@@ -273,15 +251,7 @@ class Client(ClientBase):
             if wait_ms <= 0:
                 return
             for sock, _ in poller.poll(wait_ms):
-                while True:
-                    try:
-                        body = sock.recv(_NOBLOCK)
-                    except zmq.Again:
-                        break
-                    got = core.reply_of(body)
-                    if got is not None and got[0] in pending:
-                        del pending[got[0]]
-                        replies[got[0]] = got[1]
+                _drain(sock, pending, replies)
 
     def _exchange_window(self, brokers: Brokers, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
         """:meth:`_exchange` for at most MAX_IN_FLIGHT requests."""
@@ -296,7 +266,7 @@ class Client(ClientBase):
                         brokers.socks[0].send(body, _NOBLOCK)
                     except zmq.Again:
                         break  # queue full: the broker is away; wait out this try
-                self._receive_one(brokers.socks[0], pending, replies, deadline)
+                _receive_blocking(brokers.socks[0], self._timeout, pending, replies, deadline)
             else:
                 broker = self._send_to_one(brokers, pending, broker, deadline)
                 self._receive_any(brokers, pending, replies, deadline)
@@ -306,34 +276,6 @@ class Client(ClientBase):
                 return replies
             self._silence()
         raise self._unavailable()
-
-    def _receive_one(
-        self, sock: zmq.Socket, pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
-    ) -> None:
-        """Take replies from the one broker's socket until none is pending or
-        ``deadline`` passes."""
-        while pending:
-            wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            if wait_ms <= 0:
-                return
-            # A blocking receive with a timeout is one call where poll then
-            # receive is two (plus a failed receive): it is most of the
-            # client's cost of a sequential get. The option is set only when
-            # the wait changes, so once per try at most.
-            if wait_ms != self._rcvtimeo:
-                sock.setsockopt(zmq.RCVTIMEO, wait_ms)
-                self._rcvtimeo = wait_ms
-            try:
-                # Each frame is read as a message: a reply is one frame, and
-                # asking ZMQ_RCVMORE (as recv_multipart does) costs more than
-                # the receive.
-                body = sock.recv()
-            except zmq.Again:
-                return
-            got = core.reply_of(body)
-            if got is not None and got[0] in pending:
-                del pending[got[0]]
-                replies[got[0]] = got[1]
 
     @staticmethod
     def _send_to_one(brokers: Brokers, pending: dict[int, bytes], previous: int | None, deadline: float) -> int | None:
@@ -373,14 +315,68 @@ class Client(ClientBase):
             if wait_ms <= 0:
                 return
             for sock, _ in brokers.readable.poll(wait_ms):
-                index = socks.index(sock)
-                while True:
-                    try:
-                        body = sock.recv(_NOBLOCK)
-                    except zmq.Again:
-                        break
-                    brokers.answered(index)
-                    got = core.reply_of(body)
-                    if got is not None and got[0] in pending:
-                        del pending[got[0]]
-                        replies[got[0]] = got[1]
+                count = _drain(sock, pending, replies)
+                if count:
+                    brokers.answered(socks.index(sock), count)
+
+
+class _Timeout:
+    """The RCVTIMEO last set on a socket, so that it is set only when the
+    wait changes (:class:`rokv.workerset.Link` keeps its own the same way)."""
+
+    __slots__ = ("rcvtimeo",)
+
+    def __init__(self) -> None:
+        self.rcvtimeo = -1
+
+
+class _HasTimeout(Protocol):
+    rcvtimeo: int
+
+
+def _receive_blocking(
+    sock: zmq.Socket,
+    timeout: _HasTimeout,
+    pending: dict[int, bytes],
+    replies: dict[int, dict[str, Any]],
+    deadline: float,
+) -> None:
+    """Take replies from one socket until none is pending or ``deadline``
+    passes. A blocking receive with a timeout is one call where poll then
+    receive is two (plus a failed receive): it is most of the client's cost
+    of a sequential get. The option is set only when the wait changes, so
+    once per try at most."""
+    while pending:
+        wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+        if wait_ms <= 0:
+            return
+        if wait_ms != timeout.rcvtimeo:
+            sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            timeout.rcvtimeo = wait_ms
+        try:
+            # Each frame is read as a message: a reply is one frame, and
+            # asking ZMQ_RCVMORE (as recv_multipart does) costs more than
+            # the receive.
+            body = sock.recv()
+        except zmq.Again:
+            return
+        got = core.reply_of(body)
+        if got is not None and got[0] in pending:
+            del pending[got[0]]
+            replies[got[0]] = got[1]
+
+
+def _drain(sock: zmq.Socket, pending: dict[int, bytes], replies: dict[int, dict[str, Any]]) -> int:
+    """Take every reply waiting on ``sock`` (answering what is pending); how
+    many there were."""
+    count = 0
+    while True:
+        try:
+            body = sock.recv(_NOBLOCK)
+        except zmq.Again:
+            return count
+        count += 1
+        got = core.reply_of(body)
+        if got is not None and got[0] in pending:
+            del pending[got[0]]
+            replies[got[0]] = got[1]
