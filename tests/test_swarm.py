@@ -41,6 +41,9 @@ from support.procs import REPO, free_port, scaled, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
+#: The address pool of the swarm's overlay networks: 198.18.0.0/15, never a
+#: private range (.ci/docker-prepare gives the daemon's bridges the same range).
+SWARM_POOL = ("--default-addr-pool", "198.19.64.0/18", "--default-addr-pool-mask-length", "24")
 STACK_FILE = REPO / "deploy" / "swarm" / "stack.yaml"
 #: Seconds the issue allows for new workers to answer, and for every worker
 #: to rejoin a replaced broker.
@@ -82,7 +85,9 @@ class Swarm:
         if state != "inactive":
             pytest.skip(f"this Docker daemon is in a swarm already ({state}); the test makes and leaves its own")
         self.made_gwbridge = docker("network", "inspect", "docker_gwbridge", check=False).returncode != 0
-        docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+        # Overlay networks from the range reserved for network benchmarks, as
+        # every test host here is (Docker's default pools are private ranges).
+        docker("swarm", "init", "--advertise-addr", "127.0.0.1", *SWARM_POOL)
         self.made_swarm = True
 
     def deploy(self) -> None:
