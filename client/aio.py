@@ -526,31 +526,8 @@ class AsyncClient(ClientBase):
         if brokers is None:
             return
         pending = self._pending
-        reply_of = core.reply_of
         for index, sock in enumerate(brokers.socks):
-            recv = sock.recv
-            taken = 0
-            while True:
-                try:
-                    body = recv(_NOBLOCK)
-                except zmq.Again:  # one exception per drain beats a ZMQ_EVENTS call per reply
-                    break
-                taken += 1
-                # A rokv reply is one frame, and each frame is read as a
-                # message of its own: asking ZMQ_RCVMORE costs 0.7 us a reply
-                # (more than the receive), and would only catch a worker
-                # breaking the protocol, whose frames still have to be replies
-                # to be taken.
-                got = reply_of(body)
-                if got is None:
-                    continue
-                waiter = pending.pop(got[0], None)
-                if waiter is None:
-                    continue
-                if isinstance(waiter, _Coalesced):
-                    waiter.deliver(got[1])
-                elif not waiter.done():
-                    waiter.set_result(got[1])
+            taken = self._take(sock)
             if taken:
                 brokers.answered(index, taken)
         if self._workers is not None:
@@ -560,29 +537,38 @@ class AsyncClient(ClientBase):
 
     def _drain_workers(self, workers: Workers) -> None:
         """:meth:`_drain` of the workers' sockets (direct)."""
-        pending = self._pending
-        reply_of = core.reply_of
         for link in workers.links:
-            recv = link.sock.recv
-            taken = 0
-            while True:
-                try:
-                    body = recv(_NOBLOCK)
-                except zmq.Again:
-                    break
-                taken += 1
-                got = reply_of(body)
-                if got is None:
-                    continue
-                waiter = pending.pop(got[0], None)
-                if waiter is None:
-                    continue
-                if isinstance(waiter, _Coalesced):
-                    waiter.deliver(got[1])
-                elif not waiter.done():
-                    waiter.set_result(got[1])
+            taken = self._take(link.sock)
             if taken:
                 workers.answered(link, taken)
+
+    def _take(self, sock: zmq.Socket) -> int:
+        """Take every reply waiting on ``sock`` and hand each to its waiter;
+        how many there were."""
+        pending = self._pending
+        reply_of = core.reply_of
+        recv = sock.recv
+        taken = 0
+        while True:
+            try:
+                body = recv(_NOBLOCK)
+            except zmq.Again:  # one exception per drain beats a ZMQ_EVENTS call per reply
+                return taken
+            taken += 1
+            # A rokv reply is one frame, and each frame is read as a message
+            # of its own: asking ZMQ_RCVMORE costs 0.7 us a reply (more than
+            # the receive), and would only catch a worker breaking the
+            # protocol, whose frames still have to be replies to be taken.
+            got = reply_of(body)
+            if got is None:
+                continue
+            waiter = pending.pop(got[0], None)
+            if waiter is None:
+                continue
+            if isinstance(waiter, _Coalesced):
+                waiter.deliver(got[1])
+            elif not waiter.done():
+                waiter.set_result(got[1])
 
     def _arm(self, when: float) -> None:
         assert self._loop is not None
