@@ -368,12 +368,14 @@ class AsyncClient(ClientBase):
             return
         workers.take()
         for link in workers.links:
-            if link.sock not in self._watched:
-                self._watched.add(link.sock)
+            sock = link.sock
+            assert sock is not None  # an AsyncClient's map opens no plain streams
+            if sock not in self._watched:
+                self._watched.add(sock)
                 # Thousands in flight, as on the brokers' sockets.
-                link.sock.sndhwm = 0
-                link.sock.rcvhwm = 0
-                self._loop.add_reader(link.sock.fileno(), self._drain)
+                sock.sndhwm = 0
+                sock.rcvhwm = 0
+                self._loop.add_reader(sock.fileno(), self._drain)
 
     def _unwatch(self, sock: zmq.Socket) -> None:
         """Stop watching a worker's socket about to be closed."""
@@ -478,6 +480,7 @@ class AsyncClient(ClientBase):
         workers = self._workers
         if workers is not None:
             for link in workers.order(before if isinstance(before, Link) else None):
+                assert link.sock is not None
                 send = link.sock.send
                 try:
                     for body in bodies:
@@ -538,6 +541,7 @@ class AsyncClient(ClientBase):
     def _drain_workers(self, workers: Workers) -> None:
         """:meth:`_drain` of the workers' sockets (direct)."""
         for link in workers.links:
+            assert link.sock is not None
             taken = self._take(link.sock)
             if taken:
                 workers.answered(link, taken)

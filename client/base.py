@@ -61,6 +61,13 @@ class ClientBase:
     automatic, as is reconnecting after a broker restart.
     """
 
+    #: Reach direct workers over plain TCP (:mod:`rokv.zmtp`) where possible:
+    #: a client that reads in its caller's thread saves libzmq's I/O thread
+    #: two hand-offs a round trip.
+    _plain_streams = False
+    #: Calls in a row sent to one worker (:class:`rokv.workerset.Workers`).
+    _stick = 1
+
     def __init__(
         self,
         endpoint: str | Sequence[str] | None = None,
@@ -92,7 +99,9 @@ class ClientBase:
         self.direct = bool(direct)
         if self.direct:
             try:
-                self._workers = Workers(self._context, self.endpoints, resolved)
+                self._workers = Workers(
+                    self._context, self.endpoints, resolved, streams=self._plain_streams, stick=self._stick
+                )
             except BaseException:
                 self._brokers.close()
                 raise

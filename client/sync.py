@@ -31,7 +31,8 @@ from rokv.core import (
 from rokv.keys import match_canonical
 from rokv.replies import value_from_reply, worker_from_reply
 from rokv.security import CurvePeer
-from rokv.workerset import Link
+from rokv.workerset import Link, Workers
+from rokv.zmtp import Lost, Stream
 
 __all__ = [
     "Client",
@@ -46,6 +47,15 @@ __all__ = [
 # A plain int: pyzmq's enum flags cost a Python-level operation per use.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MAX_IN_FLIGHT = p.MAX_IN_FLIGHT
+#: How long a call waits for a worker's new plain connection (TCP and the
+#: ZMTP handshake: a round trip or two) before it tries the next worker.
+CONNECT_SECONDS = 0.05
+#: Calls in a row a direct client sends to one worker before the next in
+#: turn: one at a time, a worker that has just answered is faster to answer
+#: again (see rokv.workerset.Workers).
+STICKY_CALLS = 64
+#: What a direct call reads replies from: a libzmq socket or a plain stream.
+_Source = zmq.Socket | Stream
 
 
 class Client(ClientBase):
@@ -57,6 +67,9 @@ class Client(ClientBase):
     ``AsyncClient``) for concurrency. Do not use a ``Client`` across
     ``fork()``: create it in the process that uses it.
     """
+
+    _plain_streams = True
+    _stick = STICKY_CALLS
 
     def __init__(
         self,
@@ -185,7 +198,8 @@ class Client(ClientBase):
         """:meth:`_exchange_window` straight to the workers (``direct=True``):
         each try goes to the next worker that is not suspect, or through a
         broker when none is left; a reply to any try answers (see
-        :mod:`rokv.workerset`)."""
+        :mod:`rokv.workerset`). A worker whose connection breaks during a try
+        (killed, restarted) ends that try at once."""
         workers = self._workers
         assert workers is not None
         now = time.monotonic()
@@ -198,37 +212,38 @@ class Client(ClientBase):
                 workers.ask(now)
         replies: dict[int, dict[str, Any]] = {}
         pending = dict(bodies)
-        used: list[zmq.Socket] = []
+        used: list[_Source] = []
         link: Link | None = None
         broker: int | None = None
         for attempt in range(self.retry.tries):
             deadline = time.monotonic() + self.retry.try_timeout(attempt)
-            chosen: Link | None = None
-            for candidate in workers.order(link):
-                try:
-                    for body in pending.values():
-                        candidate.sock.send(body, _NOBLOCK)
-                except zmq.Again:
-                    workers.down(candidate)  # no live connection: whatever went out is answered like any try
-                    continue
-                chosen = candidate
-                break
+            chosen = _send_direct(workers, link, pending, deadline)
             if chosen is not None:
                 link = chosen
-                if chosen.sock not in used:
-                    used.append(chosen.sock)
+                source: _Source = chosen.stream if chosen.stream is not None else chosen.sock  # type: ignore[assignment]
+                if source not in used:
+                    used.append(source)
                 if len(used) == 1:
-                    _receive_blocking(chosen.sock, chosen, pending, replies, deadline)
+                    if isinstance(source, Stream):
+                        lost = [] if _receive_stream(source, pending, replies, deadline) else [source]
+                    else:
+                        _receive_blocking(source, chosen, pending, replies, deadline)
+                        lost = []
                 else:
-                    self._receive_socks(used, pending, replies, deadline)
-                if pending:
+                    lost = self._receive_socks(used, pending, replies, deadline)
+                for gone in lost:
+                    used.remove(gone)
+                if source in lost:
+                    workers.down(chosen)  # its connection broke: the next try goes elsewhere, now
+                elif pending:
                     workers.suspect(chosen)
                 else:
                     workers.answered(chosen, len(bodies))
             else:
                 broker = self._send_to_one(brokers, pending, broker, deadline)
                 used.extend(sock for sock in brokers.socks if sock not in used)
-                self._receive_socks(used, pending, replies, deadline)
+                for gone in self._receive_socks(used, pending, replies, deadline):
+                    used.remove(gone)
                 if pending and broker is not None:
                     brokers.suspect(broker)
             if not pending:
@@ -238,20 +253,40 @@ class Client(ClientBase):
 
     @staticmethod
     def _receive_socks(
-        socks: list[zmq.Socket], pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
-    ) -> None:
-        """Take replies from every socket in ``socks`` until none is pending
-        or ``deadline`` passes (a retry: a late reply to an earlier try
-        answers too)."""
+        socks: list[_Source], pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
+    ) -> list[Stream]:
+        """Take replies from every socket or stream in ``socks`` until none
+        is pending or ``deadline`` passes (a retry: a late reply to an
+        earlier try answers too). The streams whose connection broke."""
         poller = zmq.Poller()
+        streams: dict[int, Stream] = {}  # by descriptor, as the poller names them
+        lost: list[Stream] = [sock for sock in socks if isinstance(sock, Stream) and sock.fileno() < 0]
         for sock in socks:
-            poller.register(sock, zmq.POLLIN)
-        while pending:
+            if isinstance(sock, Stream):
+                if sock.fileno() >= 0:
+                    streams[sock.fileno()] = sock
+                    poller.register(sock.fileno(), zmq.POLLIN)
+            else:
+                poller.register(sock, zmq.POLLIN)
+        watched = len(socks) - len(lost)
+        ready: list[tuple[Any, int]] = [(fd, zmq.POLLIN) for fd in streams]  # a stream may hold whole replies already
+        while True:
+            for item, _ in ready:
+                stream = streams.get(item) if isinstance(item, int) else None
+                if stream is None:
+                    _drain(item, pending, replies)
+                    continue
+                try:
+                    _answer(stream.take(), pending, replies)
+                except Lost:
+                    lost.append(stream)
+                    poller.unregister(item)
+                    del streams[item]
+                    watched -= 1
             wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
-            if wait_ms <= 0:
-                return
-            for sock, _ in poller.poll(wait_ms):
-                _drain(sock, pending, replies)
+            if not pending or wait_ms <= 0 or not watched:
+                return lost
+            ready = poller.poll(wait_ms)
 
     def _exchange_window(self, brokers: Brokers, bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
         """:meth:`_exchange` for at most MAX_IN_FLIGHT requests."""
@@ -360,6 +395,56 @@ def _receive_blocking(
             body = sock.recv()
         except zmq.Again:
             return
+        got = core.reply_of(body)
+        if got is not None and got[0] in pending:
+            del pending[got[0]]
+            replies[got[0]] = got[1]
+
+
+def _send_direct(workers: Workers, after: Link | None, pending: dict[int, bytes], deadline: float) -> Link | None:
+    """Send every pending request to the first worker that takes them, not
+    ``after`` (the worker of the previous try); None when none does."""
+    for candidate in workers.order(after):
+        stream = candidate.stream
+        if stream is not None:
+            if stream.usable(min(CONNECT_SECONDS, deadline - time.monotonic())) and stream.send(
+                pending.values(), deadline
+            ):
+                return candidate
+            workers.down(candidate)
+            continue
+        assert candidate.sock is not None
+        try:
+            for body in pending.values():
+                candidate.sock.send(body, _NOBLOCK)
+        except zmq.Again:
+            workers.down(candidate)  # no live connection: whatever went out is answered like any try
+            continue
+        return candidate
+    return None
+
+
+def _receive_stream(
+    stream: Stream, pending: dict[int, bytes], replies: dict[int, dict[str, Any]], deadline: float
+) -> bool:
+    """Take replies from one stream until none is pending or ``deadline``
+    passes; False when its connection broke."""
+    try:
+        while pending:
+            body = stream.recv(deadline)
+            if body is None:
+                return True
+            got = core.reply_of(body)
+            if got is not None and got[0] in pending:
+                del pending[got[0]]
+                replies[got[0]] = got[1]
+    except Lost:
+        return False
+    return True
+
+
+def _answer(bodies: list[bytes], pending: dict[int, bytes], replies: dict[int, dict[str, Any]]) -> None:
+    for body in bodies:
         got = core.reply_of(body)
         if got is not None and got[0] in pending:
             del pending[got[0]]

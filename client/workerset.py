@@ -12,6 +12,11 @@ DEALER of its own, with
 - ZMTP heartbeats: a worker cut off without closing its connection is noticed
   within HEARTBEAT_TIMEOUT_MS and its connection dropped.
 
+The blocking client asks for :class:`rokv.zmtp.Stream` links instead
+(``streams=True``): a plain TCP connection speaking ZMTP, read in the calling
+thread, for every worker reached over ``tcp://`` without CURVE; the rest get a
+DEALER as above.
+
 A try that goes unanswered marks its worker *suspect*: it is avoided for
 SUSPECT_SECONDS (or until it answers), so the retry goes to another worker,
 or through a broker when none is left. Workers missing from a fresh map are
@@ -23,6 +28,7 @@ Not thread-safe: one client's transport uses it from one thread at a time.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +40,7 @@ from rokv import protocol as p
 from rokv.brokerset import DOWN_SECONDS, SUSPECT_SECONDS
 from rokv.discovery import Discovery, Linked, Tracker, is_dns
 from rokv.security import CurvePeer, load_public, load_secret
+from rokv.zmtp import Stream, endpoint_address
 
 _NOBLOCK = int(zmq.NOBLOCK)
 #: A directory's answer counts for this many refresh periods: past that,
@@ -42,13 +49,17 @@ FRESH_PERIODS = 3
 
 
 class Link:
-    """One worker's socket and how it fares."""
+    """One worker's connection, a libzmq DEALER (``sock``) or a plain TCP
+    :class:`~rokv.zmtp.Stream` (``stream``), and how it fares."""
 
-    __slots__ = ("endpoint", "sock", "avoid_until", "replies", "rcvtimeo", "entry")
+    __slots__ = ("endpoint", "sock", "stream", "avoid_until", "replies", "rcvtimeo", "entry")
 
-    def __init__(self, endpoint: str, sock: zmq.Socket, entry: dict[str, Any]) -> None:
+    def __init__(
+        self, endpoint: str, sock: zmq.Socket | None, entry: dict[str, Any], stream: Stream | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.sock = sock
+        self.stream = stream
         self.entry = entry
         #: Monotonic time before which this worker is avoided.
         self.avoid_until = 0.0
@@ -71,6 +82,16 @@ class Workers:
         curve: the client's CURVE keys; a worker is then reached as a CURVE
             server with the public key its entry carries.
         refresh: seconds between two questions to the directories.
+        streams: reach workers over plain TCP where possible (the blocking
+            client, which reads in its caller's thread).
+        stick: how many calls in a row :meth:`order` starts with the same
+            worker. A blocking client's calls are one at a time, so spreading
+            each one gains no parallelism, and a worker that has just
+            answered answers the next call faster (its thread is scheduled
+            and its caches warm): one at a time, alternating between two
+            workers measured 15-20% slower than staying with one
+            (BENCHMARKS.md, "One hop"). An asyncio client, with many calls in
+            flight, spreads every one (1).
     """
 
     def __init__(
@@ -79,12 +100,20 @@ class Workers:
         brokers: Sequence[str],
         curve: CurvePeer | None,
         refresh: float = directory.REFRESH_SECONDS,
+        *,
+        streams: bool = False,
+        stick: int = 1,
     ) -> None:
         self.ctx = ctx
         self.refresh = refresh
+        self.streams = streams
+        self.stick = stick
         self.links: list[Link] = []
         self._by_endpoint: dict[str, Link] = {}
-        self._next = 0
+        # Where the round-robin starts: a random worker, so that clients
+        # started together do not all begin with the same one.
+        self._next = random.randrange(1 << 16)
+        self._calls = 0
         self._ids = core.request_ids()
         self._curve = curve
         self._keys: tuple[bytes, bytes] | None = load_secret(curve.secret_file) if curve is not None else None
@@ -218,7 +247,10 @@ class Workers:
         # Then wait, within the same time, for the connections to the workers
         # (IMMEDIATE refuses sends until one is up): the first calls would
         # otherwise all go through a broker.
-        connecting = {link.sock for link in self.links}
+        for link in self.links:
+            if link.stream is not None:
+                link.stream.usable(deadline - time.monotonic())
+        connecting = {link.sock for link in self.links if link.sock is not None}
         while connecting:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -244,19 +276,21 @@ class Workers:
         for endpoint in [e for e in self._by_endpoint if e not in wanted]:
             link = self._by_endpoint.pop(endpoint)
             self.links.remove(link)
-            if self.before_close is not None:
-                self.before_close(link.sock)
-            link.sock.close(linger=0)
+            self._close(link)
             changed = True
         for endpoint, entry in wanted.items():
             if endpoint in self._by_endpoint:
                 continue
             key = entry["curve_key"].encode("ascii") if entry["curve_key"] is not None else None
-            try:
-                sock = self._dealer(endpoint, key)
-            except (zmq.ZMQError, ValueError):
-                continue  # an endpoint libzmq refuses: skip that worker
-            link = Link(endpoint, sock, entry)
+            address = endpoint_address(endpoint) if self.streams and key is None else None
+            if address is not None:
+                link = Link(endpoint, None, entry, Stream(address))  # connected when first used
+            else:
+                try:
+                    sock = self._dealer(endpoint, key)
+                except (zmq.ZMQError, ValueError):
+                    continue  # an endpoint libzmq refuses: skip that worker
+                link = Link(endpoint, sock, entry)
             self._by_endpoint[endpoint] = link
             self.links.append(link)
             changed = True
@@ -264,18 +298,30 @@ class Workers:
             self.version += 1
         return changed
 
+    def _close(self, link: Link, *, tell: bool = True) -> None:
+        if link.stream is not None:
+            link.stream.close()
+        if link.sock is not None:
+            if tell and self.before_close is not None:
+                self.before_close(link.sock)
+            link.sock.close(linger=0)
+
     # ------------------------------------------------------------ choosing
 
     def order(self, after: Link | None = None) -> list[Link]:
         """The workers to try now, best first: round-robin among those not
-        avoided, never ``after`` (the worker of the previous try). Empty when
-        none is left: then a broker carries the try."""
+        avoided (moving on every ``stick`` calls), never ``after`` (the worker
+        of the previous try). Empty when none is left: then a broker carries
+        the try."""
         links = self.links
         n = len(links)
         if not n:
             return []
+        self._calls += 1
+        if self._calls >= self.stick:
+            self._calls = 0
+            self._next += 1
         start = self._next % n
-        self._next = start + 1
         now = time.monotonic()
         ring = links[start:] + links[:start]
         return [link for link in ring if link is not after and link.avoid_until <= now]
@@ -300,7 +346,7 @@ class Workers:
         if self._discovery is not None:
             self._discovery.close()
         for link in self.links:
-            link.sock.close(linger=0)
+            self._close(link, tell=False)
         for sock in self.directories:
             sock.close(linger=0)
         self.links, self._by_endpoint, self.directories = [], {}, []
