@@ -24,6 +24,7 @@ Not thread-safe: one client's lock guards its streams.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import struct
@@ -98,6 +99,7 @@ class Stream:
         "_sent_at",
         "_rcvtimeo",
         "_sndtimeo",
+        "last_error",
     )
 
     def __init__(self, address: tuple[str, int]) -> None:
@@ -115,6 +117,8 @@ class Stream:
         self._sent_at = 0.0
         self._rcvtimeo = -1
         self._sndtimeo = -1
+        #: Why the last connection failed or was refused (for messages).
+        self.last_error: str | None = None
 
     # ------------------------------------------------------------ connecting
 
@@ -137,12 +141,11 @@ class Stream:
             return False
         try:
             while not self._peer_ready:
-                if self._next() is not None:  # nothing but commands comes before the peer's READY
-                    self.close()
-                    return False
+                self._next(handshake_only=True)
                 if not self._peer_ready and not self._read(deadline):
                     return False
-        except Lost:
+        except Lost as exc:
+            self.last_error = str(exc)
             return False
         return True
 
@@ -151,12 +154,14 @@ class Stream:
         try:
             family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
             sock = socket.socket(family, kind, proto)
-        except OSError:
+        except OSError as exc:
+            self.last_error = str(exc)
             return False
         sock.setblocking(False)
         code = sock.connect_ex(where)
         if code not in (0, errno.EINPROGRESS):
             sock.close()
+            self.last_error = os.strerror(code)
             return False
         self._sock = sock
         return True
@@ -170,8 +175,10 @@ class Stream:
             poller.register(sock, select.POLLOUT)
             if not poller.poll(max(0, int((deadline - time.monotonic()) * 1000 + 0.999))):
                 return False
-            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
                 self.close()
+                self.last_error = os.strerror(code)
                 return False
             sock.setblocking(True)  # timeouts are the kernel's (SO_RCVTIMEO): one system call a read
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -333,9 +340,11 @@ class Stream:
 
     # ------------------------------------------------------------ framing
 
-    def _next(self) -> bytes | None:
+    def _next(self, handshake_only: bool = False) -> bytes | None:
         """Cut the next message off the buffer (answering PINGs and checking
-        the handshake on the way); None when the buffer holds none whole.
+        the handshake on the way); None when the buffer holds none whole, or
+        with ``handshake_only`` once the handshake is done (what follows
+        stays buffered).
 
         Raises:
             Lost: the peer broke the protocol, or refused us (ERROR).
@@ -368,6 +377,8 @@ class Stream:
             self._at = end
             if not self._peer_ready:
                 self._handshake(flags, body)
+                if handshake_only:
+                    return None
                 continue
             if flags & _COMMAND:
                 self._command(body)

@@ -76,6 +76,7 @@ def test_an_allowed_client_goes_direct_over_curve(secure: DirectSecureStack, exa
         assert link.replies >= 50  # most calls; the first ones may go through the broker while CURVE shakes hands
         worker_key = load_public(str(secure.keys.root / "worker" / "worker.key")).decode()
         assert link.entry["curve_key"] == worker_key
+        assert link.sock is not None and link.stream is None  # CURVE: a libzmq socket, not a plain stream
 
 
 def _raw_curve(endpoint: str, secret_file: Path | None, server_key: bytes) -> zmq.Socket:
