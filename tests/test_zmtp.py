@@ -16,6 +16,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from test_direct import BODIES, HIT, exchange, raw
 
 from rokv import Client, zmtp
 from rokv import protocol as p
@@ -23,7 +24,6 @@ from rokv.workerset import Workers
 from rokv.zmtp import Lost, Stream, endpoint_address
 
 from support.procs import Stack, scaled
-from test_direct import BODIES, HIT, exchange, raw
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,9 +66,7 @@ def test_a_stream_gets_what_a_libzmq_dealer_gets(pool: Stack, body: bytes) -> No
         stream.close()
 
 
-def test_many_requests_in_one_write_come_back_whole_and_long_frames_too(
-    pool: Stack, example: dict[str, str]
-) -> None:
+def test_many_requests_in_one_write_come_back_whole_and_long_frames_too(pool: Stack, example: dict[str, str]) -> None:
     keys = list(example)
     stream = connected(pool.raw_endpoint)
     try:
