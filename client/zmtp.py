@@ -243,7 +243,7 @@ class Stream:
             if not self._read(deadline):
                 return None
             data = self._buf
-            if len(data) == data[1] + 2 and data[0] == 0:
+            if len(data) >= 2 and len(data) == data[1] + 2 and data[0] == 0:
                 self._at = len(data)
                 return data[2:]
         while True:

@@ -257,6 +257,25 @@ def test_frames_split_byte_by_byte_long_frames_and_multi_frame_messages() -> Non
         stream.close()
 
 
+def test_a_reply_whose_first_byte_comes_alone_is_waited_for() -> None:
+    def script(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        time.sleep(scaled(0.2))  # the client is waiting in recv by now
+        conn.sendall(b"\x00")
+        time.sleep(scaled(0.2))
+        conn.sendall(b"\x05hello")
+        time.sleep(scaled(0.5))
+
+    peer = Peer(script)
+    stream = Stream(peer.address)
+    try:
+        assert stream.usable(scaled(5))
+        assert stream.recv(time.monotonic() + scaled(5)) == b"hello"
+        peer.close()
+    finally:
+        stream.close()
+
+
 @pytest.mark.parametrize(
     ("hello", "says"),
     [
