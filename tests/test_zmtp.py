@@ -16,6 +16,8 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from hypothesis import given
+from hypothesis import strategies as st
 from test_direct import BODIES, HIT, exchange, raw
 
 from rokv import Client, zmtp
@@ -24,6 +26,7 @@ from rokv.workerset import Workers
 from rokv.zmtp import Lost, Stream, endpoint_address
 
 from support.procs import Stack, scaled
+from support.strategies import FUZZ
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -355,3 +358,46 @@ def test_the_blocking_client_dials_streams_and_the_asyncio_one_libzmq_sockets(po
         assert all(link.sock is not None and link.stream is None for link in workers.links)
     finally:
         workers.close()
+
+
+# ------------------------------------------------------------------ any bytes
+
+HANDSHAKE = GREETING + command(ROUTER_READY)
+
+
+def cut(stream: Stream, data: bytes, sizes: list[int]) -> list[bytes]:
+    """Feed ``data`` to a stream (no socket: the parser alone) in pieces of
+    ``sizes``; the messages it cut out."""
+    got: list[bytes] = []
+    at = 0
+    for size in [*sizes, len(data)]:
+        piece, at = data[at : at + size], at + size
+        if piece:
+            stream._append(piece)
+        while (body := stream._next()) is not None:
+            got.append(body)
+    return got
+
+
+@FUZZ
+@given(
+    bodies=st.lists(st.binary(max_size=600), max_size=8),
+    pings=st.lists(st.binary(max_size=16), max_size=3),
+    sizes=st.lists(st.integers(1, 700), max_size=20),
+)
+def test_frames_come_out_whole_however_the_bytes_are_cut(
+    bodies: list[bytes], pings: list[bytes], sizes: list[int]
+) -> None:
+    data = HANDSHAKE + b"".join(command(b"\x04PING\x00\x01" + ctx) for ctx in pings)
+    data += b"".join(frame(body) for body in bodies)
+    assert cut(Stream(("127.0.0.1", 1)), data, sizes) == bodies
+
+
+@FUZZ
+@given(noise=st.binary(max_size=2000), sizes=st.lists(st.integers(1, 300), max_size=10), ready=st.booleans())
+def test_any_bytes_give_messages_or_lost_never_another_error(noise: bytes, sizes: list[int], ready: bool) -> None:
+    stream = Stream(("127.0.0.1", 1))
+    try:
+        cut(stream, (HANDSHAKE if ready else b"") + noise, sizes)
+    except Lost:
+        pass
