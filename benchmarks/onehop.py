@@ -27,6 +27,7 @@ by PID. Exit 1 when an answer was wrong or lost (nothing is written then).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import random
@@ -230,6 +231,19 @@ def run_http(procs: httpbench.Procs, frontend: str, keys_file: Path, direct: boo
 # ------------------------------------------------------------------ report
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system, every thread) the processes ``pids`` used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -290,6 +304,21 @@ def render(results: dict, http: dict, args: argparse.Namespace, command: str, lo
             + " / ".join("—" if p50[p] != p50[p] else f"{p50[p]:.0f}" for p in PATHS)
             + " |"
         )
+    lines += [
+        "",
+        "CPU per request, in µs, of the clients (`rokv bench`'s or the Redis loop's processes, every thread) and "
+        "of the servers (rokv: the broker and both workers; Redis: redis-server), medians of the same runs:",
+        "",
+        "| load | clients: direct / broker / Redis | servers: direct / broker / Redis |",
+        "|---|---|---|",
+    ]
+    for shape in SHAPES:
+        runs = results[shape.name]
+        cells = []
+        for field in ("client_cpu_us_per_request", "server_cpu_us_per_request"):
+            values = [med([r.get(field) or math.nan for r in runs[path]]) for path in PATHS]
+            cells.append(" / ".join("—" if v != v else f"{v:.0f}" for v in values))
+        lines.append(f"| {shape.label} | {cells[0]} | {cells[1]} |")
     if http:
         lines += [
             "",
@@ -350,15 +379,26 @@ def main(argv: list[str] | None = None) -> int:
                     for path in order:
                         if path == "redis":
                             assert redis_server is not None
+                            servers = [redis_server.proc.pid]
+                        else:
+                            servers = [proc.pid for proc in procs.procs]  # the broker and the workers
+                        before = cpu_seconds(servers)
+                        if path == "redis":
+                            assert redis_server is not None
                             result = run_redis(redis_server.port, expected, shape, args.duration)
                         else:
                             result = run_rokv(frontend, shape, args.duration, direct=path == "direct")
+                        spent = cpu_seconds(servers) - before
+                        done = result["requests"]
+                        result["server_cpu_us_per_request"] = spent / done * 1e6 if done else None
                         wrong = result["wrong"] + sum(result["errors"].values())
                         bad += wrong
                         results[shape.name][path].append(result)
                         print(
                             f"run {rep + 1}/{args.reps} {shape.name:6} {path:7} {figure(result, shape):>12,.0f} "
-                            f"{shape.unit}  p50 {result['latency_ms']['p50'] * 1000:7.0f} us  wrong/lost {wrong}",
+                            f"{shape.unit}  p50 {result['latency_ms']['p50'] * 1000:7.0f} us  wrong/lost {wrong}  "
+                            f"cpu/req client {result['client_cpu_us_per_request'] or math.nan:.0f} us, "
+                            f"servers {result['server_cpu_us_per_request'] or math.nan:.0f} us",
                             flush=True,
                         )
                 if http_possible:
