@@ -99,6 +99,15 @@ def test_the_one_hop_comparison_runs_checks_and_writes_its_section(tmp_path: Pat
             assert int(line.split(f"{path} ")[1].split(" ")[0].replace(",", "")) > 0, line
     text = out.read_text(encoding="utf-8")
     assert "Kept." in text and "<!-- onehop:begin -->" in text and "python benchmarks/onehop.py --reps 1" in text
+    # CPU per request of clients and servers, measured for every path:
+    lines = text.splitlines()
+    start = lines.index("| load | clients: direct / broker / Redis | servers: direct / broker / Redis |")
+    rows = lines[start + 2 : start + 7]
+    assert len(rows) == 5 and all(row.startswith("| ") for row in rows), rows
+    for row in rows:
+        for cell in [c.strip() for c in row.strip("|").split("|")][1:]:
+            assert all(v == "—" or float(v) > 0 for v in cell.split(" / ")), row
+            assert float(cell.split(" / ")[0]) > 0, row  # direct, always measured
 
 
 # ---------------------------------------------------------------- scaleout.py
