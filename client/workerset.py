@@ -43,6 +43,10 @@ from rokv.security import CurvePeer, load_public, load_secret
 from rokv.zmtp import Stream, endpoint_address
 
 _NOBLOCK = int(zmq.NOBLOCK)
+#: The longest a client stays with one worker (``stick``): so a client that
+#: calls rarely still spreads its calls, and uses a new worker within about
+#: this long of learning of it.
+STICK_SECONDS = 0.05
 #: A directory's answer counts for this many refresh periods: past that,
 #: its broker is taken for down, and its answer no longer shapes the map.
 FRESH_PERIODS = 3
@@ -85,7 +89,7 @@ class Workers:
         streams: reach workers over plain TCP where possible (the blocking
             client, which reads in its caller's thread).
         stick: how many calls in a row :meth:`order` starts with the same
-            worker. A blocking client's calls are one at a time, so spreading
+            worker (within STICK_SECONDS: a slow caller still spreads). A blocking client's calls are one at a time, so spreading
             each one gains no parallelism, and a worker that has just
             answered answers the next call faster (its thread is scheduled
             and its caches warm): one at a time, alternating between two
@@ -114,6 +118,7 @@ class Workers:
         # started together do not all begin with the same one.
         self._next = random.randrange(1 << 16)
         self._calls = 0
+        self._move_at = 0.0
         self._ids = core.request_ids()
         self._curve = curve
         self._keys: tuple[bytes, bytes] | None = load_secret(curve.secret_file) if curve is not None else None
@@ -310,19 +315,20 @@ class Workers:
 
     def order(self, after: Link | None = None) -> list[Link]:
         """The workers to try now, best first: round-robin among those not
-        avoided (moving on every ``stick`` calls), never ``after`` (the worker
+        avoided (moving on every ``stick`` calls or STICK_SECONDS), never ``after`` (the worker
         of the previous try). Empty when none is left: then a broker carries
         the try."""
         links = self.links
         n = len(links)
         if not n:
             return []
+        now = time.monotonic()
         self._calls += 1
-        if self._calls >= self.stick:
+        if self._calls >= self.stick or now >= self._move_at:
             self._calls = 0
             self._next += 1
+            self._move_at = now + STICK_SECONDS
         start = self._next % n
-        now = time.monotonic()
         ring = links[start:] + links[:start]
         return [link for link in ring if link is not after and link.avoid_until <= now]
 

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
-from rokv import AsyncClient, Client, InvalidKey, KeyNotFound
+from rokv import AsyncClient, Client, InvalidKey, KeyNotFound, workerset
 from rokv.gateway.settings import SettingError, Settings
+from rokv.workerset import Link, Workers
 
 from support.procs import DIRECT_BIND, EXAMPLE, REPO, Stack, child_env, scaled, start_worker, wait_for
 
@@ -237,3 +239,30 @@ def test_the_bench_goes_direct(pool: Stack) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert '"direct": true' in out.stdout and '"wrong": 0' in out.stdout
+
+
+def test_a_blocking_client_stays_with_a_worker_for_a_run_of_calls_then_moves_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("rokv.workerset.time.monotonic", lambda: clock[0])
+    workers = Workers(zmq.Context.instance(), [], None, stick=64)
+    spread = Workers(zmq.Context.instance(), [], None)  # an AsyncClient's
+    try:
+        workers.links = spread.links = [Link(f"tcp://127.0.0.1:{port}", None, {}) for port in (1, 2, 3)]
+        firsts = [workers.order()[0] for _ in range(64 * 3)]
+        runs = [firsts[i : i + 64] for i in range(0, len(firsts), 64)]
+        assert all(len(set(run)) == 1 for run in runs)  # 64 calls in a row to one worker
+        assert len({run[0].endpoint for run in runs}) == 3  # then the next, in turn
+        # A slow caller moves on after STICK_SECONDS, within a run too.
+        seen = []
+        for _ in range(6):
+            clock[0] += workerset.STICK_SECONDS
+            seen.append(workers.order()[0])
+        assert all(a is not b for a, b in zip(seen, seen[1:]))
+        # An asyncio client's map spreads call by call.
+        assert len({spread.order()[0].endpoint for _ in range(3)}) == 3
+    finally:
+        workers.links = spread.links = []
+        workers.close()
+        spread.close()
