@@ -89,8 +89,9 @@ class Workers:
         streams: reach workers over plain TCP where possible (the blocking
             client, which reads in its caller's thread).
         stick: how many calls in a row :meth:`order` starts with the same
-            worker (within STICK_SECONDS: a slow caller still spreads). A blocking client's calls are one at a time, so spreading
-            each one gains no parallelism, and a worker that has just
+            worker (within STICK_SECONDS: a slow caller still spreads). A
+            blocking client's calls are one at a time, so spreading each
+            one gains no parallelism, and a worker that has just
             answered answers the next call faster (its thread is scheduled
             and its caches warm): one at a time, alternating between two
             workers measured 15-20% slower than staying with one
