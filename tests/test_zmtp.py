@@ -31,9 +31,22 @@ from support.strategies import FUZZ
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.fixture(scope="module", params=["compiled", "python"])
+def pool(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Workers of either loop (their direct endpoints differ: the Python
+    loop's is libzmq's ROUTER, with its heartbeat)."""
+    s = Stack(tmp_path_factory.mktemp("zmtp"), direct=True, pure_python=request.param == "python")
+    try:
+        yield s.wait_ready()
+    finally:
+        s.stop()
+
+
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("zmtp"), direct=True)
+def libzmq_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Workers whose direct endpoint is libzmq's ROUTER (the Python loop's),
+    which PINGs its peers and drops one that stays silent."""
+    s = Stack(tmp_path_factory.mktemp("zmtp"), direct=True, pure_python=True)
     try:
         yield s.wait_ready()
     finally:
@@ -88,9 +101,10 @@ def test_many_requests_in_one_write_come_back_whole_and_long_frames_too(pool: St
         stream.close()
 
 
-def test_the_worker_drops_a_silent_stream_so_an_idle_one_is_replaced_before_use(
-    pool: Stack, monkeypatch: pytest.MonkeyPatch
+def test_libzmq_drops_a_silent_stream_so_an_idle_one_is_replaced_before_use(
+    libzmq_pool: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    pool = libzmq_pool
     # Why IDLE_SECONDS exists: the worker's heartbeat closes a connection
     # that sends nothing for HEARTBEAT_TIMEOUT_MS after a PING.
     silent = (p.HEARTBEAT_IVL_MS + p.HEARTBEAT_TIMEOUT_MS) / 1000 + 0.5
@@ -117,7 +131,20 @@ def test_the_worker_drops_a_silent_stream_so_an_idle_one_is_replaced_before_use(
         stream.close()
 
 
-def test_a_stream_answers_the_workers_pings_so_a_long_wait_keeps_it(pool: Stack) -> None:
+def test_a_stream_idle_past_any_heartbeat_answers_the_next_call(pool: Stack) -> None:
+    stream = connected(pool.raw_endpoint)
+    try:
+        assert ask(stream, p.encode_request(1, p.OP_PING)) is not None
+        time.sleep((p.HEARTBEAT_IVL_MS + p.HEARTBEAT_TIMEOUT_MS) / 1000 + 0.5)
+        assert stream.usable(scaled(2))
+        reply = ask(stream, p.encode_request(2, p.OP_GET, HIT))
+        assert reply is not None and reply["id"] == 2 and "value" in reply
+    finally:
+        stream.close()
+
+
+def test_a_stream_answers_the_workers_pings_so_a_long_wait_keeps_it(libzmq_pool: Stack) -> None:
+    pool = libzmq_pool
     # Reading for longer than the heartbeat timeout (nothing sent meanwhile):
     # the PONGs keep the connection, and the next request is answered on it.
     stream = connected(pool.raw_endpoint)
