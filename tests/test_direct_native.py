@@ -381,3 +381,60 @@ def test_the_libzmq_router_stays_where_asked_and_for_ipv6_the_compiled_one_binds
     finally:
         for proc in (asked, v6, broker):
             proc.stop()
+
+
+def test_connections_over_the_cap_are_closed_at_once_and_reported() -> None:
+    """In-process: an Endpoint allowed 2 connections closes the third as it
+    comes, and reports each connection (never a request) to its callback."""
+    import json
+
+    from rokv.worker import native
+    from rokv.worker.handler import Handler
+
+    module = native.load()
+    if module is None:
+        pytest.skip(f"no compiled loop: {native.reason()}")
+    data = json.loads(EXAMPLE.read_text(encoding="utf-8"))
+    handler = Handler(data, worker_id="t", dataset="t", extra_info={})
+    lookup = module.dict_lookup(data)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    events: list[tuple[str, str, str]] = []
+    endpoint = module.Endpoint(listener.fileno(), 1 << 20, 2, lambda *event: events.append(event))
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            module.serve_many((), lookup, handler.handle, 64, 20, endpoint)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    socks = []
+    try:
+        endpoint_name = "tcp://{}:{}".format(*listener.getsockname())
+        for _ in range(2):
+            socks.append(dial(endpoint_name))
+            handshake(socks[-1])
+        extra = dial(endpoint_name)
+        socks.append(extra)
+        assert closed_by_worker(extra)
+        for i, sock in enumerate(socks[:2]):
+            for n in range(3):
+                sock.sendall(frame(get_body(10 * i + n)))
+                assert msgpack.unpackb(read_frame(sock)[1]) == {"id": 10 * i + n, "value": data[HIT]}
+        kinds = [kind for kind, _, _ in events]
+        assert kinds == ["accepted", "accepted", "refused"], events
+        assert endpoint.counts() == {"connections": 2, "accepted": 2, "closed": 0, "refused": 1}
+        socks[0].close()
+        wait_for(lambda: endpoint.counts()["closed"] == 1, 5, "the close to be seen")
+        assert events[-1][0] == "closed" and events[-1][2] == "closed by the peer"
+    finally:
+        stop.set()
+        thread.join(scaled(5))
+        endpoint.close(0)
+        listener.close()
+        for sock in socks:
+            sock.close()
+    assert endpoint.counts()["connections"] == 0
