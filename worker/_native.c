@@ -1344,6 +1344,7 @@ typedef struct {
     unsigned long long accepted, closed, refused;
     PyObject *on_event; /* on_event(kind, peer, detail): "accepted", "closed", "refused" */
     double next_sweep;  /* when to look for connections stuck in the handshake */
+    double accept_from; /* after an accept failed for want of descriptors or memory: not polled till then */
     int open;
 } Endpoint;
 
@@ -1815,8 +1816,12 @@ endpoint_accept(Endpoint *e)
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                event(e, "failed", "", strerror(errno)); /* EMFILE and the like: logged, retried next round */
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                /* EMFILE and the like: logged, and the listening socket left alone for a while, since it
+                 * stays readable and would otherwise make every poll return at once */
+                event(e, "failed", "", strerror(errno));
+                e->accept_from = now_seconds() + 0.1;
+            }
             return;
         }
         char peer[64];
@@ -2135,7 +2140,7 @@ native_serve_many(PyObject *self, PyObject *args)
         zpollitem_t *it = items + n;
         it[0].socket = NULL;
         it[0].fd = e->listen_fd;
-        it[0].events = Z_POLLIN;
+        it[0].events = now_seconds() >= e->accept_from ? Z_POLLIN : 0;
         it[0].revents = 0;
         for (size_t i = 0; i < e->nconns; i++) {
             conn_t *c = e->conns[i];

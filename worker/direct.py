@@ -50,6 +50,8 @@ _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 #: Most client connections the compiled endpoint keeps at once; one more is
 #: closed as soon as it is accepted (and logged, at most every LOG_EVERY_SECONDS).
 MAX_CONNECTIONS = 4096
+#: Descriptors left for everything else (dataset, brokers, libzmq, logs) under RLIMIT_NOFILE.
+FDS_KEPT = 128
 #: The listening socket's queue of connections not yet accepted.
 LISTEN_BACKLOG = 1024
 #: At most one info line this often about connections opened, closed, refused.
@@ -106,6 +108,18 @@ def native_address(bind: str) -> tuple[socket.AddressFamily, tuple[Any, ...]] | 
     return family, address
 
 
+def connection_cap() -> int:
+    """:data:`MAX_CONNECTIONS`, or fewer when the process may not open that
+    many files: over the cap a connection is closed at once, whereas out of
+    descriptors the listening socket would stay readable and accept nothing."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - FDS_KEPT))
+
+
 def _listen(family: socket.AddressFamily, address: tuple[Any, ...]) -> socket.socket:
     """A non-blocking listening socket, set as libzmq sets its own."""
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -157,7 +171,7 @@ class ConnectionLog:
                 since.get("accepted", 0),
                 since.get("closed", 0),
                 since.get("refused", 0),
-                MAX_CONNECTIONS,
+                connection_cap(),
                 since.get("failed", 0),
                 f"; last: {kind} {peer} {detail}".rstrip() if trouble else "",
             )
@@ -201,7 +215,7 @@ class DirectEndpoint:
             self.bound: str = _endpoint_of(self._listener)
             self.connections = ConnectionLog(f"direct endpoint {self.bound}")
             self.native = compiled.Endpoint(
-                self._listener.fileno(), max_message_size, MAX_CONNECTIONS, self.connections
+                self._listener.fileno(), max_message_size, connection_cap(), self.connections
             )
             self.advertised = advertised(self.bound, advertise)
             return
