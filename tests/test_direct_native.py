@@ -438,3 +438,99 @@ def test_connections_over_the_cap_are_closed_at_once_and_reported() -> None:
         for sock in socks:
             sock.close()
     assert endpoint.counts()["connections"] == 0
+
+
+def test_mutated_streams_close_their_connections_and_break_nothing() -> None:
+    """In-process, seeded: valid streams with bytes flipped, cut, inserted;
+    the endpoint survives every one and then answers a clean client."""
+    import json
+    import random
+
+    from rokv.worker import native
+    from rokv.worker.handler import Handler
+
+    module = native.load()
+    if module is None:
+        pytest.skip(f"no compiled loop: {native.reason()}")
+    data = json.loads(EXAMPLE.read_text(encoding="utf-8"))
+    handler = Handler(data, worker_id="t", dataset="t", extra_info={})
+    lookup = module.dict_lookup(data)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(256)
+    listener.setblocking(False)
+    endpoint = module.Endpoint(listener.fileno(), 4096, 4096, lambda *event: None)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            module.serve_many((), lookup, handler.handle, 64, 20, endpoint)
+
+    valid = (
+        GREETING
+        + frame(READY, command=True)
+        + frame(get_body(1))
+        + frame(b"\x04PING\x00\x10ctx", command=True)
+        + frame(b"a", more=True)
+        + frame(b"b")
+        + frame(get_body(2) * 20)
+    )
+    rng = random.Random(20261208)
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        for _ in range(10):
+            socks = []
+            for _ in range(50):
+                mutated = bytearray(valid)
+                for _ in range(rng.randint(1, 6)):
+                    at = rng.randrange(len(mutated)) if mutated else 0
+                    roll = rng.random()
+                    if roll < 0.5 and mutated:
+                        mutated[at] = rng.randrange(256)
+                    elif roll < 0.7:
+                        del mutated[at : at + rng.randint(1, 20)]
+                    elif roll < 0.9:
+                        mutated[at:at] = rng.randbytes(rng.randint(1, 20))
+                    else:
+                        del mutated[at:]
+                sock = socket.create_connection(listener.getsockname())
+                sock.sendall(bytes(mutated))
+                socks.append(sock)
+            for sock in socks:
+                sock.close()
+        clean = dial("tcp://{}:{}".format(*listener.getsockname()))
+        try:
+            handshake(clean)
+            clean.sendall(frame(get_body(9)))
+            assert msgpack.unpackb(read_frame(clean)[1]) == {"id": 9, "value": data[HIT]}
+        finally:
+            clean.close()
+        wait_for(lambda: endpoint.counts()["connections"] == 0, 5, "every connection closed")
+        assert endpoint.counts()["accepted"] == 501
+    finally:
+        stop.set()
+        thread.join(scaled(5))
+        endpoint.close(0)
+        listener.close()
+
+
+def test_on_stop_what_arrived_is_answered_then_connections_close(tmp_path: Path) -> None:
+    import signal
+
+    stack = Stack(tmp_path, workers=1, direct=True)
+    try:
+        stack.wait_ready()
+        sock = dial(stack.raw_endpoint)
+        try:
+            handshake(sock)
+            sock.sendall(b"".join(frame(get_body(i)) for i in range(300)))
+            stack.workers[0].signal(signal.SIGTERM)
+            ids = [msgpack.unpackb(read_frame(sock)[1])["id"] for _ in range(300)]
+            assert ids == list(range(300))
+            assert closed_by_worker(sock)
+        finally:
+            sock.close()
+        assert stack.workers[0].wait(10) == 0
+    finally:
+        stack.stop()
