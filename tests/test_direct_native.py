@@ -534,3 +534,42 @@ def test_on_stop_what_arrived_is_answered_then_connections_close(tmp_path: Path)
         assert stack.workers[0].wait(10) == 0
     finally:
         stack.stop()
+
+
+@pytest.mark.parametrize(
+    ("bind", "native_served", "bound"),
+    [
+        ("tcp://127.0.0.1:*", True, "tcp://127.0.0.1:"),
+        ("tcp://*:*", True, "tcp://0.0.0.0:"),
+        ("tcp://[::1]:*", True, "tcp://[::1]:"),
+        ("tcp://lo:*", False, "tcp://127.0.0.1:"),  # an interface's name: libzmq binds it
+        ("ipc://{tmp}/direct.ipc", False, "ipc://"),
+    ],
+)
+def test_who_serves_which_endpoint(tmp_path: Path, bind: str, native_served: bool, bound: str) -> None:
+    import logging
+
+    from rokv.server.monitor import ConnectionWatcher
+    from rokv.worker import native
+    from rokv.worker.direct import DirectEndpoint
+
+    module = native.load()
+    if module is None:
+        pytest.skip(f"no compiled loop: {native.reason()}")
+    ctx = zmq.Context()
+    watcher = ConnectionWatcher(logging.getLogger("test"))
+    try:
+        for size in (-1, 1 << 20, 1 << 50):  # ZMQ_MAXMSGSIZE's range: -1 is no limit
+            endpoint = DirectEndpoint(
+                ctx, watcher, bind.format(tmp=tmp_path), None, max_message_size=size, compiled=module
+            )
+            try:
+                assert (endpoint.native is not None) == native_served
+                assert (endpoint.sock is None) == native_served
+                assert endpoint.bound.startswith(bound)
+                assert endpoint.served is (endpoint.native if native_served else endpoint.sock)
+            finally:
+                endpoint.close()
+    finally:
+        watcher.stop()
+        ctx.term()

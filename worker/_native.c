@@ -1965,8 +1965,8 @@ endpoint_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     PyObject *on_event;
     if (!PyArg_ParseTuple(args, "iLnO", &fd, &max_msg, &max_conns, &on_event))
         return NULL;
-    if (fd < 0 || max_msg < 1 || max_msg > (1LL << 40) || max_conns < 1 || max_conns > (1 << 20)) {
-        PyErr_SetString(PyExc_ValueError, "Endpoint: a listening fd, a message size from 1 to 2**40 and 1 to 2**20 "
+    if (fd < 0 || max_msg < 0 || max_msg > (1LL << 40) || max_conns < 1 || max_conns > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "Endpoint: a listening fd, a message size from 0 to 2**40 and 1 to 2**20 "
                                           "connections");
         return NULL;
     }

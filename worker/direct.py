@@ -50,6 +50,8 @@ _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 #: Most client connections the compiled endpoint keeps at once; one more is
 #: closed as soon as it is accepted (and logged, at most every LOG_EVERY_SECONDS).
 MAX_CONNECTIONS = 4096
+#: The largest message size the compiled endpoint takes (its frames' sizes are checked against it).
+MAX_MESSAGE_LIMIT = 1 << 40
 #: Descriptors left for everything else (dataset, brokers, libzmq, logs) under RLIMIT_NOFILE.
 FDS_KEPT = 128
 #: The listening socket's queue of connections not yet accepted.
@@ -214,9 +216,13 @@ class DirectEndpoint:
             self._listener = _listen(*where)
             self.bound: str = _endpoint_of(self._listener)
             self.connections = ConnectionLog(f"direct endpoint {self.bound}")
-            self.native = compiled.Endpoint(
-                self._listener.fileno(), max_message_size, connection_cap(), self.connections
-            )
+            # ZMQ_MAXMSGSIZE's meaning: negative is no limit (here 1 TiB, the most the loop takes).
+            limit = min(max_message_size, MAX_MESSAGE_LIMIT) if max_message_size >= 0 else MAX_MESSAGE_LIMIT
+            try:
+                self.native = compiled.Endpoint(self._listener.fileno(), limit, connection_cap(), self.connections)
+            except BaseException:
+                self.close()
+                raise
             self.advertised = advertised(self.bound, advertise)
             return
         sock = ctx.socket(zmq.ROUTER)
