@@ -32,6 +32,14 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ libzmq */
 
@@ -1271,33 +1279,854 @@ serve_socket(void *sock, Lookup *l, PyObject *handler, Py_ssize_t limit, int fla
     return failed ? -1 : answered;
 }
 
-/* serve_many(socket_addresses, lookup, handler, burst, timeout_ms) -> (answered, dropped, interrupted)
+/* ------------------------------------------------------------ the direct endpoint, without libzmq
+ *
+ * A worker's direct endpoint served by this loop itself: a listening TCP
+ * socket (made and bound by Python, rokv.worker.direct) and its connections,
+ * each speaking ZMTP 3 (RFC 23/37, NULL security) as a libzmq ROUTER does, so
+ * that no libzmq socket, and no libzmq I/O thread, is on the direct path. Its
+ * descriptors are polled in the same zmq_poll as the brokers' sockets.
+ *
+ * Per connection: our greeting and READY (Socket-Type ROUTER) go out at once;
+ * the peer's greeting (signature, major version >= 3, mechanism NULL) and
+ * READY (Socket-Type DEALER, REQ or ROUTER) are checked; PINGs are answered
+ * with PONGs, other commands ignored; a one-frame message is a request,
+ * answered here or by the Python handler (given [route, body], route made up
+ * per connection as libzmq makes routing ids); a many-frame message goes to
+ * the handler whole. A frame over the maximum message size, or anything that
+ * breaks the protocol, closes that connection only.
+ *
+ * Memory per connection is bounded: the input buffer holds at most one frame
+ * being received plus one read; requests are not read while the output
+ * waiting for the peer exceeds OUT_HIGH (the kernel's buffers then push back
+ * on the client); a many-frame message keeps at most max_msg bytes of its
+ * frames (the handler refuses it by its frame count alone).
+ */
+
+#define Z_POLLOUT 2
+#define Z_POLLERR 4
+#define READ_SIZE 65536
+#define OUT_HIGH (256 * 1024)
+#define ACCEPTS_PER_ROUND 64
+#define ZMTP_GREETING 64
+#define F_MORE 0x01
+#define F_LONG 0x02
+#define F_COMMAND 0x04
+#define HANDSHAKE_SECONDS 30.0 /* libzmq's default ZMQ_HANDSHAKE_IVL */
+
+enum { C_GREETING, C_READY, C_OPEN };
+
+typedef struct {
+    int fd;
+    int state;
+    unsigned char *in; /* received, not yet taken: in[at .. len) */
+    size_t in_at, in_len, in_cap;
+    buf_t out; /* to send: out.data[out_at .. out.len) */
+    size_t out_at;
+    unsigned char route[5];
+    PyObject *parts;    /* a many-frame message being received: [route, frames...] */
+    size_t parts_bytes; /* of the frames kept in parts */
+    int closing;        /* close once the output went (after an ERROR command) */
+    double handshake_by; /* closed when not through the handshake by then, as libzmq's ZMQ_HANDSHAKE_IVL */
+    char peer[64];
+} conn_t;
+
+typedef struct {
+    PyObject_HEAD
+    int listen_fd;
+    uint64_t max_msg;
+    size_t max_conns;
+    conn_t **conns;
+    size_t nconns, conns_cap;
+    zpollitem_t *items;
+    size_t items_cap;
+    uint32_t next_route;
+    unsigned long long accepted, closed, refused;
+    PyObject *on_event; /* on_event(kind, peer, detail): "accepted", "closed", "refused" */
+    double next_sweep;  /* when to look for connections stuck in the handshake */
+    double accept_from; /* after an accept failed for want of descriptors or memory: not polled till then */
+    int open;
+} Endpoint;
+
+static PyTypeObject EndpointType;
+
+/* Our greeting (ZMTP 3.1, NULL, as-server 0) and READY (Socket-Type ROUTER,
+ * an empty Identity), as libzmq 4.3 sends them. */
+static const unsigned char HELLO[] = {
+    0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 1, 'N', 'U', 'L', 'L', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    /* command, 41 bytes */
+    F_COMMAND, 41, 5, 'R', 'E', 'A', 'D', 'Y', 11, 'S', 'o', 'c', 'k', 'e', 't', '-', 'T', 'y', 'p', 'e', 0, 0, 0,
+    6, 'R', 'O', 'U', 'T', 'E', 'R', 8, 'I', 'd', 'e', 'n', 't', 'i', 't', 'y', 0, 0, 0, 0};
+
+static void
+event(Endpoint *e, const char *kind, const char *peer, const char *detail)
+{
+    if (e->on_event == NULL || e->on_event == Py_None)
+        return;
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb); /* never lose an error being raised */
+    PyObject *r = PyObject_CallFunction(e->on_event, "sss", kind, peer, detail);
+    if (r == NULL)
+        PyErr_WriteUnraisable(e->on_event);
+    Py_XDECREF(r);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+static void
+conn_close(Endpoint *e, conn_t *c, const char *why)
+{
+    if (c->fd < 0)
+        return;
+    close(c->fd);
+    c->fd = -1;
+    e->closed++;
+    event(e, "closed", c->peer, why);
+    PyMem_Free(c->in);
+    c->in = NULL;
+    c->in_at = c->in_len = c->in_cap = 0;
+    PyMem_Free(c->out.data);
+    c->out.data = NULL;
+    c->out.len = c->out.cap = c->out_at = 0;
+    Py_CLEAR(c->parts);
+}
+
+/* Drop closed connections from the table. */
+static void
+conns_compact(Endpoint *e)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < e->nconns; i++) {
+        if (e->conns[i]->fd >= 0)
+            e->conns[j++] = e->conns[i];
+        else
+            PyMem_Free(e->conns[i]);
+    }
+    e->nconns = j;
+}
+
+static inline size_t
+out_pending(const conn_t *c)
+{
+    return c->out.len - c->out_at;
+}
+
+/* Send what waits, without blocking: 0, or -1 when the connection broke (closed). */
+static int
+conn_flush(Endpoint *e, conn_t *c)
+{
+    while (out_pending(c) > 0) {
+        ssize_t n = send(c->fd, c->out.data + c->out_at, out_pending(c), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->out_at += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        conn_close(e, c, n < 0 ? strerror(errno) : "send failed");
+        return -1;
+    }
+    if (c->out_at == c->out.len)
+        c->out_at = c->out.len = 0;
+    else if (c->out_at > (1 << 16) && c->out_at * 2 > c->out.len) { /* keep the buffer's front near its start */
+        memmove(c->out.data, c->out.data + c->out_at, out_pending(c));
+        c->out.len -= c->out_at;
+        c->out_at = 0;
+    }
+    if (c->closing && out_pending(c) == 0) {
+        conn_close(e, c, "refused");
+        return -1;
+    }
+    return 0;
+}
+
+/* A frame's header and size into the output. */
+static int
+put_frame_head(buf_t *b, unsigned char flags, size_t size)
+{
+    if (size < 256) {
+        unsigned char h[2] = {flags, (unsigned char)size};
+        return buf_put(b, h, 2);
+    }
+    return put_be(b, flags | F_LONG, (uint64_t)size, 8);
+}
+
+static int
+put_frame(buf_t *b, unsigned char flags, const void *data, size_t size)
+{
+    if (put_frame_head(b, flags, size) < 0)
+        return -1;
+    return buf_put(b, data, size);
+}
+
+/* Queue an ERROR command (ZMTP 3: reason up to 255 bytes) and close once it went. */
+static int
+conn_refuse(Endpoint *e, conn_t *c, const char *reason)
+{
+    unsigned char body[6 + 256];
+    size_t n = strlen(reason);
+    if (n > 255)
+        n = 255;
+    memcpy(body, "\x05" "ERROR", 6);
+    body[6] = (unsigned char)n;
+    memcpy(body + 7, reason, n);
+    if (put_frame(&c->out, F_COMMAND, body, 7 + n) < 0) {
+        PyErr_Clear();
+        conn_close(e, c, reason);
+        return -1;
+    }
+    c->closing = 1;
+    conn_flush(e, c);
+    return -1;
+}
+
+/* The whole frame at the input's front, if there is one: 1 (flags, body,
+ * size set, the frame taken off), 0 when more must be read, -1 when it is
+ * over the size limit. */
+static int
+take_frame(Endpoint *e, conn_t *c, unsigned char *flags, const unsigned char **body, size_t *size)
+{
+    size_t have = c->in_len - c->in_at;
+    const unsigned char *p = c->in + c->in_at;
+    if (have < 2)
+        return 0;
+    uint64_t n;
+    size_t head;
+    if (p[0] & F_LONG) {
+        if (have < 9)
+            return 0;
+        n = 0;
+        for (int i = 1; i <= 8; i++)
+            n = (n << 8) | p[i];
+        head = 9;
+    }
+    else {
+        n = p[1];
+        head = 2;
+    }
+    if (n > e->max_msg) /* checked before any arithmetic: max_msg is far below SIZE_MAX */
+        return -1;
+    if (have - head < n)
+        return 0;
+    *flags = p[0];
+    *body = p + head;
+    *size = (size_t)n;
+    c->in_at += head + (size_t)n;
+    return 1;
+}
+
+/* Does the input's front hold a whole frame (or enough to act on in the handshake)? */
+static int
+has_frame(const Endpoint *e, const conn_t *c)
+{
+    size_t have = c->in_len - c->in_at;
+    const unsigned char *p = c->in + c->in_at;
+    if (c->state == C_GREETING)
+        return have >= ZMTP_GREETING || (have >= 1 && p[0] != 0xff) || (have >= 10 && p[9] != 0x7f) ||
+               (have >= 11 && p[10] < 3);
+    if (have < 2)
+        return 0;
+    if (!(p[0] & F_LONG))
+        return have - 2 >= p[1];
+    if (have < 9)
+        return 0;
+    uint64_t n = 0;
+    for (int i = 1; i <= 8; i++)
+        n = (n << 8) | p[i];
+    return n > e->max_msg || have - 9 >= n;
+}
+
+/* Is the peer's READY acceptable? 1 yes, 0 a socket type a ROUTER refuses, -1 malformed. */
+static int
+check_ready(const unsigned char *body, size_t size)
+{
+    if (size < 6 || memcmp(body, "\x05" "READY", 6) != 0)
+        return -1;
+    size_t at = 6;
+    int type_ok = -2;
+    while (at < size) {
+        size_t name = body[at++];
+        if (size - at < name + 4)
+            return -1;
+        const unsigned char *key = body + at;
+        at += name;
+        uint32_t len = ((uint32_t)body[at] << 24) | ((uint32_t)body[at + 1] << 16) | ((uint32_t)body[at + 2] << 8) |
+                       body[at + 3];
+        at += 4;
+        if (size - at < len)
+            return -1;
+        const unsigned char *value = body + at;
+        at += len;
+        if (name == 11 && strncasecmp((const char *)key, "Socket-Type", 11) == 0)
+            type_ok = (len == 6 && (memcmp(value, "DEALER", 6) == 0 || memcmp(value, "ROUTER", 6) == 0)) ||
+                      (len == 3 && memcmp(value, "REQ", 3) == 0);
+    }
+    return type_ok == -2 ? -1 : type_ok;
+}
+
+static PyObject *
+route_bytes(const conn_t *c)
+{
+    return PyBytes_FromStringAndSize((const char *)c->route, sizeof c->route);
+}
+
+/* Hand [route, frames...] to the Python handler and queue its reply frames
+ * (after the route) on the connection. 0, or -1 with an exception set. */
+static int
+direct_fall_back(conn_t *c, PyObject *handler, PyObject *frames)
+{
+    PyObject *reply = PyObject_CallFunctionObjArgs(handler, frames, NULL);
+    if (reply == NULL)
+        return -1;
+    int rc = 0;
+    if (reply != Py_None) {
+        if (!PyList_Check(reply)) {
+            PyErr_SetString(PyExc_TypeError, "the handler must return a list of frames or None");
+            rc = -1;
+        }
+        else {
+            Py_ssize_t count = PyList_GET_SIZE(reply);
+            for (Py_ssize_t i = 1; i < count && rc == 0; i++) { /* frame 0 is the route: this connection */
+                char *data;
+                Py_ssize_t size;
+                if (PyBytes_AsStringAndSize(PyList_GET_ITEM(reply, i), &data, &size) < 0 ||
+                    put_frame(&c->out, i + 1 < count ? F_MORE : 0, data, (size_t)size) < 0)
+                    rc = -1;
+            }
+        }
+    }
+    Py_DECREF(reply);
+    return rc;
+}
+
+/* A command after the handshake: PING gets a PONG with its context; the rest is ignored. */
+static int
+on_command(conn_t *c, const unsigned char *body, size_t size)
+{
+    if (size >= 7 && memcmp(body, "\x04" "PING", 5) == 0) {
+        size_t context = size - 7;
+        if (context > 16)
+            context = 16;
+        unsigned char pong[5 + 16];
+        memcpy(pong, "\x04" "PONG", 5);
+        memcpy(pong + 5, body + 7, context);
+        return put_frame(&c->out, F_COMMAND, pong, 5 + context);
+    }
+    return 0;
+}
+
+/* Take what the connection's input holds: the handshake, commands, and up
+ * to `burst` messages, while the output is below OUT_HIGH. The messages
+ * taken, or -1 with an exception set (the loop's own failure: a closed
+ * connection is not one). `scratch` is the reply buffer. */
+static Py_ssize_t
+conn_work(Endpoint *e, conn_t *c, Lookup *l, PyObject *handler, Py_ssize_t burst, buf_t *scratch)
+{
+    Py_ssize_t answered = 0;
+    while (c->fd >= 0 && !c->closing && answered < burst && out_pending(c) < OUT_HIGH) {
+        if (c->state == C_GREETING) {
+            size_t have = c->in_len - c->in_at;
+            const unsigned char *p = c->in + c->in_at;
+            if (!has_frame(e, c))
+                break;
+            if (p[0] != 0xff || (have >= 10 && p[9] != 0x7f) || (have >= 11 && p[10] < 3)) {
+                conn_close(e, c, "not a ZMTP 3 peer");
+                break;
+            }
+            static const char null_mech[20] = "NULL";
+            if (memcmp(p + 12, null_mech, 20) != 0) {
+                conn_refuse(e, c, "invalid mechanism");
+                break;
+            }
+            c->in_at += ZMTP_GREETING;
+            c->state = C_READY;
+            continue;
+        }
+        unsigned char flags;
+        const unsigned char *body;
+        size_t size;
+        int rc = take_frame(e, c, &flags, &body, &size);
+        if (rc == 0)
+            break;
+        if (rc < 0) {
+            conn_close(e, c, "a frame over the maximum message size");
+            break;
+        }
+        if (flags & F_COMMAND) {
+            if (flags & F_MORE) {
+                conn_close(e, c, "a command with more frames");
+                break;
+            }
+            if (c->state == C_READY) {
+                if (size >= 6 && memcmp(body, "\x05" "ERROR", 6) == 0) {
+                    conn_close(e, c, "the peer sent ERROR");
+                    break;
+                }
+                int ok = check_ready(body, size);
+                if (ok < 0) {
+                    conn_refuse(e, c, "malformed READY");
+                    break;
+                }
+                if (ok == 0) {
+                    conn_refuse(e, c, "invalid socket type");
+                    break;
+                }
+                c->state = C_OPEN;
+                continue;
+            }
+            if (on_command(c, body, size) < 0)
+                return -1;
+            continue;
+        }
+        if (c->state != C_OPEN) {
+            conn_close(e, c, "a message before READY");
+            break;
+        }
+        if ((flags & F_MORE) || c->parts != NULL) {
+            /* a many-frame message: the handler refuses it, by its frame count */
+            if (c->parts == NULL) {
+                PyObject *route = route_bytes(c);
+                c->parts = route ? PyList_New(0) : NULL;
+                if (c->parts == NULL || PyList_Append(c->parts, route) < 0) {
+                    Py_XDECREF(route);
+                    return -1;
+                }
+                Py_DECREF(route);
+                c->parts_bytes = 0;
+            }
+            int keep = size <= e->max_msg - c->parts_bytes;
+            PyObject *b = PyBytes_FromStringAndSize(keep ? (const char *)body : "", keep ? (Py_ssize_t)size : 0);
+            if (b == NULL || PyList_Append(c->parts, b) < 0) {
+                Py_XDECREF(b);
+                return -1;
+            }
+            Py_DECREF(b);
+            if (keep)
+                c->parts_bytes += size;
+            if (flags & F_MORE)
+                continue;
+            PyObject *frames = c->parts;
+            c->parts = NULL;
+            answered++;
+            rc = direct_fall_back(c, handler, frames);
+            Py_DECREF(frames);
+            if (rc < 0)
+                return -1;
+            continue;
+        }
+        answered++;
+        req_t q = {0};
+        int done = 0;
+        double started = now_seconds();
+        if (parse_request(body, size, &q)) {
+            done = answer(l, &q, scratch);
+            if (done < 0)
+                return -1;
+            if (done > 0)
+                observe(now_seconds() - started);
+        }
+        if (done) {
+            if (put_frame(&c->out, 0, scratch->data, scratch->len) < 0)
+                return -1;
+            continue;
+        }
+        PyObject *frames = Py_BuildValue("[Ny#]", route_bytes(c), (const char *)body, (Py_ssize_t)size);
+        if (frames == NULL)
+            return -1;
+        rc = direct_fall_back(c, handler, frames);
+        Py_DECREF(frames);
+        if (rc < 0)
+            return -1;
+    }
+    /* The input's front back to the start, so a frame fits in max_msg + header + a read. */
+    if (c->fd >= 0) {
+        if (c->in_at == c->in_len)
+            c->in_at = c->in_len = 0;
+        else if (c->in_at > 0 && !has_frame(e, c)) {
+            memmove(c->in, c->in + c->in_at, c->in_len - c->in_at);
+            c->in_len -= c->in_at;
+            c->in_at = 0;
+        }
+    }
+    return answered;
+}
+
+/* One read into the input, when the front holds no whole frame: 1 read
+ * something, 0 nothing (EAGAIN), -1 closed (or failed: the connection is
+ * closed then; an exception is set only for memory). */
+static int
+conn_read(Endpoint *e, conn_t *c)
+{
+    if (c->in_len + READ_SIZE > c->in_cap) {
+        size_t cap = c->in_len + READ_SIZE; /* in_len < max_msg + 9 + READ_SIZE: a frame not yet whole */
+        unsigned char *in = PyMem_Realloc(c->in, cap);
+        if (in == NULL) {
+            conn_close(e, c, "out of memory");
+            return -1;
+        }
+        c->in = in;
+        c->in_cap = cap;
+    }
+    for (;;) {
+        ssize_t n = recv(c->fd, c->in + c->in_len, READ_SIZE, MSG_DONTWAIT);
+        if (n > 0) {
+            c->in_len += (size_t)n;
+            return 1;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        conn_close(e, c, n == 0 ? "closed by the peer" : strerror(errno));
+        return -1;
+    }
+}
+
+static void
+describe_peer(const struct sockaddr_storage *addr, char *out, size_t size)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (addr->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        port = ntohs(a->sin_port);
+        snprintf(out, size, "%s:%d", host, port);
+    }
+    else if (addr->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        port = ntohs(a->sin6_port);
+        snprintf(out, size, "[%s]:%d", host, port);
+    }
+    else
+        snprintf(out, size, "?");
+}
+
+/* Take the connections waiting on the listening socket (some per round). */
+static void
+endpoint_accept(Endpoint *e)
+{
+    for (int i = 0; i < ACCEPTS_PER_ROUND; i++) {
+        struct sockaddr_storage addr;
+        socklen_t len = sizeof addr;
+        int fd = accept4(e->listen_fd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                /* EMFILE and the like: logged, and the listening socket left alone for a while, since it
+                 * stays readable and would otherwise make every poll return at once */
+                event(e, "failed", "", strerror(errno));
+                e->accept_from = now_seconds() + 0.1;
+            }
+            return;
+        }
+        char peer[64];
+        describe_peer(&addr, peer, sizeof peer);
+        if (e->nconns >= e->max_conns) {
+            close(fd);
+            e->refused++;
+            event(e, "refused", peer, "too many connections");
+            continue;
+        }
+        if (e->nconns == e->conns_cap) {
+            size_t cap = e->conns_cap ? e->conns_cap * 2 : 64;
+            conn_t **conns = PyMem_Realloc(e->conns, cap * sizeof *conns);
+            if (conns == NULL) {
+                close(fd);
+                e->refused++;
+                event(e, "refused", peer, "out of memory");
+                continue;
+            }
+            e->conns = conns;
+            e->conns_cap = cap;
+        }
+        conn_t *c = PyMem_Calloc(1, sizeof *c);
+        if (c == NULL) {
+            close(fd);
+            e->refused++;
+            event(e, "refused", peer, "out of memory");
+            continue;
+        }
+        int one = 1, idle = 5, interval = 1, probes = 3;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        /* a client host that vanished (no FIN, no RST) is dropped in about 8 s */
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
+        c->fd = fd;
+        c->state = C_GREETING;
+        c->handshake_by = now_seconds() + HANDSHAKE_SECONDS;
+        memcpy(c->peer, peer, sizeof c->peer);
+        /* a routing id as libzmq makes one: a zero byte, then a 32-bit counter */
+        uint32_t r = e->next_route++;
+        c->route[0] = 0;
+        c->route[1] = (unsigned char)(r >> 24);
+        c->route[2] = (unsigned char)(r >> 16);
+        c->route[3] = (unsigned char)(r >> 8);
+        c->route[4] = (unsigned char)r;
+        e->conns[e->nconns++] = c;
+        e->accepted++;
+        event(e, "accepted", peer, "");
+        if (buf_put(&c->out, HELLO, sizeof HELLO) < 0) {
+            PyErr_Clear();
+            conn_close(e, c, "out of memory");
+            continue;
+        }
+        conn_flush(e, c);
+    }
+}
+
+/* Poll events for a connection: input unless backpressure (or closing), output when some waits. */
+static short
+conn_events(const conn_t *c)
+{
+    short ev = 0;
+    if (!c->closing && out_pending(c) < OUT_HIGH)
+        ev |= Z_POLLIN;
+    if (out_pending(c) > 0)
+        ev |= Z_POLLOUT;
+    return ev;
+}
+
+/* Does a connection hold input to work on without waiting? */
+static int
+conn_ready(const Endpoint *e, const conn_t *c)
+{
+    return c->fd >= 0 && !c->closing && out_pending(c) < OUT_HIGH && has_frame(e, c);
+}
+
+/* After the poll: accept, read, answer and write for every connection with
+ * something to do. The messages taken, or -1 with an exception set. */
+static Py_ssize_t
+endpoint_work(Endpoint *e, zpollitem_t *items, Lookup *l, PyObject *handler, Py_ssize_t burst, buf_t *scratch)
+{
+    Py_ssize_t answered = 0, failed = 0;
+    size_t n = e->nconns; /* the connections polled: those accepted below wait for the next poll */
+    if (items[0].revents & (Z_POLLIN | Z_POLLERR))
+        endpoint_accept(e);
+    for (size_t i = 0; i < n; i++) {
+        conn_t *c = e->conns[i];
+        short rev = items[1 + i].revents;
+        if (c->fd < 0)
+            continue;
+        if (rev & (Z_POLLOUT | Z_POLLERR)) {
+            if (conn_flush(e, c) < 0)
+                continue;
+            if ((rev & Z_POLLERR) && !(items[1 + i].events & Z_POLLIN)) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err) {
+                    conn_close(e, c, strerror(err));
+                    continue;
+                }
+            }
+        }
+        if ((rev & (Z_POLLIN | Z_POLLERR)) && (items[1 + i].events & Z_POLLIN) && !has_frame(e, c)) {
+            if (conn_read(e, c) < 0) {
+                if (PyErr_Occurred()) /* never: conn_read closes on failure */
+                    PyErr_Clear();
+                continue;
+            }
+        }
+        if (conn_ready(e, c)) {
+            Py_ssize_t got = conn_work(e, c, l, handler, burst, scratch);
+            if (got < 0) {
+                failed = 1;
+                break;
+            }
+            answered += got;
+            if (c->fd >= 0)
+                conn_flush(e, c);
+        }
+    }
+    double now = now_seconds();
+    if (now >= e->next_sweep) { /* once a second: connections that never finished their handshake */
+        e->next_sweep = now + 1.0;
+        for (size_t i = 0; i < e->nconns; i++)
+            if (e->conns[i]->state != C_OPEN && now > e->conns[i]->handshake_by)
+                conn_close(e, e->conns[i], "no handshake in time");
+    }
+    conns_compact(e);
+    return failed ? -1 : answered;
+}
+
+/* Endpoint(listen_fd, max_message_size, max_connections, on_event) */
+static PyObject *
+endpoint_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    int fd;
+    long long max_msg;
+    Py_ssize_t max_conns;
+    PyObject *on_event;
+    if (!PyArg_ParseTuple(args, "iLnO", &fd, &max_msg, &max_conns, &on_event))
+        return NULL;
+    if (fd < 0 || max_msg < 0 || max_msg > (1LL << 40) || max_conns < 1 || max_conns > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "Endpoint: a listening fd, a message size from 0 to 2**40 and 1 to 2**20 "
+                                          "connections");
+        return NULL;
+    }
+    Endpoint *e = (Endpoint *)type->tp_alloc(type, 0);
+    if (e == NULL)
+        return NULL;
+    e->listen_fd = fd;
+    e->max_msg = (uint64_t)max_msg;
+    e->max_conns = (size_t)max_conns;
+    Py_INCREF(on_event);
+    e->on_event = on_event;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    e->next_route = (uint32_t)(ts.tv_nsec ^ (ts.tv_sec << 10) ^ getpid()); /* libzmq starts at a random id */
+    e->open = 1;
+    return (PyObject *)e;
+}
+
+/* close(linger_ms): send what waits for up to linger_ms, then close every
+ * connection. The listening socket is Python's, closed by it. */
+static PyObject *
+endpoint_close(Endpoint *e, PyObject *arg)
+{
+    long linger = PyLong_AsLong(arg);
+    if (linger == -1 && PyErr_Occurred())
+        return NULL;
+    if (e->open && e->nconns > 0) {
+        double deadline = now_seconds() + linger / 1000.0;
+        for (;;) {
+            struct pollfd fds[256];
+            int k = 0;
+            for (size_t i = 0; i < e->nconns && k < 256; i++) {
+                conn_t *c = e->conns[i];
+                if (c->fd >= 0 && out_pending(c) > 0) {
+                    fds[k].fd = c->fd;
+                    fds[k].events = POLLOUT;
+                    k++;
+                }
+            }
+            double left = deadline - now_seconds();
+            if (k == 0 || left <= 0)
+                break;
+            int rc;
+            Py_BEGIN_ALLOW_THREADS
+            rc = poll(fds, (nfds_t)k, (int)(left * 1000) + 1);
+            Py_END_ALLOW_THREADS
+            if (rc < 0 && errno != EINTR)
+                break;
+            for (size_t i = 0; i < e->nconns; i++)
+                if (e->conns[i]->fd >= 0 && out_pending(e->conns[i]) > 0)
+                    conn_flush(e, e->conns[i]);
+        }
+    }
+    for (size_t i = 0; i < e->nconns; i++)
+        conn_close(e, e->conns[i], "the worker stops");
+    conns_compact(e);
+    e->open = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+endpoint_counts(Endpoint *e, PyObject *unused)
+{
+    return Py_BuildValue("{s:n,s:K,s:K,s:K}", "connections", (Py_ssize_t)e->nconns, "accepted", e->accepted,
+                         "closed", e->closed, "refused", e->refused);
+}
+
+static void
+endpoint_dealloc(Endpoint *e)
+{
+    for (size_t i = 0; i < e->nconns; i++) {
+        conn_t *c = e->conns[i];
+        if (c->fd >= 0)
+            close(c->fd);
+        PyMem_Free(c->in);
+        PyMem_Free(c->out.data);
+        Py_XDECREF(c->parts);
+        PyMem_Free(c);
+    }
+    PyMem_Free(e->conns);
+    PyMem_Free(e->items);
+    Py_XDECREF(e->on_event);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+static PyMethodDef endpoint_methods[] = {
+    {"close", (PyCFunction)endpoint_close, METH_O,
+     "close(linger_ms): send what waits for up to linger_ms, then close every connection"},
+    {"counts", (PyCFunction)endpoint_counts, METH_NOARGS,
+     "counts() -> {connections, accepted, closed, refused}"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EndpointType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rokv.worker._native.Endpoint",
+    .tp_basicsize = sizeof(Endpoint),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Endpoint(listen_fd, max_message_size, max_connections, on_event): a direct endpoint served "
+              "by serve_many without libzmq (ZMTP 3 as a ROUTER)",
+    .tp_new = endpoint_new,
+    .tp_dealloc = (destructor)endpoint_dealloc,
+    .tp_methods = endpoint_methods,
+};
+
+/* serve_many(socket_addresses, lookup, handler, burst, timeout_ms[, endpoint]) -> (answered, dropped, interrupted)
  *
  * The loop of a worker with several sockets (one per broker, and its direct
  * endpoint): wait up to timeout_ms until a socket has messages, then answer
  * up to `burst` messages from each socket that has some, each on the socket
  * it came from, without waiting; `answered` is a list, one count per socket.
- * Returns after one round, at the timeout (all counts 0), or at a signal
- * (interrupted). The GIL is released while waiting. */
+ * With `endpoint` (an Endpoint: the direct endpoint served without libzmq),
+ * its listening socket and connections are polled too, each connection
+ * answered up to `burst` messages a round, and its count comes last in the
+ * list. Returns after one round, at the timeout (all counts 0), or at a
+ * signal (interrupted). The GIL is released while waiting. */
 static PyObject *
 native_serve_many(PyObject *self, PyObject *args)
 {
-    PyObject *addresses, *lookup_obj, *handler;
+    PyObject *addresses, *lookup_obj, *handler, *endpoint_obj = Py_None;
     Py_ssize_t burst;
     int timeout_ms;
-    if (!PyArg_ParseTuple(args, "O!O!Oni", &PyTuple_Type, &addresses, &LookupType, &lookup_obj, &handler, &burst,
-                          &timeout_ms))
+    if (!PyArg_ParseTuple(args, "O!O!Oni|O", &PyTuple_Type, &addresses, &LookupType, &lookup_obj, &handler, &burst,
+                          &timeout_ms, &endpoint_obj))
         return NULL;
     if (!zmq_ready || !configured) {
         PyErr_SetString(PyExc_RuntimeError, "rokv.worker._native: init() and configure() must be called first");
         return NULL;
     }
+    Endpoint *e = NULL;
+    if (endpoint_obj != Py_None) {
+        if (!PyObject_TypeCheck(endpoint_obj, &EndpointType)) {
+            PyErr_SetString(PyExc_TypeError, "serve_many: endpoint must be an Endpoint or None");
+            return NULL;
+        }
+        e = (Endpoint *)endpoint_obj;
+        if (!e->open) {
+            PyErr_SetString(PyExc_ValueError, "serve_many: the endpoint is closed");
+            return NULL;
+        }
+    }
     Py_ssize_t n = PyTuple_GET_SIZE(addresses);
-    if (n < 1 || n > 64) {
-        PyErr_SetString(PyExc_ValueError, "serve_many takes 1 to 64 sockets");
+    if ((n < 1 && e == NULL) || n > 64) {
+        PyErr_SetString(PyExc_ValueError, "serve_many takes 1 to 64 sockets (0 with an endpoint)");
         return NULL;
     }
-    zpollitem_t items[64];
+    zpollitem_t stack_items[64];
+    zpollitem_t *items = stack_items;
+    size_t total = (size_t)n;
+    if (e != NULL) {
+        total += 1 + e->nconns;
+        if (total > e->items_cap) {
+            size_t cap = total * 2;
+            zpollitem_t *grown = PyMem_Realloc(e->items, cap * sizeof *grown);
+            if (grown == NULL)
+                return PyErr_NoMemory();
+            e->items = grown;
+            e->items_cap = cap;
+        }
+        items = e->items;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned long long a = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(addresses, i));
         if (a == (unsigned long long)-1 && PyErr_Occurred())
@@ -1307,20 +2136,36 @@ native_serve_many(PyObject *self, PyObject *args)
         items[i].events = Z_POLLIN;
         items[i].revents = 0;
     }
+    if (e != NULL) {
+        zpollitem_t *it = items + n;
+        it[0].socket = NULL;
+        it[0].fd = e->listen_fd;
+        it[0].events = now_seconds() >= e->accept_from ? Z_POLLIN : 0;
+        it[0].revents = 0;
+        for (size_t i = 0; i < e->nconns; i++) {
+            conn_t *c = e->conns[i];
+            it[1 + i].socket = NULL;
+            it[1 + i].fd = c->fd;
+            it[1 + i].events = conn_events(c);
+            it[1 + i].revents = 0;
+            if (conn_ready(e, c))
+                timeout_ms = 0; /* input left from the last round (its burst ran out): no waiting */
+        }
+    }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = z_poll(items, (int)n, timeout_ms);
+    rc = z_poll(items, (int)total, timeout_ms);
     Py_END_ALLOW_THREADS
     int dropped = 0, interrupted = 0;
     if (rc < 0) {
-        int e = z_errno();
-        if (e != EINTR) {
-            PyErr_Format(PyExc_OSError, "poll failed: errno %d", e);
+        int err = z_errno();
+        if (err != EINTR) {
+            PyErr_Format(PyExc_OSError, "poll failed: errno %d", err);
             return NULL;
         }
         interrupted = 1;
     }
-    PyObject *counts = PyList_New(n);
+    PyObject *counts = PyList_New(n + (e != NULL));
     if (counts == NULL)
         return NULL;
     buf_t out = {NULL, 0, 0};
@@ -1329,22 +2174,32 @@ native_serve_many(PyObject *self, PyObject *args)
         if (rc > 0 && (items[i].revents & Z_POLLIN)) {
             answered = serve_socket(items[i].socket, (Lookup *)lookup_obj, handler, burst, Z_DONTWAIT, &out, &dropped,
                                     &interrupted);
-            if (answered < 0) {
-                PyMem_Free(out.data);
-                Py_DECREF(counts);
-                return NULL;
-            }
+            if (answered < 0)
+                goto fail;
         }
         PyObject *c = PyLong_FromSsize_t(answered);
-        if (c == NULL) {
-            PyMem_Free(out.data);
-            Py_DECREF(counts);
-            return NULL;
-        }
+        if (c == NULL)
+            goto fail;
         PyList_SET_ITEM(counts, i, c);
+    }
+    if (e != NULL) {
+        Py_ssize_t answered = 0;
+        if (rc >= 0) {
+            answered = endpoint_work(e, items + n, (Lookup *)lookup_obj, handler, burst, &out);
+            if (answered < 0)
+                goto fail;
+        }
+        PyObject *c = PyLong_FromSsize_t(answered);
+        if (c == NULL)
+            goto fail;
+        PyList_SET_ITEM(counts, n, c);
     }
     PyMem_Free(out.data);
     return Py_BuildValue("(Nii)", counts, dropped, interrupted);
+fail:
+    PyMem_Free(out.data);
+    Py_DECREF(counts);
+    return NULL;
 }
 
 /* answer(lookup, body) -> bytes | None: the compiled answer to one request
@@ -1393,7 +2248,8 @@ static PyMethodDef methods[] = {
     {"serve", native_serve, METH_VARARGS,
      "serve(socket_address, lookup, handler, limit, dontwait) -> (answered, dropped, interrupted)"},
     {"serve_many", native_serve_many, METH_VARARGS,
-     "serve_many(socket_addresses, lookup, handler, burst, timeout_ms) -> (answered per socket, dropped, interrupted)"},
+     "serve_many(socket_addresses, lookup, handler, burst, timeout_ms[, endpoint]) -> (answered per socket, dropped, "
+     "interrupted)"},
     {"answer", native_answer, METH_VARARGS, "answer(lookup, body) -> bytes or None (Python answers)"},
     {"configure", native_configure, METH_O,
      "configure(constants): the protocol's constants and the counters' layout (rokv.worker.native.constants())"},
@@ -1411,8 +2267,17 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__native(void)
 {
-    if (PyType_Ready(&LookupType) < 0)
+    if (PyType_Ready(&LookupType) < 0 || PyType_Ready(&EndpointType) < 0)
         return NULL;
     utf8_dfa_init();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&EndpointType);
+    if (PyModule_AddObject(m, "Endpoint", (PyObject *)&EndpointType) < 0) {
+        Py_DECREF(&EndpointType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -1,11 +1,24 @@
 """A worker's direct endpoint and its reports to the brokers' directories.
 
-The direct endpoint is a ROUTER the worker binds (``--direct-bind``): a client's
+The direct endpoint is what a worker binds with ``--direct-bind``: a client's
 DEALER connected to it brings ``[routing_id, body]``, the very frames a broker
-hands the worker, so the serving loop answers both alike. With CurveZMQ on,
-it is a CURVE server with the worker's own key pair (which its reports carry,
-so clients learn it from a broker they trust) and the clients' allow-list,
-checked and logged by the brokers' gatekeeper.
+hands the worker, so the serving loop answers both alike.
+
+It is served one of two ways, the same on the wire for rokv's clients:
+
+- **By the compiled loop itself** (the default for ``tcp://``): Python binds a
+  listening TCP socket and hands its descriptor to ``rokv.worker._native``
+  (an :class:`Endpoint`), whose loop accepts the connections and speaks ZMTP 3
+  (NULL security) on them as a libzmq ROUTER does, polled with the brokers'
+  sockets. No libzmq socket and no libzmq I/O thread is on that path: a
+  request costs no thread hand-off in the worker.
+- **By a libzmq ROUTER** (as before) when CurveZMQ is on (``--curve-secret``:
+  a CURVE server with the worker's own key pair, which its reports carry, so
+  clients learn it from a broker they trust, and the clients' allow-list,
+  checked and logged by the brokers' gatekeeper), when the Python loop serves
+  (no compiled module, ``ROKV_PURE_PYTHON=1``), when the endpoint is not
+  ``tcp://`` (``ipc://`` and the like) or names a network interface, or when
+  ``ROKV_DIRECT_LIBZMQ=1`` asks for it.
 
 Reports (:mod:`rokv.directory`) go out on every broker connection every
 :data:`~rokv.directory.REPORT_SECONDS`, from the serving loop's tick.
@@ -14,8 +27,10 @@ Reports (:mod:`rokv.directory`) go out on every broker connection every
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
+from types import ModuleType
 from typing import Any
 
 import zmq
@@ -31,6 +46,18 @@ log = logging.getLogger("rokv.worker")
 
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "[::0]", "::")
 _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+
+#: Most client connections the compiled endpoint keeps at once; one more is
+#: closed as soon as it is accepted (and logged, at most every LOG_EVERY_SECONDS).
+MAX_CONNECTIONS = 4096
+#: The largest message size the compiled endpoint takes (its frames' sizes are checked against it).
+MAX_MESSAGE_LIMIT = 1 << 40
+#: Descriptors left for everything else (dataset, brokers, libzmq, logs) under RLIMIT_NOFILE.
+FDS_KEPT = 128
+#: The listening socket's queue of connections not yet accepted.
+LISTEN_BACKLOG = 1024
+#: At most one info line this often about connections opened, closed, refused.
+LOG_EVERY_SECONDS = 10.0
 
 
 def advertised(bound: str, advertise: str | None) -> str:
@@ -48,12 +75,119 @@ def advertised(bound: str, advertise: str | None) -> str:
     return bound
 
 
+def native_address(bind: str) -> tuple[socket.AddressFamily, tuple[Any, ...]] | None:
+    """Where the compiled endpoint listens for ``bind`` (family, address for
+    ``socket.bind``), as libzmq would bind it; None when it is for libzmq
+    (not ``tcp://``, a network interface's name, a host that does not
+    resolve: libzmq then says what is wrong, as before)."""
+    if not bind.startswith("tcp://") or ";" in bind:
+        return None
+    host, sep, port_text = bind[len("tcp://") :].rpartition(":")
+    if not sep or not host:
+        return None
+    try:
+        port = 0 if port_text == "*" else int(port_text)
+    except ValueError:
+        return None
+    if not 0 <= port <= 65535:
+        return None
+    v6 = host.startswith("[") and host.endswith("]")
+    if v6:
+        host = host[1:-1]
+    if host in ("*", ""):
+        return (socket.AF_INET6, ("::", port, 0, 0)) if v6 else (socket.AF_INET, ("0.0.0.0", port))
+    if any(host == name for _, name in socket.if_nameindex()):
+        return None  # libzmq binds an interface's name to its address
+    try:
+        found = socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC if v6 else socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError):
+        return None
+    if not found:
+        return None
+    family, _, _, _, address = found[0]
+    return family, address
+
+
+def connection_cap() -> int:
+    """:data:`MAX_CONNECTIONS`, or fewer when the process may not open that
+    many files: over the cap a connection is closed at once, whereas out of
+    descriptors the listening socket would stay readable and accept nothing."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - FDS_KEPT))
+
+
+def _listen(family: socket.AddressFamily, address: tuple[Any, ...]) -> socket.socket:
+    """A non-blocking listening socket, set as libzmq sets its own."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _endpoint_of(sock: socket.socket) -> str:
+    """``tcp://HOST:PORT`` of a bound socket, as libzmq's last_endpoint says it."""
+    host, port = sock.getsockname()[:2]
+    return f"tcp://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"tcp://{host}:{port}"
+
+
+class ConnectionLog:
+    """What the compiled endpoint says about its connections: each at debug,
+    and at most every :data:`LOG_EVERY_SECONDS` an info line (a warning when
+    some were refused) with the counts since the last one. Called once per
+    connection, never per request."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.counts = {"accepted": 0, "closed": 0, "refused": 0, "failed": 0}
+        self._since = dict(self.counts)
+        self._next = 0.0
+
+    def __call__(self, kind: str, peer: str, detail: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self._since[kind] = self._since.get(kind, 0) + 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %s %s%s", self.label, kind, peer, f" ({detail})" if detail else "")
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + LOG_EVERY_SECONDS
+            since, self._since = self._since, dict.fromkeys(self._since, 0)
+            trouble = since.get("refused", 0) or since.get("failed", 0)
+            log.log(
+                logging.WARNING if trouble else logging.INFO,
+                "%s: clients: %d connected, %d closed, %d refused (over %d connections), %d accept failures%s",
+                self.label,
+                since.get("accepted", 0),
+                since.get("closed", 0),
+                since.get("refused", 0),
+                connection_cap(),
+                since.get("failed", 0),
+                f"; last: {kind} {peer} {detail}".rstrip() if trouble else "",
+            )
+
+
 class DirectEndpoint:
-    """The worker's bound ROUTER for clients, and its CURVE gatekeeper.
+    """The worker's bound endpoint for clients: a listening socket the
+    compiled loop serves (:attr:`native`), else a ROUTER (:attr:`sock`) and,
+    with CURVE, its gatekeeper.
 
     Raises (from the constructor):
         KeyFileError: a CURVE key file is bad.
-        zmq.ZMQError: the endpoint cannot be bound.
+        zmq.ZMQError: the endpoint cannot be bound (libzmq's ROUTER).
+        OSError: the endpoint cannot be bound (the compiled endpoint).
     """
 
     def __init__(
@@ -66,9 +200,31 @@ class DirectEndpoint:
         max_message_size: int,
         curve_secret: str | None = None,
         client_keys: str | None = None,
+        compiled: ModuleType | None = None,
     ) -> None:
         self.auth: GateKeeper | None = None
         self.curve_key: str | None = None
+        #: The compiled loop's endpoint (rokv.worker._native.Endpoint), or None: :attr:`sock` serves.
+        self.native: Any = None
+        self.sock: zmq.Socket | None = None
+        self._listener: socket.socket | None = None
+        where = None
+        if compiled is not None and not curve_secret and os.environ.get("ROKV_DIRECT_LIBZMQ", "") in ("", "0"):
+            where = native_address(bind)
+        if where is not None:
+            assert compiled is not None
+            self._listener = _listen(*where)
+            self.bound: str = _endpoint_of(self._listener)
+            self.connections = ConnectionLog(f"direct endpoint {self.bound}")
+            # ZMQ_MAXMSGSIZE's meaning: negative is no limit (here 1 TiB, the most the loop takes).
+            limit = min(max_message_size, MAX_MESSAGE_LIMIT) if max_message_size >= 0 else MAX_MESSAGE_LIMIT
+            try:
+                self.native = compiled.Endpoint(self._listener.fileno(), limit, connection_cap(), self.connections)
+            except BaseException:
+                self.close()
+                raise
+            self.advertised = advertised(self.bound, advertise)
+            return
         sock = ctx.socket(zmq.ROUTER)
         self.sock = sock
         sock.linger = CLOSE_LINGER_MS
@@ -98,12 +254,23 @@ class DirectEndpoint:
         except BaseException:
             self.close()
             raise
-        self.bound: str = sock.last_endpoint.decode()
+        self.bound = sock.last_endpoint.decode()
         self.advertised = advertised(self.bound, advertise)
 
+    @property
+    def served(self) -> Any:
+        """What the serving loop polls: the compiled endpoint, else the ROUTER."""
+        return self.native if self.native is not None else self.sock
+
     def close(self, linger: int | None = None) -> None:
-        ConnectionWatcher.unwatch(self.sock)
-        self.sock.close(linger=linger)
+        if self.native is not None:
+            self.native.close(CLOSE_LINGER_MS if linger is None else linger)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self.sock is not None:
+            ConnectionWatcher.unwatch(self.sock)
+            self.sock.close(linger=linger)
         if self.auth is not None:
             self.auth.stop()
             self.auth = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -54,12 +54,13 @@ def serve(
     stop: StopFlag,
     tick: Callable[[], None] = nothing,
     compiled: Compiled | None = None,
-    direct: zmq.Socket | None = None,
+    direct: zmq.Socket | Any = None,
     changing: bool = False,
 ) -> None:
     """Answer requests on ``socks`` (one per broker) and on ``direct`` (the
     worker's own ROUTER, which clients reach without a broker: it brings the
-    same ``[routing_id, body]`` frames a broker does) until ``stop`` is
+    same ``[routing_id, body]`` frames a broker does; or, with ``compiled``,
+    the ``_native.Endpoint`` its loop serves without libzmq) until ``stop`` is
     raised, then answer what has already arrived and return. ``tick`` is
     called at least every :data:`TICK_EVERY` messages and at every idle
     timeout (:data:`STOP_CHECK_MS`): publishing metrics rides on it. With
@@ -71,8 +72,18 @@ def serve(
     ready: AnswerReady | None = None
     if compiled is not None:
         answer, tick, ready = compiled.answer, compiled.ticking(tick), compiled.answer_ready
+    if direct is not None and not isinstance(direct, zmq.Socket):
+        # The direct endpoint the compiled loop serves itself (rokv.worker.direct):
+        # polled with the brokers' sockets, its count last.
+        if compiled is None:
+            raise ValueError("a compiled direct endpoint needs the compiled loop")
+        ready, direct = _with_endpoint(compiled, direct), None
+        changing = True  # the several-socket loop, even with one broker or none
+        native_direct = True
+    else:
+        native_direct = False
     try:
-        _serve(socks, handler, stop, tick, answer, ready, direct, changing)
+        _serve(socks, handler, stop, tick, answer, ready, direct, changing, native_direct)
     finally:
         if compiled is not None:
             compiled.collect()
@@ -87,9 +98,10 @@ def _serve(
     ready: AnswerReady | None = None,
     direct: zmq.Socket | None = None,
     changing: bool = False,
+    native_direct: bool = False,
 ) -> None:
     if changing or len(socks) > 1 or direct is not None:
-        _serve_several(socks, handler, stop, tick, ready or _answer_ready(handler, answer), direct)
+        _serve_several(socks, handler, stop, tick, ready or _answer_ready(handler, answer), direct, native_direct)
         return
     sock = socks[0]
     # A blocking receive with a timeout, not poll then receive: per message
@@ -118,6 +130,16 @@ BURST = 64
 #: up to ``burst`` answers from each socket; :func:`_answer_ready` in Python,
 #: or :meth:`Compiled.answer_ready`.
 AnswerReady = Callable[[list[zmq.Socket], int, int], list[int]]
+
+
+def _with_endpoint(compiled: Compiled, endpoint: Any) -> AnswerReady:
+    """:meth:`Compiled.answer_ready` that polls ``endpoint`` (a
+    ``_native.Endpoint``) too: one count more, the endpoint's, last."""
+
+    def answer_ready(socks: list[zmq.Socket], timeout_ms: int, burst: int) -> list[int]:
+        return compiled.answer_ready(socks, timeout_ms, burst, endpoint)
+
+    return answer_ready
 
 
 def _answer_ready(handler: Handler, answer: Answer) -> AnswerReady:
@@ -149,11 +171,13 @@ def _serve_several(
     tick: Callable[[], None],
     ready: AnswerReady,
     direct: zmq.Socket | None = None,
+    native_direct: bool = False,
 ) -> None:
     """:func:`serve` for several sockets (the brokers', and ``direct`` last):
     a poll, then a burst from each socket that has requests, each answered on
     the socket it came from. When ``tick`` changed ``socks`` (DNS discovery),
-    the next poll watches the new list."""
+    the next poll watches the new list. ``native_direct``: ``ready`` serves
+    the compiled direct endpoint too, and counts it last."""
     stats = handler.stats
     brokers: list[zmq.Socket] | None = None  # what ``socks`` held at the last poll
     everything: list[zmq.Socket] = []
@@ -165,11 +189,11 @@ def _serve_several(
             everything = brokers + ([direct] if direct is not None else [])
             for sock in everything:
                 sock.rcvtimeo = 0  # the poll waits; receives only take what is there
-        if not everything:  # no broker yet (a name that does not resolve): zmq's poll would not wait
-            time.sleep(timeout_ms / 1000)
+        if not everything and not native_direct:  # no broker yet (a name that does not resolve): zmq's poll
+            time.sleep(timeout_ms / 1000)  # would not wait
             return 0
         counts = ready(everything, timeout_ms, BURST)
-        if direct is not None:
+        if direct is not None or native_direct:
             stats.direct += counts[-1]
         return sum(counts)
 

@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 sock.close(linger=0)
             watcher.stop()
             ctx.term()
+    # Loaded before the direct endpoint is made: the compiled loop serves it itself.
+    module = native.load()
     direct: DirectEndpoint | None = None
     if args.direct_bind:
         try:
@@ -198,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                 max_message_size=_limits()["max_message_size"],
                 curve_secret=args.curve_secret,
                 client_keys=args.client_keys,
+                compiled=module,
             )
-        except (KeyFileError, zmq.ZMQError) as exc:
+        except (KeyFileError, zmq.ZMQError, OSError) as exc:
             print(f"rokv-worker: cannot serve the direct endpoint {args.direct_bind!r}: {exc}", file=sys.stderr)
             for sock in socks:
                 ConnectionWatcher.unwatch(sock)
@@ -232,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             "serving clients directly on %s, advertised as %s%s",
             direct.bound,
             direct.advertised,
-            " (CURVE, the clients' allow-list)" if direct.auth is not None else "",
+            " (CURVE, the clients' allow-list)"
+            if direct.auth is not None
+            else " (served by the compiled loop, without libzmq)"
+            if direct.native is not None
+            else "",
         )
     log.info(
         "serving %s: %d keys %s in %.2f s%s; connecting to %s as %s",
@@ -247,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     published = _publisher(
         handler, args, digest, len(data), load_seconds, watcher, direct.advertised if direct is not None else None
     )
-    module = native.load()
     compiled = Compiled(module, handler) if module is not None else None
     tick = reporter.maybe_report
     if published is not None:
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             stop,
             tick=tick,
             compiled=compiled,
-            direct=direct.sock if direct else None,
+            direct=direct.served if direct else None,
             changing=named is not None,
         )
     finally:

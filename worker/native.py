@@ -174,15 +174,18 @@ class Compiled:
                 tick()
         return count
 
-    def answer_ready(self, socks: list[zmq.Socket], timeout_ms: int, burst: int) -> list[int]:
+    def answer_ready(self, socks: list[zmq.Socket], timeout_ms: int, burst: int, endpoint: Any = None) -> list[int]:
         """:data:`rokv.worker.loop.AnswerReady`'s contract in compiled code:
         one poll of every socket (up to ``timeout_ms``), then up to ``burst``
-        answers from each that has requests; how many each answered."""
+        answers from each that has requests; how many each answered. With
+        ``endpoint`` (a ``_native.Endpoint``: the direct endpoint the compiled
+        loop serves without libzmq), its connections are polled and answered
+        too, and their count comes last."""
         polled, addresses = self._polled
         if polled != socks:  # the first call, or DNS discovery changed the brokers
             addresses = tuple(sock.underlying for sock in socks)
             self._polled = (list(socks), addresses)
-        counts, dropped, _ = self._native.serve_many(addresses, self._lookup, self._handle, burst, timeout_ms)
+        counts, dropped, _ = self._native.serve_many(addresses, self._lookup, self._handle, burst, timeout_ms, endpoint)
         if dropped:
             logging.getLogger("rokv.worker").warning(
                 "dropped %d replies: the broker did not take them within %d ms", dropped, SEND_TIMEOUT_MS
