@@ -231,19 +231,6 @@ def run_http(procs: httpbench.Procs, frontend: str, keys_file: Path, direct: boo
 # ------------------------------------------------------------------ report
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU time (user + system, every thread) the processes ``pids`` used so far."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -382,13 +369,13 @@ def main(argv: list[str] | None = None) -> int:
                             servers = [redis_server.proc.pid]
                         else:
                             servers = [proc.pid for proc in procs.procs]  # the broker and the workers
-                        before = cpu_seconds(servers)
+                        before = httpbench.cpu_seconds(servers)
                         if path == "redis":
                             assert redis_server is not None
                             result = run_redis(redis_server.port, expected, shape, args.duration)
                         else:
                             result = run_rokv(frontend, shape, args.duration, direct=path == "direct")
-                        spent = cpu_seconds(servers) - before
+                        spent = httpbench.cpu_seconds(servers) - before
                         done = result["requests"]
                         result["server_cpu_us_per_request"] = spent / done * 1e6 if done else None
                         wrong = result["wrong"] + sum(result["errors"].values())

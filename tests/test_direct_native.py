@@ -10,8 +10,10 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -383,9 +385,13 @@ def test_the_libzmq_router_stays_where_asked_and_for_ipv6_the_compiled_one_binds
             proc.stop()
 
 
-def test_connections_over_the_cap_are_closed_at_once_and_reported() -> None:
-    """In-process: an Endpoint allowed 2 connections closes the third as it
-    comes, and reports each connection (never a request) to its callback."""
+@contextmanager
+def in_process_endpoint(
+    max_message_size: int, max_connections: int, on_event: Callable[..., None], backlog: int
+) -> Iterator[tuple[Any, socket.socket, dict[str, str]]]:
+    """A compiled Endpoint on a free loopback port, served by a thread of
+    this process (serve_many with no broker socket): (endpoint, listening
+    socket, the dataset). Stopped and closed at the end."""
     import json
 
     from rokv.worker import native
@@ -399,10 +405,9 @@ def test_connections_over_the_cap_are_closed_at_once_and_reported() -> None:
     lookup = module.dict_lookup(data)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
+    listener.listen(backlog)
     listener.setblocking(False)
-    events: list[tuple[str, str, str]] = []
-    endpoint = module.Endpoint(listener.fileno(), 1 << 20, 2, lambda *event: events.append(event))
+    endpoint = module.Endpoint(listener.fileno(), max_message_size, max_connections, on_event)
     stop = threading.Event()
 
     def loop() -> None:
@@ -411,60 +416,49 @@ def test_connections_over_the_cap_are_closed_at_once_and_reported() -> None:
 
     thread = threading.Thread(target=loop)
     thread.start()
-    socks = []
     try:
-        endpoint_name = "tcp://{}:{}".format(*listener.getsockname())
-        for _ in range(2):
-            socks.append(dial(endpoint_name))
-            handshake(socks[-1])
-        extra = dial(endpoint_name)
-        socks.append(extra)
-        assert closed_by_worker(extra)
-        for i, sock in enumerate(socks[:2]):
-            for n in range(3):
-                sock.sendall(frame(get_body(10 * i + n)))
-                assert msgpack.unpackb(read_frame(sock)[1]) == {"id": 10 * i + n, "value": data[HIT]}
-        kinds = [kind for kind, _, _ in events]
-        assert kinds == ["accepted", "accepted", "refused"], events
-        assert endpoint.counts() == {"connections": 2, "accepted": 2, "closed": 0, "refused": 1}
-        socks[0].close()
-        wait_for(lambda: endpoint.counts()["closed"] == 1, 5, "the close to be seen")
-        assert events[-1][0] == "closed" and events[-1][2] == "closed by the peer"
+        yield endpoint, listener, data
     finally:
         stop.set()
         thread.join(scaled(5))
         endpoint.close(0)
         listener.close()
-        for sock in socks:
-            sock.close()
+
+
+def test_connections_over_the_cap_are_closed_at_once_and_reported() -> None:
+    """In-process: an Endpoint allowed 2 connections closes the third as it
+    comes, and reports each connection (never a request) to its callback."""
+    events: list[tuple[str, str, str]] = []
+    socks: list[socket.socket] = []
+    with in_process_endpoint(1 << 20, 2, lambda *event: events.append(event), 16) as (endpoint, listener, data):
+        try:
+            endpoint_name = "tcp://{}:{}".format(*listener.getsockname())
+            for _ in range(2):
+                socks.append(dial(endpoint_name))
+                handshake(socks[-1])
+            extra = dial(endpoint_name)
+            socks.append(extra)
+            assert closed_by_worker(extra)
+            for i, sock in enumerate(socks[:2]):
+                for n in range(3):
+                    sock.sendall(frame(get_body(10 * i + n)))
+                    assert msgpack.unpackb(read_frame(sock)[1]) == {"id": 10 * i + n, "value": data[HIT]}
+            kinds = [kind for kind, _, _ in events]
+            assert kinds == ["accepted", "accepted", "refused"], events
+            assert endpoint.counts() == {"connections": 2, "accepted": 2, "closed": 0, "refused": 1}
+            socks[0].close()
+            wait_for(lambda: endpoint.counts()["closed"] == 1, 5, "the close to be seen")
+            assert events[-1][0] == "closed" and events[-1][2] == "closed by the peer"
+        finally:
+            for sock in socks:
+                sock.close()
     assert endpoint.counts()["connections"] == 0
 
 
 def test_mutated_streams_close_their_connections_and_break_nothing() -> None:
     """In-process, seeded: valid streams with bytes flipped, cut, inserted;
     the endpoint survives every one and then answers a clean client."""
-    import json
     import random
-
-    from rokv.worker import native
-    from rokv.worker.handler import Handler
-
-    module = native.load()
-    if module is None:
-        pytest.skip(f"no compiled loop: {native.reason()}")
-    data = json.loads(EXAMPLE.read_text(encoding="utf-8"))
-    handler = Handler(data, worker_id="t", dataset="t", extra_info={})
-    lookup = module.dict_lookup(data)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(256)
-    listener.setblocking(False)
-    endpoint = module.Endpoint(listener.fileno(), 4096, 4096, lambda *event: None)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            module.serve_many((), lookup, handler.handle, 64, 20, endpoint)
 
     valid = (
         GREETING
@@ -476,9 +470,7 @@ def test_mutated_streams_close_their_connections_and_break_nothing() -> None:
         + frame(get_body(2) * 20)
     )
     rng = random.Random(20261208)
-    thread = threading.Thread(target=loop)
-    thread.start()
-    try:
+    with in_process_endpoint(4096, 4096, lambda *event: None, 256) as (endpoint, listener, data):
         for _ in range(10):
             socks = []
             for _ in range(50):
@@ -508,11 +500,6 @@ def test_mutated_streams_close_their_connections_and_break_nothing() -> None:
             clean.close()
         wait_for(lambda: endpoint.counts()["connections"] == 0, 5, "every connection closed")
         assert endpoint.counts()["accepted"] == 501
-    finally:
-        stop.set()
-        thread.join(scaled(5))
-        endpoint.close(0)
-        listener.close()
 
 
 def test_on_stop_what_arrived_is_answered_then_connections_close(tmp_path: Path) -> None:

@@ -242,6 +242,19 @@ def read_until(conn: socket.socket, size: int) -> bytes:
     return data
 
 
+def talk(peer: Peer, *expected: bytes) -> None:
+    """Connect a stream to ``peer`` and check that the next messages it
+    reads are ``expected``."""
+    stream = Stream(peer.address)
+    try:
+        assert stream.usable(scaled(5))
+        for body in expected:
+            assert stream.recv(time.monotonic() + scaled(5)) == body
+        peer.close()
+    finally:
+        stream.close()
+
+
 def test_it_greets_as_a_null_dealer_and_answers_a_ping_with_its_context() -> None:
     pongs: list[bytes] = []
 
@@ -250,13 +263,7 @@ def test_it_greets_as_a_null_dealer_and_answers_a_ping_with_its_context() -> Non
         pongs.append(read_until(conn, 2 + 5 + 3))
 
     peer = Peer(script)
-    stream = Stream(peer.address)
-    try:
-        assert stream.usable(scaled(5))
-        assert stream.recv(time.monotonic() + scaled(5)) == b"reply"
-        peer.close()
-    finally:
-        stream.close()
+    talk(peer, b"reply")
     assert peer.heard[:10] == b"\xff" + bytes(8) + b"\x7f" and peer.heard[12:16] == b"NULL"
     assert b"Socket-Type\x00\x00\x00\x06DEALER" in peer.heard
     assert pongs == [command(b"\x04PONGCTX")]
@@ -276,15 +283,7 @@ def test_frames_split_byte_by_byte_long_frames_and_multi_frame_messages() -> Non
         conn.sendall(data[40:])
         time.sleep(scaled(0.5))
 
-    peer = Peer(script)
-    stream = Stream(peer.address)
-    try:
-        assert stream.usable(scaled(5))
-        assert stream.recv(time.monotonic() + scaled(5)) == big
-        assert stream.recv(time.monotonic() + scaled(5)) == b"short"
-        peer.close()
-    finally:
-        stream.close()
+    talk(Peer(script), big, b"short")
 
 
 def test_a_reply_whose_first_byte_comes_alone_is_waited_for() -> None:
@@ -296,14 +295,7 @@ def test_a_reply_whose_first_byte_comes_alone_is_waited_for() -> None:
         conn.sendall(b"\x05hello")
         time.sleep(scaled(0.5))
 
-    peer = Peer(script)
-    stream = Stream(peer.address)
-    try:
-        assert stream.usable(scaled(5))
-        assert stream.recv(time.monotonic() + scaled(5)) == b"hello"
-        peer.close()
-    finally:
-        stream.close()
+    talk(Peer(script), b"hello")
 
 
 @pytest.mark.parametrize(
