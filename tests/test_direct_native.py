@@ -24,7 +24,7 @@ from rokv import Client
 from rokv import protocol as p
 from rokv.zmtp import Stream, endpoint_address
 
-from support.procs import DIRECT_BIND, EXAMPLE, Proc, Stack, child_env, free_port, scaled, seen_workers, wait_for
+from support.procs import DIRECT_BIND, EXAMPLE, Stack, free_port, scaled, seen_workers, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -346,22 +346,13 @@ def test_five_hundred_connections_at_once_are_all_answered(native_stack: Stack, 
 
 
 def test_the_libzmq_router_stays_where_asked_and_for_ipv6_the_compiled_one_binds(tmp_path: Path) -> None:
-    from support.procs import free_frontend, start_broker
+    from support.procs import free_frontend, start_broker, start_worker
 
     frontend = free_frontend()
     backend = f"tcp://127.0.0.1:{free_port()}"
     broker = start_broker(tmp_path, frontend, backend)
-    argv = [
-        os.sys.executable,  # type: ignore[attr-defined]
-        "-m",
-        "rokv.worker",
-        "--backend",
-        backend,
-        "--data",
-        str(EXAMPLE),
-    ]
-    asked = Proc("asked", [*argv, "--name", "asked", *DIRECT_BIND], tmp_path, child_env(ROKV_DIRECT_LIBZMQ="1"))
-    v6 = Proc("v6", [*argv, "--name", "v6", "--direct-bind", "tcp://[::1]:*"], tmp_path)
+    asked = start_worker(tmp_path, backend, EXAMPLE, *DIRECT_BIND, name="asked", env={"ROKV_DIRECT_LIBZMQ": "1"})
+    v6 = start_worker(tmp_path, backend, EXAMPLE, "--direct-bind", "tcp://[::1]:*", name="v6")
     try:
         seen_workers(frontend, 2)
         wait_for(lambda: "serving clients directly" in asked.log(), 10, "the libzmq endpoint")

@@ -109,9 +109,12 @@ def start_worker(
     *extra: str,
     name: str = "worker",
     pure_python: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Proc:
-    """A worker; ``pure_python`` runs its Python loop instead of the compiled one."""
-    env = child_env(ROKV_PURE_PYTHON="1") if pure_python else None
+    """A worker; ``pure_python`` runs its Python loop instead of the compiled
+    one; ``env``: settings added to its environment."""
+    extra_env = {**(env or {}), **({"ROKV_PURE_PYTHON": "1"} if pure_python else {})}
+    env = child_env(**extra_env) if extra_env else None
     return Proc(
         name,
         [sys.executable, "-m", "rokv.worker", "--backend", backend, "--data", str(data), "--name", name, *extra],
