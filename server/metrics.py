@@ -109,6 +109,7 @@ class WorkerMetrics:
         load_seconds: float,
         brokers_connected: Callable[[], int],
         direct: str | None = None,
+        direct_connections: Callable[[], int] | None = None,
     ) -> None:
         from prometheus_client import Histogram
 
@@ -163,6 +164,14 @@ class WorkerMetrics:
         self._brokers = _gauge("rokv_worker_brokers_connected", "Brokers this worker is connected to", worker).labels(
             name
         )
+        self._direct_connections = direct_connections
+        self._clients = (
+            _gauge(
+                "rokv_worker_direct_connections", "Client connections open on the worker's direct endpoint", worker
+            ).labels(name)
+            if direct_connections is not None
+            else None
+        )
         _gauge("rokv_worker_dataset_keys", "Keys in the dataset served", worker).labels(name).set(keys)
         _gauge(
             "rokv_worker_dataset_info",
@@ -203,6 +212,8 @@ class WorkerMetrics:
                     value.inc(new - old)
             self._sum_value.inc(now.seconds - last.seconds)
         self._brokers.set(self._brokers_connected())
+        if self._clients is not None and self._direct_connections is not None:
+            self._clients.set(self._direct_connections())
         self._heartbeat.set(time.time())
 
 

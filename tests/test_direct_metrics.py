@@ -50,6 +50,11 @@ def test_direct_and_brokered_requests_are_counted_apart(metered: MeteredStack, e
             assert brokered.get(key) == example[key]
         expected = (before[0] + 15, before[1] + 41)
         wait_for(lambda: _paths(metered.address) == expected, 10, f"counts {expected}")
+        # The direct client holds one connection to each worker's endpoint.
+        wait_for(
+            lambda: total(scrape(metered.address), "rokv_worker_direct_connections") == 2, 10, "2 direct connections"
+        )
+    wait_for(lambda: total(scrape(metered.address), "rokv_worker_direct_connections") == 0, 10, "none once closed")
 
 
 def test_rokv_top_shows_each_workers_direct_endpoint(metered: MeteredStack) -> None:

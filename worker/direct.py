@@ -39,7 +39,7 @@ from rokv import directory
 from rokv import protocol as p
 from rokv.security import load_secret
 from rokv.server.auth import CLIENTS_DOMAIN, GateKeeper
-from rokv.server.monitor import ConnectionWatcher
+from rokv.server.monitor import ConnectionWatcher, Link
 from rokv.worker.loop import CLOSE_LINGER_MS
 
 log = logging.getLogger("rokv.worker")
@@ -207,6 +207,7 @@ class DirectEndpoint:
         #: The compiled loop's endpoint (rokv.worker._native.Endpoint), or None: :attr:`sock` serves.
         self.native: Any = None
         self.sock: zmq.Socket | None = None
+        self._link: Link | None = None
         self._listener: socket.socket | None = None
         where = None
         if compiled is not None and not curve_secret and os.environ.get("ROKV_DIRECT_LIBZMQ", "") in ("", "0"):
@@ -249,13 +250,21 @@ class DirectEndpoint:
                 sock.curve_secretkey = secret
                 sock.zap_domain = CLIENTS_DOMAIN.encode()
                 self.curve_key = public.decode("ascii")
-            watcher.watch(sock, f"direct endpoint {bind}", server=True)
+            self._link = watcher.watch(sock, f"direct endpoint {bind}", server=True)
             sock.bind(bind)
         except BaseException:
             self.close()
             raise
         self.bound = sock.last_endpoint.decode()
         self.advertised = advertised(self.bound, advertise)
+
+    def open_connections(self) -> int:
+        """Client connections open now (libzmq's ROUTER: as its monitor saw
+        them, those in their handshake included). Called from the serving
+        thread, between rounds of its loop."""
+        if self.native is not None:
+            return int(self.native.counts()["connections"])
+        return self._link.connected if self._link is not None else 0
 
     @property
     def served(self) -> Any:

@@ -251,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         ", ".join(backends),
         args.name,
     )
-    published = _publisher(
-        handler, args, digest, len(data), load_seconds, watcher, direct.advertised if direct is not None else None
-    )
+    published = _publisher(handler, args, digest, len(data), load_seconds, watcher, direct)
     compiled = Compiled(module, handler) if module is not None else None
     tick = reporter.maybe_report
     if published is not None:
@@ -306,7 +304,7 @@ def _publisher(
     keys: int,
     load_seconds: float,
     watcher: ConnectionWatcher,
-    direct: str | None = None,
+    direct: DirectEndpoint | None = None,
 ) -> metrics.WorkerMetrics | None:
     """This worker's metrics when the host publishes them (ROKV_METRICS set,
     so rokv-pool set PROMETHEUS_MULTIPROC_DIR); None otherwise, or when they
@@ -324,7 +322,8 @@ def _publisher(
             keys=keys,
             load_seconds=load_seconds,
             brokers_connected=lambda: sum(link.up for link in watcher.links()),
-            direct=direct,
+            direct=direct.advertised if direct is not None else None,
+            direct_connections=direct.open_connections if direct is not None else None,
         )
     except ImportError as exc:
         log.error("metrics are off: %s (it comes with the server extra: pip install 'rokv[server]')", exc)
