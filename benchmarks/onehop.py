@@ -30,7 +30,6 @@ import argparse
 import math
 import os
 import platform
-import random
 import shutil
 import statistics
 import sys
@@ -43,7 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from rokv.bench import run_bench  # noqa: E402 - after sys.path is set
-from rokv.loadgen import Config, Tally, load_expected, summary  # noqa: E402 - after sys.path is set
+from rokv.loadgen import Config, load_expected, summary  # noqa: E402 - after sys.path is set
 
 from benchmarks import httpbench, redisbench  # noqa: E402 - after sys.path is set
 from benchmarks.ceiling import run_forked  # noqa: E402 - after sys.path is set
@@ -91,57 +90,11 @@ PATHS = ("direct", "broker", "redis")
 # ------------------------------------------------------------------ Redis
 
 
-def redis_loop(
-    port: int, expected: dict[str, str], pipeline: int, per_request: int, duration: float, seed: int
-) -> Tally:
-    """redis-py GET/MGET (``per_request`` keys), ``pipeline`` commands per
-    round trip, for ``duration`` seconds; every value checked."""
-    import redis
-
-    keys = list(expected)
-    rng = random.Random(seed)
-    pool = [[keys[int(rng.random() * len(keys))] for _ in range(per_request)] for _ in range(4096)]
-    want = [[expected[k].encode() for k in chosen] for chosen in pool]
-    r = redis.Redis(port=port)
-    r.ping()
-    clock = time.perf_counter
-    tally = Tally()
-    i = 0
-    cpu0, t0 = time.process_time(), clock()
-    deadline = t0 + duration
-    while clock() < deadline:
-        started = clock()
-        if pipeline == 1:
-            n = i & 4095
-            i += 1
-            got = [r.mget(pool[n]) if per_request > 1 else [r.get(pool[n][0])]]
-            wanted = [want[n]]
-        else:
-            pipe = r.pipeline(transaction=False)
-            wanted = []
-            for _ in range(pipeline):
-                n = i & 4095
-                i += 1
-                pipe.mget(pool[n]) if per_request > 1 else pipe.get(pool[n][0])
-                wanted.append(want[n])
-            got = [x if per_request > 1 else [x] for x in pipe.execute()]
-        took = clock() - started
-        for answer, expect in zip(got, wanted):
-            tally.record(took)
-            if answer != expect:
-                tally.wrong_answer(f"redis: {answer!r:.60} != {expect!r:.60}")
-        tally.requests += pipeline
-    tally.elapsed = clock() - t0
-    tally.cpu = time.process_time() - cpu0
-    tally.keys = tally.requests * per_request
-    tally.answers["value"] = tally.keys
-    return tally
-
-
 def run_redis(port: int, expected: dict[str, str], shape: Shape, duration: float) -> dict[str, Any]:
     pipeline = shape.concurrency if shape.client == "async" else 1
-    args = [(port, expected, pipeline, shape.keys, duration, 7000 + i) for i in range(shape.processes)]
-    total = run_forked(redis_loop, args, duration + 60)
+    keys = list(expected)
+    args = [(port, keys, pipeline, shape.keys, duration, 7000 + i, expected) for i in range(shape.processes)]
+    total = run_forked(redisbench.client_loop, args, duration + 60)  # every value checked
     cfg = Config(data=DATA, processes=shape.processes, concurrency=pipeline, keys_per_request=shape.keys)
     return summary(cfg, total)
 

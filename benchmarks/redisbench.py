@@ -114,15 +114,26 @@ class RedisServer:
         self._log.close()
 
 
-def client_loop(port: int, keys: list[str], pipeline: int, per_request: int, duration: float, seed: int) -> Tally:
+def client_loop(
+    port: int,
+    keys: list[str],
+    pipeline: int,
+    per_request: int,
+    duration: float,
+    seed: int,
+    expected: dict[str, str] | None = None,
+) -> Tally:
     """GET (``per_request`` 1) or MGET of ``per_request`` keys, ``pipeline``
-    commands per round trip (1: one at a time), for ``duration`` seconds."""
+    commands per round trip (1: one at a time), for ``duration`` seconds.
+    With ``expected`` (key -> value), every value is checked and a wrong one
+    counted (:meth:`Tally.wrong_answer`)."""
     import random
 
     import redis
 
     rng = random.Random(seed)
     pool = [[keys[int(rng.random() * len(keys))] for _ in range(per_request)] for _ in range(4096)]
+    want = [[expected[k].encode() for k in chosen] for chosen in pool] if expected is not None else None
     r = redis.Redis(port=port)
     r.ping()
     clock = time.perf_counter
@@ -132,20 +143,25 @@ def client_loop(port: int, keys: list[str], pipeline: int, per_request: int, dur
     deadline = t0 + duration
     while clock() < deadline:
         started = clock()
+        asked = []
         if pipeline == 1:
-            chosen = pool[i & 4095]
+            asked.append(i & 4095)
             i += 1
-            r.mget(chosen) if per_request > 1 else r.get(chosen[0])
+            chosen = pool[asked[0]]
+            got = [r.mget(chosen) if per_request > 1 else [r.get(chosen[0])]]
         else:
             pipe = r.pipeline(transaction=False)
             for _ in range(pipeline):
-                chosen = pool[i & 4095]
+                asked.append(i & 4095)
                 i += 1
+                chosen = pool[asked[-1]]
                 pipe.mget(chosen) if per_request > 1 else pipe.get(chosen[0])
-            pipe.execute()
+            got = [x if per_request > 1 else [x] for x in pipe.execute()]
         took = clock() - started
-        for _ in range(pipeline):
+        for answer, n in zip(got, asked):
             tally.record(took)
+            if want is not None and answer != want[n]:
+                tally.wrong_answer(f"redis: {answer!r:.60} != {want[n]!r:.60}")
         tally.requests += pipeline
     tally.elapsed = clock() - t0
     tally.cpu = time.process_time() - cpu0
