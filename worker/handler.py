@@ -197,11 +197,7 @@ class Handler:
                 try:
                     canonical = normalize_key(key)
                 except InvalidKey as exc:
-                    # The position travels as data; clients word "keys[i]: ..."
-                    # with the index into their own, possibly longer, list.
-                    self._requests[MGET_INVALID] += 1
-                    self._mget_keys[KEY_INVALID] += 1
-                    return p.encode_error(rid, p.INVALID_KEY, exc.message, index=index)
+                    return self._invalid_in_mget(rid, exc, index)
                 values[index] = get(canonical)
             missing = values.count(None)
         else:
@@ -210,6 +206,14 @@ class Handler:
         self._mget_keys[KEY_FOUND] += len(values) - missing
         self._mget_keys[KEY_NOT_FOUND] += missing
         return p.encode_values(rid, values)
+
+    def _invalid_in_mget(self, rid: int, exc: InvalidKey, index: int) -> bytes:
+        """The reply to an mget refused for its invalid key at ``index``,
+        counted. The position travels as data; clients word "keys[i]: ..."
+        with the index into their own, possibly longer, list."""
+        self._requests[MGET_INVALID] += 1
+        self._mget_keys[KEY_INVALID] += 1
+        return p.encode_error(rid, p.INVALID_KEY, exc.message, index=index)
 
     # ------------------------------------------------------------ damaged values
     # Rare (a dataset file changed on disk), so plain and key by key.
@@ -235,9 +239,7 @@ class Handler:
             try:
                 canonical = normalize_key(key)
             except InvalidKey as exc:
-                self._requests[MGET_INVALID] += 1
-                self._mget_keys[KEY_INVALID] += 1
-                return p.encode_error(rid, p.INVALID_KEY, exc.message, index=index)
+                return self._invalid_in_mget(rid, exc, index)
             canonicals.append(canonical)
             try:
                 values.append(get(canonical))
