@@ -395,10 +395,7 @@ def _receive_blocking(
             body = sock.recv()
         except zmq.Again:
             return
-        got = core.reply_of(body)
-        if got is not None and got[0] in pending:
-            del pending[got[0]]
-            replies[got[0]] = got[1]
+        _settle(body, pending, replies)
 
 
 def _send_direct(workers: Workers, after: Link | None, pending: dict[int, bytes], deadline: float) -> Link | None:
@@ -434,21 +431,24 @@ def _receive_stream(
             body = stream.recv(deadline)
             if body is None:
                 return True
-            got = core.reply_of(body)
-            if got is not None and got[0] in pending:
-                del pending[got[0]]
-                replies[got[0]] = got[1]
+            _settle(body, pending, replies)
     except Lost:
         return False
     return True
 
 
+def _settle(body: bytes, pending: dict[int, bytes], replies: dict[int, dict[str, Any]]) -> None:
+    """``body`` answers the pending request its id names, if any (a late
+    answer to an abandoned call, or a stranger's bytes, answers nothing)."""
+    got = core.reply_of(body)
+    if got is not None and got[0] in pending:
+        del pending[got[0]]
+        replies[got[0]] = got[1]
+
+
 def _answer(bodies: list[bytes], pending: dict[int, bytes], replies: dict[int, dict[str, Any]]) -> None:
     for body in bodies:
-        got = core.reply_of(body)
-        if got is not None and got[0] in pending:
-            del pending[got[0]]
-            replies[got[0]] = got[1]
+        _settle(body, pending, replies)
 
 
 def _drain(sock: zmq.Socket, pending: dict[int, bytes], replies: dict[int, dict[str, Any]]) -> int:
@@ -461,7 +461,4 @@ def _drain(sock: zmq.Socket, pending: dict[int, bytes], replies: dict[int, dict[
         except zmq.Again:
             return count
         count += 1
-        got = core.reply_of(body)
-        if got is not None and got[0] in pending:
-            del pending[got[0]]
-            replies[got[0]] = got[1]
+        _settle(body, pending, replies)
