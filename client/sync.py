@@ -220,7 +220,7 @@ class Client(ClientBase):
             chosen = _send_direct(workers, link, pending, deadline)
             if chosen is not None:
                 link = chosen
-                source: _Source = chosen.stream if chosen.stream is not None else chosen.sock  # type: ignore[assignment]
+                source = chosen.source
                 if source not in used:
                     used.append(source)
                 if len(used) == 1:

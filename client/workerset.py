@@ -72,6 +72,15 @@ class Link:
         #: The RCVTIMEO last set on its socket (the blocking client's cache).
         self.rcvtimeo = -1
 
+    @property
+    def source(self) -> Stream | zmq.Socket:
+        """What its replies are read from: the stream, else the socket (a
+        link has one of the two)."""
+        if self.stream is not None:
+            return self.stream
+        assert self.sock is not None
+        return self.sock
+
     def __repr__(self) -> str:
         return f"<Link {self.endpoint}>"
 
