@@ -78,7 +78,6 @@ def serve(
         if compiled is None:
             raise ValueError("a compiled direct endpoint needs the compiled loop")
         ready, direct = _with_endpoint(compiled, direct), None
-        changing = True  # the several-socket loop, even with one broker or none
         native_direct = True
     else:
         native_direct = False
@@ -100,7 +99,7 @@ def _serve(
     changing: bool = False,
     native_direct: bool = False,
 ) -> None:
-    if changing or len(socks) > 1 or direct is not None:
+    if changing or len(socks) > 1 or direct is not None or native_direct:
         _serve_several(socks, handler, stop, tick, ready or _answer_ready(handler, answer), direct, native_direct)
         return
     sock = socks[0]
